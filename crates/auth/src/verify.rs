@@ -1,0 +1,168 @@
+//! Token verification against the issuer's keys.
+
+use crate::{AuthError, ScopeSet, dev};
+use ehr_core::{Principal, TenantId};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind, jwk::JwkSet};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// The claims this server reads from (and, for development tokens, writes to) an access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub exp: i64,
+    pub iat: i64,
+    /// The tenant (hospital) the token is for; the only source of the request's tenant.
+    pub tenant: String,
+    /// Space-separated SMART scopes.
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// Where verification keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A JWKS document given inline (from a file or the development key).
+    Static(serde_json::Value),
+    /// A JWKS URL, fetched at start-up and again when a token names an unknown key id.
+    Url(String),
+}
+
+/// Verifies bearer tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    issuer: String,
+    sources: Vec<KeySource>,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    http: reqwest::Client,
+}
+
+impl Verifier {
+    /// A verifier trusting tokens of `issuer` signed by keys from `sources`.
+    pub async fn new(issuer: impl Into<String>, sources: Vec<KeySource>) -> Result<Self, AuthError> {
+        let v = Self {
+            inner: Arc::new(Inner {
+                issuer: issuer.into(),
+                sources,
+                keys: RwLock::new(HashMap::new()),
+                http: reqwest::Client::new(),
+            }),
+        };
+        v.refresh().await?;
+        Ok(v)
+    }
+
+    /// A verifier that trusts the development key only.
+    pub async fn development() -> Result<Self, AuthError> {
+        Self::new(dev::DEV_ISSUER, vec![KeySource::Static(dev::dev_jwks())]).await
+    }
+
+    /// The trusted issuer.
+    pub fn issuer(&self) -> &str {
+        &self.inner.issuer
+    }
+
+    /// Reloads every key source.
+    pub async fn refresh(&self) -> Result<(), AuthError> {
+        let mut loaded = HashMap::new();
+        for source in &self.inner.sources {
+            let jwks = match source {
+                KeySource::Static(v) => v.clone(),
+                KeySource::Url(url) => {
+                    let resp = self.inner.http.get(url).send().await.map_err(|_| AuthError::JwksUnavailable)?;
+                    resp.json().await.map_err(|_| AuthError::JwksUnavailable)?
+                }
+            };
+            let set: JwkSet = serde_json::from_value(jwks).map_err(|_| AuthError::JwksUnavailable)?;
+            for jwk in &set.keys {
+                if let (Some(kid), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)) {
+                    loaded.insert(kid, key);
+                }
+            }
+        }
+        if let Ok(mut keys) = self.inner.keys.write() {
+            *keys = loaded;
+        }
+        Ok(())
+    }
+
+    /// Verifies a compact JWS and returns the caller it names.
+    pub async fn verify(&self, token: &str, now_unix: i64) -> Result<(Principal, ScopeSet), AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::InvalidToken("malformed"))?;
+        if header.alg != Algorithm::ES256 {
+            return Err(AuthError::InvalidToken("algorithm must be ES256"));
+        }
+        let kid = header.kid.ok_or(AuthError::InvalidToken("no key id"))?;
+        let mut key = self.key(&kid);
+        if key.is_none() && self.inner.sources.iter().any(|s| matches!(s, KeySource::Url(_))) {
+            // Key rotation: the issuer may have published a new key since we last looked.
+            self.refresh().await?;
+            key = self.key(&kid);
+        }
+        let key = key.ok_or(AuthError::UnknownKey)?;
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_issuer(&[self.inner.issuer.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.validate_aud = false;
+        // Expiry is checked below against the injected clock, not the system time.
+        validation.validate_exp = false;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e.kind() {
+            ErrorKind::InvalidIssuer => AuthError::InvalidToken("wrong issuer"),
+            ErrorKind::InvalidSignature => AuthError::InvalidToken("bad signature"),
+            _ => AuthError::InvalidToken("malformed"),
+        })?;
+        let claims = data.claims;
+        if claims.exp <= now_unix {
+            return Err(AuthError::Expired);
+        }
+        let tenant = TenantId::parse(&claims.tenant).map_err(|_| AuthError::InvalidToken("bad tenant claim"))?;
+        let scopes = ScopeSet::parse(&claims.scope);
+        let principal = Principal {
+            subject: claims.sub,
+            tenant,
+            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+        };
+        Ok((principal, scopes))
+    }
+
+    fn key(&self, kid: &str) -> Option<DecodingKey> {
+        self.inner.keys.read().ok().and_then(|k| k.get(kid).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DevSigner;
+
+    fn claims(exp: i64) -> Claims {
+        Claims {
+            iss: dev::DEV_ISSUER.into(),
+            sub: "u1".into(),
+            exp,
+            iat: 0,
+            tenant: "hospital-a".into(),
+            scope: "user/*.cruds".into(),
+            jti: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn dev_tokens_round_trip_and_expire() {
+        let v = Verifier::development().await.expect("verifier");
+        let t = DevSigner::new().expect("signer").sign(&claims(1000)).expect("sign");
+        let (p, _) = v.verify(&t, 999).await.expect("valid");
+        assert_eq!(p.tenant.as_str(), "hospital-a");
+        assert!(matches!(v.verify(&t, 1000).await, Err(AuthError::Expired)));
+        let mut tampered = t.clone();
+        tampered.insert(t.len() - 3, 'x');
+        assert!(v.verify(&tampered, 0).await.is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! Search parameters: definitions, value extraction at write time, and query parsing.
+
+mod datetime;
+mod extract;
+mod params;
+mod query;
+
+pub use datetime::{DateRange, format_instant, parse_date_range};
+pub use extract::{IndexEntry, IndexValue, extract, normalize_string, split_reference};
+pub use params::{ParamKind, SearchParamDef, find_param, params_for};
+pub use query::{
+    DEFAULT_COUNT, Filter, IncludeSpec, MAX_COUNT, Modifier, Prefix, SearchQuery, SearchValue, SortKey, SortParam,
+    Summary, TotalMode, parse_search,
+};

@@ -1,0 +1,337 @@
+//! The R4 search parameters this server indexes, as data.
+//!
+//! Each definition names the JSON paths its values come from (a simplified FHIRPath: dotted
+//! element names, arrays flattened, choice types spelled out as `effectiveDateTime`). Values are
+//! extracted at write time into the index table of the parameter's kind, in the same transaction
+//! as the resource (see `ehr-store`). Expressions follow the R4 `SearchParameter` resources
+//! (`http://hl7.org/fhir/SearchParameter/<Type>-<code>`), restricted to the types served here.
+
+/// The kind of a search parameter, which decides its index table and matching rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamKind {
+    Token,
+    String,
+    Date,
+    Reference,
+    Quantity,
+    Number,
+    Uri,
+}
+
+impl ParamKind {
+    /// The FHIR code of the kind (`token`, `string`, …).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::String => "string",
+            Self::Date => "date",
+            Self::Reference => "reference",
+            Self::Quantity => "quantity",
+            Self::Number => "number",
+            Self::Uri => "uri",
+        }
+    }
+}
+
+/// One search parameter of one resource type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchParamDef {
+    /// The parameter code as used in URLs (`birthdate`).
+    pub name: &'static str,
+    pub kind: ParamKind,
+    /// Paths, relative to the resource root, whose values the parameter indexes.
+    pub paths: &'static [&'static str],
+    /// For reference parameters: the resource types a reference may point to (empty: any).
+    pub targets: &'static [&'static str],
+}
+
+const fn p(
+    name: &'static str,
+    kind: ParamKind,
+    paths: &'static [&'static str],
+) -> SearchParamDef {
+    SearchParamDef { name, kind, paths, targets: &[] }
+}
+
+const fn r(
+    name: &'static str,
+    paths: &'static [&'static str],
+    targets: &'static [&'static str],
+) -> SearchParamDef {
+    SearchParamDef { name, kind: ParamKind::Reference, paths, targets }
+}
+
+use ParamKind::{Date, Quantity, String as Str, Token, Uri};
+
+/// Parameters every resource type has (besides `_id` and `_lastUpdated`, which are columns).
+const COMMON: &[SearchParamDef] = &[
+    p("_profile", Uri, &["meta.profile"]),
+    p("_tag", Token, &["meta.tag"]),
+    p("_security", Token, &["meta.security"]),
+];
+
+const PATIENT: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", Str, &["name"]),
+    p("family", Str, &["name.family"]),
+    p("given", Str, &["name.given"]),
+    p("birthdate", Date, &["birthDate"]),
+    p("gender", Token, &["gender"]),
+    p("active", Token, &["active"]),
+    p("address", Str, &["address"]),
+    p("address-postalcode", Str, &["address.postalCode"]),
+    p("address-city", Str, &["address.city"]),
+    p("address-state", Str, &["address.state"]),
+    p("telecom", Token, &["telecom"]),
+    p("phone", Token, &["telecom[system=phone]"]),
+    p("email", Token, &["telecom[system=email]"]),
+    p("death-date", Date, &["deceasedDateTime"]),
+    p("deceased", Token, &["deceasedBoolean"]),
+    r("general-practitioner", &["generalPractitioner"], &["Practitioner", "Organization", "PractitionerRole"]),
+    r("organization", &["managingOrganization"], &["Organization"]),
+    r("link", &["link.other"], &["Patient", "RelatedPerson"]),
+];
+
+const PRACTITIONER: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", Str, &["name"]),
+    p("family", Str, &["name.family"]),
+    p("given", Str, &["name.given"]),
+    p("gender", Token, &["gender"]),
+    p("active", Token, &["active"]),
+    p("telecom", Token, &["telecom"]),
+    p("address", Str, &["address"]),
+];
+
+const PRACTITIONER_ROLE: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("role", Token, &["code"]),
+    p("specialty", Token, &["specialty"]),
+    p("active", Token, &["active"]),
+    p("date", Date, &["period"]),
+    r("practitioner", &["practitioner"], &["Practitioner"]),
+    r("organization", &["organization"], &["Organization"]),
+];
+
+const ORGANIZATION: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", Str, &["name", "alias"]),
+    p("active", Token, &["active"]),
+    p("type", Token, &["type"]),
+    p("address", Str, &["address"]),
+    r("partof", &["partOf"], &["Organization"]),
+];
+
+const ENCOUNTER: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("status", Token, &["status"]),
+    p("class", Token, &["class"]),
+    p("type", Token, &["type"]),
+    p("date", Date, &["period"]),
+    p("reason-code", Token, &["reasonCode"]),
+    p("service-type", Token, &["serviceType"]),
+    p("length", Quantity, &["length"]),
+    r("patient", &["subject"], &["Patient"]),
+    r("subject", &["subject"], &["Patient", "Group"]),
+    r("participant", &["participant.individual"], &["Practitioner", "PractitionerRole", "RelatedPerson"]),
+    r("practitioner", &["participant.individual"], &["Practitioner"]),
+    r("service-provider", &["serviceProvider"], &["Organization"]),
+    r("location", &["location.location"], &["Location"]),
+    r("part-of", &["partOf"], &["Encounter"]),
+    r("diagnosis", &["diagnosis.condition"], &["Condition", "Procedure"]),
+];
+
+const CONDITION: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("code", Token, &["code"]),
+    p("clinical-status", Token, &["clinicalStatus"]),
+    p("verification-status", Token, &["verificationStatus"]),
+    p("category", Token, &["category"]),
+    p("severity", Token, &["severity"]),
+    p("body-site", Token, &["bodySite"]),
+    p("onset-date", Date, &["onsetDateTime", "onsetPeriod"]),
+    p("abatement-date", Date, &["abatementDateTime", "abatementPeriod"]),
+    p("recorded-date", Date, &["recordedDate"]),
+    r("patient", &["subject"], &["Patient"]),
+    r("subject", &["subject"], &["Patient", "Group"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+    r("asserter", &["asserter"], &["Practitioner", "PractitionerRole", "Patient", "RelatedPerson"]),
+];
+
+const ALLERGY_INTOLERANCE: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("code", Token, &["code", "reaction.substance"]),
+    p("clinical-status", Token, &["clinicalStatus"]),
+    p("verification-status", Token, &["verificationStatus"]),
+    p("type", Token, &["type"]),
+    p("category", Token, &["category"]),
+    p("criticality", Token, &["criticality"]),
+    p("manifestation", Token, &["reaction.manifestation"]),
+    p("severity", Token, &["reaction.severity"]),
+    p("date", Date, &["recordedDate"]),
+    p("onset", Date, &["reaction.onset"]),
+    p("last-date", Date, &["lastOccurrence"]),
+    r("patient", &["patient"], &["Patient"]),
+    r("recorder", &["recorder"], &["Practitioner", "PractitionerRole", "Patient", "RelatedPerson"]),
+    r("asserter", &["asserter"], &["Practitioner", "PractitionerRole", "Patient", "RelatedPerson"]),
+];
+
+const OBSERVATION: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("code", Token, &["code"]),
+    p("category", Token, &["category"]),
+    p("status", Token, &["status"]),
+    p("date", Date, &["effectiveDateTime", "effectivePeriod", "effectiveInstant"]),
+    p("value-quantity", Quantity, &["valueQuantity"]),
+    p("value-concept", Token, &["valueCodeableConcept"]),
+    p("value-string", Str, &["valueString"]),
+    p("value-date", Date, &["valueDateTime", "valuePeriod"]),
+    p("component-code", Token, &["component.code"]),
+    p("component-value-quantity", Quantity, &["component.valueQuantity"]),
+    p("data-absent-reason", Token, &["dataAbsentReason"]),
+    p("method", Token, &["method"]),
+    r("patient", &["subject"], &["Patient"]),
+    r("subject", &["subject"], &["Patient", "Group", "Device", "Location"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+    r("performer", &["performer"], &["Practitioner", "PractitionerRole", "Organization", "CareTeam", "Patient", "RelatedPerson"]),
+    r("based-on", &["basedOn"], &["ServiceRequest", "CarePlan", "MedicationRequest"]),
+    r("specimen", &["specimen"], &["Specimen"]),
+    r("derived-from", &["derivedFrom"], &[]),
+    r("has-member", &["hasMember"], &["Observation"]),
+    r("part-of", &["partOf"], &[]),
+];
+
+const DIAGNOSTIC_REPORT: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("code", Token, &["code"]),
+    p("category", Token, &["category"]),
+    p("status", Token, &["status"]),
+    p("date", Date, &["effectiveDateTime", "effectivePeriod"]),
+    p("issued", Date, &["issued"]),
+    p("conclusion", Token, &["conclusionCode"]),
+    r("patient", &["subject"], &["Patient"]),
+    r("subject", &["subject"], &["Patient", "Group", "Device", "Location"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+    r("result", &["result"], &["Observation"]),
+    r("based-on", &["basedOn"], &["ServiceRequest", "CarePlan", "MedicationRequest"]),
+    r("performer", &["performer"], &["Practitioner", "PractitionerRole", "Organization", "CareTeam"]),
+    r("results-interpreter", &["resultsInterpreter"], &["Practitioner", "PractitionerRole", "Organization", "CareTeam"]),
+    r("specimen", &["specimen"], &["Specimen"]),
+];
+
+const PROCEDURE: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("code", Token, &["code"]),
+    p("status", Token, &["status"]),
+    p("category", Token, &["category"]),
+    p("reason-code", Token, &["reasonCode"]),
+    p("date", Date, &["performedDateTime", "performedPeriod"]),
+    r("patient", &["subject"], &["Patient"]),
+    r("subject", &["subject"], &["Patient", "Group"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+    r("performer", &["performer.actor"], &["Practitioner", "PractitionerRole", "Organization", "Patient", "RelatedPerson", "Device"]),
+    r("based-on", &["basedOn"], &["ServiceRequest", "CarePlan"]),
+    r("reason-reference", &["reasonReference"], &["Condition", "Observation", "Procedure", "DiagnosticReport", "DocumentReference"]),
+];
+
+const IMMUNIZATION: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("vaccine-code", Token, &["vaccineCode"]),
+    p("status", Token, &["status"]),
+    p("date", Date, &["occurrenceDateTime"]),
+    p("lot-number", Str, &["lotNumber"]),
+    r("patient", &["patient"], &["Patient"]),
+    r("performer", &["performer.actor"], &["Practitioner", "PractitionerRole", "Organization"]),
+];
+
+const DOCUMENT_REFERENCE: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier", "masterIdentifier"]),
+    p("status", Token, &["status"]),
+    p("type", Token, &["type"]),
+    p("category", Token, &["category"]),
+    p("date", Date, &["date"]),
+    p("period", Date, &["context.period"]),
+    p("contenttype", Token, &["content.attachment.contentType"]),
+    p("format", Token, &["content.format"]),
+    p("description", Str, &["description"]),
+    r("patient", &["subject"], &["Patient"]),
+    r("subject", &["subject"], &["Patient", "Practitioner", "Group", "Device"]),
+    r("author", &["author"], &["Practitioner", "PractitionerRole", "Organization", "Device", "Patient", "RelatedPerson"]),
+    r("custodian", &["custodian"], &["Organization"]),
+    r("encounter", &["context.encounter"], &["Encounter", "EpisodeOfCare"]),
+    r("related", &["context.related"], &[]),
+    r("relatesto", &["relatesTo.target"], &["DocumentReference"]),
+];
+
+const COMPOSITION: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("status", Token, &["status"]),
+    p("type", Token, &["type"]),
+    p("category", Token, &["category"]),
+    p("date", Date, &["date"]),
+    p("title", Str, &["title"]),
+    p("section", Token, &["section.code"]),
+    p("confidentiality", Token, &["confidentiality"]),
+    r("patient", &["subject"], &["Patient"]),
+    r("subject", &["subject"], &[]),
+    r("author", &["author"], &["Practitioner", "PractitionerRole", "Organization", "Device", "Patient", "RelatedPerson"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+    r("attester", &["attester.party"], &["Practitioner", "PractitionerRole", "Organization", "Patient", "RelatedPerson"]),
+    r("entry", &["section.entry"], &[]),
+];
+
+const COVERAGE: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("status", Token, &["status"]),
+    p("type", Token, &["type"]),
+    p("dependent", Str, &["dependent"]),
+    r("patient", &["beneficiary"], &["Patient"]),
+    r("beneficiary", &["beneficiary"], &["Patient"]),
+    r("subscriber", &["subscriber"], &["Patient", "RelatedPerson"]),
+    r("policy-holder", &["policyHolder"], &["Patient", "RelatedPerson", "Organization"]),
+    r("payor", &["payor"], &["Organization", "Patient", "RelatedPerson"]),
+];
+
+/// The search parameters of `resource_type` (type-specific ones, then the common ones), or an
+/// empty list for a type this server does not index.
+pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchParamDef> {
+    let specific: &'static [SearchParamDef] = match resource_type {
+        "Patient" => PATIENT,
+        "Practitioner" => PRACTITIONER,
+        "PractitionerRole" => PRACTITIONER_ROLE,
+        "Organization" => ORGANIZATION,
+        "Encounter" => ENCOUNTER,
+        "Condition" => CONDITION,
+        "AllergyIntolerance" => ALLERGY_INTOLERANCE,
+        "Observation" => OBSERVATION,
+        "DiagnosticReport" => DIAGNOSTIC_REPORT,
+        "Procedure" => PROCEDURE,
+        "Immunization" => IMMUNIZATION,
+        "DocumentReference" => DOCUMENT_REFERENCE,
+        "Composition" => COMPOSITION,
+        "Coverage" => COVERAGE,
+        _ => &[],
+    };
+    specific.iter().chain(COMMON.iter())
+}
+
+/// Looks up one parameter of a type by its code.
+pub fn find_param(resource_type: &str, name: &str) -> Option<&'static SearchParamDef> {
+    params_for(resource_type).find(|d| d.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_codes_are_unique_per_type() {
+        for t in ["Patient", "Observation", "Encounter", "Condition", "Composition", "DocumentReference"] {
+            let names: Vec<_> = params_for(t).map(|d| d.name).collect();
+            let mut dedup = names.clone();
+            dedup.sort_unstable();
+            dedup.dedup();
+            assert_eq!(names.len(), dedup.len(), "{t}");
+        }
+    }
+}

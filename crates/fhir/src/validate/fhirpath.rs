@@ -1,0 +1,523 @@
+//! A deliberately tiny FHIRPath evaluator for IG-authored invariants.
+//!
+//! Supports navigation (with choice types), `$this`, `%resource`, string/number/boolean
+//! literals, `= != < > <= >= and or xor implies | & + in is as`, and the functions `where`,
+//! `select`, `all`, `exists`, `empty`, `count`, `not`, `ofType`, `is`, `as`, `first`, `tail`,
+//! `hasValue`, `contains`, `substring`, `indexOf`. Anything else (notably `matches`, which would
+//! need a regex engine) makes the whole expression "not evaluable": the caller then skips the
+//! invariant instead of guessing.
+
+use serde_json::Value;
+
+/// Evaluates a boolean FHIRPath expression; `None` when the expression is outside the subset.
+pub(crate) fn evaluate(expr: &str, focus: &Value) -> Option<bool> {
+    let toks = tokenize(expr)?;
+    let mut p = Parser { toks, pos: 0 };
+    let ast = p.expr(0)?;
+    if p.pos != p.toks.len() {
+        return None;
+    }
+    let cx = Ctx { resource: focus };
+    let out = cx.eval(&ast, &[Item { v: focus.clone(), ty: None }])?;
+    match out.as_slice() {
+        [] => None,
+        [one] => one.v.as_bool(),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Num(f64),
+    Op(String),
+    LParen,
+    RParen,
+    Comma,
+    Dot,
+}
+
+fn tokenize(s: &str) -> Option<Vec<Tok>> {
+    let mut out = Vec::new();
+    let cs: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while let Some(&c) = cs.get(i) {
+        match c {
+            ' ' | '\t' | '\n' | '\r' | '\u{3000}' => i += 1,
+            '(' => {
+                out.push(Tok::LParen);
+                i += 1
+            }
+            ')' => {
+                out.push(Tok::RParen);
+                i += 1
+            }
+            ',' => {
+                out.push(Tok::Comma);
+                i += 1
+            }
+            '.' => {
+                out.push(Tok::Dot);
+                i += 1
+            }
+            '\'' => {
+                let mut v = String::new();
+                i += 1;
+                loop {
+                    match cs.get(i)? {
+                        '\'' => break,
+                        '\\' => {
+                            i += 1;
+                            v.push(*cs.get(i)?);
+                        }
+                        ch => v.push(*ch),
+                    }
+                    i += 1;
+                }
+                i += 1;
+                out.push(Tok::Str(v));
+            }
+            '0'..='9' => {
+                let st = i;
+                while cs.get(i).is_some_and(|c| c.is_ascii_digit() || (*c == '.' && cs.get(i + 1).is_some_and(char::is_ascii_digit))) {
+                    i += 1;
+                }
+                out.push(Tok::Num(cs.get(st..i)?.iter().collect::<String>().parse().ok()?));
+            }
+            '<' | '>' | '!' | '=' => {
+                let two: String = cs.get(i..i + 2).map(|x| x.iter().collect()).unwrap_or_default();
+                if matches!(two.as_str(), "<=" | ">=" | "!=") {
+                    out.push(Tok::Op(two));
+                    i += 2;
+                } else if c == '!' {
+                    return None;
+                } else {
+                    out.push(Tok::Op(c.to_string()));
+                    i += 1;
+                }
+            }
+            '|' | '&' | '+' => {
+                out.push(Tok::Op(c.to_string()));
+                i += 1
+            }
+            c if c.is_alphabetic() || c == '_' || c == '$' || c == '%' => {
+                let st = i;
+                i += 1;
+                while cs.get(i).is_some_and(|c| c.is_alphanumeric() || *c == '_') {
+                    i += 1;
+                }
+                let w: String = cs.get(st..i)?.iter().collect();
+                match w.as_str() {
+                    "and" | "or" | "xor" | "implies" | "in" | "is" | "as" => out.push(Tok::Op(w)),
+                    _ => out.push(Tok::Ident(w)),
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[derive(Debug)]
+enum Ast {
+    This,
+    Resource,
+    Lit(Value),
+    /// Member access on the input (`a` or `x.a`).
+    Member(Option<Box<Ast>>, String),
+    Call(Option<Box<Ast>>, String, Vec<Ast>),
+    Bin(String, Box<Ast>, Box<Ast>),
+    /// `x is T` / `x as T`.
+    TypeOp(String, Box<Ast>, String),
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+}
+
+fn prec(op: &str) -> Option<u8> {
+    Some(match op {
+        "implies" => 1,
+        "or" | "xor" => 2,
+        "and" => 3,
+        "in" => 4,
+        "=" | "!=" => 5,
+        "<" | ">" | "<=" | ">=" => 6,
+        "|" => 7,
+        "is" | "as" => 8,
+        "+" | "&" => 9,
+        _ => return None,
+    })
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+
+    fn expr(&mut self, min: u8) -> Option<Ast> {
+        let mut lhs = self.postfix()?;
+        while let Some(Tok::Op(op)) = self.peek().cloned() {
+            let Some(p) = prec(&op) else { return None };
+            if p < min {
+                break;
+            }
+            self.pos += 1;
+            if op == "is" || op == "as" {
+                let Some(Tok::Ident(t)) = self.next() else { return None };
+                lhs = Ast::TypeOp(op, Box::new(lhs), t);
+                continue;
+            }
+            let rhs = self.expr(p + 1)?;
+            lhs = Ast::Bin(op, Box::new(lhs), Box::new(rhs));
+        }
+        Some(lhs)
+    }
+
+    fn postfix(&mut self) -> Option<Ast> {
+        let mut cur = self.term(None)?;
+        while self.peek() == Some(&Tok::Dot) {
+            self.pos += 1;
+            cur = self.term(Some(cur))?;
+        }
+        Some(cur)
+    }
+
+    fn term(&mut self, on: Option<Ast>) -> Option<Ast> {
+        match self.next()? {
+            Tok::LParen if on.is_none() => {
+                let e = self.expr(0)?;
+                (self.next()? == Tok::RParen).then_some(e)
+            }
+            Tok::Str(s) if on.is_none() => Some(Ast::Lit(Value::String(s))),
+            Tok::Num(n) if on.is_none() => Some(Ast::Lit(serde_json::Number::from_f64(n).map(Value::Number)?)),
+            Tok::Ident(w) => {
+                if self.peek() == Some(&Tok::LParen) {
+                    self.pos += 1;
+                    let mut args = Vec::new();
+                    if self.peek() == Some(&Tok::RParen) {
+                        self.pos += 1;
+                    } else {
+                        loop {
+                            args.push(self.expr(0)?);
+                            match self.next()? {
+                                Tok::Comma => {}
+                                Tok::RParen => break,
+                                _ => return None,
+                            }
+                        }
+                    }
+                    return Some(Ast::Call(on.map(Box::new), w, args));
+                }
+                match (w.as_str(), &on) {
+                    ("$this", None) => Some(Ast::This),
+                    ("%resource", None) => Some(Ast::Resource),
+                    ("true", None) => Some(Ast::Lit(Value::Bool(true))),
+                    ("false", None) => Some(Ast::Lit(Value::Bool(false))),
+                    (w, _) if w.starts_with(['$', '%']) => None,
+                    _ => Some(Ast::Member(on.map(Box::new), w)),
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Item {
+    v: Value,
+    /// Type from a choice suffix or resourceType, when known.
+    ty: Option<String>,
+}
+
+fn b(x: bool) -> Vec<Item> {
+    vec![Item { v: Value::Bool(x), ty: None }]
+}
+
+struct Ctx<'a> {
+    resource: &'a Value,
+}
+
+fn type_of(i: &Item) -> Option<String> {
+    if let Some(t) = &i.ty {
+        return Some(t.clone());
+    }
+    i.v.get("resourceType").and_then(Value::as_str).map(str::to_string)
+}
+
+fn is_type(i: &Item, t: &str) -> bool {
+    type_of(i).is_some_and(|x| x.eq_ignore_ascii_case(t))
+}
+
+fn single_bool(c: &[Item]) -> Option<Option<bool>> {
+    match c {
+        [] => Some(None),
+        [one] => match &one.v {
+            Value::Bool(x) => Some(Some(*x)),
+            // A non-boolean singleton is "true" in boolean context.
+            _ => Some(Some(true)),
+        },
+        _ => None,
+    }
+}
+
+fn single_str(c: &[Item]) -> Option<&str> {
+    match c {
+        [one] => one.v.as_str(),
+        _ => None,
+    }
+}
+
+fn eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+impl Ctx<'_> {
+    fn eval(&self, ast: &Ast, input: &[Item]) -> Option<Vec<Item>> {
+        match ast {
+            Ast::This => Some(input.to_vec()),
+            Ast::Resource => Some(vec![Item { v: self.resource.clone(), ty: None }]),
+            Ast::Lit(v) => Some(vec![Item { v: v.clone(), ty: None }]),
+            Ast::Member(on, name) => {
+                let base = match on {
+                    Some(o) => self.eval(o, input)?,
+                    None => input.to_vec(),
+                };
+                let mut out = Vec::new();
+                for it in &base {
+                    // A leading type name (`Patient.name`) refers to the focus itself.
+                    if on.is_none() && is_type(it, name) && name.starts_with(|c: char| c.is_ascii_uppercase()) {
+                        out.push(it.clone());
+                        continue;
+                    }
+                    let Some(o) = it.v.as_object() else { continue };
+                    let mut push = |v: &Value, ty: Option<String>| match v {
+                        Value::Array(a) => out.extend(a.iter().map(|x| Item { v: x.clone(), ty: ty.clone() })),
+                        _ => out.push(Item { v: v.clone(), ty }),
+                    };
+                    if let Some(v) = o.get(name) {
+                        push(v, None);
+                    } else {
+                        for (k, v) in o {
+                            if let Some(suffix) = k.strip_prefix(name.as_str())
+                                && suffix.starts_with(|c: char| c.is_ascii_uppercase())
+                            {
+                                push(v, Some(suffix.to_string()));
+                            }
+                        }
+                    }
+                }
+                Some(out)
+            }
+            Ast::TypeOp(op, e, t) => {
+                let c = self.eval(e, input)?;
+                if op == "is" {
+                    Some(match c.as_slice() {
+                        [] => vec![],
+                        [one] => b(is_type(one, t)),
+                        _ => return None,
+                    })
+                } else {
+                    Some(c.into_iter().filter(|i| is_type(i, t)).collect())
+                }
+            }
+            Ast::Bin(op, l, r) => self.bin(op, l, r, input),
+            Ast::Call(on, f, args) => {
+                let base = match on {
+                    Some(o) => self.eval(o, input)?,
+                    None => input.to_vec(),
+                };
+                self.call(f, &base, args)
+            }
+        }
+    }
+
+    fn bin(&self, op: &str, l: &Ast, r: &Ast, input: &[Item]) -> Option<Vec<Item>> {
+        let lv = self.eval(l, input)?;
+        let rv = self.eval(r, input)?;
+        match op {
+            "and" | "or" | "xor" | "implies" => {
+                let (a, c) = (single_bool(&lv)?, single_bool(&rv)?);
+                let res = match op {
+                    "and" => match (a, c) {
+                        (Some(false), _) | (_, Some(false)) => Some(false),
+                        (Some(true), Some(true)) => Some(true),
+                        _ => None,
+                    },
+                    "or" => match (a, c) {
+                        (Some(true), _) | (_, Some(true)) => Some(true),
+                        (Some(false), Some(false)) => Some(false),
+                        _ => None,
+                    },
+                    "xor" => match (a, c) {
+                        (Some(x), Some(y)) => Some(x != y),
+                        _ => None,
+                    },
+                    _ => match (a, c) {
+                        (Some(false), _) | (_, Some(true)) => Some(true),
+                        (Some(true), Some(false)) => Some(false),
+                        _ => None,
+                    },
+                };
+                Some(res.map(b).unwrap_or_default())
+            }
+            "=" | "!=" => {
+                if lv.is_empty() || rv.is_empty() {
+                    return Some(vec![]);
+                }
+                let same = lv.len() == rv.len() && lv.iter().zip(&rv).all(|(a, c)| eq(&a.v, &c.v));
+                Some(b(if op == "=" { same } else { !same }))
+            }
+            "<" | ">" | "<=" | ">=" => {
+                let (a, c) = match (lv.as_slice(), rv.as_slice()) {
+                    ([a], [c]) => (a.v.as_f64()?, c.v.as_f64()?),
+                    ([], _) | (_, []) => return Some(vec![]),
+                    _ => return None,
+                };
+                Some(b(match op {
+                    "<" => a < c,
+                    ">" => a > c,
+                    "<=" => a <= c,
+                    _ => a >= c,
+                }))
+            }
+            "|" => {
+                let mut out = lv;
+                for x in rv {
+                    if !out.iter().any(|y| eq(&y.v, &x.v)) {
+                        out.push(x);
+                    }
+                }
+                Some(out)
+            }
+            "in" => match lv.as_slice() {
+                [] => Some(vec![]),
+                [one] => Some(b(rv.iter().any(|x| eq(&x.v, &one.v)))),
+                _ => None,
+            },
+            "+" => match (lv.as_slice(), rv.as_slice()) {
+                ([a], [c]) => {
+                    let n = serde_json::Number::from_f64(a.v.as_f64()? + c.v.as_f64()?)?;
+                    Some(vec![Item { v: Value::Number(n), ty: None }])
+                }
+                _ => Some(vec![]),
+            },
+            "&" => {
+                let s = format!("{}{}", single_str(&lv).unwrap_or(""), single_str(&rv).unwrap_or(""));
+                Some(vec![Item { v: Value::String(s), ty: None }])
+            }
+            _ => None,
+        }
+    }
+
+    fn call(&self, f: &str, base: &[Item], args: &[Ast]) -> Option<Vec<Item>> {
+        let each = |it: &Item, e: &Ast| self.eval(e, std::slice::from_ref(it));
+        match (f, args) {
+            ("where", [e]) => {
+                let mut out = Vec::new();
+                for it in base {
+                    if single_bool(&each(it, e)?)? == Some(true) {
+                        out.push(it.clone());
+                    }
+                }
+                Some(out)
+            }
+            ("select", [e]) => {
+                let mut out = Vec::new();
+                for it in base {
+                    out.extend(each(it, e)?);
+                }
+                Some(out)
+            }
+            ("all", [e]) => {
+                for it in base {
+                    if single_bool(&each(it, e)?)? != Some(true) {
+                        return Some(b(false));
+                    }
+                }
+                Some(b(true))
+            }
+            ("exists", []) => Some(b(!base.is_empty())),
+            ("exists", [e]) => Some(b(!self.call("where", base, std::slice::from_ref(e))?.is_empty())),
+            ("empty", []) => Some(b(base.is_empty())),
+            ("hasValue", []) => Some(b(matches!(base, [one] if !one.v.is_object() && !one.v.is_array()))),
+            ("count", []) => Some(vec![Item { v: Value::from(base.len()), ty: None }]),
+            ("not", []) => Some(match single_bool(base)? {
+                Some(x) => b(!x),
+                None => vec![],
+            }),
+            ("first", []) => Some(base.first().cloned().into_iter().collect()),
+            ("tail", []) => Some(base.iter().skip(1).cloned().collect()),
+            ("ofType" | "as", [Ast::Member(None, t)]) => Some(base.iter().filter(|i| is_type(i, t)).cloned().collect()),
+            ("is", [Ast::Member(None, t)]) => Some(match base {
+                [] => vec![],
+                [one] => b(is_type(one, t)),
+                _ => return None,
+            }),
+            ("contains", [e]) => {
+                let (Some(s), Some(sub)) = (single_str(base), single_str(&self.eval(e, base)?).map(str::to_string)) else {
+                    return Some(vec![]);
+                };
+                Some(b(s.contains(&sub)))
+            }
+            ("indexOf", [e]) => {
+                let (Some(s), Some(sub)) = (single_str(base), single_str(&self.eval(e, base)?).map(str::to_string)) else {
+                    return Some(vec![]);
+                };
+                let idx = s.find(&sub).map(|bi| s.get(..bi).map(|p| p.chars().count() as i64).unwrap_or(-1)).unwrap_or(-1);
+                Some(vec![Item { v: Value::from(idx), ty: None }])
+            }
+            ("substring", [start, rest @ ..]) => {
+                let Some(s) = single_str(base) else { return Some(vec![]) };
+                let st = single_num(&self.eval(start, base)?)?;
+                let len = match rest {
+                    [l] => Some(single_num(&self.eval(l, base)?)?),
+                    [] => None,
+                    _ => return None,
+                };
+                let chars: Vec<char> = s.chars().collect();
+                if st < 0 || st as usize >= chars.len() {
+                    return Some(vec![]);
+                }
+                let end = len.map(|l| (st + l.max(0)) as usize).unwrap_or(chars.len()).min(chars.len());
+                let sub: String = chars.get(st as usize..end).map(|c| c.iter().collect()).unwrap_or_default();
+                Some(vec![Item { v: Value::String(sub), ty: None }])
+            }
+            _ => None,
+        }
+    }
+}
+
+fn single_num(c: &[Item]) -> Option<i64> {
+    match c {
+        [one] => one.v.as_f64().map(|f| f as i64),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn subset() {
+        let r = json!({"resourceType": "MedicationRequest", "medicationCodeableConcept": {"coding": [{"system": "a"}, {"system": "b"}]}});
+        assert_eq!(evaluate("medication.ofType(CodeableConcept).coding.where(system = 'a').count()=1", &r), Some(true));
+        assert_eq!(evaluate("(medication.ofType(CodeableConcept).coding.where(system = 'c').count()=1) or false", &r), Some(false));
+        assert_eq!(evaluate("status.exists() implies status = 'x'", &r), Some(true));
+        assert_eq!(evaluate("identifier.value.matches('x')", &r), None);
+        assert_eq!(evaluate("'abc|d'.indexOf('|') > 0 and 'abc'.substring(0,2) = 'ab'", &r), Some(true));
+    }
+}

@@ -1,0 +1,665 @@
+//! Structural and profile validation driven by the official StructureDefinitions.
+//!
+//! Definitions are embedded (see `crates/fhir/profiles/README.md`) and parsed once by
+//! [`Validator::new`]. A resource is checked in two layers:
+//!
+//! 1. **Base R4 structure**: known `resourceType`, no unknown elements (choice types,
+//!    `_primitive` siblings, contained and Bundle entry resources included), JSON shape per
+//!    cardinality, primitive formats, base min/max cardinality, base required bindings. Base trees
+//!    come from the JP-CLINS snapshots (`base.min/max`) and from hand tables for the rest.
+//! 2. **Profiles** named in `meta.profile` (JP Core differentials, JP-CLINS snapshots): profiled
+//!    cardinality, fixed/pattern values, choice-type restrictions, slicing (value/pattern/exists/
+//!    type discriminators), required bindings whose value set is expandable from the packages,
+//!    extension and data-type profiles found in `type.profile`, and the IG-authored FHIRPath
+//!    invariants the small evaluator in `fhirpath` understands.
+//!
+//! Diagnostics name elements and rules only, never submitted values (they may be PHI).
+//!
+//! | code | issue type | meaning |
+//! |---|---|---|
+//! | EHR-VAL-001 | structure | not a JSON object, or `resourceType` missing / not a string |
+//! | EHR-VAL-002 | structure | `resourceType` is not an R4 resource type |
+//! | EHR-VAL-003 | structure | unknown element |
+//! | EHR-VAL-004 | structure | wrong JSON shape (array vs single value, object expected, null, empty) |
+//! | EHR-VAL-005 | value | primitive of the wrong JSON type or invalid format |
+//! | EHR-VAL-006 | required | base minimum cardinality not met |
+//! | EHR-VAL-007 | structure | base maximum cardinality exceeded |
+//! | EHR-VAL-008 | required | profile minimum cardinality not met |
+//! | EHR-VAL-009 | structure | profile maximum cardinality exceeded |
+//! | EHR-VAL-010 | value | fixed value mismatch |
+//! | EHR-VAL-011 | value | pattern mismatch |
+//! | EHR-VAL-012 | structure | type not allowed by the profile, or profile for another resource type |
+//! | EHR-VAL-013 | structure | slice cardinality not met |
+//! | EHR-VAL-014 | structure | item matches no slice of a closed slicing |
+//! | EHR-VAL-015 | value | code not in a required value set |
+//! | EHR-VAL-016 | value (warning) | profile not known; validated against the base type only |
+//! | EHR-VAL-017 | not-supported (warning) | resource type without a definition here; content not checked |
+//! | EHR-VAL-018 | invariant | profile invariant (FHIRPath constraint) failed |
+//! | EHR-VAL-019 | structure | resources nested too deeply |
+
+mod fhirpath;
+mod model;
+mod primitive;
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use ehr_core::{Issue, IssueType, Severity};
+use serde_json::{Map, Value};
+
+use model::{Definitions, Disc, PNode, Profile, TypeDef, is_primitive, values_at};
+
+/// Nesting limit for contained / Bundle entry resources.
+const MAX_DEPTH: usize = 12;
+
+/// Validates resources against base R4 structure and the embedded JP Core / JP-CLINS profiles.
+pub struct Validator {
+    defs: &'static Definitions,
+}
+
+static DEFS: OnceLock<Definitions> = OnceLock::new();
+
+impl Validator {
+    /// Loads the embedded definitions. Cheap enough to call once at start-up.
+    pub fn new() -> Self {
+        // Parsed once per process: every Validator shares the same read-only definitions.
+        Self { defs: DEFS.get_or_init(Definitions::load) }
+    }
+
+    /// Validates a resource. Returns all issues (errors and warnings); the caller rejects the write if any has Severity::Error or Fatal.
+    pub fn validate(&self, resource: &Value) -> Vec<Issue> {
+        let mut cx = Cx { defs: self.defs, out: Vec::new() };
+        let root = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource").to_string();
+        cx.resource(resource, &root, 0);
+        // Base and profile layers may report the same rule at the same place.
+        let mut seen = HashSet::new();
+        cx.out.retain(|i| seen.insert((i.ehr_code, i.expression.clone(), i.diagnostics.clone())));
+        cx.out
+    }
+
+    /// True if the profile canonical URL (with or without |version) is one the validator knows.
+    pub fn knows_profile(&self, url: &str) -> bool {
+        self.defs.profiles.contains_key(url.split('|').next().unwrap_or(url))
+    }
+}
+
+impl Default for Validator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Cx {
+    defs: &'static Definitions,
+    out: Vec<Issue>,
+}
+
+fn err(code: IssueType, ehr: &'static str, fp: &str, diag: String) -> Issue {
+    Issue::error(code, ehr, diag).at(fp)
+}
+
+fn warn(code: IssueType, ehr: &'static str, fp: &str, diag: String) -> Issue {
+    let mut i = Issue::error(code, ehr, diag).at(fp);
+    i.severity = Severity::Warning;
+    i
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+impl Cx {
+    fn push(&mut self, i: Issue) {
+        self.out.push(i);
+    }
+
+    /// Validates a resource at FHIRPath `fp` (`Patient` or `Bundle.entry[0].resource`).
+    fn resource(&mut self, v: &Value, fp: &str, depth: usize) {
+        if depth > MAX_DEPTH {
+            self.push(err(IssueType::Structure, "EHR-VAL-019", fp, format!("resources are nested more than {MAX_DEPTH} levels deep")));
+            return;
+        }
+        let Some(obj) = v.as_object() else {
+            self.push(err(IssueType::Structure, "EHR-VAL-001", fp, format!("a resource must be a JSON object, found {}", json_kind(v))));
+            return;
+        };
+        let Some(rt) = obj.get("resourceType").and_then(Value::as_str) else {
+            self.push(err(IssueType::Structure, "EHR-VAL-001", fp, "resourceType is missing or not a string".to_string()));
+            return;
+        };
+        let defs = self.defs;
+        let Some(td) = defs.types.get(rt).filter(|_| defs.resource_types.contains(rt)) else {
+            if defs.resource_names.contains(rt) {
+                self.push(warn(
+                    IssueType::NotSupported,
+                    "EHR-VAL-017",
+                    fp,
+                    format!("resource type {rt} has no structural definition in this server; its content was not validated"),
+                ));
+            } else {
+                self.push(err(IssueType::Structure, "EHR-VAL-002", &format!("{fp}.resourceType"), "resourceType is not a FHIR R4 resource type".to_string()));
+            }
+            return;
+        };
+        self.object(td, 0, obj, fp, true, depth);
+        let profiles = obj.get("meta").and_then(|m| m.get("profile")).and_then(Value::as_array);
+        for (i, p) in profiles.into_iter().flatten().enumerate() {
+            let Some(url) = p.as_str() else { continue };
+            let bare = url.split('|').next().unwrap_or(url);
+            match defs.profiles.get(bare) {
+                Some(prof) if prof.type_name == rt => self.profile(prof, v, fp, 0),
+                Some(prof) => self.push(err(
+                    IssueType::Structure,
+                    "EHR-VAL-012",
+                    &format!("{fp}.meta.profile[{i}]"),
+                    format!("profile {} constrains {}, not {rt}", prof.name, prof.type_name),
+                )),
+                None => self.push(warn(
+                    IssueType::Value,
+                    "EHR-VAL-016",
+                    &format!("{fp}.meta.profile[{i}]"),
+                    format!("profile {bare} is not known to this server; validated against the base type only"),
+                )),
+            }
+        }
+    }
+
+    /// Checks the properties of a JSON object against node `idx` of a base type tree.
+    fn object(&mut self, td: &TypeDef, idx: usize, obj: &Map<String, Value>, fp: &str, is_resource: bool, depth: usize) {
+        let defs = self.defs;
+        let kids = td.children(idx);
+        let mut counts = vec![0usize; kids.len()];
+        if obj.is_empty() && !is_resource {
+            self.push(err(IssueType::Structure, "EHR-VAL-004", fp, "an element must have content; empty objects are not allowed".to_string()));
+        }
+        for (key, v) in obj {
+            if is_resource && key == "resourceType" {
+                continue;
+            }
+            let (prim_ext, name) = match key.strip_prefix('_') {
+                Some(n) => (true, n),
+                None => (false, key.as_str()),
+            };
+            let kfp = format!("{fp}.{key}");
+            let Some((ci, tcode)) = td.child_for_key(idx, name, &defs.all_types) else {
+                self.push(err(IssueType::Structure, "EHR-VAL-003", &kfp, format!("unknown element {key} in {}", node_path(td, idx))));
+                continue;
+            };
+            let Some(node) = td.nodes.get(ci) else { continue };
+            if let Some(pos) = kids.iter().position(|&k| k == ci) {
+                // A primitive with only `_x` (extensions, no value) still counts as present.
+                let n = match v {
+                    Value::Array(a) => a.len(),
+                    _ => 1,
+                };
+                if let Some(c) = counts.get_mut(pos) {
+                    *c = (*c).max(n);
+                }
+            }
+            let repeats = node.max.repeats();
+            if prim_ext {
+                if !is_primitive(tcode) {
+                    self.push(err(IssueType::Structure, "EHR-VAL-003", &kfp, format!("{key} is only allowed for primitive elements")));
+                    continue;
+                }
+                self.prim_ext(v, repeats, &kfp, depth);
+                continue;
+            }
+            let sibling_ext = obj.get(&format!("_{key}"));
+            if repeats {
+                let Some(items) = v.as_array() else {
+                    self.push(err(IssueType::Structure, "EHR-VAL-004", &kfp, format!("{} must be a JSON array", node.path)));
+                    continue;
+                };
+                if items.is_empty() {
+                    self.push(err(IssueType::Structure, "EHR-VAL-004", &kfp, format!("{} must not be an empty array", node.path)));
+                }
+                if node.max.exceeded_by(items.len()) {
+                    self.push(err(
+                        IssueType::Structure,
+                        "EHR-VAL-007",
+                        &kfp,
+                        format!("maximum cardinality of {} is {}, found {}", node.path, node.max.label(), items.len()),
+                    ));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    let ifp = format!("{kfp}[{i}]");
+                    // null is a placeholder when `_key` carries the extension for this position.
+                    if item.is_null() && sibling_ext.and_then(|s| s.get(i)).is_some_and(|x| !x.is_null()) {
+                        continue;
+                    }
+                    self.value(td, ci, tcode, item, &ifp, depth);
+                }
+            } else if v.is_array() {
+                self.push(err(
+                    IssueType::Structure,
+                    "EHR-VAL-004",
+                    &kfp,
+                    format!("{} has maximum cardinality {} and must not be a JSON array", node.path, node.max.label()),
+                ));
+            } else {
+                self.value(td, ci, tcode, v, &kfp, depth);
+            }
+        }
+        for (pos, &k) in kids.iter().enumerate() {
+            let Some(n) = td.nodes.get(k) else { continue };
+            let found = counts.get(pos).copied().unwrap_or(0);
+            if (n.min as usize) > found {
+                self.push(err(
+                    IssueType::Required,
+                    "EHR-VAL-006",
+                    &format!("{fp}.{}", n.name),
+                    format!("minimum cardinality of {} is {}, found {found}", n.path, n.min),
+                ));
+            }
+        }
+    }
+
+    /// `_name` sibling: an object with only `id`/`extension` (or an array of them / null).
+    fn prim_ext(&mut self, v: &Value, repeats: bool, fp: &str, depth: usize) {
+        let defs = self.defs;
+        let Some(elem) = defs.types.get("Element") else { return };
+        let one = |cx: &mut Cx, x: &Value, xfp: &str| match x {
+            Value::Object(o) => cx.object(elem, 0, o, xfp, false, depth),
+            Value::Null if repeats => {}
+            _ => cx.push(err(IssueType::Structure, "EHR-VAL-004", xfp, "primitive extension content must be a JSON object".to_string())),
+        };
+        match (v, repeats) {
+            (Value::Array(a), true) => {
+                for (i, x) in a.iter().enumerate() {
+                    one(self, x, &format!("{fp}[{i}]"));
+                }
+            }
+            (Value::Array(_), false) => {
+                self.push(err(IssueType::Structure, "EHR-VAL-004", fp, "primitive extension content must not be a JSON array".to_string()));
+            }
+            _ => one(self, v, fp),
+        }
+    }
+
+    /// Checks one value (not an array) of base node `ci` whose type is `tcode`.
+    fn value(&mut self, td: &TypeDef, ci: usize, tcode: &str, v: &Value, fp: &str, depth: usize) {
+        let defs = self.defs;
+        let Some(node) = td.nodes.get(ci) else { return };
+        if v.is_null() {
+            self.push(err(IssueType::Structure, "EHR-VAL-004", fp, format!("{} must not be null", node.path)));
+            return;
+        }
+        if !td.children(ci).is_empty() {
+            match v.as_object() {
+                Some(o) => self.object(td, ci, o, fp, false, depth),
+                None => self.push(err(IssueType::Structure, "EHR-VAL-004", fp, format!("{} must be a JSON object", node.path))),
+            }
+            return;
+        }
+        if is_primitive(tcode) {
+            match primitive::check(tcode, v) {
+                Ok(()) => {}
+                Err(primitive::PrimError::Kind(want)) => {
+                    self.push(err(IssueType::Value, "EHR-VAL-005", fp, format!("{} is of type {tcode} and must be {want}", node.path)));
+                    return;
+                }
+                Err(primitive::PrimError::Format) => {
+                    self.push(err(IssueType::Value, "EHR-VAL-005", fp, format!("{} is not a valid {tcode}", node.path)));
+                    return;
+                }
+            }
+        } else if tcode == "Resource" {
+            self.resource(v, fp, depth + 1);
+            return;
+        } else if let Some(dt) = defs.types.get(tcode).filter(|_| !defs.resource_types.contains(tcode)) {
+            match v.as_object() {
+                Some(o) => self.object(dt, 0, o, fp, false, depth),
+                None => {
+                    self.push(err(IssueType::Structure, "EHR-VAL-004", fp, format!("{} is of type {tcode} and must be a JSON object", node.path)));
+                    return;
+                }
+            }
+        }
+        if let Some(b) = &node.binding {
+            self.binding(b, v, fp, &node.path);
+        }
+    }
+
+    /// Required binding check; silently skipped when the value set is not available.
+    fn binding(&mut self, vs_url: &str, v: &Value, fp: &str, path: &str) {
+        let Some(vs) = self.defs.value_sets.get(vs_url) else { return };
+        let in_vs = |system: Option<&str>, code: &str| match system {
+            Some(s) if vs.contains_key(s) => vs.get(s).is_some_and(|c| c.contains(code)),
+            // Hand-written base sets have no system; codes alone decide.
+            _ => vs.iter().any(|(s, c)| (s.is_empty() || system.is_none()) && c.contains(code)),
+        };
+        let coding_ok = |c: &Value| match c.get("code").and_then(Value::as_str) {
+            Some(code) => in_vs(c.get("system").and_then(Value::as_str), code),
+            None => true,
+        };
+        let ok = match v {
+            Value::String(code) => in_vs(None, code),
+            Value::Object(o) => match o.get("coding").and_then(Value::as_array) {
+                Some(codings) => codings.is_empty() || codings.iter().any(coding_ok),
+                None if o.contains_key("code") => coding_ok(v),
+                None => true,
+            },
+            _ => true,
+        };
+        if !ok {
+            let name = vs_url.rsplit('/').next().unwrap_or(vs_url);
+            self.push(err(
+                IssueType::Value,
+                "EHR-VAL-015",
+                fp,
+                format!("the code of {path} is not in the required value set {name} ({vs_url})"),
+            ));
+        }
+    }
+
+    /// Validates against a profile; differential-only profiles also apply their parent profiles.
+    fn profile(&mut self, p: &Profile, v: &Value, fp: &str, depth: usize) {
+        let defs = self.defs;
+        let Some(obj) = v.as_object() else { return };
+        if !p.snapshot && depth < 8 && let Some(parent) = defs.profiles.get(&p.base) {
+            self.profile(parent, v, fp, depth + 1);
+        }
+        self.pnode_children(p, 0, obj, fp);
+        if let Some(root) = p.nodes.first() {
+            self.invariants(p, root, v, fp);
+        }
+    }
+
+    fn invariants(&mut self, p: &Profile, n: &PNode, v: &Value, fp: &str) {
+        for c in &n.constraints {
+            if fhirpath::evaluate(&c.expression, v) == Some(false) {
+                let diag = format!("constraint {} of profile {} is not satisfied by {}", c.key, p.name, n.path);
+                let mut issue = err(IssueType::Invariant, "EHR-VAL-018", fp, diag);
+                if !c.error {
+                    issue.severity = Severity::Warning;
+                }
+                self.push(issue);
+            }
+        }
+    }
+
+    /// Applies the children of profile node `idx` to a JSON object.
+    fn pnode_children(&mut self, p: &Profile, idx: usize, obj: &Map<String, Value>, fp: &str) {
+        let Some(node) = p.nodes.get(idx) else { return };
+        for &ci in &node.children {
+            let Some(c) = p.nodes.get(ci) else { continue };
+            let vals = collect(obj, c, fp);
+            let count = vals.len();
+            let efp = format!("{fp}.{}", c.name);
+            if let Some(min) = c.min
+                && count < min as usize
+            {
+                self.push(err(
+                    IssueType::Required,
+                    "EHR-VAL-008",
+                    &efp,
+                    format!("minimum cardinality of {} is {min} in profile {}, found {count}", c.path, p.name),
+                ));
+            }
+            if let Some(max) = c.max
+                && max.exceeded_by(count)
+            {
+                self.push(err(
+                    IssueType::Structure,
+                    "EHR-VAL-009",
+                    &efp,
+                    format!("maximum cardinality of {} is {} in profile {}, found {count}", c.path, max.label(), p.name),
+                ));
+            }
+            for (key, ifp, v) in &vals {
+                if c.choice && !c.types.is_empty() {
+                    let suffix = key.strip_prefix(c.name.as_str()).unwrap_or("");
+                    if !c.types.iter().any(|t| model::type_suffix_matches(t, suffix)) {
+                        self.push(err(
+                            IssueType::Structure,
+                            "EHR-VAL-012",
+                            ifp,
+                            format!("type {suffix} is not allowed for {} in profile {}", c.path, p.name),
+                        ));
+                        continue;
+                    }
+                }
+                self.pvalue(p, ci, v, ifp);
+            }
+            if c.sliced && !c.slices.is_empty() {
+                self.slicing(p, c, &vals, &efp);
+            }
+        }
+    }
+
+    fn slicing(&mut self, p: &Profile, c: &PNode, vals: &[(&str, String, &Value)], efp: &str) {
+        // Not enforced when some slice uses a discriminator this validator cannot evaluate.
+        let Some(discs) = &c.slice_discs else { return };
+        let mut counts = vec![0usize; c.slices.len()];
+        for (key, ifp, v) in vals {
+            let hit = discs.iter().position(|d| d.iter().all(|d| disc_matches(d, c, key, v)));
+            match hit {
+                Some(si) => {
+                    if let Some(n) = counts.get_mut(si) {
+                        *n += 1;
+                    }
+                    if let Some(&sidx) = c.slices.get(si) {
+                        self.pvalue(p, sidx, v, ifp);
+                    }
+                }
+                None if c.closed => self.push(err(
+                    IssueType::Structure,
+                    "EHR-VAL-014",
+                    ifp,
+                    format!("item does not match any slice of {} and the slicing is closed in profile {}", c.path, p.name),
+                )),
+                None => {}
+            }
+        }
+        for (si, &sidx) in c.slices.iter().enumerate() {
+            let Some(s) = p.nodes.get(sidx) else { continue };
+            let n = counts.get(si).copied().unwrap_or(0);
+            let sname = s.slice_name.as_deref().unwrap_or("");
+            if let Some(min) = s.min
+                && n < min as usize
+            {
+                self.push(err(
+                    IssueType::Structure,
+                    "EHR-VAL-013",
+                    efp,
+                    format!("slice {sname} of {} requires at least {min} item(s) in profile {}, found {n}", c.path, p.name),
+                ));
+            }
+            if let Some(max) = s.max
+                && max.exceeded_by(n)
+            {
+                self.push(err(
+                    IssueType::Structure,
+                    "EHR-VAL-013",
+                    efp,
+                    format!("slice {sname} of {} allows at most {} item(s) in profile {}, found {n}", c.path, max.label(), p.name),
+                ));
+            }
+        }
+    }
+
+    /// Checks one value against profile node `ni` (fixed, pattern, binding, children, type profiles).
+    fn pvalue(&mut self, p: &Profile, ni: usize, v: &Value, fp: &str) {
+        let Some(n) = p.nodes.get(ni) else { return };
+        if let Some(f) = &n.fixed
+            && !json_eq(f, v)
+        {
+            self.push(err(IssueType::Value, "EHR-VAL-010", fp, format!("{} does not have the fixed value required by profile {}", n.path, p.name)));
+        }
+        if let Some(pat) = &n.pattern
+            && !pattern_match(pat, v)
+        {
+            self.push(err(IssueType::Value, "EHR-VAL-011", fp, format!("{} does not match the pattern required by profile {}", n.path, p.name)));
+        }
+        if let Some(b) = &n.binding {
+            self.binding(b, v, fp, &n.path);
+        }
+        let Some(obj) = v.as_object() else { return };
+        self.pnode_children(p, ni, obj, fp);
+        if !n.constraints.is_empty() {
+            self.invariants(p, n, v, fp);
+        }
+        // Extension and data-type profiles (JP_MedicationDosage_eCS, JP_HumanName, ...).
+        let defs = self.defs;
+        for tp in &n.type_profiles {
+            if let Some(sub) = defs.profiles.get(tp)
+                && sub.url != p.url
+                && n.types.iter().any(|t| *t == sub.type_name)
+            {
+                self.profile(sub, v, fp, 0);
+            }
+        }
+    }
+}
+
+fn node_path(td: &TypeDef, idx: usize) -> &str {
+    td.nodes.get(idx).map(|n| n.path.as_str()).unwrap_or("")
+}
+
+/// The instance values of profile element `c` in `obj`: (property name, FHIRPath, value).
+fn collect<'a>(obj: &'a Map<String, Value>, c: &PNode, fp: &str) -> Vec<(&'a str, String, &'a Value)> {
+    let mut out = Vec::new();
+    let mut push = |k: &'a str, v: &'a Value| match v {
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                out.push((k, format!("{fp}.{k}[{i}]"), x));
+            }
+        }
+        _ => out.push((k, format!("{fp}.{k}"), v)),
+    };
+    if c.choice {
+        for (k, v) in obj {
+            if k.strip_prefix(c.name.as_str()).is_some_and(|s| s.starts_with(|ch: char| ch.is_ascii_uppercase())) {
+                push(k.as_str(), v);
+            }
+        }
+    } else if let Some((k, v)) = obj.get_key_value(c.name.as_str()) {
+        push(k.as_str(), v);
+    }
+    out
+}
+
+fn disc_matches(d: &Disc, c: &PNode, key: &str, v: &Value) -> bool {
+    match d {
+        Disc::Value { path, expect, pattern } => {
+            let mut found = Vec::new();
+            values_at(v, path, &mut found);
+            found.iter().any(|x| if *pattern { pattern_match(expect, x) } else { json_eq(expect, x) })
+        }
+        Disc::Exists { path, must } => {
+            let mut found = Vec::new();
+            values_at(v, path, &mut found);
+            found.is_empty() != *must
+        }
+        Disc::Type { types } => {
+            let suffix = key.strip_prefix(c.name.as_str()).unwrap_or("");
+            let rt = v.get("resourceType").and_then(Value::as_str);
+            types.iter().any(|t| (c.choice && model::type_suffix_matches(t, suffix)) || rt == Some(t.as_str()))
+        }
+    }
+}
+
+/// Deep equality with numbers compared by value (1 == 1.0).
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b)),
+        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w))),
+        _ => a == b,
+    }
+}
+
+/// FHIR pattern semantics: every property of the pattern is present with a matching value; a
+/// pattern array matches if each of its items matches some item of the instance array.
+fn pattern_match(pat: &Value, v: &Value) -> bool {
+    match (pat, v) {
+        (Value::Object(p), Value::Object(o)) => p.iter().all(|(k, pv)| o.get(k).is_some_and(|ov| pattern_match(pv, ov))),
+        (Value::Array(p), Value::Array(o)) => p.iter().all(|pi| o.iter().any(|oi| pattern_match(pi, oi))),
+        // A single pattern value against a repeating instance (or vice versa) is lenient.
+        (Value::Array(p), o) => p.iter().all(|pi| pattern_match(pi, o)),
+        (p, Value::Array(o)) => o.iter().any(|oi| pattern_match(p, oi)),
+        _ => json_eq(pat, v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn codes(v: &Value) -> Vec<(&'static str, String)> {
+        Validator::new()
+            .validate(v)
+            .into_iter()
+            .filter(|i| i.severity == Severity::Error)
+            .map(|i| (i.ehr_code, i.expression.first().cloned().unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn minimal_patient_is_valid() {
+        assert!(codes(&json!({"resourceType": "Patient", "gender": "male", "birthDate": "1990-01-01"})).is_empty());
+    }
+
+    #[test]
+    fn base_errors() {
+        let v = json!({"resourceType": "Patient", "foo": 1, "gender": "x", "active": "yes",
+            "name": {"family": "A"}, "_birthDate": {"extension": [{"url": "http://e", "valueString": "a"}]}});
+        let c = codes(&v);
+        assert!(c.contains(&("EHR-VAL-003", "Patient.foo".into())), "{c:?}");
+        assert!(c.contains(&("EHR-VAL-015", "Patient.gender".into())), "{c:?}");
+        assert!(c.contains(&("EHR-VAL-005", "Patient.active".into())), "{c:?}");
+        assert!(c.contains(&("EHR-VAL-004", "Patient.name".into())), "{c:?}");
+        assert_eq!(c.len(), 4, "{c:?}");
+    }
+
+    #[test]
+    fn choice_and_datatypes() {
+        let v = json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"},
+            "valueQuantity": {"value": 1, "unit": "mg", "bogus": 1}, "valueFoo": 1});
+        let c = codes(&v);
+        assert!(c.contains(&("EHR-VAL-003", "Observation.valueQuantity.bogus".into())), "{c:?}");
+        assert!(c.contains(&("EHR-VAL-003", "Observation.valueFoo".into())), "{c:?}");
+        assert_eq!(c.len(), 2, "{c:?}");
+    }
+
+    #[test]
+    fn hand_table_resource() {
+        let v = json!({"resourceType": "Slot", "schedule": {"reference": "Schedule/1"}, "status": "free",
+            "start": "2024-01-01T09:00:00Z"});
+        assert_eq!(codes(&v), vec![("EHR-VAL-006", "Slot.end".to_string())]);
+    }
+
+    #[test]
+    fn unknown_type_and_profile() {
+        assert_eq!(codes(&json!({"resourceType": "Nope"})), vec![("EHR-VAL-002", "Nope.resourceType".to_string())]);
+        let issues = Validator::new().validate(&json!({"resourceType": "Patient", "meta": {"profile": ["http://x/y"]}}));
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].severity, Severity::Warning);
+        assert_eq!(issues[0].ehr_code, "EHR-VAL-016");
+    }
+
+    #[test]
+    fn knows_profiles() {
+        let v = Validator::new();
+        assert!(v.knows_profile("http://jpfhir.jp/fhir/core/StructureDefinition/JP_Patient"));
+        assert!(v.knows_profile("http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Patient_eCS|1.5.2"));
+        assert!(!v.knows_profile("http://example.org/x"));
+    }
+
+    #[test]
+    fn pattern_semantics() {
+        let pat = json!({"coding": [{"system": "s", "code": "c"}]});
+        assert!(pattern_match(&pat, &json!({"coding": [{"system": "o"}, {"system": "s", "code": "c", "display": "d"}], "text": "t"})));
+        assert!(!pattern_match(&pat, &json!({"coding": [{"system": "s", "code": "d"}]})));
+    }
+}

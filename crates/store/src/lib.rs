@@ -1,0 +1,16 @@
+//! The FHIR resource store: a versioned, tenant-scoped repository over SQLite or PostgreSQL.
+//!
+//! Layout (the one HAPI and Medplum use): the current version of every resource in `resources`,
+//! every version in `resource_history`, and one index table per search-parameter kind
+//! (`sp_token`, `sp_string`, `sp_date`, `sp_reference`, `sp_quantity`, `sp_number`, `sp_uri`),
+//! all written in one transaction. Every row carries `tenant_id`; every statement binds it; on
+//! PostgreSQL row-level security enforces it a second time.
+
+mod error;
+mod migration;
+mod repo;
+mod sql;
+
+pub use error::StoreError;
+pub use migration::{APP_ROLE, Migrator};
+pub use repo::{HistoryScope, SearchPage, Store, StoreConfig, Stored, Tx};

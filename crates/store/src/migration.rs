@@ -1,0 +1,165 @@
+//! Forward-only schema migrations, portable between SQLite and PostgreSQL.
+//!
+//! The same SQL runs on both; the few PostgreSQL-only statements (row-level security, the
+//! application role, pattern-ops indexes) are added when the backend is PostgreSQL.
+
+use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm_migration::prelude::*;
+
+/// The migrations, in order.
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(M0001ResourceStore)]
+    }
+}
+
+/// Tables of tenant-scoped data; each gets a row-level-security policy on PostgreSQL.
+pub(crate) const TENANT_TABLES: &[&str] = &[
+    "resources",
+    "resource_history",
+    "sp_token",
+    "sp_string",
+    "sp_date",
+    "sp_reference",
+    "sp_quantity",
+    "sp_number",
+    "sp_uri",
+];
+
+const SCHEMA: &str = r#"
+CREATE TABLE resources (
+    tenant_id     TEXT    NOT NULL,
+    resource_type TEXT    NOT NULL,
+    id            TEXT    NOT NULL,
+    version_id    BIGINT  NOT NULL,
+    last_updated  BIGINT  NOT NULL,
+    deleted       INTEGER NOT NULL DEFAULT 0,
+    content       TEXT    NOT NULL,
+    PRIMARY KEY (tenant_id, resource_type, id)
+);
+CREATE INDEX resources_updated ON resources (tenant_id, resource_type, last_updated, id);
+
+CREATE TABLE resource_history (
+    tenant_id     TEXT    NOT NULL,
+    resource_type TEXT    NOT NULL,
+    id            TEXT    NOT NULL,
+    version_id    BIGINT  NOT NULL,
+    last_updated  BIGINT  NOT NULL,
+    method        TEXT    NOT NULL,
+    deleted       INTEGER NOT NULL DEFAULT 0,
+    content       TEXT    NOT NULL,
+    PRIMARY KEY (tenant_id, resource_type, id, version_id)
+);
+CREATE INDEX resource_history_updated ON resource_history (tenant_id, last_updated);
+
+CREATE TABLE sp_token (
+    tenant_id TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, param TEXT NOT NULL,
+    system TEXT, code TEXT
+);
+CREATE INDEX sp_token_value ON sp_token (tenant_id, resource_type, param, code, system);
+CREATE INDEX sp_token_owner ON sp_token (tenant_id, resource_type, resource_id);
+
+CREATE TABLE sp_string (
+    tenant_id TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, param TEXT NOT NULL,
+    normalized TEXT NOT NULL, exact TEXT NOT NULL
+);
+CREATE INDEX sp_string_exact ON sp_string (tenant_id, resource_type, param, exact);
+CREATE INDEX sp_string_owner ON sp_string (tenant_id, resource_type, resource_id);
+
+CREATE TABLE sp_date (
+    tenant_id TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, param TEXT NOT NULL,
+    low BIGINT NOT NULL, high BIGINT NOT NULL
+);
+CREATE INDEX sp_date_value ON sp_date (tenant_id, resource_type, param, low, high);
+CREATE INDEX sp_date_owner ON sp_date (tenant_id, resource_type, resource_id);
+
+CREATE TABLE sp_reference (
+    tenant_id TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, param TEXT NOT NULL,
+    target_type TEXT, target_id TEXT, url TEXT NOT NULL
+);
+CREATE INDEX sp_reference_value ON sp_reference (tenant_id, resource_type, param, target_id, target_type);
+CREATE INDEX sp_reference_target ON sp_reference (tenant_id, target_type, target_id);
+CREATE INDEX sp_reference_owner ON sp_reference (tenant_id, resource_type, resource_id);
+
+CREATE TABLE sp_quantity (
+    tenant_id TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, param TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL, system TEXT, code TEXT
+);
+CREATE INDEX sp_quantity_value ON sp_quantity (tenant_id, resource_type, param, value);
+CREATE INDEX sp_quantity_owner ON sp_quantity (tenant_id, resource_type, resource_id);
+
+CREATE TABLE sp_number (
+    tenant_id TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, param TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX sp_number_value ON sp_number (tenant_id, resource_type, param, value);
+CREATE INDEX sp_number_owner ON sp_number (tenant_id, resource_type, resource_id);
+
+CREATE TABLE sp_uri (
+    tenant_id TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, param TEXT NOT NULL,
+    uri TEXT NOT NULL
+);
+CREATE INDEX sp_uri_value ON sp_uri (tenant_id, resource_type, param, uri);
+CREATE INDEX sp_uri_owner ON sp_uri (tenant_id, resource_type, resource_id);
+"#;
+
+/// The role the application switches to in every PostgreSQL transaction (see `Store`). It is
+/// not a superuser and does not bypass row-level security, whatever role the pool logs in as.
+pub const APP_ROLE: &str = "ehr_app";
+
+struct M0001ResourceStore;
+
+impl MigrationName for M0001ResourceStore {
+    fn name(&self) -> &str {
+        "m0001_resource_store"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0001ResourceStore {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        for statement in SCHEMA.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            db.execute_unprepared(statement).await?;
+        }
+        if db.get_database_backend() == DbBackend::Postgres {
+            // Prefix LIKE on the normalised string needs pattern ops under a non-C collation.
+            db.execute_unprepared(
+                "CREATE INDEX sp_string_prefix ON sp_string (tenant_id, resource_type, param, normalized text_pattern_ops)",
+            )
+            .await?;
+            // The application role: created when the migrating user may create roles, and
+            // granted to the migrating user so that it can switch to it per transaction.
+            db.execute_unprepared(&format!(
+                "DO $$ BEGIN
+                   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+                     CREATE ROLE {APP_ROLE} NOLOGIN NOBYPASSRLS;
+                   END IF;
+                   EXECUTE format('GRANT {APP_ROLE} TO %I', current_user);
+                 EXCEPTION WHEN insufficient_privilege THEN
+                   RAISE NOTICE 'cannot create or grant role {APP_ROLE}; configure database.app_role';
+                 END $$"
+            ))
+            .await?;
+            for table in TENANT_TABLES {
+                // Second wall behind the tenant predicate every query carries: a query that
+                // forgot it still sees only the rows of the tenant set for the transaction.
+                db.execute_unprepared(&format!(
+                    "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+                     ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+                     CREATE POLICY tenant_isolation ON {table}
+                       USING (tenant_id = current_setting('ehr.tenant', true))
+                       WITH CHECK (tenant_id = current_setting('ehr.tenant', true));
+                     DO $$ BEGIN
+                       GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};
+                     EXCEPTION WHEN undefined_object THEN NULL;
+                     END $$"
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}

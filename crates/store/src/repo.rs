@@ -1,0 +1,712 @@
+//! The versioned, tenant-scoped resource repository.
+
+use crate::error::StoreError;
+use crate::migration::{APP_ROLE, Migrator};
+use crate::sql::{self, Sql, table_of};
+use chrono::{DateTime, Utc};
+use ehr_core::{ResourceId, TenantContext};
+use ehr_fhir::search::{IncludeSpec, IndexEntry, IndexValue, ParamKind, SearchQuery, TotalMode, extract, format_instant};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, QueryResult,
+    Statement, TransactionTrait, Value,
+};
+use sea_orm_migration::MigratorTrait;
+use serde_json::{Value as Json, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite://path/to/file.db` or `postgres://user@host/db`.
+    pub url: String,
+    /// Pool size (readers, on SQLite; all connections on PostgreSQL).
+    pub max_connections: u32,
+    /// PostgreSQL role switched to in every transaction so that row-level security applies even
+    /// when the pool logs in as the table owner. `None` keeps the login role.
+    pub app_role: Option<String>,
+}
+
+impl StoreConfig {
+    /// A config for `url` with defaults for the rest.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), max_connections: 16, app_role: Some(APP_ROLE.to_owned()) }
+    }
+}
+
+/// The resource repository. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: DbBackend,
+    /// On SQLite a single connection: writers queue here instead of failing with SQLITE_BUSY,
+    /// and a transaction that reads then writes cannot deadlock with another.
+    writer: DatabaseConnection,
+    reader: DatabaseConnection,
+    app_role: Option<String>,
+}
+
+/// The current (or a historical) version of a resource, with its JSON as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    /// Epoch milliseconds.
+    pub last_updated: i64,
+    pub deleted: bool,
+    /// The resource JSON including `id` and `meta.versionId`/`meta.lastUpdated`; empty when deleted.
+    pub content: String,
+    /// For history entries: `POST`, `PUT`, `PATCH` or `DELETE`.
+    pub method: Option<String>,
+}
+
+impl Stored {
+    /// `meta.lastUpdated` as a FHIR instant.
+    pub fn last_updated_instant(&self) -> String {
+        format_instant(self.last_updated)
+    }
+}
+
+/// A page of search results.
+#[derive(Debug, Default)]
+pub struct SearchPage {
+    pub matches: Vec<Stored>,
+    pub included: Vec<Stored>,
+    pub total: Option<u64>,
+    /// Whether there are more matches after this page.
+    pub has_more: bool,
+}
+
+/// Which history to list.
+#[derive(Debug, Clone, Copy)]
+pub enum HistoryScope<'a> {
+    Instance(&'a str, &'a str),
+    Type(&'a str),
+    System,
+}
+
+/// The maximum number of resources `_include`/`_revinclude` add to one page.
+const MAX_INCLUDED: usize = 1000;
+
+impl Store {
+    /// Connects to the database named by the config.
+    pub async fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
+        let backend = if config.url.starts_with("sqlite:") {
+            DbBackend::Sqlite
+        } else if config.url.starts_with("postgres:") || config.url.starts_with("postgresql:") {
+            DbBackend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        let options = |max: u32| {
+            let mut o = ConnectOptions::new(config.url.clone());
+            o.max_connections(max)
+                .min_connections(1)
+                .connect_timeout(Duration::from_secs(10))
+                .acquire_timeout(Duration::from_secs(30))
+                .sqlx_logging(false);
+            o
+        };
+        let (writer, reader) = match backend {
+            DbBackend::Sqlite => {
+                let writer = Database::connect(options(1)).await?;
+                // WAL lets readers proceed while the writer commits; it is a property of the file.
+                writer.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+                writer.execute_unprepared("PRAGMA synchronous=NORMAL").await?;
+                let reader = Database::connect(options(config.max_connections.max(1))).await?;
+                (writer, reader)
+            }
+            _ => {
+                let pool = Database::connect(options(config.max_connections.max(2))).await?;
+                (pool.clone(), pool)
+            }
+        };
+        let app_role = match backend {
+            DbBackend::Postgres => config.app_role.clone().filter(|r| !r.is_empty()),
+            _ => None,
+        };
+        Ok(Self { inner: Arc::new(Inner { backend, writer, reader, app_role }) })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        if self.inner.backend == DbBackend::Postgres {
+            // Serialise concurrent migrators (several pods, or parallel tests) on one database.
+            let conn = &self.inner.writer;
+            let txn = conn.begin().await?;
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(7395001)").await?;
+            Migrator::up(&txn, None).await?;
+            txn.commit().await?;
+            return Ok(());
+        }
+        Migrator::up(&self.inner.writer, None).await?;
+        Ok(())
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.reader.ping().await?;
+        Ok(())
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.inner.backend {
+            DbBackend::Postgres => "postgres",
+            _ => "sqlite",
+        }
+    }
+
+    /// Starts a read-write transaction confined to the context's tenant.
+    pub async fn write(&self, ctx: &TenantContext) -> Result<Tx, StoreError> {
+        self.begin(&self.inner.writer, ctx).await
+    }
+
+    /// Starts a read-only unit of work confined to the context's tenant.
+    pub async fn read(&self, ctx: &TenantContext) -> Result<Tx, StoreError> {
+        self.begin(&self.inner.reader, ctx).await
+    }
+
+    async fn begin(&self, conn: &DatabaseConnection, ctx: &TenantContext) -> Result<Tx, StoreError> {
+        let txn = conn.begin().await?;
+        let tenant = ctx.tenant().as_str().to_owned();
+        if self.inner.backend == DbBackend::Postgres {
+            // Transaction-local settings: they end with the transaction, so a pooled connection
+            // never carries one tenant's setting into another tenant's request.
+            let (sql, values): (&str, Vec<Value>) = match &self.inner.app_role {
+                Some(role) => (
+                    "SELECT set_config('role', $1, true), set_config('ehr.tenant', $2, true)",
+                    vec![role.as_str().into(), tenant.as_str().into()],
+                ),
+                None => ("SELECT set_config('ehr.tenant', $1, true)", vec![tenant.as_str().into()]),
+            };
+            txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+        }
+        Ok(Tx { txn, backend: self.inner.backend, tenant })
+    }
+}
+
+/// A unit of work within one tenant. Dropping it without [`Tx::commit`] rolls back.
+pub struct Tx {
+    txn: DatabaseTransaction,
+    backend: DbBackend,
+    tenant: String,
+}
+
+fn row_to_stored(row: &QueryResult, resource_type: Option<&str>) -> Result<Stored, StoreError> {
+    let resource_type = match resource_type {
+        Some(t) => t.to_owned(),
+        None => row.try_get::<String>("", "resource_type")?,
+    };
+    Ok(Stored {
+        resource_type,
+        id: row.try_get("", "id")?,
+        version: row.try_get("", "version_id")?,
+        last_updated: row.try_get("", "last_updated")?,
+        deleted: row.try_get::<i32>("", "deleted")? != 0,
+        content: row.try_get("", "content")?,
+        method: row.try_get::<Option<String>>("", "method").ok().flatten(),
+    })
+}
+
+impl Tx {
+    /// Commits the unit of work.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.txn.commit().await?;
+        Ok(())
+    }
+
+    fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
+        Statement::from_sql_and_values(self.backend, sql, values)
+    }
+
+    async fn query(&self, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>, StoreError> {
+        Ok(self.txn.query_all_raw(self.stmt(sql, values)).await?)
+    }
+
+    async fn exec(&self, sql: &str, values: Vec<Value>) -> Result<u64, StoreError> {
+        Ok(self.txn.execute_raw(self.stmt(sql, values)).await?.rows_affected())
+    }
+
+    /// Serialises conditional operations on one resource type within the tenant, so that two
+    /// concurrent conditional creates cannot both find "no match" and both create.
+    pub async fn lock_type(&self, resource_type: &str) -> Result<(), StoreError> {
+        if self.backend == DbBackend::Postgres {
+            let key = format!("{}/{}", self.tenant, resource_type);
+            self.exec("SELECT pg_advisory_xact_lock(hashtext($1))", vec![key.into()]).await?;
+        }
+        // SQLite: writes already run one at a time on the single writer connection.
+        Ok(())
+    }
+
+    /// The current version of a resource (deleted ones included, flagged).
+    pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<Stored>, StoreError> {
+        self.read_current(resource_type, id, false).await
+    }
+
+    async fn read_current(&self, resource_type: &str, id: &str, for_update: bool) -> Result<Option<Stored>, StoreError> {
+        let lock = if for_update && self.backend == DbBackend::Postgres { " FOR UPDATE" } else { "" };
+        let sql = format!(
+            "SELECT id, version_id, last_updated, deleted, content FROM resources \
+             WHERE tenant_id = $1 AND resource_type = $2 AND id = $3{lock}"
+        );
+        let rows = self.query(&sql, vec![self.tenant.as_str().into(), resource_type.into(), id.into()]).await?;
+        rows.first().map(|r| row_to_stored(r, Some(resource_type))).transpose()
+    }
+
+    /// One version of a resource, from history.
+    pub async fn vread(&self, resource_type: &str, id: &str, version: i64) -> Result<Option<Stored>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT id, version_id, last_updated, deleted, content, method FROM resource_history \
+                 WHERE tenant_id = $1 AND resource_type = $2 AND id = $3 AND version_id = $4",
+                vec![self.tenant.as_str().into(), resource_type.into(), id.into(), version.into()],
+            )
+            .await?;
+        rows.first().map(|r| row_to_stored(r, Some(resource_type))).transpose()
+    }
+
+    /// Creates a resource with a server-assigned id (or the given one, for update-as-create).
+    pub async fn create(
+        &self,
+        resource_type: &str,
+        id: Option<&ResourceId>,
+        mut resource: Json,
+        now: DateTime<Utc>,
+    ) -> Result<Stored, StoreError> {
+        let id = id.cloned().unwrap_or_else(ResourceId::generate);
+        let stored = stamp(&mut resource, resource_type, id.as_str(), 1, now)?;
+        let inserted = self
+            .exec(
+                &format!(
+                    "INSERT INTO resources (tenant_id, resource_type, id, version_id, last_updated, deleted, content) \
+                     VALUES ($1, $2, $3, 1, $4, 0, $5){}",
+                    // A concurrent create of the same client-assigned id must not abort the
+                    // whole transaction on PostgreSQL: detect it through the row count instead.
+                    " ON CONFLICT DO NOTHING"
+                ),
+                vec![
+                    self.tenant.as_str().into(),
+                    resource_type.into(),
+                    id.as_str().into(),
+                    stored.last_updated.into(),
+                    stored.content.as_str().into(),
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(StoreError::AlreadyExists);
+        }
+        self.append_history(&stored, "POST").await?;
+        self.write_indexes(resource_type, id.as_str(), &resource).await?;
+        Ok(stored)
+    }
+
+    /// Replaces a resource with a new version. With `if_match`, the current version must equal
+    /// it. A resource that does not exist is created with the given id (FHIR update-as-create),
+    /// unless `if_match` is set. Returns the new version and whether it was created.
+    pub async fn update(
+        &self,
+        resource_type: &str,
+        id: &ResourceId,
+        mut resource: Json,
+        if_match: Option<i64>,
+        method: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Stored, bool), StoreError> {
+        let Some(current) = self.read_current(resource_type, id.as_str(), true).await? else {
+            if if_match.is_some() {
+                return Err(StoreError::NotFound);
+            }
+            return Ok((self.create(resource_type, Some(id), resource, now).await?, true));
+        };
+        if let Some(expected) = if_match {
+            if expected != current.version {
+                return Err(StoreError::VersionConflict { current: current.version, expected });
+            }
+        }
+        let version = current.version + 1;
+        let stored = stamp(&mut resource, resource_type, id.as_str(), version, now)?;
+        let changed = self
+            .exec(
+                "UPDATE resources SET version_id = $4, last_updated = $5, deleted = 0, content = $6 \
+                 WHERE tenant_id = $1 AND resource_type = $2 AND id = $3 AND version_id = $7",
+                vec![
+                    self.tenant.as_str().into(),
+                    resource_type.into(),
+                    id.as_str().into(),
+                    version.into(),
+                    stored.last_updated.into(),
+                    stored.content.as_str().into(),
+                    current.version.into(),
+                ],
+            )
+            .await?;
+        if changed != 1 {
+            // Only reachable if the row lock above was not taken (it always is); never write
+            // a version on top of one we did not read.
+            return Err(StoreError::VersionConflict { current: current.version + 1, expected: current.version });
+        }
+        self.append_history(&stored, method).await?;
+        self.delete_indexes(resource_type, id.as_str()).await?;
+        self.write_indexes(resource_type, id.as_str(), &resource).await?;
+        Ok((stored, current.deleted))
+    }
+
+    /// Soft-deletes a resource: a new version marked deleted, kept in history, removed from
+    /// search. Returns `None` when there was nothing to delete.
+    pub async fn delete(&self, resource_type: &str, id: &str, now: DateTime<Utc>) -> Result<Option<Stored>, StoreError> {
+        let Some(current) = self.read_current(resource_type, id, true).await? else {
+            return Ok(None);
+        };
+        if current.deleted {
+            return Ok(None);
+        }
+        let stored = Stored {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            version: current.version + 1,
+            last_updated: now.timestamp_millis(),
+            deleted: true,
+            content: String::new(),
+            method: Some("DELETE".to_owned()),
+        };
+        self.exec(
+            "UPDATE resources SET version_id = $4, last_updated = $5, deleted = 1, content = '' \
+             WHERE tenant_id = $1 AND resource_type = $2 AND id = $3",
+            vec![
+                self.tenant.as_str().into(),
+                resource_type.into(),
+                id.into(),
+                stored.version.into(),
+                stored.last_updated.into(),
+            ],
+        )
+        .await?;
+        self.append_history(&stored, "DELETE").await?;
+        self.delete_indexes(resource_type, id).await?;
+        Ok(Some(stored))
+    }
+
+    async fn append_history(&self, s: &Stored, method: &str) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO resource_history (tenant_id, resource_type, id, version_id, last_updated, method, deleted, content) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            vec![
+                self.tenant.as_str().into(),
+                s.resource_type.as_str().into(),
+                s.id.as_str().into(),
+                s.version.into(),
+                s.last_updated.into(),
+                method.into(),
+                i32::from(s.deleted).into(),
+                s.content.as_str().into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_indexes(&self, resource_type: &str, id: &str) -> Result<(), StoreError> {
+        for kind in ALL_KINDS {
+            self.exec(
+                &format!("DELETE FROM {} WHERE tenant_id = $1 AND resource_type = $2 AND resource_id = $3", table_of(kind)),
+                vec![self.tenant.as_str().into(), resource_type.into(), id.into()],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the search-index rows of a resource: one multi-row INSERT per index table.
+    async fn write_indexes(&self, resource_type: &str, id: &str, resource: &Json) -> Result<(), StoreError> {
+        let entries = extract(resource_type, resource);
+        for kind in ALL_KINDS {
+            let of_kind: Vec<&IndexEntry> = entries.iter().filter(|e| e.kind == kind).collect();
+            // Chunks keep the bound-parameter count far below SQLite's and PostgreSQL's limits.
+            for chunk in of_kind.chunks(200) {
+                self.insert_index_rows(resource_type, id, kind, chunk).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn insert_index_rows(
+        &self,
+        resource_type: &str,
+        id: &str,
+        kind: ParamKind,
+        entries: &[&IndexEntry],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let columns = match kind {
+            ParamKind::Token => "system, code",
+            ParamKind::String => "normalized, exact",
+            ParamKind::Date => "low, high",
+            ParamKind::Reference => "target_type, target_id, url",
+            ParamKind::Quantity => "value, system, code",
+            ParamKind::Number => "value",
+            ParamKind::Uri => "uri",
+        };
+        let mut sql = Sql::new(&self.tenant);
+        let ty = sql.bind(resource_type);
+        let rid = sql.bind(id);
+        let mut rows = Vec::with_capacity(entries.len());
+        for e in entries {
+            let param = sql.bind(e.param);
+            let vals: Vec<String> = match &e.value {
+                IndexValue::Token { system, code } => vec![sql.bind(system.clone()), sql.bind(code.clone())],
+                IndexValue::String { normalized, exact } => {
+                    vec![sql.bind(normalized.as_str()), sql.bind(exact.as_str())]
+                }
+                IndexValue::Date(r) => vec![sql.bind(r.low), sql.bind(r.high)],
+                IndexValue::Reference { target_type, target_id, url } => {
+                    vec![sql.bind(target_type.clone()), sql.bind(target_id.clone()), sql.bind(url.as_str())]
+                }
+                IndexValue::Quantity { value, system, code } => {
+                    vec![sql.bind(*value), sql.bind(system.clone()), sql.bind(code.clone())]
+                }
+                IndexValue::Number(n) => vec![sql.bind(*n)],
+                IndexValue::Uri(u) => vec![sql.bind(u.as_str())],
+            };
+            rows.push(format!("($1, {ty}, {rid}, {param}, {})", vals.join(", ")));
+        }
+        sql.push(&format!(
+            "INSERT INTO {} (tenant_id, resource_type, resource_id, param, {columns}) VALUES {}",
+            table_of(kind),
+            rows.join(", ")
+        ));
+        self.exec(&sql.text, sql.values).await?;
+        Ok(())
+    }
+
+    /// Runs a search: one page of matches, the total if asked for, and included resources.
+    pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        let mut page = SearchPage::default();
+        if query.total != TotalMode::None || query.count == 0 {
+            let mut sql = Sql::new(&self.tenant);
+            sql.push("SELECT COUNT(*) AS n FROM resources r WHERE ");
+            sql::where_clause(&mut sql, query);
+            let rows = self.query(&sql.text, sql.values).await?;
+            let n: i64 = rows.first().map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
+            page.total = Some(u64::try_from(n).unwrap_or(0));
+        }
+        if query.count == 0 {
+            return Ok(page);
+        }
+        let mut sql = Sql::new(&self.tenant);
+        sql.push("SELECT r.id, r.version_id, r.last_updated, r.deleted, r.content FROM resources r WHERE ");
+        sql::where_clause(&mut sql, query);
+        let order = sql::order_by(&mut sql, query);
+        // One extra row tells whether a next page exists without a second query.
+        let limit = sql.bind((query.count + 1) as i64);
+        let offset = sql.bind(query.offset as i64);
+        sql.push(&format!(" ORDER BY {order} LIMIT {limit} OFFSET {offset}"));
+        let rows = self.query(&sql.text, sql.values).await?;
+        for row in rows.iter().take(query.count) {
+            page.matches.push(row_to_stored(row, Some(query.resource_type))?);
+        }
+        page.has_more = rows.len() > query.count;
+        page.included = self.includes(query, &page.matches).await?;
+        Ok(page)
+    }
+
+    /// Ids of the resources matching `query`, at most `limit` of them (for conditional
+    /// create/update/delete, which only need to know whether there are 0, 1 or more).
+    pub async fn matching_ids(&self, query: &SearchQuery, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut sql = Sql::new(&self.tenant);
+        sql.push("SELECT r.id FROM resources r WHERE ");
+        sql::where_clause(&mut sql, query);
+        let limit = sql.bind(limit as i64);
+        sql.push(&format!(" ORDER BY r.id LIMIT {limit}"));
+        let rows = self.query(&sql.text, sql.values).await?;
+        rows.iter().map(|r| r.try_get::<String>("", "id").map_err(StoreError::from)).collect()
+    }
+
+    async fn includes(&self, query: &SearchQuery, matches: &[Stored]) -> Result<Vec<Stored>, StoreError> {
+        let mut seen: std::collections::HashSet<(String, String)> =
+            matches.iter().map(|m| (m.resource_type.clone(), m.id.clone())).collect();
+        let mut included: Vec<Stored> = Vec::new();
+        if matches.is_empty() || (query.include.is_empty() && query.revinclude.is_empty()) {
+            return Ok(included);
+        }
+        let mut frontier: Vec<Stored> = matches.to_vec();
+        // Round 0 applies every spec to the matches; round 1 applies `:iterate` specs to what
+        // round 0 added. Deeper iteration is cut off (and bounded by MAX_INCLUDED anyway).
+        for round in 0..2 {
+            let mut added = Vec::new();
+            for spec in &query.include {
+                if round > 0 && !spec.iterate {
+                    continue;
+                }
+                let sources: Vec<&Stored> = frontier.iter().filter(|s| s.resource_type == spec.source_type).collect();
+                for target in self.forward_targets(spec, &sources).await? {
+                    if seen.insert((target.0.clone(), target.1.clone())) {
+                        if let Some(s) = self.read(&target.0, &target.1).await?.filter(|s| !s.deleted) {
+                            added.push(s);
+                        }
+                    }
+                }
+            }
+            for spec in &query.revinclude {
+                if round > 0 && !spec.iterate {
+                    continue;
+                }
+                for s in self.reverse_sources(spec, &frontier).await? {
+                    if seen.insert((s.resource_type.clone(), s.id.clone())) {
+                        added.push(s);
+                    }
+                }
+            }
+            if added.is_empty() {
+                break;
+            }
+            included.extend(added.iter().cloned());
+            if included.len() >= MAX_INCLUDED {
+                included.truncate(MAX_INCLUDED);
+                break;
+            }
+            frontier = added;
+        }
+        Ok(included)
+    }
+
+    /// `(type, id)` of the resources that `sources` reference through `spec.param`.
+    async fn forward_targets(
+        &self,
+        spec: &IncludeSpec,
+        sources: &[&Stored],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(&self.tenant);
+        let ty = sql.bind(spec.source_type);
+        let param = sql.bind(spec.param.name);
+        let ids: Vec<String> = sources.iter().map(|s| sql.bind(s.id.as_str())).collect();
+        sql.push(&format!(
+            "SELECT DISTINCT target_type, target_id FROM sp_reference WHERE tenant_id = $1 AND resource_type = {ty} \
+             AND param = {param} AND resource_id IN ({}) AND target_id IS NOT NULL",
+            ids.join(", ")
+        ));
+        if let Some(t) = spec.target_type {
+            let t = sql.bind(t);
+            sql.push(&format!(" AND target_type = {t}"));
+        }
+        let rows = self.query(&sql.text, sql.values).await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let t: Option<String> = r.try_get("", "target_type")?;
+            let i: Option<String> = r.try_get("", "target_id")?;
+            if let (Some(t), Some(i)) = (t, i) {
+                out.push((t, i));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Resources of `spec.source_type` whose `spec.param` references one of `targets`.
+    async fn reverse_sources(&self, spec: &IncludeSpec, targets: &[Stored]) -> Result<Vec<Stored>, StoreError> {
+        let mut out = Vec::new();
+        let types: std::collections::BTreeSet<&str> = targets.iter().map(|t| t.resource_type.as_str()).collect();
+        for target_type in types {
+            if spec.target_type.is_some_and(|t| t != target_type) {
+                continue;
+            }
+            let mut sql = Sql::new(&self.tenant);
+            let src = sql.bind(spec.source_type);
+            let param = sql.bind(spec.param.name);
+            let tt = sql.bind(target_type);
+            let ids: Vec<String> =
+                targets.iter().filter(|t| t.resource_type == target_type).map(|t| sql.bind(t.id.as_str())).collect();
+            let limit = sql.bind(MAX_INCLUDED as i64);
+            sql.push(&format!(
+                "SELECT r.id, r.version_id, r.last_updated, r.deleted, r.content FROM resources r \
+                 WHERE r.tenant_id = $1 AND r.resource_type = {src} AND r.deleted = 0 AND r.id IN (\
+                 SELECT resource_id FROM sp_reference WHERE tenant_id = $1 AND resource_type = {src} \
+                 AND param = {param} AND target_type = {tt} AND target_id IN ({})) ORDER BY r.id LIMIT {limit}",
+                ids.join(", ")
+            ));
+            for row in self.query(&sql.text, sql.values).await? {
+                out.push(row_to_stored(&row, Some(spec.source_type))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// History entries, newest first, with the number of entries in the whole history.
+    pub async fn history(
+        &self,
+        scope: HistoryScope<'_>,
+        since: Option<i64>,
+        count: usize,
+        offset: usize,
+    ) -> Result<(Vec<Stored>, u64), StoreError> {
+        let mut sql = Sql::new(&self.tenant);
+        let mut cond = "tenant_id = $1".to_owned();
+        match scope {
+            HistoryScope::Instance(t, id) => {
+                cond.push_str(&format!(" AND resource_type = {} AND id = {}", sql.bind(t), sql.bind(id)));
+            }
+            HistoryScope::Type(t) => cond.push_str(&format!(" AND resource_type = {}", sql.bind(t))),
+            HistoryScope::System => {}
+        }
+        if let Some(since) = since {
+            cond.push_str(&format!(" AND last_updated >= {}", sql.bind(since)));
+        }
+        let count_sql = format!("SELECT COUNT(*) AS n FROM resource_history WHERE {cond}");
+        let rows = self.query(&count_sql, sql.values.clone()).await?;
+        let total: i64 = rows.first().map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
+        let limit = sql.bind(count as i64);
+        let off = sql.bind(offset as i64);
+        let list_sql = format!(
+            "SELECT resource_type, id, version_id, last_updated, deleted, content, method FROM resource_history \
+             WHERE {cond} ORDER BY last_updated DESC, version_id DESC, resource_type, id LIMIT {limit} OFFSET {off}"
+        );
+        let rows = self.query(&list_sql, sql.values).await?;
+        let entries = rows.iter().map(|r| row_to_stored(r, None)).collect::<Result<Vec<_>, _>>()?;
+        Ok((entries, u64::try_from(total).unwrap_or(0)))
+    }
+}
+
+const ALL_KINDS: [ParamKind; 7] = [
+    ParamKind::Token,
+    ParamKind::String,
+    ParamKind::Date,
+    ParamKind::Reference,
+    ParamKind::Quantity,
+    ParamKind::Number,
+    ParamKind::Uri,
+];
+
+/// Sets `id`, `meta.versionId` and `meta.lastUpdated` and serialises the resource.
+fn stamp(resource: &mut Json, resource_type: &str, id: &str, version: i64, now: DateTime<Utc>) -> Result<Stored, StoreError> {
+    let last_updated = now.timestamp_millis();
+    let Json::Object(map) = resource else {
+        return Err(StoreError::Internal("resource is not a JSON object".into()));
+    };
+    map.insert("resourceType".into(), json!(resource_type));
+    map.insert("id".into(), json!(id));
+    let meta = map.entry("meta").or_insert_with(|| json!({}));
+    if let Json::Object(meta) = meta {
+        meta.insert("versionId".into(), json!(version.to_string()));
+        meta.insert("lastUpdated".into(), json!(format_instant(last_updated)));
+    }
+    let content = serde_json::to_string(resource).map_err(|e| StoreError::Internal(e.to_string()))?;
+    Ok(Stored {
+        resource_type: resource_type.to_owned(),
+        id: id.to_owned(),
+        version,
+        last_updated,
+        deleted: false,
+        content,
+        method: None,
+    })
+}
