@@ -1,1 +1,176 @@
-fn main() {}
+//! `ehr` — one binary, many targets.
+//!
+//! ```text
+//! ehr serve [--target all|patient-record] [--listen ADDR] [--data-dir DIR] [--config FILE]
+//! ehr dev-token --tenant T --scope "user/*.cruds" [--subject S] [--ttl-secs N]
+//! ehr migrate [--target …]
+//! ```
+
+use clap::{Parser, Subcommand};
+use ehr_app::{Config, Target};
+use ehr_auth::{Claims, DevSigner};
+use ehr_core::{Clock, SystemClock, TenantId};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "ehr", version, about = "Standard-spec cloud-native hospital EHR (reference implementation)")]
+struct Cli {
+    /// A TOML configuration file (defaults < file < EHR_* environment).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run services: all of them on SQLite (default), or one target on PostgreSQL.
+    Serve {
+        #[arg(long, default_value = "all")]
+        target: String,
+        /// Listen address [default: 127.0.0.1:8080, or EHR_LISTEN].
+        #[arg(long)]
+        listen: Option<String>,
+        /// SQLite data directory [default: ./data, or EHR_DATA_DIR].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(long, default_value = "all")]
+        target: String,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print a bearer token signed with the development key (refused when it is disabled).
+    DevToken {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "user/*.cruds")]
+        scope: String,
+        #[arg(long, default_value = "dev-user")]
+        subject: String,
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { target, listen, data_dir } => {
+                let target = parse_target(&target)?;
+                if let Some(l) = listen {
+                    config.listen = l;
+                }
+                if let Some(d) = data_dir {
+                    config.data_dir = d;
+                }
+                serve(config, target).await
+            }
+            Command::Migrate { target, data_dir } => {
+                if let Some(d) = data_dir {
+                    config.data_dir = d;
+                }
+                ehr_app::store(&config, parse_target(&target)?).await.map_err(|e| e.to_string())?;
+                println!("migrations applied");
+                Ok(())
+            }
+            Command::DevToken { tenant, scope, subject, ttl_secs } => dev_token(&config, &tenant, &scope, &subject, ttl_secs),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => fail(&msg),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("ehr: error: {msg}");
+    ExitCode::FAILURE
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    Target::parse(s).ok_or_else(|| format!("unknown target `{s}` (expected all or patient-record)"))
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config: Config, target: Target) -> Result<(), String> {
+    tracing::info!(config = %config.redacted(), ?target, "starting");
+    if target != Target::All && config.auth.development_key {
+        tracing::warn!("target {target:?} with auth.development_key = true: set it to false in production");
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let app = ehr_app::build(&config, target, clock).await.map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    tracing::info!(addr = %config.listen, backend = app.store.backend_name(), "listening; FHIR at /fhir");
+    axum::serve(listener, app.router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))
+}
+
+/// Resolves on SIGINT or SIGTERM; axum then stops accepting and drains in-flight requests.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutting down: draining in-flight requests");
+}
+
+fn dev_token(config: &Config, tenant: &str, scope: &str, subject: &str, ttl_secs: i64) -> Result<(), String> {
+    if !config.auth.development_key {
+        return Err("no development key is configured (auth.development_key = false); tokens come from the issuer".into());
+    }
+    TenantId::parse(tenant).map_err(|e| format!("--tenant: {e}"))?;
+    let now = SystemClock.now().timestamp();
+    let claims = Claims {
+        iss: ehr_auth::DEV_ISSUER.into(),
+        sub: subject.into(),
+        exp: now + ttl_secs.clamp(1, 86_400),
+        iat: now,
+        tenant: tenant.into(),
+        scope: scope.into(),
+        jti: Some(uuid_like(now)),
+    };
+    let token = DevSigner::new().and_then(|s| s.sign(&claims)).map_err(|e| e.to_string())?;
+    println!("{token}");
+    Ok(())
+}
+
+fn uuid_like(now: i64) -> String {
+    format!("dev-{now}-{}", std::process::id())
+}

@@ -1,1 +1,63 @@
-//! placeholder
+//! The FHIR RESTful API engine, shared by every resource-owning service.
+//!
+//! A service hands over the resource types it owns; this crate serves the R4 interactions on
+//! them (create, read, vread, update, patch, delete, history, search, batch/transaction,
+//! capabilities) with the same validation, tenancy and scope rules everywhere.
+
+mod capability;
+mod error;
+mod handlers;
+mod render;
+mod service;
+mod transaction;
+
+pub use capability::capability_statement;
+pub use error::RestError;
+pub use service::{FhirService, WriteOutcome};
+
+use axum::Router;
+use axum::extract::FromRef;
+use axum::routing::{get, post};
+use ehr_http::{AuthState, method_not_allowed};
+use std::sync::Arc;
+
+/// State of a FHIR REST router.
+#[derive(Clone)]
+pub struct RestState {
+    pub service: Arc<FhirService>,
+    pub auth: AuthState,
+    /// Where the router is mounted (`/fhir`), for absolute URLs in responses.
+    pub base_path: String,
+}
+
+impl FromRef<RestState> for AuthState {
+    fn from_ref(s: &RestState) -> AuthState {
+        s.auth.clone()
+    }
+}
+
+/// The FHIR REST routes, relative to the FHIR base.
+pub fn router(state: RestState) -> Router {
+    use handlers as h;
+    Router::new()
+        .route("/metadata", get(h::metadata))
+        .route("/", post(transaction::process).fallback(method_not_allowed))
+        .route("/_history", get(h::history_system))
+        .route(
+            "/{ty}",
+            get(h::search_get)
+                .post(h::create)
+                .put(h::conditional_update)
+                .delete(h::conditional_delete)
+                .fallback(method_not_allowed),
+        )
+        .route("/{ty}/_search", post(h::search_post).fallback(method_not_allowed))
+        .route("/{ty}/_history", get(h::history_type).fallback(method_not_allowed))
+        .route(
+            "/{ty}/{id}",
+            get(h::read).put(h::update).patch(h::patch).delete(h::delete).fallback(method_not_allowed),
+        )
+        .route("/{ty}/{id}/_history", get(h::history_instance).fallback(method_not_allowed))
+        .route("/{ty}/{id}/_history/{vid}", get(h::vread).fallback(method_not_allowed))
+        .with_state(state)
+}

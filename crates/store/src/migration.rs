@@ -138,8 +138,11 @@ impl MigrationTrait for M0001ResourceStore {
                      CREATE ROLE {APP_ROLE} NOLOGIN NOBYPASSRLS;
                    END IF;
                    EXECUTE format('GRANT {APP_ROLE} TO %I', current_user);
-                 EXCEPTION WHEN insufficient_privilege THEN
-                   RAISE NOTICE 'cannot create or grant role {APP_ROLE}; configure database.app_role';
+                 EXCEPTION
+                   WHEN insufficient_privilege THEN
+                     RAISE NOTICE 'cannot create or grant role {APP_ROLE}; configure database.app_role';
+                   -- Another database of the cluster migrating at the same moment created it.
+                   WHEN duplicate_object OR unique_violation THEN NULL;
                  END $$"
             ))
             .await?;

@@ -98,10 +98,7 @@ fn range_of<Tz: TimeZone>(start: NaiveDateTime, end_exclusive: NaiveDateTime, tz
 
 /// Formats epoch milliseconds as a FHIR instant (`2024-03-05T10:00:00.000Z`).
 pub fn format_instant(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 #[cfg(test)]

@@ -8,14 +8,28 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexValue {
     /// `system|code` of a Coding, Identifier, ContactPoint or code/boolean primitive.
-    Token { system: Option<String>, code: Option<String> },
+    Token {
+        system: Option<String>,
+        code: Option<String>,
+    },
     /// A string part, normalised for case-insensitive prefix matching, and as written.
-    String { normalized: String, exact: String },
+    String {
+        normalized: String,
+        exact: String,
+    },
     /// The instant range a date value covers, in epoch milliseconds, both ends inclusive.
     Date(DateRange),
     /// A reference, split into type and id where it is a relative (or absolute REST) reference.
-    Reference { target_type: Option<String>, target_id: Option<String>, url: String },
-    Quantity { value: f64, system: Option<String>, code: Option<String> },
+    Reference {
+        target_type: Option<String>,
+        target_id: Option<String>,
+        url: String,
+    },
+    Quantity {
+        value: f64,
+        system: Option<String>,
+        code: Option<String>,
+    },
     Number(f64),
     Uri(String),
 }
@@ -174,10 +188,7 @@ fn date(node: &Value) -> Option<DateRange> {
             if start.is_none() && end.is_none() {
                 return None;
             }
-            Some(DateRange {
-                low: start.map_or(i64::MIN, |r| r.low),
-                high: end.map_or(i64::MAX, |r| r.high),
-            })
+            Some(DateRange { low: start.map_or(i64::MIN, |r| r.low), high: end.map_or(i64::MAX, |r| r.high) })
         }
         _ => None,
     }
@@ -189,7 +200,8 @@ pub fn split_reference(url: &str) -> Option<(&str, &str)> {
     let mut parts = path.rsplit('/');
     let id = parts.next()?;
     let ty = parts.next()?;
-    let is_type = ty.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && ty.chars().all(|c| c.is_ascii_alphabetic());
+    let is_type =
+        ty.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && ty.chars().all(|c| c.is_ascii_alphabetic());
     (is_type && !id.is_empty()).then_some((ty, id))
 }
 
@@ -241,10 +253,17 @@ mod tests {
                 code: Some("00000010".into())
             }]
         );
-        assert_eq!(values_of(&e, "phone"), vec![IndexValue::Token { system: Some("phone".into()), code: Some("0312345678".into()) }]);
+        assert_eq!(
+            values_of(&e, "phone"),
+            vec![IndexValue::Token { system: Some("phone".into()), code: Some("0312345678".into()) }]
+        );
         assert_eq!(
             values_of(&e, "organization"),
-            vec![IndexValue::Reference { target_type: Some("Organization".into()), target_id: Some("org1".into()), url: "Organization/org1".into() }]
+            vec![IndexValue::Reference {
+                target_type: Some("Organization".into()),
+                target_id: Some("org1".into()),
+                url: "Organization/org1".into()
+            }]
         );
         let IndexValue::Date(range) = &values_of(&e, "birthdate")[0] else { panic!("date") };
         assert_eq!(range.low, 0);

@@ -45,19 +45,11 @@ pub struct SearchParamDef {
     pub targets: &'static [&'static str],
 }
 
-const fn p(
-    name: &'static str,
-    kind: ParamKind,
-    paths: &'static [&'static str],
-) -> SearchParamDef {
+const fn p(name: &'static str, kind: ParamKind, paths: &'static [&'static str]) -> SearchParamDef {
     SearchParamDef { name, kind, paths, targets: &[] }
 }
 
-const fn r(
-    name: &'static str,
-    paths: &'static [&'static str],
-    targets: &'static [&'static str],
-) -> SearchParamDef {
+const fn r(name: &'static str, paths: &'static [&'static str], targets: &'static [&'static str]) -> SearchParamDef {
     SearchParamDef { name, kind: ParamKind::Reference, paths, targets }
 }
 
@@ -193,7 +185,11 @@ const OBSERVATION: &[SearchParamDef] = &[
     r("patient", &["subject"], &["Patient"]),
     r("subject", &["subject"], &["Patient", "Group", "Device", "Location"]),
     r("encounter", &["encounter"], &["Encounter"]),
-    r("performer", &["performer"], &["Practitioner", "PractitionerRole", "Organization", "CareTeam", "Patient", "RelatedPerson"]),
+    r(
+        "performer",
+        &["performer"],
+        &["Practitioner", "PractitionerRole", "Organization", "CareTeam", "Patient", "RelatedPerson"],
+    ),
     r("based-on", &["basedOn"], &["ServiceRequest", "CarePlan", "MedicationRequest"]),
     r("specimen", &["specimen"], &["Specimen"]),
     r("derived-from", &["derivedFrom"], &[]),
@@ -215,7 +211,11 @@ const DIAGNOSTIC_REPORT: &[SearchParamDef] = &[
     r("result", &["result"], &["Observation"]),
     r("based-on", &["basedOn"], &["ServiceRequest", "CarePlan", "MedicationRequest"]),
     r("performer", &["performer"], &["Practitioner", "PractitionerRole", "Organization", "CareTeam"]),
-    r("results-interpreter", &["resultsInterpreter"], &["Practitioner", "PractitionerRole", "Organization", "CareTeam"]),
+    r(
+        "results-interpreter",
+        &["resultsInterpreter"],
+        &["Practitioner", "PractitionerRole", "Organization", "CareTeam"],
+    ),
     r("specimen", &["specimen"], &["Specimen"]),
 ];
 
@@ -229,9 +229,17 @@ const PROCEDURE: &[SearchParamDef] = &[
     r("patient", &["subject"], &["Patient"]),
     r("subject", &["subject"], &["Patient", "Group"]),
     r("encounter", &["encounter"], &["Encounter"]),
-    r("performer", &["performer.actor"], &["Practitioner", "PractitionerRole", "Organization", "Patient", "RelatedPerson", "Device"]),
+    r(
+        "performer",
+        &["performer.actor"],
+        &["Practitioner", "PractitionerRole", "Organization", "Patient", "RelatedPerson", "Device"],
+    ),
     r("based-on", &["basedOn"], &["ServiceRequest", "CarePlan"]),
-    r("reason-reference", &["reasonReference"], &["Condition", "Observation", "Procedure", "DiagnosticReport", "DocumentReference"]),
+    r(
+        "reason-reference",
+        &["reasonReference"],
+        &["Condition", "Observation", "Procedure", "DiagnosticReport", "DocumentReference"],
+    ),
 ];
 
 const IMMUNIZATION: &[SearchParamDef] = &[
@@ -256,7 +264,11 @@ const DOCUMENT_REFERENCE: &[SearchParamDef] = &[
     p("description", Str, &["description"]),
     r("patient", &["subject"], &["Patient"]),
     r("subject", &["subject"], &["Patient", "Practitioner", "Group", "Device"]),
-    r("author", &["author"], &["Practitioner", "PractitionerRole", "Organization", "Device", "Patient", "RelatedPerson"]),
+    r(
+        "author",
+        &["author"],
+        &["Practitioner", "PractitionerRole", "Organization", "Device", "Patient", "RelatedPerson"],
+    ),
     r("custodian", &["custodian"], &["Organization"]),
     r("encounter", &["context.encounter"], &["Encounter", "EpisodeOfCare"]),
     r("related", &["context.related"], &[]),
@@ -274,9 +286,17 @@ const COMPOSITION: &[SearchParamDef] = &[
     p("confidentiality", Token, &["confidentiality"]),
     r("patient", &["subject"], &["Patient"]),
     r("subject", &["subject"], &[]),
-    r("author", &["author"], &["Practitioner", "PractitionerRole", "Organization", "Device", "Patient", "RelatedPerson"]),
+    r(
+        "author",
+        &["author"],
+        &["Practitioner", "PractitionerRole", "Organization", "Device", "Patient", "RelatedPerson"],
+    ),
     r("encounter", &["encounter"], &["Encounter"]),
-    r("attester", &["attester.party"], &["Practitioner", "PractitionerRole", "Organization", "Patient", "RelatedPerson"]),
+    r(
+        "attester",
+        &["attester.party"],
+        &["Practitioner", "PractitionerRole", "Organization", "Patient", "RelatedPerson"],
+    ),
     r("entry", &["section.entry"], &[]),
 ];
 

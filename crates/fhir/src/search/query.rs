@@ -68,14 +68,36 @@ pub enum Modifier {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SearchValue {
     /// `system|code`; `system: Some(None)` is `|code` (no system), `None` is any system.
-    Token { system: Option<Option<String>>, code: Option<String> },
+    Token {
+        system: Option<Option<String>>,
+        code: Option<String>,
+    },
     /// Normalised for the default and `:contains` matches, as given for `:exact`.
-    String { normalized: String, exact: String },
-    Date { prefix: Prefix, range: DateRange },
+    String {
+        normalized: String,
+        exact: String,
+    },
+    Date {
+        prefix: Prefix,
+        range: DateRange,
+    },
     /// A reference by type and id, or by absolute URL.
-    Reference { target_type: Option<String>, id: String },
-    Quantity { prefix: Prefix, value: f64, precision: f64, system: Option<String>, code: Option<String> },
-    Number { prefix: Prefix, value: f64, precision: f64 },
+    Reference {
+        target_type: Option<String>,
+        id: String,
+    },
+    Quantity {
+        prefix: Prefix,
+        value: f64,
+        precision: f64,
+        system: Option<String>,
+        code: Option<String>,
+    },
+    Number {
+        prefix: Prefix,
+        value: f64,
+        precision: f64,
+    },
     Uri(String),
     /// The value of `:missing` (`true`: the element must be absent).
     Missing(bool),
@@ -257,12 +279,15 @@ fn parse_pair(
             let (Some(src), Some(pname)) = (parts.next(), parts.next()) else {
                 return Err(invalid(name, "expected SourceType:parameter[:TargetType]"));
             };
-            let source_type = type_of(src).ok_or_else(|| invalid(name, format!("unknown resource type `{}`", truncate(src))))?;
-            let param = find_param(source_type, pname)
-                .filter(|d| d.kind == ParamKind::Reference)
-                .ok_or_else(|| invalid(name, format!("`{}` is not a reference parameter of {source_type}", truncate(pname))))?;
+            let source_type =
+                type_of(src).ok_or_else(|| invalid(name, format!("unknown resource type `{}`", truncate(src))))?;
+            let param = find_param(source_type, pname).filter(|d| d.kind == ParamKind::Reference).ok_or_else(|| {
+                invalid(name, format!("`{}` is not a reference parameter of {source_type}", truncate(pname)))
+            })?;
             let target_type = match parts.next() {
-                Some(t) => Some(type_of(t).ok_or_else(|| invalid(name, format!("unknown resource type `{}`", truncate(t))))?),
+                Some(t) => {
+                    Some(type_of(t).ok_or_else(|| invalid(name, format!("unknown resource type `{}`", truncate(t))))?)
+                }
                 None => None,
             };
             let spec = IncludeSpec { source_type, param, target_type, iterate };
@@ -301,7 +326,12 @@ fn parse_filter(
             Some(t) => type_of(t).ok_or_else(|| invalid(name, format!("unknown resource type `{}`", truncate(t))))?,
             None => match def.targets {
                 [only] => type_of(only).ok_or_else(|| invalid(name, "chained target type is not served"))?,
-                _ => return Err(invalid(name, "chain over a reference with several target types needs a type modifier")),
+                _ => {
+                    return Err(invalid(
+                        name,
+                        "chain over a reference with several target types needs a type modifier",
+                    ));
+                }
             },
         };
         if rest.contains('.') {
@@ -501,7 +531,8 @@ mod tests {
 
     #[test]
     fn prefixes_and_precision() {
-        let q = parse("Observation", &[("value-quantity", "gt5.40|http://unitsofmeasure.org|mg")]).unwrap_or_else(|e| panic!("{e}"));
+        let q = parse("Observation", &[("value-quantity", "gt5.40|http://unitsofmeasure.org|mg")])
+            .unwrap_or_else(|e| panic!("{e}"));
         let Filter::Param { values, .. } = &q.filters[0] else { panic!() };
         let SearchValue::Quantity { prefix, value, precision, .. } = &values[0] else { panic!() };
         assert_eq!((*prefix, *value), (Prefix::Gt, 5.4));

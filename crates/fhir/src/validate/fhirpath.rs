@@ -7,6 +7,8 @@
 //! need a regex engine) makes the whole expression "not evaluable": the caller then skips the
 //! invariant instead of guessing.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 /// Evaluates a boolean FHIRPath expression; `None` when the expression is outside the subset.
@@ -18,7 +20,7 @@ pub(crate) fn evaluate(expr: &str, focus: &Value) -> Option<bool> {
         return None;
     }
     let cx = Ctx { resource: focus };
-    let out = cx.eval(&ast, &[Item { v: focus.clone(), ty: None }])?;
+    let out = cx.eval(&ast, &[Item { v: Cow::Borrowed(focus), ty: None }])?;
     match out.as_slice() {
         [] => None,
         [one] => one.v.as_bool(),
@@ -80,7 +82,9 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
             }
             '0'..='9' => {
                 let st = i;
-                while cs.get(i).is_some_and(|c| c.is_ascii_digit() || (*c == '.' && cs.get(i + 1).is_some_and(char::is_ascii_digit))) {
+                while cs.get(i).is_some_and(|c| {
+                    c.is_ascii_digit() || (*c == '.' && cs.get(i + 1).is_some_and(char::is_ascii_digit))
+                }) {
                     i += 1;
                 }
                 out.push(Tok::Num(cs.get(st..i)?.iter().collect::<String>().parse().ok()?));
@@ -166,7 +170,7 @@ impl Parser {
     fn expr(&mut self, min: u8) -> Option<Ast> {
         let mut lhs = self.postfix()?;
         while let Some(Tok::Op(op)) = self.peek().cloned() {
-            let Some(p) = prec(&op) else { return None };
+            let p = prec(&op)?;
             if p < min {
                 break;
             }
@@ -231,36 +235,41 @@ impl Parser {
     }
 }
 
+/// A collection item: borrowed from the resource (navigation never clones it) or computed.
 #[derive(Debug, Clone)]
-struct Item {
-    v: Value,
+struct Item<'a> {
+    v: Cow<'a, Value>,
     /// Type from a choice suffix or resourceType, when known.
     ty: Option<String>,
 }
 
-fn b(x: bool) -> Vec<Item> {
-    vec![Item { v: Value::Bool(x), ty: None }]
+fn owned<'a>(v: Value) -> Item<'a> {
+    Item { v: Cow::Owned(v), ty: None }
+}
+
+fn b<'a>(x: bool) -> Vec<Item<'a>> {
+    vec![owned(Value::Bool(x))]
 }
 
 struct Ctx<'a> {
     resource: &'a Value,
 }
 
-fn type_of(i: &Item) -> Option<String> {
+fn type_of(i: &Item<'_>) -> Option<String> {
     if let Some(t) = &i.ty {
         return Some(t.clone());
     }
     i.v.get("resourceType").and_then(Value::as_str).map(str::to_string)
 }
 
-fn is_type(i: &Item, t: &str) -> bool {
+fn is_type(i: &Item<'_>, t: &str) -> bool {
     type_of(i).is_some_and(|x| x.eq_ignore_ascii_case(t))
 }
 
-fn single_bool(c: &[Item]) -> Option<Option<bool>> {
+fn single_bool(c: &[Item<'_>]) -> Option<Option<bool>> {
     match c {
         [] => Some(None),
-        [one] => match &one.v {
+        [one] => match one.v.as_ref() {
             Value::Bool(x) => Some(Some(*x)),
             // A non-boolean singleton is "true" in boolean context.
             _ => Some(Some(true)),
@@ -269,7 +278,7 @@ fn single_bool(c: &[Item]) -> Option<Option<bool>> {
     }
 }
 
-fn single_str(c: &[Item]) -> Option<&str> {
+fn single_str<'b>(c: &'b [Item<'_>]) -> Option<&'b str> {
     match c {
         [one] => one.v.as_str(),
         _ => None,
@@ -283,12 +292,12 @@ fn eq(a: &Value, b: &Value) -> bool {
     }
 }
 
-impl Ctx<'_> {
-    fn eval(&self, ast: &Ast, input: &[Item]) -> Option<Vec<Item>> {
+impl<'a> Ctx<'a> {
+    fn eval(&self, ast: &Ast, input: &[Item<'a>]) -> Option<Vec<Item<'a>>> {
         match ast {
             Ast::This => Some(input.to_vec()),
-            Ast::Resource => Some(vec![Item { v: self.resource.clone(), ty: None }]),
-            Ast::Lit(v) => Some(vec![Item { v: v.clone(), ty: None }]),
+            Ast::Resource => Some(vec![Item { v: Cow::Borrowed(self.resource), ty: None }]),
+            Ast::Lit(v) => Some(vec![owned(v.clone())]),
             Ast::Member(on, name) => {
                 let base = match on {
                     Some(o) => self.eval(o, input)?,
@@ -301,10 +310,11 @@ impl Ctx<'_> {
                         out.push(it.clone());
                         continue;
                     }
-                    let Some(o) = it.v.as_object() else { continue };
-                    let mut push = |v: &Value, ty: Option<String>| match v {
-                        Value::Array(a) => out.extend(a.iter().map(|x| Item { v: x.clone(), ty: ty.clone() })),
-                        _ => out.push(Item { v: v.clone(), ty }),
+                    // Only resource data has children, and it is always borrowed.
+                    let Cow::Borrowed(Value::Object(o)) = it.v else { continue };
+                    let mut push = |v: &'a Value, ty: Option<String>| match v {
+                        Value::Array(a) => out.extend(a.iter().map(|x| Item { v: Cow::Borrowed(x), ty: ty.clone() })),
+                        _ => out.push(Item { v: Cow::Borrowed(v), ty }),
                     };
                     if let Some(v) = o.get(name) {
                         push(v, None);
@@ -343,7 +353,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn bin(&self, op: &str, l: &Ast, r: &Ast, input: &[Item]) -> Option<Vec<Item>> {
+    fn bin(&self, op: &str, l: &Ast, r: &Ast, input: &[Item<'a>]) -> Option<Vec<Item<'a>>> {
         let lv = self.eval(l, input)?;
         let rv = self.eval(r, input)?;
         match op {
@@ -409,20 +419,20 @@ impl Ctx<'_> {
             "+" => match (lv.as_slice(), rv.as_slice()) {
                 ([a], [c]) => {
                     let n = serde_json::Number::from_f64(a.v.as_f64()? + c.v.as_f64()?)?;
-                    Some(vec![Item { v: Value::Number(n), ty: None }])
+                    Some(vec![owned(Value::Number(n))])
                 }
                 _ => Some(vec![]),
             },
             "&" => {
                 let s = format!("{}{}", single_str(&lv).unwrap_or(""), single_str(&rv).unwrap_or(""));
-                Some(vec![Item { v: Value::String(s), ty: None }])
+                Some(vec![owned(Value::String(s))])
             }
             _ => None,
         }
     }
 
-    fn call(&self, f: &str, base: &[Item], args: &[Ast]) -> Option<Vec<Item>> {
-        let each = |it: &Item, e: &Ast| self.eval(e, std::slice::from_ref(it));
+    fn call(&self, f: &str, base: &[Item<'a>], args: &[Ast]) -> Option<Vec<Item<'a>>> {
+        let each = |it: &Item<'a>, e: &Ast| self.eval(e, std::slice::from_ref(it));
         match (f, args) {
             ("where", [e]) => {
                 let mut out = Vec::new();
@@ -452,7 +462,7 @@ impl Ctx<'_> {
             ("exists", [e]) => Some(b(!self.call("where", base, std::slice::from_ref(e))?.is_empty())),
             ("empty", []) => Some(b(base.is_empty())),
             ("hasValue", []) => Some(b(matches!(base, [one] if !one.v.is_object() && !one.v.is_array()))),
-            ("count", []) => Some(vec![Item { v: Value::from(base.len()), ty: None }]),
+            ("count", []) => Some(vec![owned(Value::from(base.len()))]),
             ("not", []) => Some(match single_bool(base)? {
                 Some(x) => b(!x),
                 None => vec![],
@@ -466,17 +476,20 @@ impl Ctx<'_> {
                 _ => return None,
             }),
             ("contains", [e]) => {
-                let (Some(s), Some(sub)) = (single_str(base), single_str(&self.eval(e, base)?).map(str::to_string)) else {
+                let (Some(s), Some(sub)) = (single_str(base), single_str(&self.eval(e, base)?).map(str::to_string))
+                else {
                     return Some(vec![]);
                 };
                 Some(b(s.contains(&sub)))
             }
             ("indexOf", [e]) => {
-                let (Some(s), Some(sub)) = (single_str(base), single_str(&self.eval(e, base)?).map(str::to_string)) else {
+                let (Some(s), Some(sub)) = (single_str(base), single_str(&self.eval(e, base)?).map(str::to_string))
+                else {
                     return Some(vec![]);
                 };
-                let idx = s.find(&sub).map(|bi| s.get(..bi).map(|p| p.chars().count() as i64).unwrap_or(-1)).unwrap_or(-1);
-                Some(vec![Item { v: Value::from(idx), ty: None }])
+                let idx =
+                    s.find(&sub).map(|bi| s.get(..bi).map(|p| p.chars().count() as i64).unwrap_or(-1)).unwrap_or(-1);
+                Some(vec![owned(Value::from(idx))])
             }
             ("substring", [start, rest @ ..]) => {
                 let Some(s) = single_str(base) else { return Some(vec![]) };
@@ -492,14 +505,14 @@ impl Ctx<'_> {
                 }
                 let end = len.map(|l| (st + l.max(0)) as usize).unwrap_or(chars.len()).min(chars.len());
                 let sub: String = chars.get(st as usize..end).map(|c| c.iter().collect()).unwrap_or_default();
-                Some(vec![Item { v: Value::String(sub), ty: None }])
+                Some(vec![owned(Value::String(sub))])
             }
             _ => None,
         }
     }
 }
 
-fn single_num(c: &[Item]) -> Option<i64> {
+fn single_num(c: &[Item<'_>]) -> Option<i64> {
     match c {
         [one] => one.v.as_f64().map(|f| f as i64),
         _ => None,
@@ -515,7 +528,10 @@ mod tests {
     fn subset() {
         let r = json!({"resourceType": "MedicationRequest", "medicationCodeableConcept": {"coding": [{"system": "a"}, {"system": "b"}]}});
         assert_eq!(evaluate("medication.ofType(CodeableConcept).coding.where(system = 'a').count()=1", &r), Some(true));
-        assert_eq!(evaluate("(medication.ofType(CodeableConcept).coding.where(system = 'c').count()=1) or false", &r), Some(false));
+        assert_eq!(
+            evaluate("(medication.ofType(CodeableConcept).coding.where(system = 'c').count()=1) or false", &r),
+            Some(false)
+        );
         assert_eq!(evaluate("status.exists() implies status = 'x'", &r), Some(true));
         assert_eq!(evaluate("identifier.value.matches('x')", &r), None);
         assert_eq!(evaluate("'abc|d'.indexOf('|') > 0 and 'abc'.substring(0,2) = 'ab'", &r), Some(true));

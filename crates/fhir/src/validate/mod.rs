@@ -123,15 +123,30 @@ impl Cx {
     /// Validates a resource at FHIRPath `fp` (`Patient` or `Bundle.entry[0].resource`).
     fn resource(&mut self, v: &Value, fp: &str, depth: usize) {
         if depth > MAX_DEPTH {
-            self.push(err(IssueType::Structure, "EHR-VAL-019", fp, format!("resources are nested more than {MAX_DEPTH} levels deep")));
+            self.push(err(
+                IssueType::Structure,
+                "EHR-VAL-019",
+                fp,
+                format!("resources are nested more than {MAX_DEPTH} levels deep"),
+            ));
             return;
         }
         let Some(obj) = v.as_object() else {
-            self.push(err(IssueType::Structure, "EHR-VAL-001", fp, format!("a resource must be a JSON object, found {}", json_kind(v))));
+            self.push(err(
+                IssueType::Structure,
+                "EHR-VAL-001",
+                fp,
+                format!("a resource must be a JSON object, found {}", json_kind(v)),
+            ));
             return;
         };
         let Some(rt) = obj.get("resourceType").and_then(Value::as_str) else {
-            self.push(err(IssueType::Structure, "EHR-VAL-001", fp, "resourceType is missing or not a string".to_string()));
+            self.push(err(
+                IssueType::Structure,
+                "EHR-VAL-001",
+                fp,
+                "resourceType is missing or not a string".to_string(),
+            ));
             return;
         };
         let defs = self.defs;
@@ -141,10 +156,17 @@ impl Cx {
                     IssueType::NotSupported,
                     "EHR-VAL-017",
                     fp,
-                    format!("resource type {rt} has no structural definition in this server; its content was not validated"),
+                    format!(
+                        "resource type {rt} has no structural definition in this server; its content was not validated"
+                    ),
                 ));
             } else {
-                self.push(err(IssueType::Structure, "EHR-VAL-002", &format!("{fp}.resourceType"), "resourceType is not a FHIR R4 resource type".to_string()));
+                self.push(err(
+                    IssueType::Structure,
+                    "EHR-VAL-002",
+                    &format!("{fp}.resourceType"),
+                    "resourceType is not a FHIR R4 resource type".to_string(),
+                ));
             }
             return;
         };
@@ -172,12 +194,25 @@ impl Cx {
     }
 
     /// Checks the properties of a JSON object against node `idx` of a base type tree.
-    fn object(&mut self, td: &TypeDef, idx: usize, obj: &Map<String, Value>, fp: &str, is_resource: bool, depth: usize) {
+    fn object(
+        &mut self,
+        td: &TypeDef,
+        idx: usize,
+        obj: &Map<String, Value>,
+        fp: &str,
+        is_resource: bool,
+        depth: usize,
+    ) {
         let defs = self.defs;
         let kids = td.children(idx);
         let mut counts = vec![0usize; kids.len()];
         if obj.is_empty() && !is_resource {
-            self.push(err(IssueType::Structure, "EHR-VAL-004", fp, "an element must have content; empty objects are not allowed".to_string()));
+            self.push(err(
+                IssueType::Structure,
+                "EHR-VAL-004",
+                fp,
+                "an element must have content; empty objects are not allowed".to_string(),
+            ));
         }
         for (key, v) in obj {
             if is_resource && key == "resourceType" {
@@ -189,7 +224,12 @@ impl Cx {
             };
             let kfp = format!("{fp}.{key}");
             let Some((ci, tcode)) = td.child_for_key(idx, name, &defs.all_types) else {
-                self.push(err(IssueType::Structure, "EHR-VAL-003", &kfp, format!("unknown element {key} in {}", node_path(td, idx))));
+                self.push(err(
+                    IssueType::Structure,
+                    "EHR-VAL-003",
+                    &kfp,
+                    format!("unknown element {key} in {}", node_path(td, idx)),
+                ));
                 continue;
             };
             let Some(node) = td.nodes.get(ci) else { continue };
@@ -206,7 +246,12 @@ impl Cx {
             let repeats = node.max.repeats();
             if prim_ext {
                 if !is_primitive(tcode) {
-                    self.push(err(IssueType::Structure, "EHR-VAL-003", &kfp, format!("{key} is only allowed for primitive elements")));
+                    self.push(err(
+                        IssueType::Structure,
+                        "EHR-VAL-003",
+                        &kfp,
+                        format!("{key} is only allowed for primitive elements"),
+                    ));
                     continue;
                 }
                 self.prim_ext(v, repeats, &kfp, depth);
@@ -215,11 +260,21 @@ impl Cx {
             let sibling_ext = obj.get(&format!("_{key}"));
             if repeats {
                 let Some(items) = v.as_array() else {
-                    self.push(err(IssueType::Structure, "EHR-VAL-004", &kfp, format!("{} must be a JSON array", node.path)));
+                    self.push(err(
+                        IssueType::Structure,
+                        "EHR-VAL-004",
+                        &kfp,
+                        format!("{} must be a JSON array", node.path),
+                    ));
                     continue;
                 };
                 if items.is_empty() {
-                    self.push(err(IssueType::Structure, "EHR-VAL-004", &kfp, format!("{} must not be an empty array", node.path)));
+                    self.push(err(
+                        IssueType::Structure,
+                        "EHR-VAL-004",
+                        &kfp,
+                        format!("{} must not be an empty array", node.path),
+                    ));
                 }
                 if node.max.exceeded_by(items.len()) {
                     self.push(err(
@@ -269,7 +324,12 @@ impl Cx {
         let one = |cx: &mut Cx, x: &Value, xfp: &str| match x {
             Value::Object(o) => cx.object(elem, 0, o, xfp, false, depth),
             Value::Null if repeats => {}
-            _ => cx.push(err(IssueType::Structure, "EHR-VAL-004", xfp, "primitive extension content must be a JSON object".to_string())),
+            _ => cx.push(err(
+                IssueType::Structure,
+                "EHR-VAL-004",
+                xfp,
+                "primitive extension content must be a JSON object".to_string(),
+            )),
         };
         match (v, repeats) {
             (Value::Array(a), true) => {
@@ -278,7 +338,12 @@ impl Cx {
                 }
             }
             (Value::Array(_), false) => {
-                self.push(err(IssueType::Structure, "EHR-VAL-004", fp, "primitive extension content must not be a JSON array".to_string()));
+                self.push(err(
+                    IssueType::Structure,
+                    "EHR-VAL-004",
+                    fp,
+                    "primitive extension content must not be a JSON array".to_string(),
+                ));
             }
             _ => one(self, v, fp),
         }
@@ -295,7 +360,12 @@ impl Cx {
         if !td.children(ci).is_empty() {
             match v.as_object() {
                 Some(o) => self.object(td, ci, o, fp, false, depth),
-                None => self.push(err(IssueType::Structure, "EHR-VAL-004", fp, format!("{} must be a JSON object", node.path))),
+                None => self.push(err(
+                    IssueType::Structure,
+                    "EHR-VAL-004",
+                    fp,
+                    format!("{} must be a JSON object", node.path),
+                )),
             }
             return;
         }
@@ -303,11 +373,21 @@ impl Cx {
             match primitive::check(tcode, v) {
                 Ok(()) => {}
                 Err(primitive::PrimError::Kind(want)) => {
-                    self.push(err(IssueType::Value, "EHR-VAL-005", fp, format!("{} is of type {tcode} and must be {want}", node.path)));
+                    self.push(err(
+                        IssueType::Value,
+                        "EHR-VAL-005",
+                        fp,
+                        format!("{} is of type {tcode} and must be {want}", node.path),
+                    ));
                     return;
                 }
                 Err(primitive::PrimError::Format) => {
-                    self.push(err(IssueType::Value, "EHR-VAL-005", fp, format!("{} is not a valid {tcode}", node.path)));
+                    self.push(err(
+                        IssueType::Value,
+                        "EHR-VAL-005",
+                        fp,
+                        format!("{} is not a valid {tcode}", node.path),
+                    ));
                     return;
                 }
             }
@@ -318,7 +398,12 @@ impl Cx {
             match v.as_object() {
                 Some(o) => self.object(dt, 0, o, fp, false, depth),
                 None => {
-                    self.push(err(IssueType::Structure, "EHR-VAL-004", fp, format!("{} is of type {tcode} and must be a JSON object", node.path)));
+                    self.push(err(
+                        IssueType::Structure,
+                        "EHR-VAL-004",
+                        fp,
+                        format!("{} is of type {tcode} and must be a JSON object", node.path),
+                    ));
                     return;
                 }
             }
@@ -364,7 +449,10 @@ impl Cx {
     fn profile(&mut self, p: &Profile, v: &Value, fp: &str, depth: usize) {
         let defs = self.defs;
         let Some(obj) = v.as_object() else { return };
-        if !p.snapshot && depth < 8 && let Some(parent) = defs.profiles.get(&p.base) {
+        if !p.snapshot
+            && depth < 8
+            && let Some(parent) = defs.profiles.get(&p.base)
+        {
             self.profile(parent, v, fp, depth + 1);
         }
         self.pnode_children(p, 0, obj, fp);
@@ -411,7 +499,12 @@ impl Cx {
                     IssueType::Structure,
                     "EHR-VAL-009",
                     &efp,
-                    format!("maximum cardinality of {} is {} in profile {}, found {count}", c.path, max.label(), p.name),
+                    format!(
+                        "maximum cardinality of {} is {} in profile {}, found {count}",
+                        c.path,
+                        max.label(),
+                        p.name
+                    ),
                 ));
             }
             for (key, ifp, v) in &vals {
@@ -454,7 +547,10 @@ impl Cx {
                     IssueType::Structure,
                     "EHR-VAL-014",
                     ifp,
-                    format!("item does not match any slice of {} and the slicing is closed in profile {}", c.path, p.name),
+                    format!(
+                        "item does not match any slice of {} and the slicing is closed in profile {}",
+                        c.path, p.name
+                    ),
                 )),
                 None => {}
             }
@@ -470,7 +566,10 @@ impl Cx {
                     IssueType::Structure,
                     "EHR-VAL-013",
                     efp,
-                    format!("slice {sname} of {} requires at least {min} item(s) in profile {}, found {n}", c.path, p.name),
+                    format!(
+                        "slice {sname} of {} requires at least {min} item(s) in profile {}, found {n}",
+                        c.path, p.name
+                    ),
                 ));
             }
             if let Some(max) = s.max
@@ -480,7 +579,12 @@ impl Cx {
                     IssueType::Structure,
                     "EHR-VAL-013",
                     efp,
-                    format!("slice {sname} of {} allows at most {} item(s) in profile {}, found {n}", c.path, max.label(), p.name),
+                    format!(
+                        "slice {sname} of {} allows at most {} item(s) in profile {}, found {n}",
+                        c.path,
+                        max.label(),
+                        p.name
+                    ),
                 ));
             }
         }
@@ -492,12 +596,22 @@ impl Cx {
         if let Some(f) = &n.fixed
             && !json_eq(f, v)
         {
-            self.push(err(IssueType::Value, "EHR-VAL-010", fp, format!("{} does not have the fixed value required by profile {}", n.path, p.name)));
+            self.push(err(
+                IssueType::Value,
+                "EHR-VAL-010",
+                fp,
+                format!("{} does not have the fixed value required by profile {}", n.path, p.name),
+            ));
         }
         if let Some(pat) = &n.pattern
             && !pattern_match(pat, v)
         {
-            self.push(err(IssueType::Value, "EHR-VAL-011", fp, format!("{} does not match the pattern required by profile {}", n.path, p.name)));
+            self.push(err(
+                IssueType::Value,
+                "EHR-VAL-011",
+                fp,
+                format!("{} does not match the pattern required by profile {}", n.path, p.name),
+            ));
         }
         if let Some(b) = &n.binding {
             self.binding(b, v, fp, &n.path);
@@ -512,7 +626,7 @@ impl Cx {
         for tp in &n.type_profiles {
             if let Some(sub) = defs.profiles.get(tp)
                 && sub.url != p.url
-                && n.types.iter().any(|t| *t == sub.type_name)
+                && n.types.contains(&sub.type_name)
             {
                 self.profile(sub, v, fp, 0);
             }
@@ -572,7 +686,9 @@ fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b)),
-        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w))),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
         _ => a == b,
     }
 }
@@ -581,7 +697,9 @@ fn json_eq(a: &Value, b: &Value) -> bool {
 /// pattern array matches if each of its items matches some item of the instance array.
 fn pattern_match(pat: &Value, v: &Value) -> bool {
     match (pat, v) {
-        (Value::Object(p), Value::Object(o)) => p.iter().all(|(k, pv)| o.get(k).is_some_and(|ov| pattern_match(pv, ov))),
+        (Value::Object(p), Value::Object(o)) => {
+            p.iter().all(|(k, pv)| o.get(k).is_some_and(|ov| pattern_match(pv, ov)))
+        }
         (Value::Array(p), Value::Array(o)) => p.iter().all(|pi| o.iter().any(|oi| pattern_match(pi, oi))),
         // A single pattern value against a repeating instance (or vice versa) is lenient.
         (Value::Array(p), o) => p.iter().all(|pi| pattern_match(pi, o)),
@@ -642,7 +760,8 @@ mod tests {
     #[test]
     fn unknown_type_and_profile() {
         assert_eq!(codes(&json!({"resourceType": "Nope"})), vec![("EHR-VAL-002", "Nope.resourceType".to_string())]);
-        let issues = Validator::new().validate(&json!({"resourceType": "Patient", "meta": {"profile": ["http://x/y"]}}));
+        let issues =
+            Validator::new().validate(&json!({"resourceType": "Patient", "meta": {"profile": ["http://x/y"]}}));
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].severity, Severity::Warning);
         assert_eq!(issues[0].ehr_code, "EHR-VAL-016");
@@ -659,7 +778,10 @@ mod tests {
     #[test]
     fn pattern_semantics() {
         let pat = json!({"coding": [{"system": "s", "code": "c"}]});
-        assert!(pattern_match(&pat, &json!({"coding": [{"system": "o"}, {"system": "s", "code": "c", "display": "d"}], "text": "t"})));
+        assert!(pattern_match(
+            &pat,
+            &json!({"coding": [{"system": "o"}, {"system": "s", "code": "c", "display": "d"}], "text": "t"})
+        ));
         assert!(!pattern_match(&pat, &json!({"coding": [{"system": "s", "code": "d"}]})));
     }
 }

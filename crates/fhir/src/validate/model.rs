@@ -69,7 +69,12 @@ pub(crate) struct TypeDef {
 
 impl TypeDef {
     /// The child of `parent` a JSON property name refers to, with the chosen type code.
-    pub(crate) fn child_for_key<'a>(&'a self, parent: usize, key: &str, all_types: &'a [String]) -> Option<(usize, &'a str)> {
+    pub(crate) fn child_for_key<'a>(
+        &'a self,
+        parent: usize,
+        key: &str,
+        all_types: &'a [String],
+    ) -> Option<(usize, &'a str)> {
         let p = self.nodes.get(parent)?;
         let kids = match p.content_ref {
             Some(r) => &self.nodes.get(r)?.children,
@@ -225,9 +230,7 @@ impl Definitions {
         let mut snap_types: HashMap<String, TypeDef> = HashMap::new();
         for pkg in &packages {
             for sd in sds(pkg) {
-                if sd.get("snapshot").and_then(Value::as_bool) == Some(true)
-                    && str_of(sd, "kind") == "resource"
-                {
+                if sd.get("snapshot").and_then(Value::as_bool) == Some(true) && str_of(sd, "kind") == "resource" {
                     merge_snapshot_base(&mut snap_types, sd, &overrides);
                 }
             }
@@ -242,7 +245,10 @@ impl Definitions {
                     let mut set = ValueSet::new();
                     if let Some(sys) = systems.as_object() {
                         for (s, codes) in sys {
-                            let codes = codes.as_array().map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect()).unwrap_or_default();
+                            let codes = codes
+                                .as_array()
+                                .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect())
+                                .unwrap_or_default();
                             set.insert(s.clone(), codes);
                         }
                     }
@@ -383,7 +389,10 @@ fn add_implicit(nodes: &mut Vec<Node>, idx: usize) {
         wanted.push(("modifierExtension", "Extension"));
     }
     for (name, ty) in wanted {
-        let exists = nodes.get(idx).map(|n| n.children.iter().any(|&c| nodes.get(c).is_some_and(|c| c.name == name))).unwrap_or(true);
+        let exists = nodes
+            .get(idx)
+            .map(|n| n.children.iter().any(|&c| nodes.get(c).is_some_and(|c| c.name == name)))
+            .unwrap_or(true);
         if exists {
             continue;
         }
@@ -431,7 +440,8 @@ fn build_typedef(name: &str, elems: &[RawElem]) -> TypeDef {
             n.content_ref = target;
         }
     }
-    let backbones: Vec<usize> = (1..nodes.len()).filter(|&i| nodes.get(i).is_some_and(|n| is_backbone(&n.types))).collect();
+    let backbones: Vec<usize> =
+        (1..nodes.len()).filter(|&i| nodes.get(i).is_some_and(|n| is_backbone(&n.types))).collect();
     for i in backbones {
         add_implicit(&mut nodes, i);
     }
@@ -451,7 +461,11 @@ fn snapshot_type_code(code: &str, base_path: &str) -> String {
 }
 
 /// Adds the base elements of a snapshot to the base tree of its type, reading `base.min/max`.
-fn merge_snapshot_base(out: &mut HashMap<String, TypeDef>, sd: &Map<String, Value>, overrides: &HashMap<String, Vec<String>>) {
+fn merge_snapshot_base(
+    out: &mut HashMap<String, TypeDef>,
+    sd: &Map<String, Value>,
+    overrides: &HashMap<String, Vec<String>>,
+) {
     let type_name = str_of(sd, "type").to_string();
     let exists = out.contains_key(&type_name);
     let mut elems: Vec<RawElem> = Vec::new();
@@ -472,7 +486,12 @@ fn merge_snapshot_base(out: &mut HashMap<String, TypeDef>, sd: &Map<String, Valu
         let base = e.get("base").and_then(Value::as_object);
         let base_path = base.map(|b| str_of(b, "path")).unwrap_or("");
         let min = base.and_then(|b| b.get("min")).or_else(|| e.get("min")).and_then(Value::as_u64).unwrap_or(0) as u32;
-        let max = base.and_then(|b| b.get("max")).or_else(|| e.get("max")).and_then(Value::as_str).and_then(Max::parse).unwrap_or(Max::Many);
+        let max = base
+            .and_then(|b| b.get("max"))
+            .or_else(|| e.get("max"))
+            .and_then(Value::as_str)
+            .and_then(Max::parse)
+            .unwrap_or(Max::Many);
         let mut types: Vec<String> = match overrides.get(path) {
             Some(o) => o.clone(),
             None => e
@@ -553,12 +572,19 @@ fn build_profile(sd: &Map<String, Value>) -> Option<Profile> {
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .map(|d| (d.get("type").and_then(Value::as_str).unwrap_or("").to_string(), d.get("path").and_then(Value::as_str).unwrap_or("").to_string()))
+                .map(|d| {
+                    (
+                        d.get("type").and_then(Value::as_str).unwrap_or("").to_string(),
+                        d.get("path").and_then(Value::as_str).unwrap_or("").to_string(),
+                    )
+                })
                 .collect();
             slicings.push((idx, discs));
         }
         for c in e.get("constraint").and_then(Value::as_array).into_iter().flatten() {
-            if let (Some(key), Some(expr)) = (c.get("key").and_then(Value::as_str), c.get("expression").and_then(Value::as_str)) {
+            if let (Some(key), Some(expr)) =
+                (c.get("key").and_then(Value::as_str), c.get("expression").and_then(Value::as_str))
+            {
                 n.constraints.push(Constraint {
                     key: key.to_string(),
                     error: c.get("severity").and_then(Value::as_str) != Some("warning"),
@@ -609,7 +635,11 @@ fn ensure_pnode(nodes: &mut Vec<PNode>, by_id: &mut HashMap<String, usize>, id: 
         None => (name_part.to_string(), false),
     };
     let node = PNode {
-        path: if parent_id.is_empty() { name_part.to_string() } else { format!("{}.{}", strip_slices(&parent_id), name_part) },
+        path: if parent_id.is_empty() {
+            name_part.to_string()
+        } else {
+            format!("{}.{}", strip_slices(&parent_id), name_part)
+        },
         name,
         choice,
         slice_name: slice.map(str::to_string),
@@ -618,7 +648,10 @@ fn ensure_pnode(nodes: &mut Vec<PNode>, by_id: &mut HashMap<String, usize>, id: 
     // A slice hangs off the sliced element (re-slices `a/b` off slice `a`); others off the parent.
     let owner = match slice {
         Some(s) => match s.rsplit_once('/') {
-            Some((outer, _)) => Some(format!("{}{name_part}:{outer}", if parent_id.is_empty() { String::new() } else { format!("{parent_id}.") })),
+            Some((outer, _)) => Some(format!(
+                "{}{name_part}:{outer}",
+                if parent_id.is_empty() { String::new() } else { format!("{parent_id}.") }
+            )),
             None => Some(if parent_id.is_empty() { name_part.to_string() } else { format!("{parent_id}.{name_part}") }),
         },
         None => None,
@@ -646,7 +679,10 @@ fn descend(nodes: &[PNode], from: usize, path: &[String]) -> Option<usize> {
     let mut cur = from;
     for seg in path {
         let n = nodes.get(cur)?;
-        cur = *n.children.iter().find(|&&c| nodes.get(c).is_some_and(|c| &c.name == seg || (c.choice && seg.starts_with(&c.name))))?;
+        cur = *n
+            .children
+            .iter()
+            .find(|&&c| nodes.get(c).is_some_and(|c| &c.name == seg || (c.choice && seg.starts_with(&c.name))))?;
     }
     Some(cur)
 }
@@ -703,7 +739,9 @@ fn resolve_disc(nodes: &[PNode], slice: usize, kind: &str, path: &str) -> Option
                 }
             }
             // Extension slices carry their URL in type.profile, not as a fixed value.
-            if path == "url" && let Some(p) = s.type_profiles.first() {
+            if path == "url"
+                && let Some(p) = s.type_profiles.first()
+            {
                 return Some(Disc::Value { path: segs, expect: Value::String(p.clone()), pattern: false });
             }
             // The value may sit inside a pattern on the slice itself (patternCodeableConcept), or

@@ -52,7 +52,9 @@ fn lexical_ok(type_code: &str, s: &str) -> bool {
         "dateTime" => is_date_time(s),
         "instant" => is_instant(s),
         "time" => is_time(s),
-        "base64Binary" => s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b' ' | b'\n' | b'\r')),
+        "base64Binary" => {
+            s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b' ' | b'\n' | b'\r'))
+        }
         "xhtml" => s.trim_start().starts_with("<div"),
         // string, markdown and anything else string-valued: must not be empty.
         _ => !s.is_empty(),
@@ -99,7 +101,9 @@ fn is_time(s: &str) -> bool {
     let parts: Vec<&str> = main.split(':').collect();
     let ok = match parts.as_slice() {
         [h, m, sec] => {
-            digits(h, 2).is_some_and(|h| h < 24) && digits(m, 2).is_some_and(|m| m < 60) && digits(sec, 2).is_some_and(|s| s <= 60)
+            digits(h, 2).is_some_and(|h| h < 24)
+                && digits(m, 2).is_some_and(|m| m < 60)
+                && digits(sec, 2).is_some_and(|s| s <= 60)
         }
         _ => false,
     };

@@ -69,7 +69,10 @@ fn jp_clins_examples_are_valid() {
         let errs: Vec<Issue> = errors(&v.validate(&res)).into_iter().cloned().collect();
         let limited = EXPECTED_LIMITATIONS.iter().any(|(n, _)| *n == name);
         if errs.is_empty() == limited {
-            failures.push_str(&format!("{name} (expected limitation: {limited}):\n{}", show(&errs.iter().collect::<Vec<_>>())));
+            failures.push_str(&format!(
+                "{name} (expected limitation: {limited}):\n{}",
+                show(&errs.iter().collect::<Vec<_>>())
+            ));
         }
     }
     assert!(failures.is_empty(), "{failures}");
@@ -175,7 +178,8 @@ fn lab_result_without_laboratory_category() {
     let issues = Validator::new().validate(&o);
     let errs = errors(&issues);
     assert!(
-        errs.iter().any(|i| matches!(i.ehr_code, "EHR-VAL-011" | "EHR-VAL-013") && i.expression.iter().any(|e| e.starts_with("Observation.category"))),
+        errs.iter().any(|i| matches!(i.ehr_code, "EHR-VAL-011" | "EHR-VAL-013")
+            && i.expression.iter().any(|e| e.starts_with("Observation.category"))),
         "{}",
         show(&errs)
     );
@@ -183,10 +187,70 @@ fn lab_result_without_laboratory_category() {
 
 #[test]
 fn closed_slice_violation() {
-    // JP_Organization_eCS... find a closed slicing in a JP-CLINS example: Bundle entries are
-    // sliced closed by resource profile (not evaluated); Encounter-eCS? use a known one below.
-    let mut b = load("jp-clins", "Bundle-Bundle-CLINS-Referral-Example-01.json");
-    let _ = &mut b;
+    // JP_Condition_eCS slices meta.tag closed by code (LTS / UNINFORMED / UNDELIVERED).
+    let mut c = load("jp-clins", "Condition-Example-JP-Condition-eCS-01.json");
+    let ok = json!({"system": "http://jpfhir.jp/fhir/clins/CodeSystem/JP_ehrshrs_indication", "code": "LTS"});
+    c["meta"]["tag"] = json!([ok, {"system": "http://example.org/tags", "code": "other"}]);
+    let issues = Validator::new().validate(&c);
+    assert_error(&issues, "EHR-VAL-014", "Condition.meta.tag[1]");
+    // The sliced element itself also binds meta.tag (required) to JP_ehrshrs_indication.
+    assert_error(&issues, "EHR-VAL-015", "Condition.meta.tag[1]");
+    assert_eq!(errors(&issues).len(), 2, "{}", show(&errors(&issues)));
+    // Two items in a 0..1 slice.
+    c["meta"]["tag"] = json!([ok, ok]);
+    assert_error(&Validator::new().validate(&c), "EHR-VAL-013", "Condition.meta.tag");
+}
+
+#[test]
+fn profile_choice_type_restriction() {
+    // JP_MedicationRequest_eCS restricts medication[x] to CodeableConcept.
+    let mut m = load("jp-clins", "MedicationRequest-Example-JP-MedReq-PO-BID-2d.json");
+    let obj = m.as_object_mut().unwrap();
+    obj.remove("medicationCodeableConcept");
+    obj.insert("medicationReference".into(), json!({"reference": "Medication/1"}));
+    let issues = Validator::new().validate(&m);
+    assert_error(&issues, "EHR-VAL-012", "MedicationRequest.medicationReference");
+}
+
+#[test]
+fn fixed_value_in_extension_profile() {
+    let mut p = load("jp-clins", "Patient-Example-JP-Patient-standard.json");
+    p["extension"] = json!([{"url": "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Patient_Race", "valueString": "x"}]);
+    let issues = Validator::new().validate(&p);
+    // JP_Patient_Race only allows valueCodeableConcept.
+    assert_error(&issues, "EHR-VAL-012", "Patient.extension[0].valueString");
+}
+
+#[test]
+fn primitive_extension_siblings() {
+    let mut p = jp_patient();
+    p["_birthDate"] = json!({"extension": [{"url": "http://example.org/e", "valueBoolean": true}]});
+    assert!(errors(&Validator::new().validate(&p)).is_empty());
+    p["_birthDate"] = json!({"extension": [{"valueBoolean": "yes"}]});
+    let issues = Validator::new().validate(&p);
+    assert_error(&issues, "EHR-VAL-006", "Patient._birthDate.extension[0].url");
+    assert_error(&issues, "EHR-VAL-005", "Patient._birthDate.extension[0].valueBoolean");
+}
+
+#[test]
+fn bundle_entries_are_validated() {
+    let mut b = load("jp-clins", "Bundle-Bundle-CLINS-PCS-Example-01.json");
+    let i = b["entry"].as_array().unwrap().iter().position(|e| e["resource"]["resourceType"] == "Patient").unwrap();
+    b["entry"][i]["resource"]["birthDate"] = json!("1990-13-45");
+    let issues = Validator::new().validate(&b);
+    assert_error(&issues, "EHR-VAL-005", &format!("Bundle.entry[{i}].resource.birthDate"));
+}
+
+#[test]
+fn hand_table_types() {
+    let v = Validator::new();
+    let sr = json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "subject": {"reference": "Patient/1"}, "occurrenceDateTime": "2024-01-01", "quantityRatio": {}});
+    let issues = v.validate(&sr);
+    assert_error(&issues, "EHR-VAL-004", "ServiceRequest.quantityRatio");
+    assert_eq!(errors(&issues).len(), 1, "{}", show(&errors(&issues)));
+    let appt = json!({"resourceType": "Appointment", "status": "booked", "participant": [{"status": "maybe"}]});
+    assert_error(&v.validate(&appt), "EHR-VAL-015", "Appointment.participant[0].status");
 }
 
 #[test]

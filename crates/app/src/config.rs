@@ -1,0 +1,177 @@
+//! Configuration: defaults < TOML file < `EHR_*` environment (`__` nests: `EHR_DATABASE__URL`).
+//!
+//! Secrets can come from files (`database.url_file`, i.e. `EHR_DATABASE__URL_FILE`, for
+//! Kubernetes secrets). Unknown keys are rejected, so a typo fails loudly at start-up.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Which services a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Every service in one process on the embedded defaults (SQLite).
+    All,
+    /// The patient-record service alone (PostgreSQL from config).
+    PatientRecord,
+}
+
+impl Target {
+    /// Parses `all` or `patient-record`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "all" => Some(Self::All),
+            "patient-record" => Some(Self::PatientRecord),
+            _ => None,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// Directory of the embedded SQLite database.
+    pub data_dir: PathBuf,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+/// Database settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://…` or `sqlite://…`; when absent, SQLite under `data_dir` (target `all` only).
+    #[serde(skip_serializing)]
+    pub url: Option<SecretString>,
+    /// A file holding the URL (takes precedence over `url`).
+    pub url_file: Option<PathBuf>,
+    pub max_connections: u32,
+    /// PostgreSQL role switched to per transaction so that row-level security applies; empty
+    /// to keep the login role (which must then not own the tables or bypass RLS).
+    pub app_role: String,
+}
+
+/// Token verification settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Trust the development key published in this repository (and let `ehr dev-token` sign
+    /// with it). Never in production.
+    pub development_key: bool,
+    /// The trusted token issuer (`iss`), when not using the development key.
+    pub issuer: Option<String>,
+    /// The issuer's JWKS URL.
+    pub jwks_url: Option<String>,
+    /// A JWKS file.
+    pub jwks_file: Option<PathBuf>,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter directive (`info`, `ehr=debug`).
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            max_body_bytes: 16 * 1024 * 1024,
+            database: DatabaseConfig { url: None, url_file: None, max_connections: 16, app_role: ehr_store::APP_ROLE.into() },
+            auth: AuthConfig { development_key: true, issuer: None, jwks_url: None, jwks_file: None },
+            log: LogConfig { format: "text".into(), level: "info".into() },
+        }
+    }
+}
+
+/// Configuration errors; each says which setting is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("cannot read {what} from {path}: {source}")]
+    File { what: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+impl Config {
+    /// Loads defaults, then the TOML file (if given), then `EHR_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!("config file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("EHR_").split("__"));
+        figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The database URL for `target`, reading `url_file` if set.
+    pub fn database_url(&self, target: Target) -> Result<String, ConfigError> {
+        if let Some(path) = &self.database.url_file {
+            let url = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::File { what: "database.url_file", path: path.clone(), source })?;
+            return Ok(url.trim().to_owned());
+        }
+        if let Some(url) = &self.database.url {
+            return Ok(url.expose_secret().to_owned());
+        }
+        match target {
+            Target::All => Ok(format!("sqlite://{}?mode=rwc", self.data_dir.join("ehr.db").display())),
+            Target::PatientRecord => Err(ConfigError::Invalid(
+                "database.url (or EHR_DATABASE__URL / EHR_DATABASE__URL_FILE) is required for target patient-record".into(),
+            )),
+        }
+    }
+
+    /// The configuration as loggable JSON, secrets left out.
+    pub fn redacted(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_and_unknown_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("ehr.toml", "listen = \"0.0.0.0:9000\"\n[database]\nmax_connections = 4\n")?;
+            jail.set_env("EHR_DATABASE__MAX_CONNECTIONS", "8");
+            let c = Config::load(Some(Path::new("ehr.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen, "0.0.0.0:9000");
+            assert_eq!(c.database.max_connections, 8);
+            jail.set_env("EHR_DATABSE__URL", "x");
+            assert!(Config::load(None).is_err(), "a misspelt key must be rejected");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_stay_out_of_logs() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("db-url", "postgres://u:secret@h/db\n")?;
+            jail.set_env("EHR_DATABASE__URL_FILE", "db-url");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.database_url(Target::PatientRecord).map_err(|e| e.to_string())?, "postgres://u:secret@h/db");
+            assert!(!c.redacted().contains("secret"));
+            Ok(())
+        });
+    }
+}

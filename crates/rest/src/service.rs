@@ -1,0 +1,232 @@
+//! FHIR interaction semantics on top of the store: validation, conditional logic, versions.
+//!
+//! Every operation takes an open [`Tx`], so the same code serves a single request (one
+//! transaction) and each entry of a transaction Bundle (one shared transaction).
+
+use crate::error::RestError;
+use ehr_core::{Clock, Issue, IssueType, ResourceId, Severity};
+use ehr_fhir::search::{SearchQuery, parse_search};
+use ehr_fhir::validate::Validator;
+use ehr_http::Problem;
+use ehr_store::{Store, StoreError, Stored, Tx};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// The resource-owning part of a service: which types it serves and the machinery to serve them.
+pub struct FhirService {
+    pub store: Store,
+    pub validator: Arc<Validator>,
+    pub clock: Arc<dyn Clock>,
+    /// The resource types this service owns, sorted.
+    pub types: Vec<&'static str>,
+}
+
+/// The result of a write.
+#[derive(Debug)]
+pub struct WriteOutcome {
+    pub stored: Stored,
+    /// 201 for a creation, 200 otherwise.
+    pub status: u16,
+}
+
+impl FhirService {
+    /// Resolves a type name from a URL to one this service serves.
+    pub fn resource_type(&self, name: &str) -> Result<&'static str, RestError> {
+        self.types.iter().copied().find(|t| *t == name).ok_or_else(|| RestError::UnknownType(name.chars().take(64).collect()))
+    }
+
+    /// Resolves a type name for search-related purposes (`_include` targets, chains): any type
+    /// with search parameters may be named, even if another service owns it.
+    pub fn known_type(&self, name: &str) -> Option<&'static str> {
+        ehr_core::ResourceType::parse(name).ok().map(ehr_core::ResourceType::as_str)
+    }
+
+    /// Parses search parameters for `resource_type`.
+    pub fn parse_query(&self, resource_type: &'static str, pairs: &[(String, String)], strict: bool) -> Result<SearchQuery, Problem> {
+        Ok(parse_search(resource_type, pairs, strict, |t| self.known_type(t))?)
+    }
+
+    /// Parses a condition (`identifier=x&…`) of a conditional operation; unknown parameters are
+    /// always errors here, because ignoring one would widen the match.
+    pub fn parse_condition(&self, resource_type: &'static str, condition: &str) -> Result<SearchQuery, Problem> {
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(condition.as_bytes()).into_owned().collect();
+        if pairs.is_empty() {
+            return Err(RestError::EmptyCondition.into());
+        }
+        self.parse_query(resource_type, &pairs, true)
+    }
+
+    /// Validates a resource body for `resource_type`: shape, then the validator.
+    pub fn validate(&self, resource_type: &str, resource: &Value) -> Result<Vec<Issue>, Problem> {
+        let found = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+        if found != resource_type {
+            return Err(RestError::TypeMismatch { expected: resource_type.to_owned(), found: found.chars().take(64).collect() }.into());
+        }
+        let issues = self.validator.validate(resource);
+        let (errors, warnings): (Vec<Issue>, Vec<Issue>) =
+            issues.into_iter().partition(|i| matches!(i.severity, Severity::Error | Severity::Fatal));
+        if errors.is_empty() {
+            return Ok(warnings);
+        }
+        // R4 3.1.0.4: 400 when the content fails basic FHIR rules, 422 when it violates a profile
+        // or business rule. Structure issues (unknown elements, wrong JSON shapes) are the former.
+        let status = if errors.iter().any(|i| i.code == IssueType::Structure) { 400 } else { 422 };
+        Err(Problem::new(status, errors))
+    }
+
+    /// `create`, optionally conditional (`If-None-Exist`).
+    pub async fn create(
+        &self,
+        tx: &Tx,
+        resource_type: &'static str,
+        mut resource: Value,
+        if_none_exist: Option<&str>,
+    ) -> Result<WriteOutcome, Problem> {
+        if let Some(condition) = if_none_exist {
+            let query = self.parse_condition(resource_type, condition)?;
+            tx.lock_type(resource_type).await?;
+            let ids = tx.matching_ids(&query, 2).await?;
+            match ids.as_slice() {
+                [] => {}
+                [id] => {
+                    let stored = tx.read(resource_type, id).await?.ok_or(StoreError::NotFound)?;
+                    return Ok(WriteOutcome { stored, status: 200 });
+                }
+                _ => return Err(RestError::MultipleMatches(ids.len()).into()),
+            }
+        }
+        // R4: the server assigns the id of a created resource; a client id is ignored.
+        if let Value::Object(map) = &mut resource {
+            map.remove("id");
+        }
+        self.validate(resource_type, &resource)?;
+        let stored = tx.create(resource_type, None, resource, self.clock.now()).await?;
+        Ok(WriteOutcome { stored, status: 201 })
+    }
+
+    /// `update` of `resource_type/id`, honouring `If-Match`; creates the resource if absent.
+    pub async fn update(
+        &self,
+        tx: &Tx,
+        resource_type: &'static str,
+        id: &str,
+        resource: Value,
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome, Problem> {
+        let id = ResourceId::parse(id).map_err(|_| RestError::InvalidId)?;
+        match resource.get("id").and_then(Value::as_str) {
+            None => return Err(RestError::MissingId.into()),
+            Some(body_id) if body_id != id.as_str() => return Err(RestError::IdMismatch.into()),
+            Some(_) => {}
+        }
+        self.validate(resource_type, &resource)?;
+        let existed = tx.read(resource_type, id.as_str()).await?.is_some_and(|s| !s.deleted);
+        let (stored, _) = tx.update(resource_type, &id, resource, if_match, "PUT", self.clock.now()).await?;
+        Ok(WriteOutcome { stored, status: if existed { 200 } else { 201 } })
+    }
+
+    /// Conditional update: `PUT [type]?criteria`.
+    pub async fn conditional_update(
+        &self,
+        tx: &Tx,
+        resource_type: &'static str,
+        condition: &str,
+        mut resource: Value,
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome, Problem> {
+        let query = self.parse_condition(resource_type, condition)?;
+        tx.lock_type(resource_type).await?;
+        let ids = tx.matching_ids(&query, 2).await?;
+        match ids.as_slice() {
+            [] => {
+                // No match: create, with the body's id if it has one (update-as-create).
+                match resource.get("id").and_then(Value::as_str).map(str::to_owned) {
+                    Some(id) => self.update(tx, resource_type, &id, resource, None).await,
+                    None => self.create(tx, resource_type, resource, None).await,
+                }
+            }
+            [id] => {
+                match resource.get("id").and_then(Value::as_str) {
+                    Some(body_id) if body_id != id => return Err(RestError::IdMismatch.into()),
+                    Some(_) => {}
+                    None => {
+                        if let Value::Object(map) = &mut resource {
+                            map.insert("id".into(), Value::String(id.clone()));
+                        }
+                    }
+                }
+                self.update(tx, resource_type, &id.clone(), resource, if_match).await
+            }
+            _ => Err(RestError::MultipleMatches(ids.len()).into()),
+        }
+    }
+
+    /// `patch` with a JSON Patch document (RFC 6902).
+    pub async fn patch(
+        &self,
+        tx: &Tx,
+        resource_type: &'static str,
+        id: &str,
+        patch: Value,
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome, Problem> {
+        let current = self.read(tx, resource_type, id).await?;
+        let mut resource: Value = serde_json::from_str(&current.content).map_err(|_| StoreError::Internal("stored json".into()))?;
+        let patch: json_patch::Patch =
+            serde_json::from_value(patch).map_err(|e| RestError::InvalidPatch(e.to_string()))?;
+        json_patch::patch(&mut resource, &patch).map_err(|e| RestError::InvalidPatch(e.to_string()))?;
+        if resource.get("resourceType").and_then(Value::as_str) != Some(resource_type)
+            || resource.get("id").and_then(Value::as_str) != Some(id)
+        {
+            return Err(RestError::PatchChangesIdentity.into());
+        }
+        if let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) {
+            // Server-managed; the new values are stamped by the store.
+            meta.remove("versionId");
+            meta.remove("lastUpdated");
+        }
+        self.validate(resource_type, &resource)?;
+        let id = ResourceId::parse(id).map_err(|_| RestError::InvalidId)?;
+        let expected = if_match.or(Some(current.version));
+        let (stored, _) = tx.update(resource_type, &id, resource, expected, "PATCH", self.clock.now()).await?;
+        Ok(WriteOutcome { stored, status: 200 })
+    }
+
+    /// `read`: the current version; 404 if never existed, 410 if deleted.
+    pub async fn read(&self, tx: &Tx, resource_type: &'static str, id: &str) -> Result<Stored, Problem> {
+        ResourceId::parse(id).map_err(|_| StoreError::NotFound)?;
+        let stored = tx.read(resource_type, id).await?.ok_or(StoreError::NotFound)?;
+        if stored.deleted {
+            return Err(StoreError::Gone { version: stored.version, last_updated: stored.last_updated }.into());
+        }
+        Ok(stored)
+    }
+
+    /// `vread`: one version from history.
+    pub async fn vread(&self, tx: &Tx, resource_type: &'static str, id: &str, version: &str) -> Result<Stored, Problem> {
+        let version: i64 = version.parse().map_err(|_| RestError::InvalidVersion)?;
+        let stored = tx.vread(resource_type, id, version).await?.ok_or(StoreError::NotFound)?;
+        if stored.deleted {
+            return Err(StoreError::Gone { version: stored.version, last_updated: stored.last_updated }.into());
+        }
+        Ok(stored)
+    }
+
+    /// `delete`; deleting what does not exist (or is already deleted) succeeds.
+    pub async fn delete(&self, tx: &Tx, resource_type: &'static str, id: &str) -> Result<Option<Stored>, Problem> {
+        ResourceId::parse(id).map_err(|_| RestError::InvalidId)?;
+        Ok(tx.delete(resource_type, id, self.clock.now()).await?)
+    }
+
+    /// Conditional delete (single-match mode).
+    pub async fn conditional_delete(&self, tx: &Tx, resource_type: &'static str, condition: &str) -> Result<Option<Stored>, Problem> {
+        let query = self.parse_condition(resource_type, condition)?;
+        tx.lock_type(resource_type).await?;
+        let ids = tx.matching_ids(&query, 2).await?;
+        match ids.as_slice() {
+            [] => Ok(None),
+            [id] => self.delete(tx, resource_type, &id.clone()).await,
+            _ => Err(RestError::MultipleMatches(ids.len()).into()),
+        }
+    }
+}
