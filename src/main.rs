@@ -88,7 +88,9 @@ fn main() -> ExitCode {
                 println!("migrations applied");
                 Ok(())
             }
-            Command::DevToken { tenant, scope, subject, ttl_secs } => dev_token(&config, &tenant, &scope, &subject, ttl_secs),
+            Command::DevToken { tenant, scope, subject, ttl_secs } => {
+                dev_token(&config, &tenant, &scope, &subject, ttl_secs)
+            }
         }
     });
     match result {
@@ -153,7 +155,9 @@ async fn shutdown_signal() {
 
 fn dev_token(config: &Config, tenant: &str, scope: &str, subject: &str, ttl_secs: i64) -> Result<(), String> {
     if !config.auth.development_key {
-        return Err("no development key is configured (auth.development_key = false); tokens come from the issuer".into());
+        return Err(
+            "no development key is configured (auth.development_key = false); tokens come from the issuer".into()
+        );
     }
     TenantId::parse(tenant).map_err(|e| format!("--tenant: {e}"))?;
     let now = SystemClock.now().timestamp();

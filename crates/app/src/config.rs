@@ -91,7 +91,12 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./data"),
             max_body_bytes: 16 * 1024 * 1024,
-            database: DatabaseConfig { url: None, url_file: None, max_connections: 16, app_role: ehr_store::APP_ROLE.into() },
+            database: DatabaseConfig {
+                url: None,
+                url_file: None,
+                max_connections: 16,
+                app_role: ehr_store::APP_ROLE.into(),
+            },
             auth: AuthConfig { development_key: true, issuer: None, jwks_url: None, jwks_file: None },
             log: LogConfig { format: "text".into(), level: "info".into() },
         }
@@ -124,8 +129,11 @@ impl Config {
     /// The database URL for `target`, reading `url_file` if set.
     pub fn database_url(&self, target: Target) -> Result<String, ConfigError> {
         if let Some(path) = &self.database.url_file {
-            let url = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::File { what: "database.url_file", path: path.clone(), source })?;
+            let url = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+                what: "database.url_file",
+                path: path.clone(),
+                source,
+            })?;
             return Ok(url.trim().to_owned());
         }
         if let Some(url) = &self.database.url {
@@ -134,7 +142,8 @@ impl Config {
         match target {
             Target::All => Ok(format!("sqlite://{}?mode=rwc", self.data_dir.join("ehr.db").display())),
             Target::PatientRecord => Err(ConfigError::Invalid(
-                "database.url (or EHR_DATABASE__URL / EHR_DATABASE__URL_FILE) is required for target patient-record".into(),
+                "database.url (or EHR_DATABASE__URL / EHR_DATABASE__URL_FILE) is required for target patient-record"
+                    .into(),
             )),
         }
     }

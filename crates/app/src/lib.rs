@@ -55,7 +55,9 @@ pub struct App {
 pub async fn verifier(config: &Config) -> Result<Verifier, AppError> {
     let auth = &config.auth;
     if auth.development_key && auth.jwks_url.is_none() && auth.jwks_file.is_none() {
-        tracing::warn!("trusting the development signing key (auth.development_key = true); never do this in production");
+        tracing::warn!(
+            "trusting the development signing key (auth.development_key = true); never do this in production"
+        );
         return Ok(Verifier::development().await?);
     }
     let mut sources = Vec::new();
@@ -63,8 +65,11 @@ pub async fn verifier(config: &Config) -> Result<Verifier, AppError> {
         sources.push(KeySource::Url(url.clone()));
     }
     if let Some(path) = &auth.jwks_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::File { what: "auth.jwks_file", path: path.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+            what: "auth.jwks_file",
+            path: path.clone(),
+            source,
+        })?;
         let jwks = serde_json::from_str(&text).map_err(|e| ConfigError::Invalid(format!("auth.jwks_file: {e}")))?;
         sources.push(KeySource::Static(jwks));
     }
@@ -74,10 +79,14 @@ pub async fn verifier(config: &Config) -> Result<Verifier, AppError> {
     let issuer = match (&auth.issuer, auth.development_key) {
         (Some(i), _) => i.clone(),
         (None, true) => ehr_auth::DEV_ISSUER.to_owned(),
-        (None, false) => return Err(ConfigError::Invalid("auth.issuer is required without the development key".into()).into()),
+        (None, false) => {
+            return Err(ConfigError::Invalid("auth.issuer is required without the development key".into()).into());
+        }
     };
     if sources.is_empty() {
-        return Err(ConfigError::Invalid("no token verification keys: set auth.jwks_url or auth.jwks_file".into()).into());
+        return Err(
+            ConfigError::Invalid("no token verification keys: set auth.jwks_url or auth.jwks_file".into()).into()
+        );
     }
     Ok(Verifier::new(issuer, sources).await?)
 }

@@ -109,7 +109,8 @@ mod tests {
 
     #[test]
     fn malformed_patient_and_filtered_scopes_grant_nothing() {
-        for s in ["user/Patient.sr", "user/Patient.x", "patient/*.cruds", "user/Observation.rs?category=x", "Patient.r"] {
+        for s in ["user/Patient.sr", "user/Patient.x", "patient/*.cruds", "user/Observation.rs?category=x", "Patient.r"]
+        {
             assert_eq!(ScopeSet::parse(s), ScopeSet::default(), "{s}");
         }
     }

@@ -62,9 +62,8 @@ pub struct ResourceId(String);
 impl ResourceId {
     /// Parses a logical id.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+        let ok =
+            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
         if ok { Ok(Self(s.to_owned())) } else { Err(IdError::Resource) }
     }
 

@@ -28,8 +28,11 @@ impl Caller {
         if self.scopes.allows(resource_type, interaction) {
             Ok(())
         } else {
-            Err(AuthError::InsufficientScope { interaction: interaction.name(), resource_type: resource_type.to_owned() }
-                .into())
+            Err(AuthError::InsufficientScope {
+                interaction: interaction.name(),
+                resource_type: resource_type.to_owned(),
+            }
+            .into())
         }
     }
 }
@@ -43,11 +46,8 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
         let auth = AuthState::from_ref(state);
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(AuthError::MissingToken)?;
+        let value =
+            parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(AuthError::MissingToken)?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))

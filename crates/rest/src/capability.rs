@@ -13,10 +13,8 @@ pub fn capability_statement(types: &[&'static str], base: &str, now: DateTime<Ut
     let resources: Vec<Value> = types
         .iter()
         .map(|t| {
-            let mut params: Vec<Value> = vec![
-                json!({"name": "_id", "type": "token"}),
-                json!({"name": "_lastUpdated", "type": "date"}),
-            ];
+            let mut params: Vec<Value> =
+                vec![json!({"name": "_id", "type": "token"}), json!({"name": "_lastUpdated", "type": "date"})];
             params.extend(params_for(t).map(|d| json!({"name": d.name, "type": d.kind.code()})));
             let includes: Vec<String> = params_for(t)
                 .filter(|d| d.kind == ehr_fhir::search::ParamKind::Reference)

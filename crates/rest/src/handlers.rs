@@ -320,7 +320,10 @@ fn history_params(raw: Option<&str>) -> Result<HistoryParams> {
                     .ok_or_else(|| RestError::Invalid("_since must be a FHIR instant".into()))?;
                 p.since = Some(r.low);
             }
-            "_count" => p.count = v.parse::<usize>().map_err(|_| RestError::Invalid("_count must be an integer".into()))?.min(1000),
+            "_count" => {
+                p.count =
+                    v.parse::<usize>().map_err(|_| RestError::Invalid("_count must be an integer".into()))?.min(1000)
+            }
             "_offset" => p.offset = v.parse().map_err(|_| RestError::Invalid("_offset must be an integer".into()))?,
             _ => {}
         }
@@ -328,7 +331,13 @@ fn history_params(raw: Option<&str>) -> Result<HistoryParams> {
     Ok(p)
 }
 
-async fn history(state: RestState, caller: Caller, headers: HeaderMap, scope: HistoryScope<'_>, raw_query: Option<String>) -> Result<Response> {
+async fn history(
+    state: RestState,
+    caller: Caller,
+    headers: HeaderMap,
+    scope: HistoryScope<'_>,
+    raw_query: Option<String>,
+) -> Result<Response> {
     let params = history_params(raw_query.as_deref())?;
     let tx = state.service.store.read(&caller.ctx).await?;
     let (entries, total) = tx.history(scope, params.since, params.count, params.offset).await?;
@@ -341,7 +350,10 @@ async fn history(state: RestState, caller: Caller, headers: HeaderMap, scope: Hi
         HistoryScope::Type(t) => format!("{t}/_history"),
         HistoryScope::System => "_history".to_owned(),
     };
-    b.link.push(Link { relation: "self", url: format!("{base}/{path}?_count={}&_offset={}", params.count, params.offset) });
+    b.link.push(Link {
+        relation: "self",
+        url: format!("{base}/{path}?_count={}&_offset={}", params.count, params.offset),
+    });
     if (params.offset + entries.len()) < usize::try_from(total).unwrap_or(usize::MAX) {
         b.link.push(Link {
             relation: "next",

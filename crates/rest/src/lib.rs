@@ -53,10 +53,7 @@ pub fn router(state: RestState) -> Router {
         )
         .route("/{ty}/_search", post(h::search_post).fallback(method_not_allowed))
         .route("/{ty}/_history", get(h::history_type).fallback(method_not_allowed))
-        .route(
-            "/{ty}/{id}",
-            get(h::read).put(h::update).patch(h::patch).delete(h::delete).fallback(method_not_allowed),
-        )
+        .route("/{ty}/{id}", get(h::read).put(h::update).patch(h::patch).delete(h::delete).fallback(method_not_allowed))
         .route("/{ty}/{id}/_history", get(h::history_instance).fallback(method_not_allowed))
         .route("/{ty}/{id}/_history/{vid}", get(h::vread).fallback(method_not_allowed))
         .with_state(state)

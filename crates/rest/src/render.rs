@@ -79,10 +79,8 @@ pub fn version_headers(s: &Stored) -> Vec<(HeaderName, String)> {
 /// Renders the result of a write according to `Prefer: return`.
 pub fn write_response(status: u16, stored: &Stored, base: &str, prefer: Return, warnings: &[Issue]) -> Response {
     let mut headers = version_headers(stored);
-    headers.push((
-        header::LOCATION,
-        format!("{base}/{}/{}/_history/{}", stored.resource_type, stored.id, stored.version),
-    ));
+    headers
+        .push((header::LOCATION, format!("{base}/{}/{}/_history/{}", stored.resource_type, stored.id, stored.version)));
     let body = match prefer {
         Return::Representation => stored.content.clone(),
         Return::Minimal => String::new(),
@@ -91,7 +89,13 @@ pub fn write_response(status: u16, stored: &Stored, base: &str, prefer: Return, 
                 severity: Severity::Information,
                 code: IssueType::Informational,
                 ehr_code: "EHR-REST-100",
-                diagnostics: format!("{} {}/{} version {}", if status == 201 { "created" } else { "updated" }, stored.resource_type, stored.id, stored.version),
+                diagnostics: format!(
+                    "{} {}/{} version {}",
+                    if status == 201 { "created" } else { "updated" },
+                    stored.resource_type,
+                    stored.id,
+                    stored.version
+                ),
                 expression: Vec::new(),
             }];
             issues.extend(warnings.iter().cloned());

@@ -4,7 +4,7 @@
 //! transaction) and each entry of a transaction Bundle (one shared transaction).
 
 use crate::error::RestError;
-use ehr_core::{Clock, Issue, IssueType, ResourceId, Severity};
+use ehr_core::{Clock, Issue, ResourceId, Severity};
 use ehr_fhir::search::{SearchQuery, parse_search};
 use ehr_fhir::validate::Validator;
 use ehr_http::Problem;
@@ -32,7 +32,11 @@ pub struct WriteOutcome {
 impl FhirService {
     /// Resolves a type name from a URL to one this service serves.
     pub fn resource_type(&self, name: &str) -> Result<&'static str, RestError> {
-        self.types.iter().copied().find(|t| *t == name).ok_or_else(|| RestError::UnknownType(name.chars().take(64).collect()))
+        self.types
+            .iter()
+            .copied()
+            .find(|t| *t == name)
+            .ok_or_else(|| RestError::UnknownType(name.chars().take(64).collect()))
     }
 
     /// Resolves a type name for search-related purposes (`_include` targets, chains): any type
@@ -42,7 +46,12 @@ impl FhirService {
     }
 
     /// Parses search parameters for `resource_type`.
-    pub fn parse_query(&self, resource_type: &'static str, pairs: &[(String, String)], strict: bool) -> Result<SearchQuery, Problem> {
+    pub fn parse_query(
+        &self,
+        resource_type: &'static str,
+        pairs: &[(String, String)],
+        strict: bool,
+    ) -> Result<SearchQuery, Problem> {
         Ok(parse_search(resource_type, pairs, strict, |t| self.known_type(t))?)
     }
 
@@ -60,7 +69,11 @@ impl FhirService {
     pub fn validate(&self, resource_type: &str, resource: &Value) -> Result<Vec<Issue>, Problem> {
         let found = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
         if found != resource_type {
-            return Err(RestError::TypeMismatch { expected: resource_type.to_owned(), found: found.chars().take(64).collect() }.into());
+            return Err(RestError::TypeMismatch {
+                expected: resource_type.to_owned(),
+                found: found.chars().take(64).collect(),
+            }
+            .into());
         }
         let issues = self.validator.validate(resource);
         let (errors, warnings): (Vec<Issue>, Vec<Issue>) =
@@ -69,8 +82,8 @@ impl FhirService {
             return Ok(warnings);
         }
         // R4 3.1.0.4: 400 when the content fails basic FHIR rules, 422 when it violates a profile
-        // or business rule. Structure issues (unknown elements, wrong JSON shapes) are the former.
-        let status = if errors.iter().any(|i| i.code == IssueType::Structure) { 400 } else { 422 };
+        // or business rule.
+        let status = if errors.iter().any(ehr_fhir::validate::is_base_rule) { 400 } else { 422 };
         Err(Problem::new(status, errors))
     }
 
@@ -171,7 +184,8 @@ impl FhirService {
         if_match: Option<i64>,
     ) -> Result<WriteOutcome, Problem> {
         let current = self.read(tx, resource_type, id).await?;
-        let mut resource: Value = serde_json::from_str(&current.content).map_err(|_| StoreError::Internal("stored json".into()))?;
+        let mut resource: Value =
+            serde_json::from_str(&current.content).map_err(|_| StoreError::Internal("stored json".into()))?;
         let patch: json_patch::Patch =
             serde_json::from_value(patch).map_err(|e| RestError::InvalidPatch(e.to_string()))?;
         json_patch::patch(&mut resource, &patch).map_err(|e| RestError::InvalidPatch(e.to_string()))?;
@@ -180,10 +194,16 @@ impl FhirService {
         {
             return Err(RestError::PatchChangesIdentity.into());
         }
-        if let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) {
-            // Server-managed; the new values are stamped by the store.
-            meta.remove("versionId");
-            meta.remove("lastUpdated");
+        if let Some(Value::Object(map)) = Some(&mut resource) {
+            // Server-managed; the new values are stamped by the store. An emptied meta must go:
+            // FHIR forbids empty objects.
+            if let Some(Value::Object(meta)) = map.get_mut("meta") {
+                meta.remove("versionId");
+                meta.remove("lastUpdated");
+                if meta.is_empty() {
+                    map.remove("meta");
+                }
+            }
         }
         self.validate(resource_type, &resource)?;
         let id = ResourceId::parse(id).map_err(|_| RestError::InvalidId)?;
@@ -203,7 +223,13 @@ impl FhirService {
     }
 
     /// `vread`: one version from history.
-    pub async fn vread(&self, tx: &Tx, resource_type: &'static str, id: &str, version: &str) -> Result<Stored, Problem> {
+    pub async fn vread(
+        &self,
+        tx: &Tx,
+        resource_type: &'static str,
+        id: &str,
+        version: &str,
+    ) -> Result<Stored, Problem> {
         let version: i64 = version.parse().map_err(|_| RestError::InvalidVersion)?;
         let stored = tx.vread(resource_type, id, version).await?.ok_or(StoreError::NotFound)?;
         if stored.deleted {
@@ -219,7 +245,12 @@ impl FhirService {
     }
 
     /// Conditional delete (single-match mode).
-    pub async fn conditional_delete(&self, tx: &Tx, resource_type: &'static str, condition: &str) -> Result<Option<Stored>, Problem> {
+    pub async fn conditional_delete(
+        &self,
+        tx: &Tx,
+        resource_type: &'static str,
+        condition: &str,
+    ) -> Result<Option<Stored>, Problem> {
         let query = self.parse_condition(resource_type, condition)?;
         tx.lock_type(resource_type).await?;
         let ids = tx.matching_ids(&query, 2).await?;

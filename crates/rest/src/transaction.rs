@@ -75,7 +75,11 @@ fn locate(index: usize, mut p: Problem) -> Problem {
     let mut issues = p.issues().to_vec();
     for i in &mut issues {
         i.diagnostics = format!("bundle entry {index}: {}", i.diagnostics);
-        i.expression = i.expression.iter().map(|e| format!("Bundle.entry[{index}].resource.{}", e.split_once('.').map_or(e.as_str(), |x| x.1))).collect();
+        i.expression = i
+            .expression
+            .iter()
+            .map(|e| format!("Bundle.entry[{index}].resource.{}", e.split_once('.').map_or(e.as_str(), |x| x.1)))
+            .collect();
     }
     p = Problem::new(status, issues);
     p
@@ -98,7 +102,8 @@ fn parse_ops(state: &RestState, bundle: &Value) -> Result<Vec<Op>, Problem> {
             Some("DELETE") => Method::Delete,
             _ => return Err(entry_error(index, "request.method must be GET, POST, PUT, PATCH or DELETE")),
         };
-        let url = req.get("url").and_then(Value::as_str).ok_or_else(|| entry_error(index, "request.url is required"))?;
+        let url =
+            req.get("url").and_then(Value::as_str).ok_or_else(|| entry_error(index, "request.url is required"))?;
         let (path, condition) = match url.split_once('?') {
             Some((p, q)) => (p, Some(q.to_owned())),
             None => (url, None),
@@ -170,7 +175,12 @@ fn conditional_references(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-async fn resolve_single(state: &RestState, tx: &Tx, ty: &'static str, condition: &str) -> Result<Option<String>, Problem> {
+async fn resolve_single(
+    state: &RestState,
+    tx: &Tx,
+    ty: &'static str,
+    condition: &str,
+) -> Result<Option<String>, Problem> {
     let query = state.service.parse_condition(ty, condition)?;
     let ids = tx.matching_ids(&query, 2).await?;
     match ids.as_slice() {
@@ -191,7 +201,10 @@ async fn prepare(state: &RestState, tx: &Tx, ops: &mut [Op]) -> Result<HashMap<u
                 let id = match &op.if_none_exist {
                     Some(cond) => {
                         tx.lock_type(op.resource_type).await?;
-                        match resolve_single(state, tx, op.resource_type, cond).await.map_err(|p| locate(op.index, p))? {
+                        match resolve_single(state, tx, op.resource_type, cond)
+                            .await
+                            .map_err(|p| locate(op.index, p))?
+                        {
                             Some(existing) => {
                                 matched_existing.insert(op.index, true);
                                 existing
@@ -207,18 +220,22 @@ async fn prepare(state: &RestState, tx: &Tx, ops: &mut [Op]) -> Result<HashMap<u
                 op.id = Some(id);
             }
             Method::Put if op.id.is_none() => {
-                let cond = op.condition.clone().ok_or_else(|| entry_error(op.index, "PUT needs [type]/[id] or [type]?[criteria]"))?;
+                let cond = op
+                    .condition
+                    .clone()
+                    .ok_or_else(|| entry_error(op.index, "PUT needs [type]/[id] or [type]?[criteria]"))?;
                 tx.lock_type(op.resource_type).await?;
-                let id = match resolve_single(state, tx, op.resource_type, &cond).await.map_err(|p| locate(op.index, p))? {
-                    Some(id) => id,
-                    None => op
-                        .resource
-                        .as_ref()
-                        .and_then(|r| r.get("id"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| ResourceId::generate().to_string()),
-                };
+                let id =
+                    match resolve_single(state, tx, op.resource_type, &cond).await.map_err(|p| locate(op.index, p))? {
+                        Some(id) => id,
+                        None => op
+                            .resource
+                            .as_ref()
+                            .and_then(|r| r.get("id"))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| ResourceId::generate().to_string()),
+                    };
                 if let Some(full) = &op.full_url {
                     map.insert(full.clone(), format!("{}/{id}", op.resource_type));
                 }
@@ -242,7 +259,10 @@ async fn prepare(state: &RestState, tx: &Tx, ops: &mut [Op]) -> Result<HashMap<u
                 continue;
             }
             let (ty, cond) = r.split_once('?').unwrap_or((r.as_str(), ""));
-            let ty = state.service.known_type(ty).ok_or_else(|| entry_error(op.index, "conditional reference names an unknown type"))?;
+            let ty = state
+                .service
+                .known_type(ty)
+                .ok_or_else(|| entry_error(op.index, "conditional reference names an unknown type"))?;
             let served = state.service.resource_type(ty).map_err(|e| locate(op.index, e.into()))?;
             match resolve_single(state, tx, served, cond).await.map_err(|p| locate(op.index, p))? {
                 Some(id) => {
@@ -260,7 +280,14 @@ async fn prepare(state: &RestState, tx: &Tx, ops: &mut [Op]) -> Result<HashMap<u
     Ok(matched_existing)
 }
 
-async fn execute(state: &RestState, tx: &Tx, caller: &Caller, op: Op, existing: bool, base: &str) -> Result<Done, Problem> {
+async fn execute(
+    state: &RestState,
+    tx: &Tx,
+    caller: &Caller,
+    op: Op,
+    existing: bool,
+    base: &str,
+) -> Result<Done, Problem> {
     let svc = &state.service;
     let ty = op.resource_type;
     match op.method {
@@ -296,8 +323,10 @@ async fn execute(state: &RestState, tx: &Tx, caller: &Caller, op: Op, existing: 
             let patch = match op.resource {
                 Some(r) if r.get("resourceType").and_then(Value::as_str) == Some("Binary") => {
                     let data = r.get("data").and_then(Value::as_str).unwrap_or_default();
-                    let bytes = base64_decode(data).ok_or_else(|| entry_error(op.index, "Binary.data is not base64"))?;
-                    serde_json::from_slice(&bytes).map_err(|_| entry_error(op.index, "Binary.data is not a JSON Patch"))?
+                    let bytes =
+                        base64_decode(data).ok_or_else(|| entry_error(op.index, "Binary.data is not base64"))?;
+                    serde_json::from_slice(&bytes)
+                        .map_err(|_| entry_error(op.index, "Binary.data is not a JSON Patch"))?
                 }
                 _ => return Err(entry_error(op.index, "PATCH entries carry the JSON Patch in a Binary resource")),
             };
@@ -379,7 +408,12 @@ fn response_entry(done: &Done, include_resource: bool) -> Entry {
 }
 
 /// `POST /` — process a batch or transaction Bundle.
-pub async fn process(State(state): State<RestState>, caller: Caller, headers: HeaderMap, body: FhirBody) -> Result<Response, Problem> {
+pub async fn process(
+    State(state): State<RestState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: FhirBody,
+) -> Result<Response, Problem> {
     let bundle_value = body.value;
     if bundle_value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(RestError::InvalidBundle("expected a Bundle".into()).into());

@@ -5,7 +5,9 @@ use crate::migration::{APP_ROLE, Migrator};
 use crate::sql::{self, Sql, table_of};
 use chrono::{DateTime, Utc};
 use ehr_core::{ResourceId, TenantContext};
-use ehr_fhir::search::{IncludeSpec, IndexEntry, IndexValue, ParamKind, SearchQuery, TotalMode, extract, format_instant};
+use ehr_fhir::search::{
+    IncludeSpec, IndexEntry, IndexValue, ParamKind, SearchQuery, TotalMode, extract, format_instant,
+};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, QueryResult,
     Statement, TransactionTrait, Value,
@@ -248,7 +250,12 @@ impl Tx {
         self.read_current(resource_type, id, false).await
     }
 
-    async fn read_current(&self, resource_type: &str, id: &str, for_update: bool) -> Result<Option<Stored>, StoreError> {
+    async fn read_current(
+        &self,
+        resource_type: &str,
+        id: &str,
+        for_update: bool,
+    ) -> Result<Option<Stored>, StoreError> {
         let lock = if for_update && self.backend == DbBackend::Postgres { " FOR UPDATE" } else { "" };
         let sql = format!(
             "SELECT id, version_id, last_updated, deleted, content FROM resources \
@@ -359,7 +366,12 @@ impl Tx {
 
     /// Soft-deletes a resource: a new version marked deleted, kept in history, removed from
     /// search. Returns `None` when there was nothing to delete.
-    pub async fn delete(&self, resource_type: &str, id: &str, now: DateTime<Utc>) -> Result<Option<Stored>, StoreError> {
+    pub async fn delete(
+        &self,
+        resource_type: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Stored>, StoreError> {
         let Some(current) = self.read_current(resource_type, id, true).await? else {
             return Ok(None);
         };
@@ -414,7 +426,10 @@ impl Tx {
     async fn delete_indexes(&self, resource_type: &str, id: &str) -> Result<(), StoreError> {
         for kind in ALL_KINDS {
             self.exec(
-                &format!("DELETE FROM {} WHERE tenant_id = $1 AND resource_type = $2 AND resource_id = $3", table_of(kind)),
+                &format!(
+                    "DELETE FROM {} WHERE tenant_id = $1 AND resource_type = $2 AND resource_id = $3",
+                    table_of(kind)
+                ),
                 vec![self.tenant.as_str().into(), resource_type.into(), id.into()],
             )
             .await?;
@@ -687,7 +702,13 @@ const ALL_KINDS: [ParamKind; 7] = [
 ];
 
 /// Sets `id`, `meta.versionId` and `meta.lastUpdated` and serialises the resource.
-fn stamp(resource: &mut Json, resource_type: &str, id: &str, version: i64, now: DateTime<Utc>) -> Result<Stored, StoreError> {
+fn stamp(
+    resource: &mut Json,
+    resource_type: &str,
+    id: &str,
+    version: i64,
+    now: DateTime<Utc>,
+) -> Result<Stored, StoreError> {
     let last_updated = now.timestamp_millis();
     let Json::Object(map) = resource else {
         return Err(StoreError::Internal("resource is not a JSON object".into()));

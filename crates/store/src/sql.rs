@@ -74,8 +74,10 @@ fn top_level(sql: &mut Sql, resource_type: &str, filter: &Filter) {
             sql.push(&format!("r.id IN ({})", list.join(", ")));
         }
         Filter::LastUpdated(values) => {
-            let conds: Vec<String> =
-                values.iter().map(|(p, range)| date_condition(sql, "r.last_updated", "r.last_updated", *p, range.low, range.high)).collect();
+            let conds: Vec<String> = values
+                .iter()
+                .map(|(p, range)| date_condition(sql, "r.last_updated", "r.last_updated", *p, range.low, range.high))
+                .collect();
             sql.push(&format!("({})", conds.join(" OR ")));
         }
         _ => {
@@ -101,8 +103,10 @@ fn subquery(sql: &mut Sql, resource_type: &str, filter: &Filter) -> String {
         }
         Filter::LastUpdated(values) => {
             let ty = sql.bind(resource_type);
-            let conds: Vec<String> =
-                values.iter().map(|(p, r)| date_condition(sql, "last_updated", "last_updated", *p, r.low, r.high)).collect();
+            let conds: Vec<String> = values
+                .iter()
+                .map(|(p, r)| date_condition(sql, "last_updated", "last_updated", *p, r.low, r.high))
+                .collect();
             format!(
                 "SELECT id FROM resources WHERE tenant_id = $1 AND resource_type = {ty} AND deleted = 0 AND ({})",
                 conds.join(" OR ")

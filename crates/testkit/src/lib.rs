@@ -51,7 +51,8 @@ fn unique() -> String {
 
 /// Creates a fresh PostgreSQL database and returns its URL.
 async fn fresh_postgres() -> String {
-    let admin = std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin =
+        std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let name = format!("ehr_test_{}", unique());
     let conn = Database::connect(admin.as_str())
         .await

@@ -49,6 +49,22 @@ use serde_json::{Map, Value};
 
 use model::{Definitions, Disc, PNode, Profile, TypeDef, is_primitive, values_at};
 
+/// Whether an issue breaks a basic R4 rule (parse, shape, base cardinality, primitive format):
+/// R4 3.1.0.4 answers those with 400, and profile or business-rule failures with 422.
+pub fn is_base_rule(issue: &Issue) -> bool {
+    matches!(
+        issue.ehr_code,
+        "EHR-VAL-001"
+            | "EHR-VAL-002"
+            | "EHR-VAL-003"
+            | "EHR-VAL-004"
+            | "EHR-VAL-005"
+            | "EHR-VAL-006"
+            | "EHR-VAL-007"
+            | "EHR-VAL-019"
+    )
+}
+
 /// Nesting limit for contained / Bundle entry resources.
 const MAX_DEPTH: usize = 12;
 

@@ -1,0 +1,91 @@
+//! Every error is an OperationOutcome, and none leaks internals.
+
+use ehr_testkit::{TestApp, json, outcome};
+use serde_json::Value;
+
+#[tokio::test]
+async fn malformed_requests_get_operation_outcomes() {
+    let app = TestApp::spawn().await;
+    let post = |ct: &'static str, body: &'static str| {
+        app.req(reqwest::Method::POST, "/Patient").header("content-type", ct).body(body)
+    };
+    let oo =
+        outcome(post("application/fhir+json", "{\"resourceType\": ").send().await.unwrap(), 400, "structure").await;
+    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("line 1"));
+    outcome(post("application/fhir+json", "[1,2]").send().await.unwrap(), 400, "structure").await;
+    outcome(post("text/plain", "{}").send().await.unwrap(), 415, "not-supported").await;
+    outcome(app.req(reqwest::Method::POST, "/Patient").body("{}").send().await.unwrap(), 415, "not-supported").await;
+    outcome(app.get("/Nonsense/1").await, 404, "not-supported").await;
+    outcome(app.get("/Medication").await, 404, "not-supported").await;
+    outcome(app.req(reqwest::Method::GET, "").send().await.unwrap(), 405, "not-supported").await;
+    let resp = app.client.get(format!("{}/no/such/path", app.address)).send().await.unwrap();
+    outcome(resp, 404, "not-found").await;
+    outcome(app.get("/Patient/bad_id!").await, 404, "not-found").await;
+    outcome(app.get("/Patient/x/_history/notanumber").await, 400, "invalid").await;
+}
+
+#[tokio::test]
+async fn error_bodies_never_contain_sql_or_driver_text() {
+    let app = TestApp::spawn().await;
+    for path in ["/Patient?_count=abc", "/Patient?birthdate=ge19xx", "/Patient?_sort=nonsense", "/Patient/x/_history/0"]
+    {
+        let resp = app.get(path).await;
+        let text = resp.text().await.unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["resourceType"], "OperationOutcome", "{path}");
+        for needle in ["SELECT", "sqlite", "postgres", "sqlx", "syntax error"] {
+            assert!(!text.contains(needle), "{path} leaked {needle}: {text}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn capability_statement_states_what_is_implemented() {
+    let app = TestApp::spawn().await;
+    let cs = json(app.client.get(app.fhir("/metadata")).send().await.unwrap(), 200).await;
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+    let resources = cs["rest"][0]["resource"].as_array().unwrap();
+    let types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    for t in [
+        "Patient",
+        "Practitioner",
+        "Organization",
+        "Encounter",
+        "Condition",
+        "AllergyIntolerance",
+        "Observation",
+        "DiagnosticReport",
+        "Procedure",
+        "DocumentReference",
+        "Composition",
+    ] {
+        assert!(types.contains(&t), "{t}");
+    }
+    let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
+    let params: Vec<&str> =
+        patient["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for p in ["_id", "_lastUpdated", "identifier", "name", "family", "given", "birthdate", "gender"] {
+        assert!(params.contains(&p), "{p}");
+    }
+    // Every search parameter the statement lists is accepted by the server in strict mode.
+    for r in resources {
+        let t = r["type"].as_str().unwrap();
+        for p in r["searchParam"].as_array().unwrap() {
+            let name = p["name"].as_str().unwrap();
+            let value = match p["type"].as_str().unwrap() {
+                "date" => "2024",
+                "quantity" | "number" => "1",
+                "reference" => "Patient/1",
+                _ => "x",
+            };
+            let resp = app
+                .req(reqwest::Method::GET, &format!("/{t}?{name}={value}"))
+                .header("prefer", "handling=strict")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{t}?{name}");
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! PostgreSQL only: row-level security is a second wall behind the tenant predicate.
+//! (Run by `.ci/run` with `TEST_BACKEND=postgres`; excluded from the SQLite run.)
+
+use ehr_testkit::{TestApp, patient};
+use sea_orm::{ConnectionTrait, Database, Statement, TransactionTrait};
+
+#[tokio::test]
+async fn row_level_security_hides_other_tenants_rows_from_unscoped_queries() {
+    assert_eq!(ehr_testkit::backend(), "postgres", "this module runs with TEST_BACKEND=postgres");
+    let app = TestApp::spawn().await;
+    app.create(&patient("A", "B", "1990-01-01", "RLS")).await;
+    let db = Database::connect(app.database_url.as_str()).await.unwrap();
+    let count = |sql: &'static str| {
+        let db = &db;
+        async move {
+            let txn = db.begin().await.unwrap();
+            txn.execute_unprepared("SET LOCAL ROLE ehr_app").await.unwrap();
+            txn.execute_unprepared("SELECT set_config('ehr.tenant', 'someone-else', true)").await.unwrap();
+            let row = txn.query_one_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap().unwrap();
+            let n: i64 = row.try_get_by_index(0).unwrap();
+            n
+        }
+    };
+    // A query that "forgot" its tenant predicate still sees nothing of this tenant.
+    assert_eq!(count("SELECT COUNT(*) FROM resources").await, 0);
+    assert_eq!(count("SELECT COUNT(*) FROM sp_token").await, 0);
+    assert_eq!(count("SELECT COUNT(*) FROM resource_history").await, 0);
+    // And writing a row for another tenant than the transaction's is refused.
+    let txn = db.begin().await.unwrap();
+    txn.execute_unprepared("SET LOCAL ROLE ehr_app").await.unwrap();
+    txn.execute_unprepared("SELECT set_config('ehr.tenant', 'someone-else', true)").await.unwrap();
+    let err = txn
+        .execute_unprepared(&format!(
+            "INSERT INTO resources (tenant_id, resource_type, id, version_id, last_updated, deleted, content) VALUES ('{}', 'Patient', 'x', 1, 0, 0, '{{}}')",
+            app.tenant
+        ))
+        .await;
+    assert!(err.is_err(), "RLS WITH CHECK must refuse a row of another tenant");
+    // The owner's view (superuser, no role switch) confirms the row exists.
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), "SELECT COUNT(*) FROM resources"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get_by_index::<i64>(0).unwrap(), 1);
+}
