@@ -499,14 +499,15 @@ fn synthetic_observation(rng: &mut Rng, patient_id: &str, lab: &Lab) -> Value {
         "meta": {"profile": [JP_LAB_RESULT]},
         "status": "final",
         "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "system": "http://jpfhir.jp/fhir/core/CodeSystem/JP_SimpleObservationCategory_CS",
             "code": "laboratory",
-            "display": "Laboratory"
+            "display": "検体検査"
         }]}],
         "code": {"coding": [{"system": JLAC10, "code": lab.code, "display": lab.display}], "text": lab.display},
         "subject": {"reference": format!("Patient/{patient_id}")},
         "effectiveDateTime": effective,
-        "valueQuantity": {"value": value, "unit": lab.unit, "system": UCUM, "code": lab.unit}
+        "valueQuantity": {"value": value, "unit": lab.unit, "system": UCUM, "code": lab.unit},
+        "specimen": {"display": "血清"}
     })
 }
 

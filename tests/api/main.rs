@@ -4,6 +4,8 @@
 //! fresh tenant. `TEST_BACKEND=postgres` runs the same tests on PostgreSQL; the `postgres`
 //! module holds the tests that only make sense there (row-level security).
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 mod auth;
 mod bundle;
 mod concurrency;

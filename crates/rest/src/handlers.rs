@@ -158,11 +158,10 @@ pub async fn patch(
 
 fn deleted_response(stored: Option<&Stored>) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    if let Some(s) = stored {
-        if let Ok(v) = header::HeaderValue::from_str(&render::etag(s.version)) {
+    if let Some(s) = stored
+        && let Ok(v) = header::HeaderValue::from_str(&render::etag(s.version)) {
             resp.headers_mut().insert(header::ETAG, v);
         }
-    }
     resp
 }
 

@@ -144,11 +144,10 @@ fn rewrite_references(v: &mut Value, map: &HashMap<String, String>) {
         Value::Object(obj) => {
             for (k, child) in obj.iter_mut() {
                 if k == "reference" {
-                    if let Value::String(s) = child {
-                        if let Some(new) = map.get(s.as_str()) {
+                    if let Value::String(s) = child
+                        && let Some(new) = map.get(s.as_str()) {
                             *s = new.clone();
                         }
-                    }
                 } else {
                     rewrite_references(child, map);
                 }

@@ -42,10 +42,10 @@ impl Prefix {
             ("ap", Prefix::Ap),
         ];
         for (code, prefix) in table {
-            if let Some(rest) = value.strip_prefix(code) {
-                if rest.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.') {
-                    return (prefix, rest);
-                }
+            if let Some(rest) = value.strip_prefix(code)
+                && rest.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.')
+            {
+                return (prefix, rest);
             }
         }
         (Prefix::Eq, value)
@@ -412,13 +412,13 @@ fn split_or(value: &str) -> Vec<String> {
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
-                if let Some(n) = chars.next() {
-                    if let Some(last) = out.last_mut() {
-                        if n != ',' && n != '$' && n != '\\' {
-                            last.push('\\');
-                        }
-                        last.push(n);
+                if let Some(n) = chars.next()
+                    && let Some(last) = out.last_mut()
+                {
+                    if n != ',' && n != '$' && n != '\\' {
+                        last.push('\\');
                     }
+                    last.push(n);
                 }
             }
             ',' => out.push(String::new()),
