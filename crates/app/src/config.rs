@@ -122,7 +122,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("EHR_").split("__"));
+        figment = figment.merge(Env::prefixed("EHR_").filter(|k| !is_service_link(k.as_str())).split("__"));
         figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
@@ -154,6 +154,14 @@ impl Config {
     }
 }
 
+/// Kubernetes injects "service link" variables for every Service (`EHR_PORT`,
+/// `EHR_GATEWAY_SERVICE_HOST`, `EHR_PORT_8080_TCP_ADDR`, …); with `EHR_` as our prefix they would
+/// otherwise be rejected as unknown keys and stop the pod. No configuration key contains "port".
+fn is_service_link(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k == "port" || k.starts_with("port_") || k.ends_with("_port") || k.contains("_port_") || k.contains("service_host") || k.contains("service_port")
+}
+
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
@@ -167,6 +175,10 @@ mod tests {
             let c = Config::load(Some(Path::new("ehr.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.listen, "0.0.0.0:9000");
             assert_eq!(c.database.max_connections, 8);
+            // Kubernetes service links are not configuration.
+            jail.set_env("EHR_PORT", "tcp://10.0.0.1:8080");
+            jail.set_env("EHR_GATEWAY_SERVICE_HOST", "10.0.0.2");
+            assert!(Config::load(None).is_ok());
             jail.set_env("EHR_DATABSE__URL", "x");
             assert!(Config::load(None).is_err(), "a misspelt key must be rejected");
             Ok(())
