@@ -25,6 +25,15 @@ async fn malformed_requests_get_operation_outcomes() {
 }
 
 #[tokio::test]
+async fn oversized_bodies_are_refused_with_an_outcome() {
+    let app = TestApp::spawn().await;
+    // The default limit is 16 MiB; one byte more is refused before parsing.
+    let big = format!("{{\"resourceType\":\"Patient\",\"text\":{{\"div\":\"{}\"}}}}", "x".repeat(16 * 1024 * 1024));
+    let resp = app.req(reqwest::Method::POST, "/Patient").header("content-type", "application/fhir+json").body(big).send().await.unwrap();
+    outcome(resp, 413, "too-costly").await;
+}
+
+#[tokio::test]
 async fn error_bodies_never_contain_sql_or_driver_text() {
     let app = TestApp::spawn().await;
     for path in ["/Patient?_count=abc", "/Patient?birthdate=ge19xx", "/Patient?_sort=nonsense", "/Patient/x/_history/0"]

@@ -167,6 +167,17 @@ async fn include_and_revinclude() {
         .collect();
     assert_eq!(sorted(included), sorted(vec![w.obs[0].clone(), w.obs[1].clone()]));
     outcome(app.get("/Observation?_include=Observation:code").await, 400, "invalid").await;
+
+    // :iterate follows references of included resources: Observation → Patient → Organization.
+    let org = id_of(&app.create(&json!({"resourceType": "Organization", "name": "病院"})).await);
+    let mut p = json(app.get(&format!("/Patient/{}", w.suzuki)).await, 200).await;
+    p["managingOrganization"] = json!({"reference": format!("Organization/{org}")});
+    json(app.put(&format!("/Patient/{}", w.suzuki), &p).await, 200).await;
+    let q = format!("/Observation?patient={}&_include=Observation:subject&_include:iterate=Patient:organization", w.suzuki);
+    let b = json(app.get(&q).await, 200).await;
+    let included: Vec<&str> = b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
+    assert_eq!(included, vec!["Patient", "Organization"]);
 }
 
 #[tokio::test]

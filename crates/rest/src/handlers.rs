@@ -105,6 +105,8 @@ pub async fn update(
     let tx = state.service.store.write(&caller.ctx).await?;
     let outcome = state.service.update(&tx, ty, &id, body.value, expected).await?;
     if outcome.status == 201 {
+        // Update-as-create is a create: without the create scope, the uncommitted transaction
+        // is dropped here, which rolls it back.
         caller.require(ty, Interaction::Create)?;
     }
     tx.commit().await?;

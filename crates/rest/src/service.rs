@@ -133,9 +133,8 @@ impl FhirService {
             Some(_) => {}
         }
         self.validate(resource_type, &resource)?;
-        let existed = tx.read(resource_type, id.as_str()).await?.is_some_and(|s| !s.deleted);
-        let (stored, _) = tx.update(resource_type, &id, resource, if_match, "PUT", self.clock.now()).await?;
-        Ok(WriteOutcome { stored, status: if existed { 200 } else { 201 } })
+        let (stored, created) = tx.update(resource_type, &id, resource, if_match, "PUT", self.clock.now()).await?;
+        Ok(WriteOutcome { stored, status: if created { 201 } else { 200 } })
     }
 
     /// Conditional update: `PUT [type]?criteria`.

@@ -315,7 +315,8 @@ impl Tx {
 
     /// Replaces a resource with a new version. With `if_match`, the current version must equal
     /// it. A resource that does not exist is created with the given id (FHIR update-as-create),
-    /// unless `if_match` is set. Returns the new version and whether it was created.
+    /// unless `if_match` is set. Returns the new version and whether it was (re)created: true
+    /// when there was no resource or only a deleted one.
     pub async fn update(
         &self,
         resource_type: &str,

@@ -103,11 +103,16 @@ impl TestApp {
 
     /// A development token for any tenant and scopes, valid for an hour.
     pub fn token_for(&self, tenant: &str, scope: &str) -> String {
+        self.sign(tenant, scope, 3600)
+    }
+
+    /// A development token expiring `ttl_secs` from now (negative: already expired).
+    pub fn sign(&self, tenant: &str, scope: &str, ttl_secs: i64) -> String {
         let now = SystemClock.now().timestamp();
         let claims = Claims {
             iss: ehr_auth::DEV_ISSUER.into(),
             sub: "test-user".into(),
-            exp: now + 3600,
+            exp: now + ttl_secs,
             iat: now,
             tenant: tenant.into(),
             scope: scope.into(),
