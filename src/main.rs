@@ -155,9 +155,7 @@ async fn shutdown_signal() {
 
 fn dev_token(config: &Config, tenant: &str, scope: &str, subject: &str, ttl_secs: i64) -> Result<(), String> {
     if !config.auth.development_key {
-        return Err(
-            "no development key is configured (auth.development_key = false); tokens come from the issuer".into()
-        );
+        return Err(format!("{}; tokens come from the issuer", ehr_auth::AuthError::NoDevKey));
     }
     TenantId::parse(tenant).map_err(|e| format!("--tenant: {e}"))?;
     let now = SystemClock.now().timestamp();

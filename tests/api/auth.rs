@@ -75,3 +75,26 @@ async fn metadata_and_health_need_no_token() {
     assert_eq!(app.client.get(format!("{}/livez", app.address)).send().await.unwrap().status(), 200);
     assert_eq!(app.client.get(format!("{}/readyz", app.address)).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn expired_foreign_and_malformed_claims_are_refused() {
+    let app = TestApp::spawn().await;
+    let get = |token: String| app.client.get(app.fhir("/Patient")).bearer_auth(token).send();
+    let resp = get(app.sign(&app.tenant, "user/*.cruds", -1)).await.unwrap();
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let oo = outcome(resp, 401, "login").await;
+    assert_eq!(oo["issue"][0]["details"]["coding"][0]["code"], "EHR-AUTH-003");
+    // Another issuer, even with a valid signature of a key we know, is not trusted.
+    let mut claims = app.claims(&app.tenant, "user/*.cruds");
+    claims.iss = "https://evil.example".into();
+    outcome(get(app.sign_claims(&claims)).await.unwrap(), 401, "login").await;
+    // A tenant claim that is not a tenant id is refused, never defaulted.
+    outcome(get(app.token_for("no spaces allowed", "user/*.cruds")).await.unwrap(), 401, "login").await;
+    // `alg: none` with the same claims.
+    let unsigned = {
+        let token = app.token("user/*.cruds");
+        let payload = token.split('.').nth(1).unwrap().to_owned();
+        format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.")
+    };
+    outcome(get(unsigned).await.unwrap(), 401, "login").await;
+}

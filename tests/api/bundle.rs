@@ -125,3 +125,77 @@ async fn malformed_bundles_are_rejected() {
     let bad_type = tx("transaction", vec![json!({"request": {"method": "GET", "url": "Nonsense/1"}})]);
     outcome(app.post("", &bad_type).await, 404, "not-supported").await;
 }
+
+#[tokio::test]
+async fn batch_entries_that_cannot_be_parsed_fail_alone() {
+    let app = TestApp::spawn().await;
+    let bundle = tx(
+        "batch",
+        vec![
+            json!({"resource": patient("A", "B", "1990-01-01", "BP1")}),
+            json!({"request": {"method": "POST", "url": "Nonsense"}, "resource": {"resourceType": "Nonsense"}}),
+            json!({"request": {"method": "POST", "url": "Patient"}, "resource": patient("A", "B", "1990-01-01", "BP2")}),
+        ],
+    );
+    let resp = json(app.post("", &bundle).await, 200).await;
+    let e = resp["entry"].as_array().unwrap();
+    assert_eq!(e[0]["response"]["status"], "400 Bad Request");
+    assert_eq!(e[1]["response"]["status"], "404 Not Found");
+    assert_eq!(e[2]["response"]["status"], "201 Created");
+}
+
+#[tokio::test]
+async fn patch_and_conditional_delete_inside_a_transaction() {
+    let app = TestApp::spawn().await;
+    let keep = app.create(&patient("Keep", "Me", "1990-01-01", "PD1")).await;
+    app.create(&patient("Drop", "Me", "1990-01-01", "PD2")).await;
+    let patch = r#"[{"op":"replace","path":"/gender","value":"male"}]"#;
+    use base64::Engine as _;
+    let data = base64::engine::general_purpose::STANDARD.encode(patch);
+    let bundle = tx(
+        "transaction",
+        vec![
+            json!({"request": {"method": "PATCH", "url": format!("Patient/{}", keep["id"].as_str().unwrap())},
+               "resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data}}),
+            json!({"request": {"method": "DELETE", "url": "Patient?identifier=PD2"}}),
+        ],
+    );
+    let resp = json(app.post("", &bundle).await, 200).await;
+    let e = resp["entry"].as_array().unwrap();
+    assert_eq!(e[0]["response"]["status"], "200 OK");
+    assert_eq!(e[1]["response"]["status"], "204 No Content");
+    let b = json(app.get("/Patient").await, 200).await;
+    assert_eq!(b["total"], 1);
+    assert_eq!(b["entry"][0]["resource"]["gender"], "male");
+}
+
+#[tokio::test]
+async fn conditional_references_need_search_scope_on_the_target() {
+    let app = TestApp::spawn().await;
+    app.create(&patient("A", "B", "1990-01-01", "CR1")).await;
+    let bundle = tx(
+        "transaction",
+        vec![json!({"request": {"method": "POST", "url": "Observation"}, "resource": {
+        "resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient?identifier=CR1"}}})],
+    );
+    let resp = app
+        .client
+        .post(app.fhir(""))
+        .bearer_auth(app.token("user/Observation.c"))
+        .header("content-type", "application/fhir+json")
+        .body(bundle.to_string())
+        .send()
+        .await
+        .unwrap();
+    outcome(resp, 403, "forbidden").await;
+    let resp = app
+        .client
+        .post(app.fhir(""))
+        .bearer_auth(app.token("user/Observation.c user/Patient.s"))
+        .header("content-type", "application/fhir+json")
+        .body(bundle.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -272,3 +272,20 @@ async fn every_patient_record_type_supports_create_and_read() {
         assert_eq!(read["resourceType"], ty.as_str());
     }
 }
+
+#[tokio::test]
+async fn validation_warnings_are_reported_with_return_operation_outcome() {
+    let app = TestApp::spawn().await;
+    let p = json!({"resourceType": "Patient", "meta": {"profile": ["http://example.org/StructureDefinition/Other"]}});
+    let resp = app
+        .req(reqwest::Method::POST, "/Patient")
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "return=OperationOutcome")
+        .body(p.to_string())
+        .send()
+        .await
+        .unwrap();
+    let oo = json(resp, 201).await;
+    let codes: Vec<&str> = oo["issue"].as_array().unwrap().iter().map(|i| i["severity"].as_str().unwrap()).collect();
+    assert_eq!(codes, vec!["information", "warning"], "{oo}");
+}

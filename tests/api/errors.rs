@@ -29,7 +29,13 @@ async fn oversized_bodies_are_refused_with_an_outcome() {
     let app = TestApp::spawn().await;
     // The default limit is 16 MiB; one byte more is refused before parsing.
     let big = format!("{{\"resourceType\":\"Patient\",\"text\":{{\"div\":\"{}\"}}}}", "x".repeat(16 * 1024 * 1024));
-    let resp = app.req(reqwest::Method::POST, "/Patient").header("content-type", "application/fhir+json").body(big).send().await.unwrap();
+    let resp = app
+        .req(reqwest::Method::POST, "/Patient")
+        .header("content-type", "application/fhir+json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     outcome(resp, 413, "too-costly").await;
 }
 
@@ -97,4 +103,58 @@ async fn capability_statement_states_what_is_implemented() {
             assert_eq!(resp.status(), 200, "{t}?{name}");
         }
     }
+}
+
+#[tokio::test]
+async fn xml_is_not_acceptable_yet_and_wrong_methods_are_405() {
+    let app = TestApp::spawn().await;
+    outcome(app.get("/Patient?_format=xml").await, 406, "not-supported").await;
+    let resp = app.req(reqwest::Method::GET, "/Patient").header("accept", "application/fhir+xml").send().await.unwrap();
+    outcome(resp, 406, "not-supported").await;
+    let resp = app
+        .req(reqwest::Method::GET, "/Patient")
+        .header("accept", "application/fhir+json, */*;q=0.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    outcome(app.req(reqwest::Method::POST, "/metadata").send().await.unwrap(), 405, "not-supported").await;
+    outcome(app.req(reqwest::Method::DELETE, "/_history").send().await.unwrap(), 405, "not-supported").await;
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_assigned() {
+    let app = TestApp::spawn().await;
+    let resp = app.req(reqwest::Method::GET, "/metadata").header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "abc-123");
+    let resp = app.req(reqwest::Method::GET, "/metadata").send().await.unwrap();
+    assert_eq!(resp.headers()["x-request-id"].to_str().unwrap().len(), 36, "a UUID is assigned");
+}
+
+#[test]
+fn the_cli_fails_with_a_message_on_bad_input() {
+    let ehr = env!("CARGO_BIN_EXE_ehr");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(ehr).args(args).envs(env.iter().copied()).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, err, _) = run(&["serve", "--target", "bogus"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unknown target `bogus`"), "{err}");
+    let (code, err, _) = run(&["dev-token", "--tenant", "t1"], &[("EHR_AUTH__DEVELOPMENT_KEY", "false")]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no development signing key"), "{err}");
+    let (code, err, _) = run(&["dev-token", "--tenant", "t1"], &[("EHR_DATABSE__URL", "x")]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unknown field"), "{err}");
+    let (code, err, _) = run(&["serve", "--target", "patient-record"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("database.url"), "{err}");
+    let (code, _, out) = run(&["dev-token", "--tenant", "t1"], &[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.trim().split('.').count(), 3, "a compact JWS");
 }

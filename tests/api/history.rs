@@ -36,3 +36,22 @@ async fn instance_type_and_system_history_with_since() {
     assert_eq!(paged["entry"].as_array().unwrap().len(), 1);
     assert!(paged["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
 }
+
+#[tokio::test]
+async fn history_pages_with_offset() {
+    let app = TestApp::spawn().await;
+    let created = app.create(&patient("A", "B", "1990-01-01", "H2")).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    for g in ["male", "other", "unknown"] {
+        let mut v = json(app.get(&format!("/Patient/{id}")).await, 200).await;
+        v["gender"] = json!(g);
+        json(app.put(&format!("/Patient/{id}"), &v).await, 200).await;
+    }
+    let mut versions = Vec::new();
+    for offset in 0..4 {
+        let page = json(app.get(&format!("/Patient/{id}/_history?_count=1&_offset={offset}")).await, 200).await;
+        assert_eq!(page["total"], 4);
+        versions.push(page["entry"][0]["resource"]["meta"]["versionId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(versions, vec!["4", "3", "2", "1"]);
+}

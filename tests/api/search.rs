@@ -173,10 +173,16 @@ async fn include_and_revinclude() {
     let mut p = json(app.get(&format!("/Patient/{}", w.suzuki)).await, 200).await;
     p["managingOrganization"] = json!({"reference": format!("Organization/{org}")});
     json(app.put(&format!("/Patient/{}", w.suzuki), &p).await, 200).await;
-    let q = format!("/Observation?patient={}&_include=Observation:subject&_include:iterate=Patient:organization", w.suzuki);
+    let q =
+        format!("/Observation?patient={}&_include=Observation:subject&_include:iterate=Patient:organization", w.suzuki);
     let b = json(app.get(&q).await, 200).await;
-    let included: Vec<&str> = b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include")
-        .map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
+    let included: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
     assert_eq!(included, vec!["Patient", "Organization"]);
 }
 
@@ -274,4 +280,30 @@ async fn id_and_last_updated() {
     );
     assert_eq!(ids(&app, "/Patient?_lastUpdated=gt2000-01-01").await.len(), 3);
     assert_eq!(ids(&app, "/Patient?_lastUpdated=lt2000-01-01").await.len(), 0);
+}
+
+#[tokio::test]
+async fn summary_text_and_data() {
+    let app = TestApp::spawn().await;
+    let mut p = patient("Kato", "Ken", "1990-01-01", "S9");
+    p["text"] = json!({"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Kato Ken</div>"});
+    app.create(&p).await;
+    let text = json(app.get("/Patient?_summary=text").await, 200).await;
+    let r = &text["entry"][0]["resource"];
+    assert!(r.get("text").is_some() && r.get("name").is_none(), "{r}");
+    let data = json(app.get("/Patient?_summary=data").await, 200).await;
+    let r = &data["entry"][0]["resource"];
+    assert!(r.get("text").is_none() && r.get("name").is_some(), "{r}");
+}
+
+#[tokio::test]
+async fn dates_without_a_zone_are_japan_standard_time() {
+    let app = TestApp::spawn().await;
+    let pid = id_of(&app.create(&patient("A", "B", "1990-01-01", "Z1")).await);
+    // 08:00 in Japan on 10 January is still 9 January in UTC.
+    let early = id_of(&app.create(&observation(&pid, "x", 1.0, "2024-01-10T08:00:00+09:00")).await);
+    assert_eq!(ids(&app, "/Observation?date=2024-01-10").await, vec![early.clone()]);
+    assert_eq!(ids(&app, "/Observation?date=2024-01-09").await, Vec::<String>::new());
+    assert_eq!(ids(&app, "/Observation?date=2024-01-10T08:00").await, vec![early.clone()]);
+    assert_eq!(ids(&app, "/Observation?date=ap2024-01-10").await, vec![early]);
 }

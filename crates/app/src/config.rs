@@ -159,7 +159,12 @@ impl Config {
 /// otherwise be rejected as unknown keys and stop the pod. No configuration key contains "port".
 fn is_service_link(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    k == "port" || k.starts_with("port_") || k.ends_with("_port") || k.contains("_port_") || k.contains("service_host") || k.contains("service_port")
+    k == "port"
+        || k.starts_with("port_")
+        || k.ends_with("_port")
+        || k.contains("_port_")
+        || k.contains("service_host")
+        || k.contains("service_port")
 }
 
 #[cfg(test)]

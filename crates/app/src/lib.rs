@@ -134,7 +134,8 @@ pub fn router(config: &Config, store: Store, verifier: Verifier, clock: Arc<dyn 
                 let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
                 let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
                 tracing::info_span!("request", method = %req.method(), route, request_id = id, tenant = tracing::field::Empty)
-            }),
+            })
+            .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

@@ -13,6 +13,7 @@ pub struct Claims {
     pub iss: String,
     pub sub: String,
     pub exp: i64,
+    #[serde(default)]
     pub iat: i64,
     /// The tenant (hospital) the token is for; the only source of the request's tenant.
     pub tenant: String,
@@ -42,7 +43,13 @@ struct Inner {
     sources: Vec<KeySource>,
     keys: RwLock<HashMap<String, DecodingKey>>,
     http: reqwest::Client,
+    /// Unix time of the last refetch caused by an unknown key id.
+    last_refetch: std::sync::atomic::AtomicI64,
 }
+
+/// Tokens naming an unknown key id trigger at most one JWKS refetch per this many seconds, so a
+/// flood of forged tokens cannot turn into a flood of requests to the issuer.
+const REFETCH_INTERVAL_SECS: i64 = 30;
 
 impl Verifier {
     /// A verifier trusting tokens of `issuer` signed by keys from `sources`.
@@ -53,6 +60,7 @@ impl Verifier {
                 sources,
                 keys: RwLock::new(HashMap::new()),
                 http: reqwest::Client::new(),
+                last_refetch: std::sync::atomic::AtomicI64::new(i64::MIN),
             }),
         };
         v.refresh().await?;
@@ -103,8 +111,12 @@ impl Verifier {
         let mut key = self.key(&kid);
         if key.is_none() && self.inner.sources.iter().any(|s| matches!(s, KeySource::Url(_))) {
             // Key rotation: the issuer may have published a new key since we last looked.
-            self.refresh().await?;
-            key = self.key(&kid);
+            let last = self.inner.last_refetch.load(std::sync::atomic::Ordering::Relaxed);
+            if now_unix.saturating_sub(last) >= REFETCH_INTERVAL_SECS {
+                self.inner.last_refetch.store(now_unix, std::sync::atomic::Ordering::Relaxed);
+                self.refresh().await?;
+                key = self.key(&kid);
+            }
         }
         let key = key.ok_or(AuthError::UnknownKey)?;
         let mut validation = Validation::new(Algorithm::ES256);

@@ -22,14 +22,12 @@ pub enum HttpError {
     NoRoute,
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
-    #[error("unsupported _format: this server speaks application/fhir+json")]
-    NotAcceptable,
 }
 
 impl Classify for HttpError {
     fn issue_type(&self) -> IssueType {
         match self {
-            Self::UnsupportedMediaType | Self::UnsupportedPatchType | Self::NotAcceptable => IssueType::NotSupported,
+            Self::UnsupportedMediaType | Self::UnsupportedPatchType => IssueType::NotSupported,
             Self::MalformedJson(_) | Self::NotAnObject => IssueType::Structure,
             Self::TooLarge => IssueType::TooCostly,
             Self::NoRoute => IssueType::NotFound,
@@ -46,7 +44,6 @@ impl Classify for HttpError {
             Self::TooLarge => "EHR-HTTP-005",
             Self::NoRoute => "EHR-HTTP-006",
             Self::MethodNotAllowed => "EHR-HTTP-007",
-            Self::NotAcceptable => "EHR-HTTP-008",
         }
     }
 
@@ -55,7 +52,6 @@ impl Classify for HttpError {
             Self::UnsupportedMediaType | Self::UnsupportedPatchType => 415,
             Self::TooLarge => 413,
             Self::MethodNotAllowed => 405,
-            Self::NotAcceptable => 406,
             _ => self.issue_type().http_status(),
         }
     }
@@ -95,7 +91,12 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = operation_outcome(&self.issues).to_string();
-        (status, [(header::CONTENT_TYPE, FHIR_JSON)], body).into_response()
+        let mut resp = (status, [(header::CONTENT_TYPE, FHIR_JSON)], body).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750 §3: tell the client which scheme to use.
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        resp
     }
 }
 

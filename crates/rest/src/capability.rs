@@ -20,6 +20,16 @@ pub fn capability_statement(types: &[&'static str], base: &str, now: DateTime<Ut
                 .filter(|d| d.kind == ehr_fhir::search::ParamKind::Reference)
                 .map(|d| format!("{t}:{}", d.name))
                 .collect();
+            // Reverse includes: reference parameters of served types that may point at `t`.
+            let revincludes: Vec<String> = types
+                .iter()
+                .flat_map(|source| {
+                    params_for(source)
+                        .filter(|d| d.kind == ehr_fhir::search::ParamKind::Reference)
+                        .filter(|d| d.targets.is_empty() || d.targets.contains(t))
+                        .map(move |d| format!("{source}:{}", d.name))
+                })
+                .collect();
             let interactions: Vec<Value> = INTERACTIONS.iter().map(|c| json!({"code": c})).collect();
             json!({
                 "type": t,
@@ -33,7 +43,7 @@ pub fn capability_statement(types: &[&'static str], base: &str, now: DateTime<Ut
                 "conditionalDelete": "single",
                 "referencePolicy": ["literal", "local"],
                 "searchInclude": includes,
-                "searchRevInclude": includes,
+                "searchRevInclude": revincludes,
                 "searchParam": params,
             })
         })

@@ -31,10 +31,10 @@ pub enum RestError {
     InvalidBundle(String),
     #[error("bundle entry {index}: {reason}")]
     BundleEntry { index: usize, reason: String },
-    #[error("{0}")]
-    NotSupported(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("this server answers in application/fhir+json only; XML arrives with issue #5")]
+    NotAcceptable,
 }
 
 impl Classify for RestError {
@@ -48,7 +48,7 @@ impl Classify for RestError {
             Self::MultipleMatches(_) => IssueType::Duplicate,
             Self::InvalidPatch(_) | Self::PatchChangesIdentity => IssueType::Invalid,
             Self::InvalidBundle(_) | Self::BundleEntry { .. } => IssueType::Invalid,
-            Self::NotSupported(_) => IssueType::NotSupported,
+            Self::NotAcceptable => IssueType::NotSupported,
         }
     }
 
@@ -67,8 +67,8 @@ impl Classify for RestError {
             Self::PatchChangesIdentity => "EHR-REST-011",
             Self::InvalidBundle(_) => "EHR-REST-012",
             Self::BundleEntry { .. } => "EHR-REST-013",
-            Self::NotSupported(_) => "EHR-REST-014",
             Self::Invalid(_) => "EHR-REST-015",
+            Self::NotAcceptable => "EHR-REST-016",
         }
     }
 
@@ -77,6 +77,7 @@ impl Classify for RestError {
             // R4 3.1.0.8: a conditional operation matching several resources fails with 412.
             Self::MultipleMatches(_) => 412,
             Self::UnknownType(_) => 404,
+            Self::NotAcceptable => 406,
             _ => self.issue_type().http_status(),
         }
     }

@@ -18,6 +18,39 @@ use ehr_store::{HistoryScope, Stored};
 
 type Result<T, E = Problem> = std::result::Result<T, E>;
 
+/// Content negotiation: this server answers FHIR JSON only (XML is issue #5), so `_format=xml`
+/// or an `Accept` that excludes JSON gets 406 rather than a JSON body the client did not ask for.
+pub async fn negotiate(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let json_ok = |v: &str| {
+        let v = v.trim().split(';').next().unwrap_or("").trim();
+        matches!(
+            v,
+            "json"
+                | "application/json"
+                | "application/fhir+json"
+                | "application/json+fhir"
+                | "*/*"
+                | "application/*"
+                | ""
+        )
+    };
+    let format_ok = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == "_format").all(|(_, v)| json_ok(&v)))
+        .unwrap_or(true);
+    let accept_ok = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    let accept_ok = accept_ok.is_empty() || accept_ok.iter().any(|v| json_ok(v));
+    if format_ok && accept_ok { next.run(req).await } else { Problem::from(RestError::NotAcceptable).into_response() }
+}
+
 fn if_match(headers: &HeaderMap) -> Result<Option<i64>> {
     match headers.get(header::IF_MATCH) {
         None => Ok(None),
@@ -50,7 +83,7 @@ pub async fn create(
     let tx = state.service.store.write(&caller.ctx).await?;
     let outcome = state.service.create(&tx, ty, body.value, condition.as_deref()).await?;
     tx.commit().await?;
-    Ok(write_response(outcome.status, &outcome.stored, &base_url(&headers, &state.base_path), prefer.ret, &[]))
+    Ok(write_response(&outcome, &base_url(&headers, &state.base_path), prefer.ret))
 }
 
 /// `GET [type]/[id]` — read, with `If-None-Match` → 304.
@@ -110,7 +143,7 @@ pub async fn update(
         caller.require(ty, Interaction::Create)?;
     }
     tx.commit().await?;
-    Ok(write_response(outcome.status, &outcome.stored, &base_url(&headers, &state.base_path), prefer.ret, &[]))
+    Ok(write_response(&outcome, &base_url(&headers, &state.base_path), prefer.ret))
 }
 
 /// `PUT [type]?criteria` — conditional update.
@@ -134,7 +167,7 @@ pub async fn conditional_update(
         caller.require(ty, Interaction::Create)?;
     }
     tx.commit().await?;
-    Ok(write_response(outcome.status, &outcome.stored, &base_url(&headers, &state.base_path), prefer.ret, &[]))
+    Ok(write_response(&outcome, &base_url(&headers, &state.base_path), prefer.ret))
 }
 
 /// `PATCH [type]/[id]` — JSON Patch.
@@ -155,15 +188,16 @@ pub async fn patch(
     let tx = state.service.store.write(&caller.ctx).await?;
     let outcome = state.service.patch(&tx, ty, &id, body.value, expected).await?;
     tx.commit().await?;
-    Ok(write_response(outcome.status, &outcome.stored, &base_url(&headers, &state.base_path), prefer.ret, &[]))
+    Ok(write_response(&outcome, &base_url(&headers, &state.base_path), prefer.ret))
 }
 
 fn deleted_response(stored: Option<&Stored>) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if let Some(s) = stored
-        && let Ok(v) = header::HeaderValue::from_str(&render::etag(s.version)) {
-            resp.headers_mut().insert(header::ETAG, v);
-        }
+        && let Ok(v) = header::HeaderValue::from_str(&render::etag(s.version))
+    {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
     resp
 }
 
@@ -216,8 +250,9 @@ pub async fn search_post(
     RawQuery(query): RawQuery,
     caller: Caller,
     headers: HeaderMap,
-    body: Bytes,
+    body: std::result::Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response> {
+    let body = body.map_err(|_| Problem::from(HttpError::TooLarge))?;
     let form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -361,7 +396,8 @@ async fn history(
             url: format!("{base}/{path}?_count={}&_offset={}", params.count, params.offset + params.count),
         });
     }
-    for e in entries.iter().filter(|e| caller.scopes.allows(&e.resource_type, Interaction::Read)) {
+    // Scope was checked for every type the entries can have before the query ran.
+    for e in &entries {
         let method = e.method.clone().unwrap_or_else(|| "PUT".into());
         let url = if method == "POST" { e.resource_type.clone() } else { format!("{}/{}", e.resource_type, e.id) };
         let status = match method.as_str() {

@@ -40,9 +40,9 @@ impl FromRef<RestState> for AuthState {
 pub fn router(state: RestState) -> Router {
     use handlers as h;
     Router::new()
-        .route("/metadata", get(h::metadata))
+        .route("/metadata", get(h::metadata).fallback(method_not_allowed))
         .route("/", post(transaction::process).fallback(method_not_allowed))
-        .route("/_history", get(h::history_system))
+        .route("/_history", get(h::history_system).fallback(method_not_allowed))
         .route(
             "/{ty}",
             get(h::search_get)
@@ -56,5 +56,6 @@ pub fn router(state: RestState) -> Router {
         .route("/{ty}/{id}", get(h::read).put(h::update).patch(h::patch).delete(h::delete).fallback(method_not_allowed))
         .route("/{ty}/{id}/_history", get(h::history_instance).fallback(method_not_allowed))
         .route("/{ty}/{id}/_history/{vid}", get(h::vread).fallback(method_not_allowed))
+        .layer(axum::middleware::from_fn(h::negotiate))
         .with_state(state)
 }

@@ -1,5 +1,6 @@
 //! Response rendering: Bundles (searchset, history, transaction-response), headers, Prefer.
 
+use crate::service::WriteOutcome;
 use axum::http::{HeaderMap, HeaderName, header};
 use axum::response::Response;
 use ehr_core::{Issue, IssueType, Severity, operation_outcome};
@@ -76,8 +77,10 @@ pub fn version_headers(s: &Stored) -> Vec<(HeaderName, String)> {
     vec![(header::ETAG, etag(s.version)), (header::LAST_MODIFIED, http_date(s.last_updated))]
 }
 
-/// Renders the result of a write according to `Prefer: return`.
-pub fn write_response(status: u16, stored: &Stored, base: &str, prefer: Return, warnings: &[Issue]) -> Response {
+/// Renders the result of a write according to `Prefer: return`. Validation warnings travel in
+/// the OperationOutcome form; the other forms have no place for them.
+pub fn write_response(outcome: &WriteOutcome, base: &str, prefer: Return) -> Response {
+    let (status, stored, warnings) = (outcome.status, &outcome.stored, &outcome.warnings);
     let mut headers = version_headers(stored);
     headers
         .push((header::LOCATION, format!("{base}/{}/{}/_history/{}", stored.resource_type, stored.id, stored.version)));

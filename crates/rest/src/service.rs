@@ -27,6 +27,8 @@ pub struct WriteOutcome {
     pub stored: Stored,
     /// 201 for a creation, 200 otherwise.
     pub status: u16,
+    /// Validation warnings (such as an unknown profile) that did not prevent the write.
+    pub warnings: Vec<Issue>,
 }
 
 impl FhirService {
@@ -103,7 +105,7 @@ impl FhirService {
                 [] => {}
                 [id] => {
                     let stored = tx.read(resource_type, id).await?.ok_or(StoreError::NotFound)?;
-                    return Ok(WriteOutcome { stored, status: 200 });
+                    return Ok(WriteOutcome { stored, status: 200, warnings: Vec::new() });
                 }
                 _ => return Err(RestError::MultipleMatches(ids.len()).into()),
             }
@@ -112,9 +114,9 @@ impl FhirService {
         if let Value::Object(map) = &mut resource {
             map.remove("id");
         }
-        self.validate(resource_type, &resource)?;
+        let warnings = self.validate(resource_type, &resource)?;
         let stored = tx.create(resource_type, None, resource, self.clock.now()).await?;
-        Ok(WriteOutcome { stored, status: 201 })
+        Ok(WriteOutcome { stored, status: 201, warnings })
     }
 
     /// `update` of `resource_type/id`, honouring `If-Match`; creates the resource if absent.
@@ -132,9 +134,9 @@ impl FhirService {
             Some(body_id) if body_id != id.as_str() => return Err(RestError::IdMismatch.into()),
             Some(_) => {}
         }
-        self.validate(resource_type, &resource)?;
+        let warnings = self.validate(resource_type, &resource)?;
         let (stored, created) = tx.update(resource_type, &id, resource, if_match, "PUT", self.clock.now()).await?;
-        Ok(WriteOutcome { stored, status: if created { 201 } else { 200 } })
+        Ok(WriteOutcome { stored, status: if created { 201 } else { 200 }, warnings })
     }
 
     /// Conditional update: `PUT [type]?criteria`.
@@ -204,11 +206,11 @@ impl FhirService {
                 }
             }
         }
-        self.validate(resource_type, &resource)?;
+        let warnings = self.validate(resource_type, &resource)?;
         let id = ResourceId::parse(id).map_err(|_| RestError::InvalidId)?;
         let expected = if_match.or(Some(current.version));
         let (stored, _) = tx.update(resource_type, &id, resource, expected, "PATCH", self.clock.now()).await?;
-        Ok(WriteOutcome { stored, status: 200 })
+        Ok(WriteOutcome { stored, status: 200, warnings })
     }
 
     /// `read`: the current version; 404 if never existed, 410 if deleted.

@@ -85,57 +85,67 @@ fn locate(index: usize, mut p: Problem) -> Problem {
     p
 }
 
-fn parse_ops(state: &RestState, bundle: &Value) -> Result<Vec<Op>, Problem> {
+/// Parses every entry; an entry that cannot be parsed is an error of that entry only (a batch
+/// answers it in place, a transaction fails as a whole).
+fn parse_ops(state: &RestState, bundle: &Value) -> Result<Vec<Result<Op, Problem>>, Problem> {
     let entries = match bundle.get("entry") {
         None => return Ok(Vec::new()),
         Some(Value::Array(e)) => e,
         Some(_) => return Err(RestError::InvalidBundle("entry must be an array".into()).into()),
     };
-    let mut ops = Vec::with_capacity(entries.len());
-    for (index, e) in entries.iter().enumerate() {
-        let req = e.get("request").ok_or_else(|| entry_error(index, "request is required"))?;
-        let method = match req.get("method").and_then(Value::as_str) {
-            Some("GET") => Method::Get,
-            Some("POST") => Method::Post,
-            Some("PUT") => Method::Put,
-            Some("PATCH") => Method::Patch,
-            Some("DELETE") => Method::Delete,
-            _ => return Err(entry_error(index, "request.method must be GET, POST, PUT, PATCH or DELETE")),
-        };
-        let url =
-            req.get("url").and_then(Value::as_str).ok_or_else(|| entry_error(index, "request.url is required"))?;
-        let (path, condition) = match url.split_once('?') {
-            Some((p, q)) => (p, Some(q.to_owned())),
-            None => (url, None),
-        };
-        let mut segments = path.trim_matches('/').split('/');
-        let type_name = segments.next().unwrap_or_default();
-        let resource_type = state.service.resource_type(type_name).map_err(|e| locate(index, e.into()))?;
-        let id = segments.next().map(str::to_owned);
-        if segments.next().is_some() {
-            return Err(entry_error(index, "request.url must be [type], [type]/[id] or [type]?[criteria]"));
-        }
-        let resource = e.get("resource").cloned();
-        if matches!(method, Method::Post | Method::Put | Method::Patch) && resource.is_none() {
-            return Err(entry_error(index, "resource is required for POST, PUT and PATCH"));
-        }
-        let if_match = match req.get("ifMatch").and_then(Value::as_str) {
-            Some(v) => Some(render::parse_etag(v).ok_or_else(|| locate(index, RestError::InvalidIfMatch.into()))?),
-            None => None,
-        };
-        ops.push(Op {
-            index,
-            method,
-            resource_type,
-            id,
-            condition,
-            resource,
-            if_match,
-            if_none_exist: req.get("ifNoneExist").and_then(Value::as_str).map(str::to_owned),
-            full_url: e.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
-        });
+    Ok(entries.iter().enumerate().map(|(index, e)| parse_op(state, index, e)).collect())
+}
+
+fn parse_op(state: &RestState, index: usize, e: &Value) -> Result<Op, Problem> {
+    let req = e.get("request").ok_or_else(|| entry_error(index, "request is required"))?;
+    let method = match req.get("method").and_then(Value::as_str) {
+        Some("GET") => Method::Get,
+        Some("POST") => Method::Post,
+        Some("PUT") => Method::Put,
+        Some("PATCH") => Method::Patch,
+        Some("DELETE") => Method::Delete,
+        _ => return Err(entry_error(index, "request.method must be GET, POST, PUT, PATCH or DELETE")),
+    };
+    let url = req.get("url").and_then(Value::as_str).ok_or_else(|| entry_error(index, "request.url is required"))?;
+    let (path, condition) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (url, None),
+    };
+    let mut segments = path.trim_matches('/').split('/');
+    let type_name = segments.next().unwrap_or_default();
+    let resource_type = state.service.resource_type(type_name).map_err(|e| locate(index, e.into()))?;
+    let id = segments.next().map(str::to_owned);
+    if segments.next().is_some() {
+        return Err(entry_error(index, "request.url must be [type], [type]/[id] or [type]?[criteria]"));
     }
-    Ok(ops)
+    let resource = e.get("resource").cloned();
+    if matches!(method, Method::Post | Method::Put | Method::Patch) && resource.is_none() {
+        return Err(entry_error(index, "resource is required for POST, PUT and PATCH"));
+    }
+    let if_match = match req.get("ifMatch").and_then(Value::as_str) {
+        Some(v) => Some(render::parse_etag(v).ok_or_else(|| locate(index, RestError::InvalidIfMatch.into()))?),
+        None => None,
+    };
+    Ok(Op {
+        index,
+        method,
+        resource_type,
+        id,
+        condition,
+        resource,
+        if_match,
+        if_none_exist: req.get("ifNoneExist").and_then(Value::as_str).map(str::to_owned),
+        full_url: e.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+    })
+}
+
+/// The scopes an entry needs: its own interaction, and search where it carries a condition.
+fn authorize(caller: &Caller, op: &Op) -> Result<(), Problem> {
+    caller.require(op.resource_type, op.method.interaction(op.id.is_some()))?;
+    if (op.condition.is_some() && op.method != Method::Get) || op.if_none_exist.is_some() {
+        caller.require(op.resource_type, Interaction::Search)?;
+    }
+    Ok(())
 }
 
 /// Replaces every `reference` found in `map` (old → new) inside a resource, recursively.
@@ -145,9 +155,10 @@ fn rewrite_references(v: &mut Value, map: &HashMap<String, String>) {
             for (k, child) in obj.iter_mut() {
                 if k == "reference" {
                     if let Value::String(s) = child
-                        && let Some(new) = map.get(s.as_str()) {
-                            *s = new.clone();
-                        }
+                        && let Some(new) = map.get(s.as_str())
+                    {
+                        *s = new.clone();
+                    }
                 } else {
                     rewrite_references(child, map);
                 }
@@ -190,7 +201,7 @@ async fn resolve_single(
 }
 
 /// Resolves ids and references before anything is written (transaction only).
-async fn prepare(state: &RestState, tx: &Tx, ops: &mut [Op]) -> Result<HashMap<usize, bool>, Problem> {
+async fn prepare(state: &RestState, tx: &Tx, caller: &Caller, ops: &mut [Op]) -> Result<HashMap<usize, bool>, Problem> {
     let mut map: HashMap<String, String> = HashMap::new();
     // POST entries whose If-None-Exist matched an existing resource: no write, 200.
     let mut matched_existing: HashMap<usize, bool> = HashMap::new();
@@ -263,6 +274,9 @@ async fn prepare(state: &RestState, tx: &Tx, ops: &mut [Op]) -> Result<HashMap<u
                 .known_type(ty)
                 .ok_or_else(|| entry_error(op.index, "conditional reference names an unknown type"))?;
             let served = state.service.resource_type(ty).map_err(|e| locate(op.index, e.into()))?;
+            // Resolving a conditional reference is a search: without the scope it would let a
+            // client probe for resources it may not search.
+            caller.require(served, Interaction::Search).map_err(|p| locate(op.index, p))?;
             match resolve_single(state, tx, served, cond).await.map_err(|p| locate(op.index, p))? {
                 Some(id) => {
                     map.insert(r.clone(), format!("{ty}/{id}"));
@@ -423,21 +437,21 @@ pub async fn process(
         "batch" => false,
         _ => return Err(RestError::InvalidBundle("Bundle.type must be batch or transaction".into()).into()),
     };
-    let mut ops = parse_ops(&state, &bundle_value)?;
-    for op in &ops {
-        caller.require(op.resource_type, op.method.interaction(op.id.is_some())).map_err(|p| locate(op.index, p))?;
-        if op.condition.is_some() && op.method != Method::Get || op.if_none_exist.is_some() {
-            caller.require(op.resource_type, Interaction::Search).map_err(|p| locate(op.index, p))?;
-        }
-    }
+    let parsed = parse_ops(&state, &bundle_value)?;
     let base = base_url(&headers, &state.base_path);
     let representation = wants_representation(&headers);
-    let n = ops.len();
+    let n = parsed.len();
     let mut results: Vec<Option<Entry>> = (0..n).map(|_| None).collect();
     let now = state.service.clock.now().timestamp_millis();
     if is_transaction {
+        let mut ops = Vec::with_capacity(n);
+        for (index, op) in parsed.into_iter().enumerate() {
+            let op = op?;
+            authorize(&caller, &op).map_err(|p| locate(index, p))?;
+            ops.push(op);
+        }
         let tx = state.service.store.write(&caller.ctx).await?;
-        let existing = prepare(&state, &tx, &mut ops).await?;
+        let existing = prepare(&state, &tx, &caller, &mut ops).await?;
         ops.sort_by_key(|o| (o.method, o.index));
         for op in ops {
             let index = op.index;
@@ -447,9 +461,12 @@ pub async fn process(
         }
         tx.commit().await?;
     } else {
-        for op in ops {
-            let index = op.index;
-            let entry = match run_batch_entry(&state, &caller, op, &base).await {
+        for (index, op) in parsed.into_iter().enumerate() {
+            let result = match op {
+                Ok(op) => run_batch_entry(&state, &caller, op, &base).await,
+                Err(p) => Err(p),
+            };
+            let entry = match result {
                 Ok(done) => response_entry(&done, representation),
                 Err(p) => Entry {
                     response: Some(EntryResponse {
@@ -470,9 +487,10 @@ pub async fn process(
 
 /// One batch entry in its own database transaction.
 async fn run_batch_entry(state: &RestState, caller: &Caller, op: Op, base: &str) -> Result<Done, Problem> {
+    authorize(caller, &op)?;
     let tx = state.service.store.write(&caller.ctx).await?;
     let mut one = vec![op];
-    let existing = prepare(state, &tx, &mut one).await?;
+    let existing = prepare(state, &tx, caller, &mut one).await?;
     let Some(op) = one.pop() else {
         return Err(RestError::InvalidBundle("empty entry".into()).into());
     };

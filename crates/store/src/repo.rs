@@ -333,9 +333,10 @@ impl Tx {
             return Ok((self.create(resource_type, Some(id), resource, now).await?, true));
         };
         if let Some(expected) = if_match
-            && expected != current.version {
-                return Err(StoreError::VersionConflict { current: current.version, expected });
-            }
+            && expected != current.version
+        {
+            return Err(StoreError::VersionConflict { current: current.version, expected });
+        }
         let version = current.version + 1;
         let stored = stamp(&mut resource, resource_type, id.as_str(), version, now)?;
         let changed = self
@@ -563,9 +564,10 @@ impl Tx {
                 let sources: Vec<&Stored> = frontier.iter().filter(|s| s.resource_type == spec.source_type).collect();
                 for target in self.forward_targets(spec, &sources).await? {
                     if seen.insert((target.0.clone(), target.1.clone()))
-                        && let Some(s) = self.read(&target.0, &target.1).await?.filter(|s| !s.deleted) {
-                            added.push(s);
-                        }
+                        && let Some(s) = self.read(&target.0, &target.1).await?.filter(|s| !s.deleted)
+                    {
+                        added.push(s);
+                    }
                 }
             }
             for spec in &query.revinclude {

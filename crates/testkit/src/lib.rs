@@ -103,22 +103,33 @@ impl TestApp {
 
     /// A development token for any tenant and scopes, valid for an hour.
     pub fn token_for(&self, tenant: &str, scope: &str) -> String {
-        self.sign(tenant, scope, 3600)
+        self.sign_claims(&self.claims(tenant, scope))
     }
 
     /// A development token expiring `ttl_secs` from now (negative: already expired).
     pub fn sign(&self, tenant: &str, scope: &str, ttl_secs: i64) -> String {
+        let mut claims = self.claims(tenant, scope);
+        claims.exp = claims.iat + ttl_secs;
+        self.sign_claims(&claims)
+    }
+
+    /// Valid claims for `tenant` and `scope`, to alter before signing.
+    pub fn claims(&self, tenant: &str, scope: &str) -> Claims {
         let now = SystemClock.now().timestamp();
-        let claims = Claims {
+        Claims {
             iss: ehr_auth::DEV_ISSUER.into(),
             sub: "test-user".into(),
-            exp: now + ttl_secs,
+            exp: now + 3600,
             iat: now,
             tenant: tenant.into(),
             scope: scope.into(),
             jti: None,
-        };
-        self.signer.sign(&claims).expect("sign")
+        }
+    }
+
+    /// Signs arbitrary claims with the development key.
+    pub fn sign_claims(&self, claims: &Claims) -> String {
+        self.signer.sign(claims).expect("sign")
     }
 
     /// A token for this test's tenant with `scope`.

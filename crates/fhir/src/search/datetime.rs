@@ -2,10 +2,17 @@
 //!
 //! A value covers every instant within its precision: `2024` is all of 2024, `2024-03-05T10:00Z`
 //! the minute from 10:00:00.000 to 10:00:59.999. Ranges are epoch milliseconds with both ends
-//! inclusive. Values without a time zone (dates, and date-times the client sent without an
-//! offset, which R4 forbids for dateTime with time) are read as UTC; see docs/formats/search.md.
+//! inclusive.
+//!
+//! Values without a time zone (dates like `birthDate`, and search values like `date=2024-01-10`)
+//! are read in the server's time zone, which for a Japanese hospital is Japan Standard Time
+//! (UTC+09:00, no daylight saving): `date=2024-01-10` then finds an Observation taken at
+//! `2024-01-10T08:00:00+09:00`, as a user in Japan expects. See docs/fhir-api.md.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+
+/// The offset of values written without one: Japan Standard Time.
+pub const LOCAL_OFFSET_SECS: i32 = 9 * 3600;
 
 /// An inclusive range of epoch milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +48,8 @@ pub fn parse_date_range(s: &str) -> Option<DateRange> {
             (Some(_), None) => add_month(start)?,
             (None, None) => NaiveDate::from_ymd_opt(year + 1, 1, 1)?,
         };
-        return Some(range_of(start.and_time(NaiveTime::MIN), end.and_time(NaiveTime::MIN), Utc));
+        let local = FixedOffset::east_opt(LOCAL_OFFSET_SECS)?;
+        return Some(range_of(start.and_time(NaiveTime::MIN), end.and_time(NaiveTime::MIN), local));
     };
     let date = NaiveDate::from_ymd_opt(year, month?, day?)?;
     // Split off the zone: `Z`, `+09:00`, `-05:00`, or none.
@@ -53,7 +61,7 @@ pub fn parse_date_range(s: &str) -> Option<DateRange> {
         let (h, m) = z[1..].split_once(':')?;
         (c, sign * (h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60))
     } else {
-        (time, 0)
+        (time, LOCAL_OFFSET_SECS)
     };
     let (hms, frac) = match clock.split_once('.') {
         Some((hms, frac)) => (hms, Some(frac)),
@@ -77,7 +85,7 @@ pub fn parse_date_range(s: &str) -> Option<DateRange> {
         start += Duration::milliseconds(millis * scale);
         step = Duration::milliseconds(scale);
     }
-    let offset = chrono::FixedOffset::east_opt(offset_secs)?;
+    let offset = FixedOffset::east_opt(offset_secs)?;
     Some(range_of(start, start + step, offset))
 }
 
@@ -115,6 +123,9 @@ mod tests {
         assert_eq!(minute.map(|r| r.high - r.low + 1), Some(60_000));
         assert_eq!(parse_date_range("2024-03-05T01:00:00Z").map(|r| r.low), minute.map(|r| r.low));
         assert_eq!(parse_date_range("2024-03-05T01:00:00.5Z").map(|r| r.high - r.low + 1), Some(100));
+        // No zone: Japan Standard Time.
+        assert_eq!(parse_date_range("1970-01-02").map(|r| r.low), Some(86_400_000 - 9 * 3_600_000));
+        assert_eq!(parse_date_range("2024-03-05T10:00:00").map(|r| r.low), minute.map(|r| r.low));
         assert_eq!(format_instant(0), "1970-01-01T00:00:00.000Z");
     }
 

@@ -266,8 +266,9 @@ mod tests {
             }]
         );
         let IndexValue::Date(range) = &values_of(&e, "birthdate")[0] else { panic!("date") };
-        assert_eq!(range.low, 0);
-        assert_eq!(range.high, 86_400_000 - 1);
+        // A date without a zone is a day in Japan Standard Time.
+        assert_eq!(range.low, -9 * 3_600_000);
+        assert_eq!(range.high, 86_400_000 - 9 * 3_600_000 - 1);
     }
 
     #[test]

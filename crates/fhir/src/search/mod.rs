@@ -5,7 +5,7 @@ mod extract;
 mod params;
 mod query;
 
-pub use datetime::{DateRange, format_instant, parse_date_range};
+pub use datetime::{DateRange, LOCAL_OFFSET_SECS, format_instant, parse_date_range};
 pub use extract::{IndexEntry, IndexValue, extract, normalize_string, split_reference};
 pub use params::{ParamKind, SearchParamDef, find_param, params_for};
 pub use query::{

@@ -351,6 +351,9 @@ fn parse_filter(
             return Ok(Some(Filter::Id(value.split(',').map(str::to_owned).collect())));
         }
         "_lastUpdated" => {
+            if modifier_text.is_some() {
+                return Err(invalid(name, "_lastUpdated takes no modifier"));
+            }
             let mut out = Vec::new();
             for v in value.split(',') {
                 let (prefix, rest) = Prefix::split(v);
