@@ -12,7 +12,7 @@
 //! 2. **read** — `GET Patient/{id}` and `GET Observation/{id}` of random existing ids, for
 //!    `--duration-secs` at each concurrency level.
 //! 3. **search** — a mix of seven realistic searches, for `--duration-secs` at each level, with a
-//!    per-kind breakdown at the highest level.
+//!    per-kind breakdown at the lowest and the highest level.
 //!
 //! The load generator and the server run in the same process on the same tokio runtime, so they
 //! share the machine's cores. Any non-2xx answer or transport error is counted and makes the run
@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const TENANT: &str = "bench";
 const SCOPE: &str = "user/*.cruds";
@@ -73,6 +73,16 @@ struct Args {
     /// Database pool size of the application (the `ehr serve` default is 16).
     #[arg(long, default_value_t = 16)]
     max_connections: u32,
+    /// Per-request timeout; a request that exceeds it counts as failed.
+    #[arg(long, default_value_t = 30)]
+    timeout_secs: u64,
+    /// Keep the PostgreSQL database (for EXPLAIN afterwards) instead of dropping it.
+    #[arg(long)]
+    keep_database: bool,
+    /// Do not run `ANALYZE` on the PostgreSQL database after the load phase (autovacuum may be off,
+    /// and without statistics the planner picks nested loops that make chained searches crawl).
+    #[arg(long)]
+    no_analyze: bool,
     /// Skip the search phase.
     #[arg(long)]
     no_search: bool,
@@ -105,7 +115,7 @@ fn main() -> ExitCode {
     let mut failed = false;
     for backend in backends {
         match runtime.block_on(run_backend(backend, &args)) {
-            Ok(errors) if errors == 0 => {}
+            Ok(0) => {}
             Ok(errors) => {
                 eprintln!("{backend}: {errors} request(s) failed");
                 failed = true;
@@ -239,7 +249,7 @@ fn id_from_location(location: &str) -> Option<String> {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemClock.now().timestamp()
 }
 
 fn dev_token(signer: &DevSigner) -> Result<String, String> {
@@ -256,19 +266,37 @@ fn dev_token(signer: &DevSigner) -> Result<String, String> {
     signer.sign(&claims).map_err(|e| format!("signing the dev token: {e}"))
 }
 
-/// Mean cost of one `Verifier::verify` of `token` (the check every request pays), in µs.
-async fn verify_cost(token: &str) -> Result<f64, String> {
+/// Mean cost of `Verifier::verify`, in µs: (distinct tokens, i.e. a real ES256 check each; the
+/// same token again and again, which a verifier may cache).
+async fn verify_cost(signer: &DevSigner, token: &str) -> Result<(f64, f64), String> {
     let verifier = Verifier::development().await.map_err(|e| format!("dev verifier: {e}"))?;
     let now = unix_now();
-    for _ in 0..50 {
-        verifier.verify(token, now).await.map_err(|e| format!("verify: {e}"))?;
+    let distinct: Vec<String> = (0..500)
+        .map(|i| {
+            let claims = Claims {
+                iss: ehr_auth::DEV_ISSUER.into(),
+                sub: "ehr-bench".into(),
+                exp: now + 3600,
+                iat: now,
+                tenant: TENANT.into(),
+                scope: SCOPE.into(),
+                jti: Some(format!("bench-{i}")),
+            };
+            signer.sign(&claims).map_err(|e| format!("signing: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    for t in &distinct {
+        verifier.verify(t, now).await.map_err(|e| format!("verify: {e}"))?;
     }
+    let cold = start.elapsed().as_secs_f64() * 1e6 / distinct.len() as f64;
     let n = 2000;
     let start = Instant::now();
     for _ in 0..n {
         verifier.verify(token, now).await.map_err(|e| format!("verify: {e}"))?;
     }
-    Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(n))
+    let repeated = start.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    Ok((cold, repeated))
 }
 
 async fn run_backend(backend: &str, args: &Args) -> Result<usize, String> {
@@ -287,10 +315,15 @@ async fn run_backend(backend: &str, args: &Args) -> Result<usize, String> {
         _data_dir = Some(TempDir(dir.clone()));
         format!("sqlite://{}?mode=rwc", dir.join("ehr.db").display())
     };
-    config.database.url = Some(database_url.into());
+    config.database.url = Some(database_url.clone().into());
+    let analyze_url = (backend == "postgres").then_some(database_url);
 
-    let result = run_app(backend, args, &config).await;
+    let result = run_app(backend, args, &config, analyze_url.as_deref()).await;
     if let Some(db) = pg {
+        if args.keep_database {
+            println!("kept PostgreSQL database {} (drop it yourself)", db.name);
+            return result;
+        }
         // Give the aborted server's pool a moment to close; FORCE ends whatever is left.
         tokio::time::sleep(Duration::from_millis(200)).await;
         db.drop_database().await;
@@ -298,7 +331,7 @@ async fn run_backend(backend: &str, args: &Args) -> Result<usize, String> {
     result
 }
 
-async fn run_app(backend: &str, args: &Args, config: &Config) -> Result<usize, String> {
+async fn run_app(backend: &str, args: &Args, config: &Config, pg_url: Option<&str>) -> Result<usize, String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = ehr_app::build(config, Target::All, clock).await.map_err(|e| format!("building the app: {e}"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("bind: {e}"))?;
@@ -311,9 +344,9 @@ async fn run_app(backend: &str, args: &Args, config: &Config) -> Result<usize, S
     });
     let signer = DevSigner::new().map_err(|e| format!("dev signer: {e}"))?;
     let token = dev_token(&signer)?;
-    let verify_us = verify_cost(&token).await?;
+    let verify_us = verify_cost(&signer, &token).await?;
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
+        .timeout(Duration::from_secs(args.timeout_secs))
         .build()
         .map_err(|e| format!("http client: {e}"))?;
     let http = Http {
@@ -322,7 +355,7 @@ async fn run_app(backend: &str, args: &Args, config: &Config) -> Result<usize, S
         auth: format!("Bearer {token}").into(),
         errors: Arc::new(Mutex::new(Vec::new())),
     };
-    let outcome = benchmark(backend, args, &http, verify_us).await;
+    let outcome = benchmark(backend, args, &http, verify_us, pg_url).await;
     server.abort();
     let _ = server.await;
     drop(app.store);
@@ -551,7 +584,7 @@ impl Row {
     fn print(&self) {
         let rate = if self.secs > 0.0 { self.ops as f64 / self.secs } else { 0.0 };
         println!(
-            "{:<26} {:>5} {:>8} {:>7} {:>10.1} {:>8.2} {:>8.2} {:>8.2}",
+            "{:<28} {:>5} {:>8} {:>7} {:>10.1} {:>8.2} {:>8.2} {:>8.2}",
             self.operation,
             self.concurrency,
             self.ops,
@@ -566,7 +599,7 @@ impl Row {
 
 fn print_header() {
     println!(
-        "{:<26} {:>5} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8}",
+        "{:<28} {:>5} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8}",
         "operation", "conc", "ops", "errors", "ops/s", "p50 ms", "p95 ms", "p99 ms"
     );
 }
@@ -844,6 +877,7 @@ async fn search_phase(
     rows: &mut Vec<Row>,
 ) -> Result<(), String> {
     let highest = args.concurrency.last().copied().unwrap_or(1);
+    let lowest = args.concurrency.first().copied().unwrap_or(1);
     let mut breakdown = Vec::new();
     for &c in &args.concurrency {
         let t = Instant::now();
@@ -868,12 +902,13 @@ async fn search_phase(
         let row = Row::new("search (mix)", c, all, errors, secs);
         row.print();
         rows.push(row);
-        if c == highest {
-            breakdown = per_kind
-                .into_iter()
-                .zip(SEARCH_KINDS)
-                .map(|((l, e), name)| Row::new(format!("  {name}"), c, l, e, secs))
-                .collect();
+        if c == highest || c == lowest {
+            breakdown.extend(
+                per_kind
+                    .into_iter()
+                    .zip(SEARCH_KINDS)
+                    .map(|((l, e), name)| Row::new(format!("  {name}"), c, l, e, secs)),
+            );
         }
     }
     for row in &breakdown {
@@ -909,7 +944,28 @@ async fn preflight(http: &Http, seed: u64) -> Result<(), String> {
     Ok(())
 }
 
-async fn benchmark(backend: &str, args: &Args, http: &Http, verify_us: f64) -> Result<usize, String> {
+/// Runs `ANALYZE` on the bench database (as its owner) and returns the server's autovacuum setting.
+async fn analyze(url: &str) -> Result<String, String> {
+    let conn = Database::connect(url).await.map_err(|e| format!("connect for ANALYZE: {e}"))?;
+    let autovacuum = conn
+        .query_one_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, "SHOW autovacuum"))
+        .await
+        .map_err(|e| format!("SHOW autovacuum: {e}"))?
+        .and_then(|row| row.try_get::<String>("", "autovacuum").ok())
+        .unwrap_or_else(|| "?".to_owned());
+    let t = Instant::now();
+    conn.execute_unprepared("ANALYZE").await.map_err(|e| format!("ANALYZE: {e}"))?;
+    let _ = conn.close().await;
+    Ok(format!("ANALYZE took {:.1} s; server autovacuum = {autovacuum}", t.elapsed().as_secs_f64()))
+}
+
+async fn benchmark(
+    backend: &str,
+    args: &Args,
+    http: &Http,
+    verify_us: (f64, f64),
+    pg_url: Option<&str>,
+) -> Result<usize, String> {
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let planned = args.patients * (1 + args.observations_per_patient);
     println!();
@@ -923,7 +979,11 @@ async fn benchmark(backend: &str, args: &Args, http: &Http, verify_us: f64) -> R
          {} s per read/search level; app pool max_connections {}",
         args.patients, args.observations_per_patient, args.concurrency, args.duration_secs, args.max_connections
     );
-    println!("ES256 token verification (Verifier::verify, one thread, in isolation): {verify_us:.1} us/op");
+    println!(
+        "token verification (Verifier::verify, one thread, in isolation): {:.1} us/op for distinct tokens (ES256), \
+         {:.1} us/op for the same token repeated (what the benchmark sends)",
+        verify_us.0, verify_us.1
+    );
     preflight(http, args.seed).await?;
 
     print_header();
@@ -931,6 +991,13 @@ async fn benchmark(backend: &str, args: &Args, http: &Http, verify_us: f64) -> R
     let (patients, observations) = load_phase(http, args, &mut rows).await?;
     if patients.is_empty() {
         return Err("no patient could be created".into());
+    }
+    if let Some(url) = pg_url {
+        if args.no_analyze {
+            println!("(no ANALYZE after load: --no-analyze)");
+        } else {
+            println!("ran ANALYZE after the load phase: {}", analyze(url).await?);
+        }
     }
     let patients = Arc::new(patients);
     let observations = Arc::new(observations);

@@ -35,6 +35,18 @@ async fn instance_type_and_system_history_with_since() {
     let paged = json(app.get("/_history?_count=1").await, 200).await;
     assert_eq!(paged["entry"].as_array().unwrap().len(), 1);
     assert!(paged["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
+
+    // Paging links keep `_since`: following `next` stays within the filtered history.
+    let first = json(app.get(&format!("/_history?_count=1&_since={}", v2_time.replace('+', "%2B"))).await, 200).await;
+    assert_eq!(first["total"], 2);
+    let next = first["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = app.client.get(&next).bearer_auth(app.token("user/*.rs")).send().await.unwrap();
+    let second = json(resp, 200).await;
+    assert_eq!(second["total"], 2);
+    assert!(second["link"].as_array().unwrap().iter().all(|l| l["relation"] != "next"));
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use ehr_core::{Principal, TenantId};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind, jwk::JwkSet};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// The claims this server reads from (and, for development tokens, writes to) an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -45,7 +45,23 @@ struct Inner {
     http: reqwest::Client,
     /// Unix time of the last refetch caused by an unknown key id.
     last_refetch: std::sync::atomic::AtomicI64,
+    /// Tokens already verified. A client sends the same token on every request of a session;
+    /// an ES256 check costs far more than the rest of a read, so it is paid once per token.
+    /// Keyed by the whole compact token (the same bytes verify the same way); the expiry is
+    /// checked on every hit; cleared on key refresh, so a key withdrawn from the JWKS stops
+    /// verifying at once; cleared when full, which keeps it bounded without bookkeeping.
+    verified: Mutex<HashMap<Box<str>, Verified>>,
 }
+
+#[derive(Clone)]
+struct Verified {
+    principal: Principal,
+    scopes: ScopeSet,
+    exp: i64,
+}
+
+/// Entries of the verified-token cache before it is cleared.
+const CACHE_CAPACITY: usize = 50_000;
 
 /// Tokens naming an unknown key id trigger at most one JWKS refetch per this many seconds, so a
 /// flood of forged tokens cannot turn into a flood of requests to the issuer.
@@ -61,6 +77,7 @@ impl Verifier {
                 keys: RwLock::new(HashMap::new()),
                 http: reqwest::Client::new(),
                 last_refetch: std::sync::atomic::AtomicI64::new(i64::MIN),
+                verified: Mutex::new(HashMap::new()),
             }),
         };
         v.refresh().await?;
@@ -98,11 +115,32 @@ impl Verifier {
         if let Ok(mut keys) = self.inner.keys.write() {
             *keys = loaded;
         }
+        if let Ok(mut verified) = self.inner.verified.lock() {
+            verified.clear();
+        }
         Ok(())
     }
 
     /// Verifies a compact JWS and returns the caller it names.
     pub async fn verify(&self, token: &str, now_unix: i64) -> Result<(Principal, ScopeSet), AuthError> {
+        let hit = self.inner.verified.lock().ok().and_then(|c| c.get(token).cloned());
+        if let Some(v) = hit {
+            if v.exp <= now_unix {
+                return Err(AuthError::Expired);
+            }
+            return Ok((v.principal, v.scopes));
+        }
+        let (principal, scopes, exp) = self.verify_signature(token, now_unix).await?;
+        if let Ok(mut cache) = self.inner.verified.lock() {
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(token.into(), Verified { principal: principal.clone(), scopes: scopes.clone(), exp });
+        }
+        Ok((principal, scopes))
+    }
+
+    async fn verify_signature(&self, token: &str, now_unix: i64) -> Result<(Principal, ScopeSet, i64), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::InvalidToken("malformed"))?;
         if header.alg != Algorithm::ES256 {
             return Err(AuthError::InvalidToken("algorithm must be ES256"));
@@ -141,7 +179,7 @@ impl Verifier {
             tenant,
             scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
         };
-        Ok((principal, scopes))
+        Ok((principal, scopes, claims.exp))
     }
 
     fn key(&self, kid: &str) -> Option<DecodingKey> {
@@ -172,6 +210,8 @@ mod tests {
         let t = DevSigner::new().expect("signer").sign(&claims(1000)).expect("sign");
         let (p, _) = v.verify(&t, 999).await.expect("valid");
         assert_eq!(p.tenant.as_str(), "hospital-a");
+        // The second call is served from the cache and still honours the expiry.
+        assert!(v.verify(&t, 999).await.is_ok());
         assert!(matches!(v.verify(&t, 1000).await, Err(AuthError::Expired)));
         let mut tampered = t.clone();
         tampered.insert(t.len() - 3, 'x');

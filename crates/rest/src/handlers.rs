@@ -343,18 +343,34 @@ fn paging_links(base: &str, q: &SearchQuery, has_more: bool) -> Vec<Link> {
 /// Parameters of the history interactions.
 struct HistoryParams {
     since: Option<i64>,
+    /// `_since` as given, carried into the paging links.
+    since_text: Option<String>,
     count: usize,
     offset: usize,
 }
 
+impl HistoryParams {
+    /// A paging link's query string for `offset`.
+    fn link_query(&self, offset: usize) -> String {
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        if let Some(since) = &self.since_text {
+            s.append_pair("_since", since);
+        }
+        s.append_pair("_count", &self.count.to_string());
+        s.append_pair("_offset", &offset.to_string());
+        s.finish()
+    }
+}
+
 fn history_params(raw: Option<&str>) -> Result<HistoryParams> {
-    let mut p = HistoryParams { since: None, count: 50, offset: 0 };
+    let mut p = HistoryParams { since: None, since_text: None, count: 50, offset: 0 };
     for (k, v) in query_pairs(raw) {
         match k.as_str() {
             "_since" => {
                 let r = ehr_fhir::search::parse_date_range(&v)
                     .ok_or_else(|| RestError::Invalid("_since must be a FHIR instant".into()))?;
                 p.since = Some(r.low);
+                p.since_text = Some(v);
             }
             "_count" => {
                 p.count =
@@ -386,14 +402,11 @@ async fn history(
         HistoryScope::Type(t) => format!("{t}/_history"),
         HistoryScope::System => "_history".to_owned(),
     };
-    b.link.push(Link {
-        relation: "self",
-        url: format!("{base}/{path}?_count={}&_offset={}", params.count, params.offset),
-    });
+    b.link.push(Link { relation: "self", url: format!("{base}/{path}?{}", params.link_query(params.offset)) });
     if (params.offset + entries.len()) < usize::try_from(total).unwrap_or(usize::MAX) {
         b.link.push(Link {
             relation: "next",
-            url: format!("{base}/{path}?_count={}&_offset={}", params.count, params.offset + params.count),
+            url: format!("{base}/{path}?{}", params.link_query(params.offset + params.count)),
         });
     }
     // Scope was checked for every type the entries can have before the query ran.
