@@ -66,6 +66,7 @@ CREATE TABLE sp_string (
     normalized TEXT NOT NULL, exact TEXT NOT NULL
 );
 CREATE INDEX sp_string_exact ON sp_string (tenant_id, resource_type, param, exact);
+CREATE INDEX sp_string_prefix ON sp_string (tenant_id, resource_type, param, normalized);
 CREATE INDEX sp_string_owner ON sp_string (tenant_id, resource_type, resource_id);
 
 CREATE TABLE sp_date (
@@ -125,11 +126,10 @@ impl MigrationTrait for M0001ResourceStore {
             db.execute_unprepared(statement).await?;
         }
         if db.get_database_backend() == DbBackend::Postgres {
-            // Prefix LIKE on the normalised string needs pattern ops under a non-C collation.
-            db.execute_unprepared(
-                "CREATE INDEX sp_string_prefix ON sp_string (tenant_id, resource_type, param, normalized text_pattern_ops)",
-            )
-            .await?;
+            // String prefix search is a range on `normalized` ([prefix, successor)), which is only
+            // a prefix match under code-point order: SQLite's BINARY collation is that; on
+            // PostgreSQL the column gets the "C" collation (the index is rebuilt with it).
+            db.execute_unprepared("ALTER TABLE sp_string ALTER COLUMN normalized TYPE TEXT COLLATE \"C\"").await?;
             // The application role: created when the migrating user may create roles, and
             // granted to the migrating user so that it can switch to it per transaction.
             db.execute_unprepared(&format!(

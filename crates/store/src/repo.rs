@@ -516,8 +516,11 @@ impl Tx {
         if query.count == 0 {
             return Ok(page);
         }
+        // Page ids first, content second: sorting and paging touch only the narrow columns, and
+        // only the page's rows are read whole (otherwise every match's content is carried through
+        // the sort before LIMIT applies).
         let mut sql = Sql::new(&self.tenant);
-        sql.push("SELECT r.id, r.version_id, r.last_updated, r.deleted, r.content FROM resources r WHERE ");
+        sql.push("SELECT r.id FROM resources r WHERE ");
         sql::where_clause(&mut sql, query);
         let order = sql::order_by(&mut sql, query);
         // One extra row tells whether a next page exists without a second query.
@@ -525,12 +528,33 @@ impl Tx {
         let offset = sql.bind(query.offset as i64);
         sql.push(&format!(" ORDER BY {order} LIMIT {limit} OFFSET {offset}"));
         let rows = self.query(&sql.text, sql.values).await?;
-        for row in rows.iter().take(query.count) {
-            page.matches.push(row_to_stored(row, Some(query.resource_type))?);
-        }
-        page.has_more = rows.len() > query.count;
+        let ids: Vec<String> = rows.iter().map(|r| r.try_get::<String>("", "id")).collect::<Result<_, _>>()?;
+        page.has_more = ids.len() > query.count;
+        let ids = &ids[..ids.len().min(query.count)];
+        page.matches = self.fetch(query.resource_type, ids).await?;
         page.included = self.includes(query, &page.matches).await?;
         Ok(page)
+    }
+
+    /// The current versions of `ids` (of one type), in the order of `ids`; missing ones skipped.
+    async fn fetch(&self, resource_type: &str, ids: &[String]) -> Result<Vec<Stored>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(&self.tenant);
+        let ty = sql.bind(resource_type);
+        let list: Vec<String> = ids.iter().map(|id| sql.bind(id.as_str())).collect();
+        sql.push(&format!(
+            "SELECT id, version_id, last_updated, deleted, content FROM resources \
+             WHERE tenant_id = $1 AND resource_type = {ty} AND id IN ({})",
+            list.join(", ")
+        ));
+        let rows = self.query(&sql.text, sql.values).await?;
+        let mut by_id: std::collections::HashMap<String, Stored> = rows
+            .iter()
+            .map(|r| row_to_stored(r, Some(resource_type)).map(|s| (s.id.clone(), s)))
+            .collect::<Result<_, _>>()?;
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
     }
 
     /// Ids of the resources matching `query`, at most `limit` of them (for conditional

@@ -57,6 +57,23 @@ fn like_escape(s: &str) -> String {
     out
 }
 
+/// The smallest string greater than every string that starts with `prefix` (in code-point
+/// order), or `None` when there is none (empty prefix, or only `char::MAX`).
+fn successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = last as u32 + 1;
+        if (0xD800..0xE000).contains(&next) {
+            next = 0xE000; // skip the surrogate gap
+        }
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// Appends the WHERE conditions of `query` (without the leading `WHERE`) for rows aliased `r`.
 pub(crate) fn where_clause(sql: &mut Sql, query: &SearchQuery) {
     let ty = sql.bind(query.resource_type);
@@ -161,7 +178,12 @@ fn value_condition(sql: &mut Sql, def: &SearchParamDef, modifier: &Modifier, val
             Modifier::Contains => {
                 format!("normalized LIKE {} ESCAPE '\\'", sql.bind(format!("%{}%", like_escape(normalized))))
             }
-            _ => format!("normalized LIKE {} ESCAPE '\\'", sql.bind(format!("{}%", like_escape(normalized)))),
+            // A prefix match as a range, so that the index on `normalized` serves it on both
+            // backends even with a generic prepared plan (where `LIKE $n` cannot use an index).
+            _ => match successor(normalized) {
+                Some(upper) => format!("(normalized >= {} AND normalized < {})", sql.bind(normalized.as_str()), sql.bind(upper)),
+                None => format!("normalized >= {}", sql.bind(normalized.as_str())),
+            },
         },
         SearchValue::Date { prefix, range } => date_condition(sql, "low", "high", *prefix, range.low, range.high),
         SearchValue::Reference { target_type, id } => {
@@ -277,6 +299,15 @@ fn sort_key(sql: &mut Sql, resource_type: &str, key: &SortKey) -> String {
 mod tests {
     use super::*;
     use ehr_fhir::search::parse_search;
+
+    #[test]
+    fn prefix_upper_bounds() {
+        assert_eq!(successor("yam").as_deref(), Some("yan"));
+        assert_eq!(successor("やま").as_deref(), Some("やみ"));
+        assert_eq!(successor(""), None);
+        assert_eq!(successor("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(successor("a\u{10FFFF}").as_deref(), Some("b"));
+    }
 
     #[test]
     fn every_subquery_is_tenant_scoped() {
