@@ -6,6 +6,7 @@ use crate::render::{
     self, Entry, EntryRequest, EntryResponse, Link, Prefer, Return, SearchMode, base_url, bundle, bundle_response,
     parse_etag, raw, subset, version_headers, write_response,
 };
+use crate::service::WriteOutcome;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -14,7 +15,7 @@ use ehr_auth::Interaction;
 use ehr_core::{Issue, IssueType, Severity, operation_outcome};
 use ehr_fhir::search::{SearchQuery, Summary};
 use ehr_http::{Caller, FhirBody, HttpError, Problem, fhir_json_response};
-use ehr_store::{HistoryScope, Stored};
+use ehr_store::{HistoryScope, Stored, Tx};
 
 type Result<T, E = Problem> = std::result::Result<T, E>;
 
@@ -62,6 +63,28 @@ fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
     raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
+/// Runs one write in its own transaction and renders it per `Prefer: return`.
+///
+/// A write that turned out to create the resource (update-as-create, a conditional update
+/// without a match) is a create and needs the create scope too; without it the transaction is
+/// dropped uncommitted, which rolls it back.
+async fn write(
+    state: &RestState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    ty: &'static str,
+    op: impl AsyncFnOnce(&Tx) -> Result<WriteOutcome>,
+) -> Result<Response> {
+    let prefer = Prefer::from_headers(headers);
+    let tx = state.service.store.write(&caller.ctx).await?;
+    let outcome = op(&tx).await?;
+    if outcome.status == 201 {
+        caller.require(ty, Interaction::Create)?;
+    }
+    tx.commit().await?;
+    Ok(write_response(&outcome, &base_url(headers, &state.base_path), prefer.ret))
+}
+
 /// `POST [type]` — create, or conditional create with `If-None-Exist`.
 pub async fn create(
     State(state): State<RestState>,
@@ -79,11 +102,9 @@ pub async fn create(
     if condition.is_some() {
         caller.require(ty, Interaction::Search)?;
     }
-    let prefer = Prefer::from_headers(&headers);
-    let tx = state.service.store.write(&caller.ctx).await?;
-    let outcome = state.service.create(&tx, ty, body.value, condition.as_deref()).await?;
-    tx.commit().await?;
-    Ok(write_response(&outcome, &base_url(&headers, &state.base_path), prefer.ret))
+    let svc = &state.service;
+    write(&state, &caller, &headers, ty, async |tx| svc.create(tx, ty, body.value, condition.as_deref(), None).await)
+        .await
 }
 
 /// `GET [type]/[id]` — read, with `If-None-Match` → 304.
@@ -134,16 +155,8 @@ pub async fn update(
     let ty = state.service.resource_type(&ty)?;
     caller.require(ty, Interaction::Update)?;
     let expected = if_match(&headers)?;
-    let prefer = Prefer::from_headers(&headers);
-    let tx = state.service.store.write(&caller.ctx).await?;
-    let outcome = state.service.update(&tx, ty, &id, body.value, expected).await?;
-    if outcome.status == 201 {
-        // Update-as-create is a create: without the create scope, the uncommitted transaction
-        // is dropped here, which rolls it back.
-        caller.require(ty, Interaction::Create)?;
-    }
-    tx.commit().await?;
-    Ok(write_response(&outcome, &base_url(&headers, &state.base_path), prefer.ret))
+    let svc = &state.service;
+    write(&state, &caller, &headers, ty, async |tx| svc.update(tx, ty, &id, body.value, expected).await).await
 }
 
 /// `PUT [type]?criteria` — conditional update.
@@ -159,15 +172,12 @@ pub async fn conditional_update(
     caller.require(ty, Interaction::Update)?;
     caller.require(ty, Interaction::Search)?;
     let expected = if_match(&headers)?;
-    let prefer = Prefer::from_headers(&headers);
-    let tx = state.service.store.write(&caller.ctx).await?;
-    let outcome =
-        state.service.conditional_update(&tx, ty, query.as_deref().unwrap_or_default(), body.value, expected).await?;
-    if outcome.status == 201 {
-        caller.require(ty, Interaction::Create)?;
-    }
-    tx.commit().await?;
-    Ok(write_response(&outcome, &base_url(&headers, &state.base_path), prefer.ret))
+    let condition = query.unwrap_or_default();
+    let svc = &state.service;
+    write(&state, &caller, &headers, ty, async |tx| {
+        svc.conditional_update(tx, ty, &condition, body.value, expected).await
+    })
+    .await
 }
 
 /// `PATCH [type]/[id]` — JSON Patch.
@@ -184,11 +194,8 @@ pub async fn patch(
         return Err(HttpError::UnsupportedPatchType.into());
     }
     let expected = if_match(&headers)?;
-    let prefer = Prefer::from_headers(&headers);
-    let tx = state.service.store.write(&caller.ctx).await?;
-    let outcome = state.service.patch(&tx, ty, &id, body.value, expected).await?;
-    tx.commit().await?;
-    Ok(write_response(&outcome, &base_url(&headers, &state.base_path), prefer.ret))
+    let svc = &state.service;
+    write(&state, &caller, &headers, ty, async |tx| svc.patch(tx, ty, &id, body.value, expected).await).await
 }
 
 fn deleted_response(stored: Option<&Stored>) -> Response {

@@ -89,13 +89,15 @@ impl FhirService {
         Err(Problem::new(status, errors))
     }
 
-    /// `create`, optionally conditional (`If-None-Exist`).
+    /// `create`, optionally conditional (`If-None-Exist`). The server assigns the id; a Bundle
+    /// passes the one it reserved for the entry's `urn:uuid:` full URL as `assigned_id`.
     pub async fn create(
         &self,
         tx: &Tx,
         resource_type: &'static str,
         mut resource: Value,
         if_none_exist: Option<&str>,
+        assigned_id: Option<&ResourceId>,
     ) -> Result<WriteOutcome, Problem> {
         if let Some(condition) = if_none_exist {
             let query = self.parse_condition(resource_type, condition)?;
@@ -115,7 +117,7 @@ impl FhirService {
             map.remove("id");
         }
         let warnings = self.validate(resource_type, &resource)?;
-        let stored = tx.create(resource_type, None, resource, self.clock.now()).await?;
+        let stored = tx.create(resource_type, assigned_id, resource, self.clock.now()).await?;
         Ok(WriteOutcome { stored, status: 201, warnings })
     }
 
@@ -156,7 +158,7 @@ impl FhirService {
                 // No match: create, with the body's id if it has one (update-as-create).
                 match resource.get("id").and_then(Value::as_str).map(str::to_owned) {
                     Some(id) => self.update(tx, resource_type, &id, resource, None).await,
-                    None => self.create(tx, resource_type, resource, None).await,
+                    None => self.create(tx, resource_type, resource, None, None).await,
                 }
             }
             [id] => {

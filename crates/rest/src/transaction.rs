@@ -63,6 +63,8 @@ struct Done {
     body: Option<Value>,
     /// A GET read: the resource is the answer, so it is always returned.
     read: bool,
+    /// Validation warnings of a write, returned as `response.outcome`.
+    warnings: Vec<ehr_core::Issue>,
 }
 
 fn entry_error(index: usize, reason: impl Into<String>) -> Problem {
@@ -305,22 +307,15 @@ async fn execute(
     let ty = op.resource_type;
     match op.method {
         Method::Post => {
+            let id = op.id.ok_or_else(|| entry_error(op.index, "POST entry without a reserved id"))?;
             if existing {
-                let id = op.id.unwrap_or_default();
+                // `ifNoneExist` matched in `prepare`: no write, the match is the answer.
                 let stored = tx.read(ty, &id).await?.ok_or(StoreError::NotFound)?;
-                return Ok(Done { status: 200, stored: Some(stored), body: None, read: false });
+                return Ok(Done { status: 200, stored: Some(stored), body: None, read: false, warnings: Vec::new() });
             }
-            let mut resource = op.resource.unwrap_or_default();
-            if let Value::Object(m) = &mut resource {
-                m.remove("id");
-            }
-            svc.validate(ty, &resource)?;
-            let id = match op.id {
-                Some(id) => ResourceId::parse(&id).map_err(|_| RestError::InvalidId)?,
-                None => ResourceId::generate(),
-            };
-            let stored = tx.create(ty, Some(&id), resource, svc.clock.now()).await?;
-            Ok(Done { status: 201, stored: Some(stored), body: None, read: false })
+            let id = ResourceId::parse(&id).map_err(|_| RestError::InvalidId)?;
+            let out = svc.create(tx, ty, op.resource.unwrap_or_default(), None, Some(&id)).await?;
+            Ok(Done { status: 201, stored: Some(out.stored), body: None, read: false, warnings: out.warnings })
         }
         Method::Put => {
             let id = op.id.ok_or_else(|| entry_error(op.index, "PUT needs an id"))?;
@@ -328,7 +323,7 @@ async fn execute(
             if out.status == 201 {
                 caller.require(ty, Interaction::Create)?;
             }
-            Ok(Done { status: out.status, stored: Some(out.stored), body: None, read: false })
+            Ok(Done { status: out.status, stored: Some(out.stored), body: None, read: false, warnings: out.warnings })
         }
         Method::Patch => {
             let id = op.id.ok_or_else(|| entry_error(op.index, "PATCH needs an id"))?;
@@ -344,7 +339,7 @@ async fn execute(
                 _ => return Err(entry_error(op.index, "PATCH entries carry the JSON Patch in a Binary resource")),
             };
             let out = svc.patch(tx, ty, &id, patch, op.if_match).await?;
-            Ok(Done { status: 200, stored: Some(out.stored), body: None, read: false })
+            Ok(Done { status: 200, stored: Some(out.stored), body: None, read: false, warnings: out.warnings })
         }
         Method::Delete => {
             let deleted = match (&op.id, &op.condition) {
@@ -352,10 +347,16 @@ async fn execute(
                 (None, Some(cond)) => svc.conditional_delete(tx, ty, cond).await?,
                 (None, None) => return Err(entry_error(op.index, "DELETE needs [type]/[id] or [type]?[criteria]")),
             };
-            Ok(Done { status: 204, stored: deleted, body: None, read: false })
+            Ok(Done { status: 204, stored: deleted, body: None, read: false, warnings: Vec::new() })
         }
         Method::Get => match op.id {
-            Some(id) => Ok(Done { status: 200, stored: Some(svc.read(tx, ty, &id).await?), body: None, read: true }),
+            Some(id) => Ok(Done {
+                status: 200,
+                stored: Some(svc.read(tx, ty, &id).await?),
+                body: None,
+                read: true,
+                warnings: Vec::new(),
+            }),
             None => {
                 let pairs: Vec<(String, String)> =
                     form_urlencoded::parse(op.condition.unwrap_or_default().as_bytes()).into_owned().collect();
@@ -368,7 +369,7 @@ async fn execute(
                         entries.push(serde_json::json!({"fullUrl": format!("{base}/{}/{}", m.resource_type, m.id), "resource": resource, "search": {"mode": "match"}}));
                     }
                 }
-                Ok(Done { status: 200, stored: None, body: Some(b), read: false })
+                Ok(Done { status: 200, stored: None, body: Some(b), read: false, warnings: Vec::new() })
             }
         },
     }
@@ -415,6 +416,9 @@ fn response_entry(done: &Done, include_resource: bool) -> Entry {
     }
     if let Some(b) = &done.body {
         entry.resource = raw_value(b);
+    }
+    if !done.warnings.is_empty() {
+        resp.outcome = raw_value(&operation_outcome(&done.warnings));
     }
     entry.response = Some(resp);
     entry

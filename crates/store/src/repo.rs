@@ -287,28 +287,34 @@ impl Tx {
     ) -> Result<Stored, StoreError> {
         let id = id.cloned().unwrap_or_else(ResourceId::generate);
         let stored = stamp(&mut resource, resource_type, id.as_str(), 1, now)?;
-        let inserted = self
-            .exec(
-                &format!(
-                    "INSERT INTO resources (tenant_id, resource_type, id, version_id, last_updated, deleted, content) \
-                     VALUES ($1, $2, $3, 1, $4, 0, $5){}",
-                    // A concurrent create of the same client-assigned id must not abort the
-                    // whole transaction on PostgreSQL: detect it through the row count instead.
-                    " ON CONFLICT DO NOTHING"
-                ),
-                vec![
-                    self.tenant.as_str().into(),
-                    resource_type.into(),
-                    id.as_str().into(),
-                    stored.last_updated.into(),
-                    stored.content.as_str().into(),
-                ],
-            )
-            .await?;
-        if inserted == 0 {
-            return Err(StoreError::AlreadyExists);
+        // A concurrent create of the same client-assigned id must not abort the whole
+        // transaction on PostgreSQL (ON CONFLICT DO NOTHING): it shows in the row count instead.
+        let insert = "INSERT INTO resources (tenant_id, resource_type, id, version_id, last_updated, deleted, content) \
+                      VALUES ($1, $2, $3, 1, $4, 0, $5) ON CONFLICT DO NOTHING";
+        let values = vec![
+            self.tenant.as_str().into(),
+            resource_type.into(),
+            id.as_str().into(),
+            stored.last_updated.into(),
+            stored.content.as_str().into(),
+        ];
+        if self.backend == DbBackend::Postgres {
+            // Resource and its first history row in one round trip; the history row is written
+            // only if the resource row was.
+            let sql = format!(
+                "WITH r AS ({insert} RETURNING id) INSERT INTO resource_history \
+                 (tenant_id, resource_type, id, version_id, last_updated, method, deleted, content) \
+                 SELECT $1, $2, id, 1, $4, 'POST', 0, $5 FROM r"
+            );
+            if self.exec(&sql, values).await? == 0 {
+                return Err(StoreError::AlreadyExists);
+            }
+        } else {
+            if self.exec(insert, values).await? == 0 {
+                return Err(StoreError::AlreadyExists);
+            }
+            self.append_history(&stored, "POST").await?;
         }
-        self.append_history(&stored, "POST").await?;
         self.write_indexes(resource_type, id.as_str(), &resource).await?;
         Ok(stored)
     }
@@ -425,80 +431,51 @@ impl Tx {
     }
 
     async fn delete_indexes(&self, resource_type: &str, id: &str) -> Result<(), StoreError> {
-        for kind in ALL_KINDS {
-            self.exec(
-                &format!(
+        let statements: Vec<String> = ALL_KINDS
+            .iter()
+            .map(|kind| {
+                format!(
                     "DELETE FROM {} WHERE tenant_id = $1 AND resource_type = $2 AND resource_id = $3",
-                    table_of(kind)
-                ),
-                vec![self.tenant.as_str().into(), resource_type.into(), id.into()],
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Writes the search-index rows of a resource: one multi-row INSERT per index table.
-    async fn write_indexes(&self, resource_type: &str, id: &str, resource: &Json) -> Result<(), StoreError> {
-        let entries = extract(resource_type, resource);
-        for kind in ALL_KINDS {
-            let of_kind: Vec<&IndexEntry> = entries.iter().filter(|e| e.kind == kind).collect();
-            // Chunks keep the bound-parameter count far below SQLite's and PostgreSQL's limits.
-            for chunk in of_kind.chunks(200) {
-                self.insert_index_rows(resource_type, id, kind, chunk).await?;
+                    table_of(*kind)
+                )
+            })
+            .collect();
+        let values = || vec![self.tenant.as_str().into(), resource_type.into(), id.into()];
+        if self.backend == DbBackend::Postgres {
+            // One round trip instead of seven: data-modifying CTEs run in one statement.
+            self.exec(&combine(statements), values()).await?;
+        } else {
+            for statement in &statements {
+                self.exec(statement, values()).await?;
             }
         }
         Ok(())
     }
 
-    async fn insert_index_rows(
-        &self,
-        resource_type: &str,
-        id: &str,
-        kind: ParamKind,
-        entries: &[&IndexEntry],
-    ) -> Result<(), StoreError> {
-        if entries.is_empty() {
+    /// Writes the search-index rows of a resource: one multi-row INSERT per index table; on
+    /// PostgreSQL all of them in one statement (data-modifying CTEs), on SQLite one by one.
+    async fn write_indexes(&self, resource_type: &str, id: &str, resource: &Json) -> Result<(), StoreError> {
+        let entries = extract(resource_type, resource);
+        let combine_statements = self.backend == DbBackend::Postgres;
+        let mut batch = IndexBatch::new(&self.tenant, resource_type, id);
+        for kind in ALL_KINDS {
+            let of_kind: Vec<&IndexEntry> = entries.iter().filter(|e| e.kind == kind).collect();
+            // Chunks keep the bound-parameter count far below SQLite's and PostgreSQL's limits.
+            for chunk in of_kind.chunks(200) {
+                batch.add(kind, chunk);
+                if !combine_statements || batch.sql.values.len() > 20_000 {
+                    self.flush(std::mem::replace(&mut batch, IndexBatch::new(&self.tenant, resource_type, id))).await?;
+                }
+            }
+        }
+        self.flush(batch).await
+    }
+
+    async fn flush(&self, batch: IndexBatch) -> Result<(), StoreError> {
+        if batch.statements.is_empty() {
             return Ok(());
         }
-        let columns = match kind {
-            ParamKind::Token => "system, code",
-            ParamKind::String => "normalized, exact",
-            ParamKind::Date => "low, high",
-            ParamKind::Reference => "target_type, target_id, url",
-            ParamKind::Quantity => "value, system, code",
-            ParamKind::Number => "value",
-            ParamKind::Uri => "uri",
-        };
-        let mut sql = Sql::new(&self.tenant);
-        let ty = sql.bind(resource_type);
-        let rid = sql.bind(id);
-        let mut rows = Vec::with_capacity(entries.len());
-        for e in entries {
-            let param = sql.bind(e.param);
-            let vals: Vec<String> = match &e.value {
-                IndexValue::Token { system, code } => vec![sql.bind(system.clone()), sql.bind(code.clone())],
-                IndexValue::String { normalized, exact } => {
-                    vec![sql.bind(normalized.as_str()), sql.bind(exact.as_str())]
-                }
-                IndexValue::Date(r) => vec![sql.bind(r.low), sql.bind(r.high)],
-                IndexValue::Reference { target_type, target_id, url } => {
-                    vec![sql.bind(target_type.clone()), sql.bind(target_id.clone()), sql.bind(url.as_str())]
-                }
-                IndexValue::Quantity { value, system, code } => {
-                    vec![sql.bind(*value), sql.bind(system.clone()), sql.bind(code.clone())]
-                }
-                IndexValue::Number(n) => vec![sql.bind(*n)],
-                IndexValue::Uri(u) => vec![sql.bind(u.as_str())],
-            };
-            rows.push(format!("($1, {ty}, {rid}, {param}, {})", vals.join(", ")));
-        }
-        sql.push(&format!(
-            "INSERT INTO {} (tenant_id, resource_type, resource_id, param, {columns}) VALUES {}",
-            table_of(kind),
-            rows.join(", ")
-        ));
-        self.exec(&sql.text, sql.values).await?;
+        self.exec(&combine(batch.statements), batch.sql.values).await?;
         Ok(())
     }
 
@@ -713,6 +690,80 @@ impl Tx {
         let rows = self.query(&list_sql, sql.values).await?;
         let entries = rows.iter().map(|r| row_to_stored(r, None)).collect::<Result<Vec<_>, _>>()?;
         Ok((entries, u64::try_from(total).unwrap_or(0)))
+    }
+}
+
+/// Joins statements into one: the last is the main statement, the others become CTEs
+/// (`WITH s0 AS (…), s1 AS (…) <last>`). Only PostgreSQL runs data-modifying CTEs; callers pass a
+/// single statement on SQLite.
+fn combine(mut statements: Vec<String>) -> String {
+    let Some(last) = statements.pop() else {
+        return String::new();
+    };
+    if statements.is_empty() {
+        return last;
+    }
+    let ctes: Vec<String> = statements.iter().enumerate().map(|(i, s)| format!("s{i} AS ({s})")).collect();
+    format!("WITH {} {last}", ctes.join(", "))
+}
+
+/// INSERT statements of index rows sharing one set of bound values (`$1` tenant, then the
+/// resource type and id).
+struct IndexBatch {
+    sql: Sql,
+    ty: String,
+    rid: String,
+    statements: Vec<String>,
+}
+
+impl IndexBatch {
+    fn new(tenant: &str, resource_type: &str, id: &str) -> Self {
+        let mut sql = Sql::new(tenant);
+        let ty = sql.bind(resource_type);
+        let rid = sql.bind(id);
+        Self { sql, ty, rid, statements: Vec::new() }
+    }
+
+    /// Adds one multi-row INSERT of `entries`, all of `kind`.
+    fn add(&mut self, kind: ParamKind, entries: &[&IndexEntry]) {
+        if entries.is_empty() {
+            return;
+        }
+        let columns = match kind {
+            ParamKind::Token => "system, code",
+            ParamKind::String => "normalized, exact",
+            ParamKind::Date => "low, high",
+            ParamKind::Reference => "target_type, target_id, url",
+            ParamKind::Quantity => "value, system, code",
+            ParamKind::Number => "value",
+            ParamKind::Uri => "uri",
+        };
+        let sql = &mut self.sql;
+        let mut rows = Vec::with_capacity(entries.len());
+        for e in entries {
+            let param = sql.bind(e.param);
+            let vals: Vec<String> = match &e.value {
+                IndexValue::Token { system, code } => vec![sql.bind(system.clone()), sql.bind(code.clone())],
+                IndexValue::String { normalized, exact } => {
+                    vec![sql.bind(normalized.as_str()), sql.bind(exact.as_str())]
+                }
+                IndexValue::Date(r) => vec![sql.bind(r.low), sql.bind(r.high)],
+                IndexValue::Reference { target_type, target_id, url } => {
+                    vec![sql.bind(target_type.clone()), sql.bind(target_id.clone()), sql.bind(url.as_str())]
+                }
+                IndexValue::Quantity { value, system, code } => {
+                    vec![sql.bind(*value), sql.bind(system.clone()), sql.bind(code.clone())]
+                }
+                IndexValue::Number(n) => vec![sql.bind(*n)],
+                IndexValue::Uri(u) => vec![sql.bind(u.as_str())],
+            };
+            rows.push(format!("($1, {}, {}, {param}, {})", self.ty, self.rid, vals.join(", ")));
+        }
+        self.statements.push(format!(
+            "INSERT INTO {} (tenant_id, resource_type, resource_id, param, {columns}) VALUES {}",
+            table_of(kind),
+            rows.join(", ")
+        ));
     }
 }
 

@@ -181,7 +181,9 @@ fn value_condition(sql: &mut Sql, def: &SearchParamDef, modifier: &Modifier, val
             // A prefix match as a range, so that the index on `normalized` serves it on both
             // backends even with a generic prepared plan (where `LIKE $n` cannot use an index).
             _ => match successor(normalized) {
-                Some(upper) => format!("(normalized >= {} AND normalized < {})", sql.bind(normalized.as_str()), sql.bind(upper)),
+                Some(upper) => {
+                    format!("(normalized >= {} AND normalized < {})", sql.bind(normalized.as_str()), sql.bind(upper))
+                }
                 None => format!("normalized >= {}", sql.bind(normalized.as_str())),
             },
         },
