@@ -289,3 +289,13 @@ async fn validation_warnings_are_reported_with_return_operation_outcome() {
     let codes: Vec<&str> = oo["issue"].as_array().unwrap().iter().map(|i| i["severity"].as_str().unwrap()).collect();
     assert_eq!(codes, vec!["information", "warning"], "{oo}");
 }
+
+#[tokio::test]
+async fn absolute_urls_use_the_configured_public_url() {
+    let app = TestApp::spawn_with(|c| c.public_url = Some("https://ehr.example-hospital.jp/".into())).await;
+    let resp = app.post("/Patient", &patient("A", "B", "1990-01-01", "U1")).await;
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("https://ehr.example-hospital.jp/fhir/Patient/"), "{location}");
+    let b = json(app.get("/Patient").await, 200).await;
+    assert!(b["entry"][0]["fullUrl"].as_str().unwrap().starts_with("https://ehr.example-hospital.jp/fhir/Patient/"));
+}

@@ -40,6 +40,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// The public URL clients reach this server at (`https://ehr.example-hospital.jp`), used
+    /// for `Location`, `fullUrl` and paging links; when absent, taken from each request's `Host`
+    /// and `X-Forwarded-Proto`.
+    pub public_url: Option<String>,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
@@ -91,6 +95,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./data"),
             max_body_bytes: 16 * 1024 * 1024,
+            public_url: None,
             database: DatabaseConfig {
                 url: None,
                 url_file: None,

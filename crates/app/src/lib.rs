@@ -14,7 +14,7 @@ use ehr_auth::{KeySource, Verifier};
 use ehr_core::{Classify, Clock, IssueType};
 use ehr_fhir::validate::Validator;
 use ehr_http::{AuthState, Readiness, fallback, health_router};
-use ehr_rest::{FhirService, RestState};
+use ehr_rest::{BaseUrl, FhirService, RestState};
 use ehr_store::{Store, StoreConfig, StoreError};
 use std::sync::Arc;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -115,7 +115,11 @@ pub fn router(config: &Config, store: Store, verifier: Verifier, clock: Arc<dyn 
         clock,
         types: ehr_patient_record::RESOURCE_TYPES.to_vec(),
     };
-    let rest = RestState { service: Arc::new(patient_record), auth, base_path: FHIR_BASE.to_owned() };
+    let base = match &config.public_url {
+        Some(url) => BaseUrl::Fixed(format!("{}{FHIR_BASE}", url.trim_end_matches('/'))),
+        None => BaseUrl::FromRequest(FHIR_BASE.to_owned()),
+    };
+    let rest = RestState { service: Arc::new(patient_record), auth, base };
     let db = store.clone();
     let ready: Readiness = Arc::new(move || {
         let db = db.clone();

@@ -3,8 +3,8 @@
 use crate::RestState;
 use crate::error::RestError;
 use crate::render::{
-    self, Entry, EntryRequest, EntryResponse, Link, Prefer, Return, SearchMode, base_url, bundle, bundle_response,
-    parse_etag, raw, subset, version_headers, write_response,
+    self, Entry, EntryRequest, EntryResponse, Link, Prefer, Return, SearchMode, bundle, bundle_response, parse_etag,
+    raw, subset, version_headers, write_response,
 };
 use crate::service::WriteOutcome;
 use axum::body::Bytes;
@@ -82,7 +82,7 @@ async fn write(
         caller.require(ty, Interaction::Create)?;
     }
     tx.commit().await?;
-    Ok(write_response(&outcome, &base_url(headers, &state.base_path), prefer.ret))
+    Ok(write_response(&outcome, &state.base.resolve(headers), prefer.ret))
 }
 
 /// `POST [type]` — create, or conditional create with `If-None-Exist`.
@@ -286,7 +286,7 @@ async fn search(
     let tx = state.service.store.read(&caller.ctx).await?;
     let page = tx.search(&query).await?;
     tx.commit().await?;
-    let base = base_url(&headers, &state.base_path);
+    let base = state.base.resolve(&headers);
     let mut b = bundle("searchset", state.service.clock.now().timestamp_millis());
     b.total = page.total;
     b.link = paging_links(&base, &query, page.has_more);
@@ -401,7 +401,7 @@ async fn history(
     let tx = state.service.store.read(&caller.ctx).await?;
     let (entries, total) = tx.history(scope, params.since, params.count, params.offset).await?;
     tx.commit().await?;
-    let base = base_url(&headers, &state.base_path);
+    let base = state.base.resolve(&headers);
     let mut b = bundle("history", state.service.clock.now().timestamp_millis());
     b.total = Some(total);
     let path = match scope {
@@ -489,7 +489,7 @@ pub async fn history_system(
 
 /// `GET /metadata`.
 pub async fn metadata(State(state): State<RestState>, headers: HeaderMap) -> Response {
-    let base = base_url(&headers, &state.base_path);
+    let base = state.base.resolve(&headers);
     let cs = crate::capability::capability_statement(&state.service.types, &base, state.service.clock.now());
     fhir_json_response(200, Vec::new(), cs.to_string())
 }

@@ -13,6 +13,7 @@ mod transaction;
 
 pub use capability::capability_statement;
 pub use error::RestError;
+pub use render::BaseUrl;
 pub use service::{FhirService, WriteOutcome};
 
 use axum::Router;
@@ -26,8 +27,8 @@ use std::sync::Arc;
 pub struct RestState {
     pub service: Arc<FhirService>,
     pub auth: AuthState,
-    /// Where the router is mounted (`/fhir`), for absolute URLs in responses.
-    pub base_path: String,
+    /// How absolute URLs in responses are formed.
+    pub base: BaseUrl,
 }
 
 impl FromRef<RestState> for AuthState {

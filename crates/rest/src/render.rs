@@ -47,11 +47,28 @@ impl Prefer {
     }
 }
 
-/// The base URL of the FHIR endpoint as the client reached it (`http://host/fhir`).
-pub fn base_url(headers: &HeaderMap, base_path: &str) -> String {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    let proto = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
-    format!("{proto}://{host}{base_path}")
+/// How the absolute URLs of responses (`Location`, `fullUrl`, paging links) are formed.
+#[derive(Debug, Clone)]
+pub enum BaseUrl {
+    /// A configured public URL of the FHIR base (`https://ehr.example-hospital.jp/fhir`): what a
+    /// deployment behind an ingress or the gateway should use.
+    Fixed(String),
+    /// The URL the client used: `Host` (and `X-Forwarded-Proto`) plus this mount path.
+    FromRequest(String),
+}
+
+impl BaseUrl {
+    /// The FHIR base URL for a request.
+    pub fn resolve(&self, headers: &HeaderMap) -> String {
+        match self {
+            Self::Fixed(url) => url.clone(),
+            Self::FromRequest(path) => {
+                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+                let proto = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
+                format!("{proto}://{host}{path}")
+            }
+        }
+    }
 }
 
 /// `W/"3"`.

@@ -8,7 +8,7 @@
 use crate::RestState;
 use crate::error::RestError;
 use crate::handlers::wants_representation;
-use crate::render::{self, Entry, EntryResponse, base_url, bundle, bundle_response, raw, raw_value};
+use crate::render::{self, Entry, EntryResponse, bundle, bundle_response, raw, raw_value};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -442,7 +442,7 @@ pub async fn process(
         _ => return Err(RestError::InvalidBundle("Bundle.type must be batch or transaction".into()).into()),
     };
     let parsed = parse_ops(&state, &bundle_value)?;
-    let base = base_url(&headers, &state.base_path);
+    let base = state.base.resolve(&headers);
     let representation = wants_representation(&headers);
     let n = parsed.len();
     let mut results: Vec<Option<Entry>> = (0..n).map(|_| None).collect();

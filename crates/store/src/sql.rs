@@ -7,6 +7,7 @@
 
 use ehr_fhir::search::{
     Filter, Modifier, ParamKind, Prefix, SearchParamDef, SearchQuery, SearchValue, SortKey, SortParam,
+    is_single_valued_date,
 };
 use sea_orm::Value;
 
@@ -78,10 +79,64 @@ fn successor(prefix: &str) -> Option<String> {
 pub(crate) fn where_clause(sql: &mut Sql, query: &SearchQuery) {
     let ty = sql.bind(query.resource_type);
     sql.push(&format!("r.tenant_id = $1 AND r.resource_type = {ty} AND r.deleted = 0"));
-    for filter in &query.filters {
+    let (ranges, others) = split_date_ranges(query);
+    for (def, values) in ranges {
+        // Bounds of one single-valued date, ANDed on one index row: one range scan.
+        sql.push(" AND ");
+        let table_ty = sql.bind(query.resource_type);
+        let param = sql.bind(def.name);
+        let conds: Vec<String> = values
+            .iter()
+            .filter_map(|v| match v {
+                SearchValue::Date { prefix, range } => {
+                    Some(date_condition(sql, "low", "high", *prefix, range.low, range.high))
+                }
+                _ => None,
+            })
+            .collect();
+        sql.push(&format!(
+            "r.id IN (SELECT resource_id FROM sp_date WHERE tenant_id = $1 AND resource_type = {table_ty} \
+             AND param = {param} AND {})",
+            conds.join(" AND ")
+        ));
+    }
+    for filter in others {
         sql.push(" AND ");
         top_level(sql, query.resource_type, filter);
     }
+}
+
+/// Separates repeated single-value criteria on one single-valued date parameter (to be matched
+/// together) from the other filters.
+#[allow(clippy::type_complexity)]
+fn split_date_ranges(query: &SearchQuery) -> (Vec<(&'static SearchParamDef, Vec<&SearchValue>)>, Vec<&Filter>) {
+    let mergeable = |f: &Filter| match f {
+        Filter::Param { def, modifier: Modifier::None, values } => {
+            values.len() == 1 && is_single_valued_date(query.resource_type, def)
+        }
+        _ => false,
+    };
+    let mut ranges: Vec<(&'static SearchParamDef, Vec<&SearchValue>)> = Vec::new();
+    let mut others = Vec::new();
+    for f in &query.filters {
+        if let Filter::Param { def, values, .. } = f
+            && mergeable(f)
+            && query
+                .filters
+                .iter()
+                .filter(|g| mergeable(g) && matches!(g, Filter::Param { def: d, .. } if d.name == def.name))
+                .count()
+                > 1
+        {
+            match ranges.iter_mut().find(|(d, _)| d.name == def.name) {
+                Some((_, vs)) => vs.extend(values.iter()),
+                None => ranges.push((def, values.iter().collect())),
+            }
+        } else {
+            others.push(f);
+        }
+    }
+    (ranges, others)
 }
 
 fn top_level(sql: &mut Sql, resource_type: &str, filter: &Filter) {

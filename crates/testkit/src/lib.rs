@@ -66,7 +66,14 @@ async fn fresh_postgres() -> String {
 impl TestApp {
     /// Starts the application of target `all` on the configured backend.
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts the application with a configuration adjusted by `configure` (the database and
+    /// data directory are the test's own whatever it sets).
+    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::default();
+        configure(&mut config);
         config.database.max_connections = 4;
         let mut data_dir = None;
         let database_url = if backend() == "postgres" {

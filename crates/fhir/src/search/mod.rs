@@ -7,7 +7,7 @@ mod query;
 
 pub use datetime::{DateRange, LOCAL_OFFSET_SECS, format_instant, parse_date_range};
 pub use extract::{IndexEntry, IndexValue, extract, normalize_string, split_reference};
-pub use params::{ParamKind, SearchParamDef, find_param, params_for};
+pub use params::{ParamKind, SearchParamDef, find_param, is_single_valued_date, params_for};
 pub use query::{
     DEFAULT_COUNT, Filter, IncludeSpec, MAX_COUNT, Modifier, Prefix, SearchQuery, SearchValue, SortKey, SortParam,
     Summary, TotalMode, parse_search,

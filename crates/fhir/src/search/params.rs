@@ -335,6 +335,14 @@ pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchPa
     specific.iter().chain(COMMON.iter())
 }
 
+/// Whether every resource has at most one value for the date parameter `name` of
+/// `resource_type`. For those, `birthdate=ge1980&birthdate=lt1981` may be matched as one range
+/// on one value, which is what the criteria mean and lets one index range scan answer them.
+/// `AllergyIntolerance.onset` (one per reaction) is the one repeating date parameter here.
+pub fn is_single_valued_date(resource_type: &str, def: &SearchParamDef) -> bool {
+    def.kind == ParamKind::Date && !(resource_type == "AllergyIntolerance" && def.name == "onset")
+}
+
 /// Looks up one parameter of a type by its code.
 pub fn find_param(resource_type: &str, name: &str) -> Option<&'static SearchParamDef> {
     params_for(resource_type).find(|d| d.name == name)
