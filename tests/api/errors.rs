@@ -158,3 +158,43 @@ fn the_cli_fails_with_a_message_on_bad_input() {
     assert_eq!(code, Some(0));
     assert_eq!(out.trim().split('.').count(), 3, "a compact JWS");
 }
+
+#[tokio::test]
+async fn operation_outcome_shape_is_stable() {
+    // The exact shape clients and certification suites parse: one issue with severity, code,
+    // the stable error code in details.coding, and a diagnostics text.
+    let app = TestApp::spawn().await;
+    let oo = json(app.get("/Patient/does-not-exist").await, 404).await;
+    assert_eq!(
+        oo,
+        serde_json::json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{
+                "severity": "error",
+                "code": "not-found",
+                "details": {"coding": [{"system": "urn:ehr:error-code", "code": "EHR-STO-001"}]},
+                "diagnostics": "resource not found"
+            }]
+        })
+    );
+}
+
+#[tokio::test]
+async fn format_in_a_search_form_and_refused_json_are_not_acceptable() {
+    let app = TestApp::spawn().await;
+    let resp = app
+        .req(reqwest::Method::POST, "/Patient/_search")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("_format=xml")
+        .send()
+        .await
+        .unwrap();
+    outcome(resp, 406, "not-supported").await;
+    let resp = app
+        .req(reqwest::Method::GET, "/Patient")
+        .header("accept", "application/fhir+json;q=0, application/fhir+xml")
+        .send()
+        .await
+        .unwrap();
+    outcome(resp, 406, "not-supported").await;
+}

@@ -23,17 +23,22 @@ type Result<T, E = Problem> = std::result::Result<T, E>;
 /// or an `Accept` that excludes JSON gets 406 rather than a JSON body the client did not ask for.
 pub async fn negotiate(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let json_ok = |v: &str| {
-        let v = v.trim().split(';').next().unwrap_or("").trim();
-        matches!(
-            v,
-            "json"
-                | "application/json"
-                | "application/fhir+json"
-                | "application/json+fhir"
-                | "*/*"
-                | "application/*"
-                | ""
-        )
+        let mut parts = v.trim().split(';');
+        let media = parts.next().unwrap_or("").trim();
+        // `q=0` means "not acceptable" (RFC 9110 §12.4.2).
+        let refused =
+            parts.any(|p| p.trim().strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()).is_some_and(|q| q <= 0.0));
+        !refused
+            && matches!(
+                media,
+                "json"
+                    | "application/json"
+                    | "application/fhir+json"
+                    | "application/json+fhir"
+                    | "*/*"
+                    | "application/*"
+                    | ""
+            )
     };
     let format_ok = req
         .uri()
@@ -269,6 +274,13 @@ pub async fn search_post(
     }
     let mut pairs = query_pairs(query.as_deref());
     pairs.extend(form_urlencoded::parse(&body).into_owned());
+    // `_format` may also travel in the form body, where the negotiation layer does not look.
+    if pairs
+        .iter()
+        .any(|(k, v)| k == "_format" && !matches!(v.as_str(), "json" | "application/json" | "application/fhir+json"))
+    {
+        return Err(RestError::NotAcceptable.into());
+    }
     search(state, ty, pairs, caller, headers).await
 }
 

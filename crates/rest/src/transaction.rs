@@ -12,12 +12,13 @@ use crate::render::{self, Entry, EntryResponse, bundle, bundle_response, raw, ra
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use base64::Engine as _;
 use ehr_auth::Interaction;
 use ehr_core::{ResourceId, operation_outcome};
 use ehr_http::{Caller, FhirBody, Problem};
 use ehr_store::{StoreError, Stored, Tx};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// One parsed Bundle entry.
 struct Op {
@@ -203,10 +204,11 @@ async fn resolve_single(
 }
 
 /// Resolves ids and references before anything is written (transaction only).
-async fn prepare(state: &RestState, tx: &Tx, caller: &Caller, ops: &mut [Op]) -> Result<HashMap<usize, bool>, Problem> {
+/// Returns the indexes of POST entries whose `ifNoneExist` matched an existing resource.
+async fn prepare(state: &RestState, tx: &Tx, caller: &Caller, ops: &mut [Op]) -> Result<HashSet<usize>, Problem> {
     let mut map: HashMap<String, String> = HashMap::new();
     // POST entries whose If-None-Exist matched an existing resource: no write, 200.
-    let mut matched_existing: HashMap<usize, bool> = HashMap::new();
+    let mut matched_existing: HashSet<usize> = HashSet::new();
     for op in ops.iter_mut() {
         match op.method {
             Method::Post => {
@@ -218,7 +220,7 @@ async fn prepare(state: &RestState, tx: &Tx, caller: &Caller, ops: &mut [Op]) ->
                             .map_err(|p| locate(op.index, p))?
                         {
                             Some(existing) => {
-                                matched_existing.insert(op.index, true);
+                                matched_existing.insert(op.index);
                                 existing
                             }
                             None => ResourceId::generate().to_string(),
@@ -331,8 +333,9 @@ async fn execute(
             let patch = match op.resource {
                 Some(r) if r.get("resourceType").and_then(Value::as_str) == Some("Binary") => {
                     let data = r.get("data").and_then(Value::as_str).unwrap_or_default();
-                    let bytes =
-                        base64_decode(data).ok_or_else(|| entry_error(op.index, "Binary.data is not base64"))?;
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .map_err(|_| entry_error(op.index, "Binary.data is not base64"))?;
                     serde_json::from_slice(&bytes)
                         .map_err(|_| entry_error(op.index, "Binary.data is not a JSON Patch"))?
                 }
@@ -373,32 +376,6 @@ async fn execute(
             }
         },
     }
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    // Small standard-alphabet decoder; Binary.data is plain base64 (RFC 4648 §4).
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut buf = 0u32;
-    let mut bits = 0;
-    for c in s.bytes().filter(|c| !c.is_ascii_whitespace()) {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        buf = (buf << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-            buf &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 fn response_entry(done: &Done, include_resource: bool) -> Entry {
@@ -459,7 +436,7 @@ pub async fn process(
         ops.sort_by_key(|o| (o.method, o.index));
         for op in ops {
             let index = op.index;
-            let was_existing = existing.contains_key(&index);
+            let was_existing = existing.contains(&index);
             let done = execute(&state, &tx, &caller, op, was_existing, &base).await.map_err(|p| locate(index, p))?;
             results[index] = Some(response_entry(&done, representation));
         }
@@ -498,7 +475,7 @@ async fn run_batch_entry(state: &RestState, caller: &Caller, op: Op, base: &str)
     let Some(op) = one.pop() else {
         return Err(RestError::InvalidBundle("empty entry".into()).into());
     };
-    let was_existing = existing.contains_key(&op.index);
+    let was_existing = existing.contains(&op.index);
     let done = execute(state, &tx, caller, op, was_existing, base).await?;
     tx.commit().await?;
     Ok(done)
