@@ -8,9 +8,13 @@ async fn instance_type_and_system_history_with_since() {
     let id = created["id"].as_str().unwrap().to_owned();
     let mut v = created.clone();
     v["gender"] = json!("male");
+    // `_since` has millisecond resolution: keep the versions apart by more than that.
+    let tick = || tokio::time::sleep(std::time::Duration::from_millis(3));
+    tick().await;
     json(app.put(&format!("/Patient/{id}"), &v).await, 200).await;
     let v2_time =
         json(app.get(&format!("/Patient/{id}")).await, 200).await["meta"]["lastUpdated"].as_str().unwrap().to_owned();
+    tick().await;
     app.create(&json!({"resourceType": "Organization", "name": "病院"})).await;
 
     let h = json(app.get(&format!("/Patient/{id}/_history")).await, 200).await;

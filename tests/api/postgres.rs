@@ -44,3 +44,17 @@ async fn row_level_security_hides_other_tenants_rows_from_unscoped_queries() {
         .unwrap();
     assert_eq!(row.try_get_by_index::<i64>(0).unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_cancelled_statement_is_a_timeout_not_an_internal_error() {
+    assert_eq!(ehr_testkit::backend(), "postgres", "this module runs with TEST_BACKEND=postgres");
+    let app = TestApp::spawn().await;
+    let db = Database::connect(app.database_url.as_str()).await.unwrap();
+    let txn = db.begin().await.unwrap();
+    txn.execute_unprepared("SET LOCAL statement_timeout = 1").await.unwrap();
+    let err = txn.execute_unprepared("SELECT pg_sleep(1)").await.unwrap_err();
+    let classified = ehr_store::StoreError::from(err);
+    assert!(matches!(classified, ehr_store::StoreError::Timeout), "{classified:?}");
+    let p: ehr_http::Problem = classified.into();
+    assert_eq!(p.status(), 503);
+}

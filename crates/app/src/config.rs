@@ -62,6 +62,8 @@ pub struct DatabaseConfig {
     /// PostgreSQL role switched to per transaction so that row-level security applies; empty
     /// to keep the login role (which must then not own the tables or bypass RLS).
     pub app_role: String,
+    /// PostgreSQL statement timeout in milliseconds (0: none).
+    pub statement_timeout_ms: u64,
 }
 
 /// Token verification settings.
@@ -101,6 +103,7 @@ impl Default for Config {
                 url_file: None,
                 max_connections: 16,
                 app_role: ehr_store::APP_ROLE.into(),
+                statement_timeout_ms: 30_000,
             },
             auth: AuthConfig { development_key: true, issuer: None, jwks_url: None, jwks_file: None },
             log: LogConfig { format: "text".into(), level: "info".into() },

@@ -101,6 +101,7 @@ pub async fn store(config: &Config, target: Target) -> Result<Store, AppError> {
     let mut sc = StoreConfig::new(url);
     sc.max_connections = config.database.max_connections;
     sc.app_role = Some(config.database.app_role.clone());
+    sc.statement_timeout_ms = config.database.statement_timeout_ms;
     let store = Store::connect(&sc).await?;
     store.migrate().await?;
     Ok(store)

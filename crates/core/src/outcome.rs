@@ -14,7 +14,7 @@
 //! | not-supported | 400 (405/415 chosen by the caller) |
 //! | too-costly | 400 |
 //! | throttled | 429 |
-//! | transient | 503 |
+//! | transient, timeout | 503 |
 //! | processing, exception | 500 |
 
 use serde_json::{Value, json};
@@ -39,6 +39,7 @@ pub enum IssueType {
     Processing,
     Throttled,
     Transient,
+    Timeout,
     Exception,
     Informational,
 }
@@ -64,6 +65,7 @@ impl IssueType {
             Self::Processing => "processing",
             Self::Throttled => "throttled",
             Self::Transient => "transient",
+            Self::Timeout => "timeout",
             Self::Exception => "exception",
             Self::Informational => "informational",
         }
@@ -85,7 +87,7 @@ impl IssueType {
             Self::Deleted => 410,
             Self::Conflict | Self::Duplicate => 409,
             Self::Throttled => 429,
-            Self::Transient => 503,
+            Self::Transient | Self::Timeout => 503,
             Self::Processing | Self::Exception => 500,
             Self::Informational => 200,
         }

@@ -20,16 +20,33 @@ pub enum StoreError {
     Internal(String),
     #[error("unsupported database url: expected sqlite:// or postgres://")]
     UnsupportedUrl,
+    #[error("the database did not answer in time (statement timeout); narrow the request or retry")]
+    Timeout,
 }
 
 impl StoreError {
     /// Wraps a driver error: logs the detail under a fresh error id and keeps only the id.
     pub(crate) fn db(err: sea_orm::DbErr) -> Self {
+        if is_statement_timeout(&err) {
+            tracing::warn!("statement cancelled by statement_timeout");
+            return Self::Timeout;
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let transient = matches!(err, sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_));
         tracing::error!(error.id = %id, error = %err, "database error");
         if transient { Self::Unavailable(id) } else { Self::Internal(id) }
     }
+}
+
+/// PostgreSQL's SQLSTATE 57014 (`query_canceled`), which `statement_timeout` raises.
+fn is_statement_timeout(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    if let DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) = err
+        && let sea_orm::sqlx::Error::Database(db) = std::ops::Deref::deref(e)
+    {
+        return db.code().as_deref() == Some("57014");
+    }
+    false
 }
 
 impl From<sea_orm::DbErr> for StoreError {
@@ -46,6 +63,7 @@ impl Classify for StoreError {
             Self::VersionConflict { .. } => IssueType::Conflict,
             Self::AlreadyExists => IssueType::Duplicate,
             Self::Unavailable(_) => IssueType::Transient,
+            Self::Timeout => IssueType::Timeout,
             Self::Internal(_) | Self::UnsupportedUrl => IssueType::Exception,
         }
     }
@@ -59,6 +77,7 @@ impl Classify for StoreError {
             Self::Unavailable(_) => "EHR-STO-005",
             Self::Internal(_) => "EHR-STO-006",
             Self::UnsupportedUrl => "EHR-STO-007",
+            Self::Timeout => "EHR-STO-008",
         }
     }
 

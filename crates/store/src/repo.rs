@@ -27,12 +27,15 @@ pub struct StoreConfig {
     /// PostgreSQL role switched to in every transaction so that row-level security applies even
     /// when the pool logs in as the table owner. `None` keeps the login role.
     pub app_role: Option<String>,
+    /// PostgreSQL: a statement running longer is cancelled (503 `timeout`), so a request the
+    /// client gave up on cannot keep the database busy. 0 disables.
+    pub statement_timeout_ms: u64,
 }
 
 impl StoreConfig {
     /// A config for `url` with defaults for the rest.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), max_connections: 16, app_role: Some(APP_ROLE.to_owned()) }
+        Self { url: url.into(), max_connections: 16, app_role: Some(APP_ROLE.to_owned()), statement_timeout_ms: 30_000 }
     }
 }
 
@@ -49,6 +52,7 @@ struct Inner {
     writer: DatabaseConnection,
     reader: DatabaseConnection,
     app_role: Option<String>,
+    statement_timeout: String,
 }
 
 /// The current (or a historical) version of a resource, with its JSON as stored.
@@ -131,7 +135,8 @@ impl Store {
             DbBackend::Postgres => config.app_role.clone().filter(|r| !r.is_empty()),
             _ => None,
         };
-        Ok(Self { inner: Arc::new(Inner { backend, writer, reader, app_role }) })
+        let statement_timeout = config.statement_timeout_ms.to_string();
+        Ok(Self { inner: Arc::new(Inner { backend, writer, reader, app_role, statement_timeout }) })
     }
 
     /// Applies pending migrations.
@@ -184,17 +189,16 @@ impl Store {
             // values (a patient with 4 observations, a code with 10,000); a cached generic plan
             // chosen for one is pathological for the other (seen in the benchmark: a p95 of
             // 1.3 s for a 2 ms query). Custom plans cost a little planning per execution.
-            let (sql, values): (&str, Vec<Value>) = match &self.inner.app_role {
-                Some(role) => (
-                    "SELECT set_config('role', $1, true), set_config('ehr.tenant', $2, true), \
-                     set_config('plan_cache_mode', 'force_custom_plan', true)",
-                    vec![role.as_str().into(), tenant.as_str().into()],
-                ),
-                None => (
-                    "SELECT set_config('ehr.tenant', $1, true), set_config('plan_cache_mode', 'force_custom_plan', true)",
-                    vec![tenant.as_str().into()],
-                ),
-            };
+            //
+            // statement_timeout: a statement of an abandoned request would otherwise run on.
+            let mut sql = "SELECT set_config('ehr.tenant', $1, true), set_config('statement_timeout', $2, true), \
+                           set_config('plan_cache_mode', 'force_custom_plan', true)"
+                .to_owned();
+            let mut values: Vec<Value> = vec![tenant.as_str().into(), self.inner.statement_timeout.as_str().into()];
+            if let Some(role) = &self.inner.app_role {
+                sql.push_str(", set_config('role', $3, true)");
+                values.push(role.as_str().into());
+            }
             txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
         }
         Ok(Tx { txn, backend: self.inner.backend, tenant })
