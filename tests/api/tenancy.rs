@@ -109,6 +109,29 @@ async fn another_tenant_cannot_see_or_touch_our_resources() {
     let resp = as_other(&app, Method::POST, "", Some(&bundle)).await;
     assert!(matches!(resp.status().as_u16(), 400 | 404), "{}", resp.status());
 
+    // A third tenant, which has nothing yet: its conditional update on a criterion only our
+    // patient matches creates its own resource, and its batch reads nothing of ours.
+    let third = |method: Method, path: String, body: Option<Value>| {
+        let mut req =
+            app.client.request(method, app.fhir(&path)).bearer_auth(app.token_for("third-hospital", ALL_SCOPES));
+        if let Some(b) = body {
+            req = req.header("content-type", "application/fhir+json").body(b.to_string());
+        }
+        req.send()
+    };
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": format!("Patient/{pid}")}},
+        {"request": {"method": "GET", "url": format!("Observation?patient={pid}&_include=Observation:subject")}}
+    ]});
+    let b = json(third(Method::POST, String::new(), Some(batch)).await.unwrap(), 200).await;
+    assert_eq!(b["entry"][0]["response"]["status"], "404 Not Found");
+    assert_eq!(b["entry"][1]["resource"]["total"], 0);
+    let resp =
+        third(Method::PUT, format!("/Patient?identifier={sys}|X1"), Some(patient("山田", "X", "1990-01-01", "X1")))
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 201, "our patient must not be the match of their conditional update");
+
     // Our view is unchanged.
     let ours = json(app.get(&format!("/Patient/{pid}")).await, 200).await;
     assert_eq!(ours["gender"], "female");
