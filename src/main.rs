@@ -167,6 +167,7 @@ fn dev_token(config: &Config, tenant: &str, scope: &str, subject: &str, ttl_secs
         tenant: tenant.into(),
         scope: scope.into(),
         jti: Some(uuid_like(now)),
+        nbf: None,
     };
     let token = DevSigner::new().and_then(|s| s.sign(&claims)).map_err(|e| e.to_string())?;
     println!("{token}");

@@ -98,3 +98,25 @@ async fn expired_foreign_and_malformed_claims_are_refused() {
     };
     outcome(get(unsigned).await.unwrap(), 401, "login").await;
 }
+
+#[tokio::test]
+async fn chained_criteria_need_search_scope_on_the_chained_type() {
+    let app = TestApp::spawn().await;
+    let obs_only = app.token("user/Observation.rs");
+    let get = |path: &str| app.client.get(app.fhir(path)).bearer_auth(&obs_only).send();
+    assert_eq!(get("/Observation?code=x").await.unwrap().status(), 200);
+    outcome(get("/Observation?subject:Patient.name=yamada").await.unwrap(), 403, "forbidden").await;
+    let both = app.token("user/Observation.rs user/Patient.s");
+    let resp =
+        app.client.get(app.fhir("/Observation?subject:Patient.name=yamada")).bearer_auth(&both).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn tokens_not_yet_valid_are_refused() {
+    let app = TestApp::spawn().await;
+    let mut claims = app.claims(&app.tenant, "user/*.cruds");
+    claims.nbf = Some(claims.iat + 3600);
+    let resp = app.client.get(app.fhir("/Patient")).bearer_auth(app.sign_claims(&claims)).send().await.unwrap();
+    outcome(resp, 401, "login").await;
+}

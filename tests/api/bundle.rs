@@ -199,3 +199,23 @@ async fn conditional_references_need_search_scope_on_the_target() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test]
+async fn full_urls_of_put_entries_are_resolved_too() {
+    let app = TestApp::spawn().await;
+    let mut obs = observation("x", "c", 1.0, "2024-01-01");
+    obs["subject"] = json!({"reference": "urn:uuid:00000000-0000-0000-0000-0000000000bb"});
+    let mut p = patient("Put", "Me", "1990-01-01", "FU1");
+    p["id"] = json!("chosen-id");
+    let bundle = tx(
+        "transaction",
+        vec![
+            json!({"fullUrl": "urn:uuid:00000000-0000-0000-0000-0000000000bb", "request": {"method": "PUT", "url": "Patient/chosen-id"}, "resource": p}),
+            json!({"request": {"method": "POST", "url": "Observation"}, "resource": obs}),
+        ],
+    );
+    let resp = json(app.post("", &bundle).await, 200).await;
+    let loc = resp["entry"][1]["response"]["location"].as_str().unwrap().split("/_history").next().unwrap().to_owned();
+    let stored = json(app.get(&format!("/{loc}")).await, 200).await;
+    assert_eq!(stored["subject"]["reference"], "Patient/chosen-id");
+}

@@ -299,3 +299,54 @@ async fn absolute_urls_use_the_configured_public_url() {
     let b = json(app.get("/Patient").await, 200).await;
     assert!(b["entry"][0]["fullUrl"].as_str().unwrap().starts_with("https://ehr.example-hospital.jp/fhir/Patient/"));
 }
+
+#[tokio::test]
+async fn conditions_without_criteria_are_refused_not_matched_to_everything() {
+    let app = TestApp::spawn().await;
+    let keep = app.create(&patient("Keep", "Me", "1990-01-01", "NC1")).await;
+    outcome(app.delete("/Patient?_format=json").await, 400, "invalid").await;
+    outcome(app.delete("/Patient?name=").await, 400, "invalid").await;
+    outcome(app.put("/Patient?_count=1", &patient("Over", "Written", "1990-01-01", "NC2")).await, 400, "invalid").await;
+    let resp = app
+        .req(reqwest::Method::POST, "/Patient")
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", "_count=1")
+        .body(patient("A", "B", "1990-01-01", "NC3").to_string())
+        .send()
+        .await
+        .unwrap();
+    outcome(resp, 400, "invalid").await;
+    let still = json(app.get(&format!("/Patient/{}", keep["id"].as_str().unwrap())).await, 200).await;
+    assert_eq!(still["meta"]["versionId"], "1");
+}
+
+#[tokio::test]
+async fn conditional_update_without_a_match_never_overwrites_another_resource() {
+    let app = TestApp::spawn().await;
+    let existing = app.create(&patient("A", "B", "1990-01-01", "CU1")).await;
+    let mut body = patient("C", "D", "1990-01-01", "CU2");
+    body["id"] = existing["id"].clone();
+    outcome(app.put("/Patient?identifier=CU2", &body).await, 409, "conflict").await;
+    let still = json(app.get(&format!("/Patient/{}", existing["id"].as_str().unwrap())).await, 200).await;
+    assert_eq!(still["meta"]["versionId"], "1");
+    // In a transaction too, and a match with a different body id is a 400.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "PUT", "url": "Patient?identifier=CU2"}, "resource": body}]});
+    outcome(app.post("", &bundle).await, 409, "conflict").await;
+    let mut other = patient("A", "B", "1990-01-01", "CU1");
+    other["id"] = json!("some-other-id");
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "PUT", "url": "Patient?identifier=CU1"}, "resource": other}]});
+    outcome(app.post("", &bundle).await, 400, "invalid").await;
+}
+
+#[tokio::test]
+async fn malformed_paths_offsets_and_zones_are_outcomes() {
+    let app = TestApp::spawn().await;
+    outcome(app.get("/Patient/%FF").await, 400, "invalid").await;
+    outcome(app.get("/Patient?_offset=18446744073709551615").await, 400, "invalid").await;
+    outcome(app.get("/Patient/_history?_offset=18446744073709551615").await, 400, "invalid").await;
+    outcome(app.get("/Observation?date=2024-01-01T10:00%2B999999:00").await, 400, "invalid").await;
+    let b = json(app.get("/Patient/_history?_count=0").await, 200).await;
+    assert!(b["link"].as_array().unwrap().iter().all(|l| l["relation"] != "next"), "{b}");
+}

@@ -198,3 +198,19 @@ async fn format_in_a_search_form_and_refused_json_are_not_acceptable() {
         .unwrap();
     outcome(resp, 406, "not-supported").await;
 }
+
+#[test]
+fn the_public_development_key_cannot_be_mixed_with_a_real_issuer() {
+    let ehr = env!("CARGO_BIN_EXE_ehr");
+    let dir = std::env::temp_dir().join(format!("ehr-cfg-{}", std::process::id()));
+    let out = std::process::Command::new(ehr)
+        .args(["serve", "--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .env("EHR_AUTH__ISSUER", "https://idp.example-hospital.jp")
+        .env("EHR_AUTH__JWKS_URL", "http://127.0.0.1:9/jwks.json")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth.development_key must be false"), "{err}");
+}

@@ -307,3 +307,17 @@ async fn dates_without_a_zone_are_japan_standard_time() {
     assert_eq!(ids(&app, "/Observation?date=2024-01-10T08:00").await, vec![early.clone()]);
     assert_eq!(ids(&app, "/Observation?date=ap2024-01-10").await, vec![early]);
 }
+
+#[tokio::test]
+async fn references_to_other_servers_are_not_local_resources() {
+    let app = TestApp::spawn().await;
+    let pid = id_of(&app.create(&patient("A", "B", "1990-01-01", "R1")).await);
+    let mut o = observation(&pid, "x", 1.0, "2024-01-01");
+    o["subject"] = json!({"reference": format!("https://other-hospital.example/fhir/Patient/{pid}")});
+    let oid = id_of(&app.create(&o).await);
+    assert_eq!(ids(&app, &format!("/Observation?subject=Patient/{pid}")).await, Vec::<String>::new());
+    let q = format!("/Observation?subject=https://other-hospital.example/fhir/Patient/{pid}");
+    assert_eq!(ids(&app, &q).await, vec![oid.clone()]);
+    let b = json(app.get(&format!("/Observation?_id={oid}&_include=Observation:subject")).await, 200).await;
+    assert_eq!(b["entry"].as_array().unwrap().len(), 1, "our Patient/{pid} is not their Patient/{pid}: {b}");
+}

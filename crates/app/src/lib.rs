@@ -54,12 +54,26 @@ pub struct App {
 /// Builds the token verifier the config asks for.
 pub async fn verifier(config: &Config) -> Result<Verifier, AppError> {
     let auth = &config.auth;
-    if auth.development_key && auth.jwks_url.is_none() && auth.jwks_file.is_none() {
+    let issuer_configured = auth.issuer.is_some() || auth.jwks_url.is_some() || auth.jwks_file.is_some();
+    if auth.development_key {
+        // The development key is public (it is in this repository): it may only ever vouch for
+        // its own issuer, in a deployment that trusts nothing else. Mixing it with a real
+        // issuer would let anyone sign tokens that pass as that issuer's.
+        if issuer_configured {
+            return Err(ConfigError::Invalid(
+                "auth.development_key must be false when auth.issuer, auth.jwks_url or auth.jwks_file is set".into(),
+            )
+            .into());
+        }
         tracing::warn!(
             "trusting the development signing key (auth.development_key = true); never do this in production"
         );
         return Ok(Verifier::development().await?);
     }
+    let issuer = auth
+        .issuer
+        .clone()
+        .ok_or_else(|| ConfigError::Invalid("auth.issuer is required without the development key".into()))?;
     let mut sources = Vec::new();
     if let Some(url) = &auth.jwks_url {
         sources.push(KeySource::Url(url.clone()));
@@ -73,16 +87,6 @@ pub async fn verifier(config: &Config) -> Result<Verifier, AppError> {
         let jwks = serde_json::from_str(&text).map_err(|e| ConfigError::Invalid(format!("auth.jwks_file: {e}")))?;
         sources.push(KeySource::Static(jwks));
     }
-    if auth.development_key {
-        sources.push(KeySource::Static(ehr_auth::dev_jwks()));
-    }
-    let issuer = match (&auth.issuer, auth.development_key) {
-        (Some(i), _) => i.clone(),
-        (None, true) => ehr_auth::DEV_ISSUER.to_owned(),
-        (None, false) => {
-            return Err(ConfigError::Invalid("auth.issuer is required without the development key".into()).into());
-        }
-    };
     if sources.is_empty() {
         return Err(
             ConfigError::Invalid("no token verification keys: set auth.jwks_url or auth.jwks_file".into()).into()

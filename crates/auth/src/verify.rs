@@ -21,6 +21,9 @@ pub struct Claims {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Not before (RFC 7519 §4.1.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
 
 /// Where verification keys come from.
@@ -172,6 +175,10 @@ impl Verifier {
         if claims.exp <= now_unix {
             return Err(AuthError::Expired);
         }
+        // A minute of leeway for clock skew between the issuer and this server.
+        if claims.nbf.is_some_and(|nbf| nbf > now_unix + 60) {
+            return Err(AuthError::InvalidToken("not yet valid (nbf)"));
+        }
         let tenant = TenantId::parse(&claims.tenant).map_err(|_| AuthError::InvalidToken("bad tenant claim"))?;
         let scopes = ScopeSet::parse(&claims.scope);
         let principal = Principal {
@@ -201,6 +208,7 @@ mod tests {
             tenant: "hospital-a".into(),
             scope: "user/*.cruds".into(),
             jti: None,
+            nbf: None,
         }
     }
 

@@ -62,3 +62,23 @@ pub fn fhir_json_response(status: u16, headers: Vec<(header::HeaderName, String)
     }
     resp
 }
+
+/// Path parameters whose rejection (e.g. invalid percent-encoded UTF-8) is an OperationOutcome
+/// rather than axum's plain-text 400.
+#[derive(Debug)]
+pub struct FhirPath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for FhirPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Problem> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(t)| FhirPath(t))
+            .map_err(|_| HttpError::BadPath.into())
+    }
+}

@@ -22,6 +22,8 @@ pub enum HttpError {
     NoRoute,
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
+    #[error("the URL path is not valid (bad percent-encoding or UTF-8)")]
+    BadPath,
 }
 
 impl Classify for HttpError {
@@ -32,6 +34,7 @@ impl Classify for HttpError {
             Self::TooLarge => IssueType::TooCostly,
             Self::NoRoute => IssueType::NotFound,
             Self::MethodNotAllowed => IssueType::NotSupported,
+            Self::BadPath => IssueType::Invalid,
         }
     }
 
@@ -44,6 +47,7 @@ impl Classify for HttpError {
             Self::TooLarge => "EHR-HTTP-005",
             Self::NoRoute => "EHR-HTTP-006",
             Self::MethodNotAllowed => "EHR-HTTP-007",
+            Self::BadPath => "EHR-HTTP-009",
         }
     }
 

@@ -21,6 +21,10 @@ pub enum RestError {
     InvalidIfMatch,
     #[error("the condition matched {0} resources; it must match at most one")]
     MultipleMatches(usize),
+    #[error(
+        "the condition matched no resource, and the body's id names an existing resource the condition did not select"
+    )]
+    ConditionalIdConflict,
     #[error("the conditional operation needs search criteria")]
     EmptyCondition,
     #[error("invalid JSON Patch: {0}")]
@@ -46,6 +50,7 @@ impl Classify for RestError {
             }
             Self::InvalidIfMatch | Self::EmptyCondition | Self::Invalid(_) => IssueType::Invalid,
             Self::MultipleMatches(_) => IssueType::Duplicate,
+            Self::ConditionalIdConflict => IssueType::Conflict,
             Self::InvalidPatch(_) | Self::PatchChangesIdentity => IssueType::Invalid,
             Self::InvalidBundle(_) | Self::BundleEntry { .. } => IssueType::Invalid,
             Self::NotAcceptable => IssueType::NotSupported,
@@ -69,6 +74,7 @@ impl Classify for RestError {
             Self::BundleEntry { .. } => "EHR-REST-013",
             Self::Invalid(_) => "EHR-REST-015",
             Self::NotAcceptable => "EHR-REST-016",
+            Self::ConditionalIdConflict => "EHR-REST-017",
         }
     }
 

@@ -8,13 +8,13 @@ use crate::render::{
 };
 use crate::service::WriteOutcome;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ehr_auth::Interaction;
 use ehr_core::{Issue, IssueType, Severity, operation_outcome};
 use ehr_fhir::search::{SearchQuery, Summary};
-use ehr_http::{Caller, FhirBody, HttpError, Problem, fhir_json_response};
+use ehr_http::{Caller, FhirBody, FhirPath, HttpError, Problem, fhir_json_response};
 use ehr_store::{HistoryScope, Stored, Tx};
 
 type Result<T, E = Problem> = std::result::Result<T, E>;
@@ -93,7 +93,7 @@ async fn write(
 /// `POST [type]` — create, or conditional create with `If-None-Exist`.
 pub async fn create(
     State(state): State<RestState>,
-    Path(ty): Path<String>,
+    FhirPath(ty): FhirPath<String>,
     caller: Caller,
     headers: HeaderMap,
     body: FhirBody,
@@ -115,7 +115,7 @@ pub async fn create(
 /// `GET [type]/[id]` — read, with `If-None-Match` → 304.
 pub async fn read(
     State(state): State<RestState>,
-    Path((ty, id)): Path<(String, String)>,
+    FhirPath((ty, id)): FhirPath<(String, String)>,
     caller: Caller,
     headers: HeaderMap,
 ) -> Result<Response> {
@@ -138,7 +138,7 @@ pub async fn read(
 /// `GET [type]/[id]/_history/[vid]` — vread.
 pub async fn vread(
     State(state): State<RestState>,
-    Path((ty, id, vid)): Path<(String, String, String)>,
+    FhirPath((ty, id, vid)): FhirPath<(String, String, String)>,
     caller: Caller,
 ) -> Result<Response> {
     let ty = state.service.resource_type(&ty)?;
@@ -152,7 +152,7 @@ pub async fn vread(
 /// `PUT [type]/[id]` — update (or update-as-create), honouring `If-Match`.
 pub async fn update(
     State(state): State<RestState>,
-    Path((ty, id)): Path<(String, String)>,
+    FhirPath((ty, id)): FhirPath<(String, String)>,
     caller: Caller,
     headers: HeaderMap,
     body: FhirBody,
@@ -167,7 +167,7 @@ pub async fn update(
 /// `PUT [type]?criteria` — conditional update.
 pub async fn conditional_update(
     State(state): State<RestState>,
-    Path(ty): Path<String>,
+    FhirPath(ty): FhirPath<String>,
     RawQuery(query): RawQuery,
     caller: Caller,
     headers: HeaderMap,
@@ -188,7 +188,7 @@ pub async fn conditional_update(
 /// `PATCH [type]/[id]` — JSON Patch.
 pub async fn patch(
     State(state): State<RestState>,
-    Path((ty, id)): Path<(String, String)>,
+    FhirPath((ty, id)): FhirPath<(String, String)>,
     caller: Caller,
     headers: HeaderMap,
     body: FhirBody,
@@ -216,7 +216,7 @@ fn deleted_response(stored: Option<&Stored>) -> Response {
 /// `DELETE [type]/[id]`.
 pub async fn delete(
     State(state): State<RestState>,
-    Path((ty, id)): Path<(String, String)>,
+    FhirPath((ty, id)): FhirPath<(String, String)>,
     caller: Caller,
 ) -> Result<Response> {
     let ty = state.service.resource_type(&ty)?;
@@ -230,7 +230,7 @@ pub async fn delete(
 /// `DELETE [type]?criteria` — conditional delete (single match).
 pub async fn conditional_delete(
     State(state): State<RestState>,
-    Path(ty): Path<String>,
+    FhirPath(ty): FhirPath<String>,
     RawQuery(query): RawQuery,
     caller: Caller,
 ) -> Result<Response> {
@@ -246,7 +246,7 @@ pub async fn conditional_delete(
 /// `GET [type]?…`.
 pub async fn search_get(
     State(state): State<RestState>,
-    Path(ty): Path<String>,
+    FhirPath(ty): FhirPath<String>,
     RawQuery(query): RawQuery,
     caller: Caller,
     headers: HeaderMap,
@@ -258,7 +258,7 @@ pub async fn search_get(
 /// `POST [type]/_search` with `application/x-www-form-urlencoded` parameters (URL ones too).
 pub async fn search_post(
     State(state): State<RestState>,
-    Path(ty): Path<String>,
+    FhirPath(ty): FhirPath<String>,
     RawQuery(query): RawQuery,
     caller: Caller,
     headers: HeaderMap,
@@ -295,6 +295,7 @@ async fn search(
     caller.require(ty, Interaction::Search)?;
     let prefer = Prefer::from_headers(&headers);
     let query = state.service.parse_query(ty, &pairs, prefer.strict)?;
+    require_chain_scopes(&caller, &query)?;
     let tx = state.service.store.read(&caller.ctx).await?;
     let page = tx.search(&query).await?;
     tx.commit().await?;
@@ -336,6 +337,18 @@ async fn search(
         });
     }
     Ok(bundle_response(&b))
+}
+
+/// A chained criterion (`subject:Patient.name=…`) searches the chained type too, so it needs
+/// the search scope on that type: otherwise it would reveal facts about resources the caller
+/// may not search.
+pub(crate) fn require_chain_scopes(caller: &Caller, query: &SearchQuery) -> Result<()> {
+    for filter in &query.filters {
+        if let ehr_fhir::search::Filter::Chain { target_type, .. } = filter {
+            caller.require(target_type, Interaction::Search)?;
+        }
+    }
+    Ok(())
 }
 
 /// `self`, `first`, `previous` and `next` links built from the applied parameters only.
@@ -395,7 +408,13 @@ fn history_params(raw: Option<&str>) -> Result<HistoryParams> {
                 p.count =
                     v.parse::<usize>().map_err(|_| RestError::Invalid("_count must be an integer".into()))?.min(1000)
             }
-            "_offset" => p.offset = v.parse().map_err(|_| RestError::Invalid("_offset must be an integer".into()))?,
+            "_offset" => {
+                p.offset = v
+                    .parse()
+                    .ok()
+                    .filter(|o| *o <= ehr_fhir::search::MAX_OFFSET)
+                    .ok_or_else(|| RestError::Invalid("_offset must be an integer from 0 to 1000000".into()))?
+            }
             _ => {}
         }
     }
@@ -419,10 +438,11 @@ async fn history(
     let path = match scope {
         HistoryScope::Instance(t, id) => format!("{t}/{id}/_history"),
         HistoryScope::Type(t) => format!("{t}/_history"),
-        HistoryScope::System => "_history".to_owned(),
+        HistoryScope::System(_) => "_history".to_owned(),
     };
     b.link.push(Link { relation: "self", url: format!("{base}/{path}?{}", params.link_query(params.offset)) });
-    if (params.offset + entries.len()) < usize::try_from(total).unwrap_or(usize::MAX) {
+    // `_count=0` asks for the total only: no page follows.
+    if params.count > 0 && (params.offset + entries.len()) < usize::try_from(total).unwrap_or(usize::MAX) {
         b.link.push(Link {
             relation: "next",
             url: format!("{base}/{path}?{}", params.link_query(params.offset + params.count)),
@@ -456,7 +476,7 @@ async fn history(
 /// `GET [type]/[id]/_history`.
 pub async fn history_instance(
     State(state): State<RestState>,
-    Path((ty, id)): Path<(String, String)>,
+    FhirPath((ty, id)): FhirPath<(String, String)>,
     RawQuery(q): RawQuery,
     caller: Caller,
     headers: HeaderMap,
@@ -476,7 +496,7 @@ pub async fn history_instance(
 /// `GET [type]/_history`.
 pub async fn history_type(
     State(state): State<RestState>,
-    Path(ty): Path<String>,
+    FhirPath(ty): FhirPath<String>,
     RawQuery(q): RawQuery,
     caller: Caller,
     headers: HeaderMap,
@@ -496,7 +516,8 @@ pub async fn history_system(
     for ty in &state.service.types {
         caller.require(ty, Interaction::Search)?;
     }
-    history(state.clone(), caller, headers, HistoryScope::System, q).await
+    let types = state.service.types.clone();
+    history(state.clone(), caller, headers, HistoryScope::System(&types), q).await
 }
 
 /// `GET /metadata`.

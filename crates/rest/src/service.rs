@@ -61,10 +61,13 @@ impl FhirService {
     /// always errors here, because ignoring one would widen the match.
     pub fn parse_condition(&self, resource_type: &'static str, condition: &str) -> Result<SearchQuery, Problem> {
         let pairs: Vec<(String, String)> = form_urlencoded::parse(condition.as_bytes()).into_owned().collect();
-        if pairs.is_empty() {
+        let query = self.parse_query(resource_type, &pairs, true)?;
+        // Result parameters (`_count`, `_format`, …) and empty values select nothing: a
+        // condition without a criterion would match every resource of the type.
+        if query.filters.is_empty() {
             return Err(RestError::EmptyCondition.into());
         }
-        self.parse_query(resource_type, &pairs, true)
+        Ok(query)
     }
 
     /// Validates a resource body for `resource_type`: shape, then the validator.
@@ -155,9 +158,16 @@ impl FhirService {
         let ids = tx.matching_ids(&query, 2).await?;
         match ids.as_slice() {
             [] => {
-                // No match: create, with the body's id if it has one (update-as-create).
+                // No match: create, with the body's id if it has one (update-as-create) — but
+                // never on top of an existing resource the criteria did not select (R5 3.2.0.10
+                // makes that a 409; R4 leaves it open).
                 match resource.get("id").and_then(Value::as_str).map(str::to_owned) {
-                    Some(id) => self.update(tx, resource_type, &id, resource, None).await,
+                    Some(id) => {
+                        if tx.read(resource_type, &id).await?.is_some_and(|s| !s.deleted) {
+                            return Err(RestError::ConditionalIdConflict.into());
+                        }
+                        self.update(tx, resource_type, &id, resource, if_match).await
+                    }
                     None => self.create(tx, resource_type, resource, None, None).await,
                 }
             }
@@ -186,7 +196,12 @@ impl FhirService {
         patch: Value,
         if_match: Option<i64>,
     ) -> Result<WriteOutcome, Problem> {
-        let current = self.read(tx, resource_type, id).await?;
+        // Locked, so that a concurrent write waits instead of turning this patch (sent without
+        // If-Match) into a version conflict.
+        let current = tx.read_for_update(resource_type, id).await?.ok_or(StoreError::NotFound)?;
+        if current.deleted {
+            return Err(StoreError::Gone { version: current.version, last_updated: current.last_updated }.into());
+        }
         let mut resource: Value =
             serde_json::from_str(&current.content).map_err(|_| StoreError::Internal("stored json".into()))?;
         let patch: json_patch::Patch =

@@ -242,24 +242,38 @@ async fn prepare(state: &RestState, tx: &Tx, caller: &Caller, ops: &mut [Op]) ->
                 let id =
                     match resolve_single(state, tx, op.resource_type, &cond).await.map_err(|p| locate(op.index, p))? {
                         Some(id) => id,
-                        None => op
-                            .resource
-                            .as_ref()
-                            .and_then(|r| r.get("id"))
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| ResourceId::generate().to_string()),
+                        None => match op.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str) {
+                            // As in `FhirService::conditional_update`: no match never overwrites
+                            // an existing resource the criteria did not select.
+                            Some(body_id) => {
+                                if tx.read(op.resource_type, body_id).await?.is_some_and(|s| !s.deleted) {
+                                    return Err(locate(op.index, RestError::ConditionalIdConflict.into()));
+                                }
+                                body_id.to_owned()
+                            }
+                            None => ResourceId::generate().to_string(),
+                        },
                     };
                 if let Some(full) = &op.full_url {
                     map.insert(full.clone(), format!("{}/{id}", op.resource_type));
                 }
                 if let Some(Value::Object(r)) = &mut op.resource {
-                    r.insert("id".into(), Value::String(id.clone()));
+                    match r.get("id").and_then(Value::as_str) {
+                        Some(body_id) if body_id != id => return Err(locate(op.index, RestError::IdMismatch.into())),
+                        _ => {
+                            r.insert("id".into(), Value::String(id.clone()));
+                        }
+                    }
                 }
                 op.id = Some(id);
                 op.condition = None;
             }
-            _ => {}
+            // Any other entry with an id: other entries may point at it by its full URL.
+            _ => {
+                if let (Some(full), Some(id)) = (&op.full_url, &op.id) {
+                    map.insert(full.clone(), format!("{}/{id}", op.resource_type));
+                }
+            }
         }
     }
     // Conditional references.
@@ -364,6 +378,7 @@ async fn execute(
                 let pairs: Vec<(String, String)> =
                     form_urlencoded::parse(op.condition.unwrap_or_default().as_bytes()).into_owned().collect();
                 let query = svc.parse_query(ty, &pairs, false)?;
+                crate::handlers::require_chain_scopes(caller, &query)?;
                 let page = tx.search(&query).await?;
                 let mut b = serde_json::json!({"resourceType": "Bundle", "type": "searchset", "total": page.total, "entry": []});
                 if let Some(entries) = b.get_mut("entry").and_then(Value::as_array_mut) {

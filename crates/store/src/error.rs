@@ -22,14 +22,24 @@ pub enum StoreError {
     UnsupportedUrl,
     #[error("the database did not answer in time (statement timeout); narrow the request or retry")]
     Timeout,
+    #[error("the request collided with a concurrent one (deadlock or busy database); retry it")]
+    Contention,
 }
 
 impl StoreError {
     /// Wraps a driver error: logs the detail under a fresh error id and keeps only the id.
     pub(crate) fn db(err: sea_orm::DbErr) -> Self {
-        if is_statement_timeout(&err) {
-            tracing::warn!("statement cancelled by statement_timeout");
-            return Self::Timeout;
+        match sqlstate(&err).as_deref() {
+            Some("57014") => {
+                tracing::warn!("statement cancelled by statement_timeout");
+                return Self::Timeout;
+            }
+            // PostgreSQL deadlock / serialization failure; SQLite busy / locked.
+            Some("40P01" | "40001" | "5" | "6" | "517") => {
+                tracing::warn!("transaction aborted by contention");
+                return Self::Contention;
+            }
+            _ => {}
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let transient = matches!(err, sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_));
@@ -38,15 +48,15 @@ impl StoreError {
     }
 }
 
-/// PostgreSQL's SQLSTATE 57014 (`query_canceled`), which `statement_timeout` raises.
-fn is_statement_timeout(err: &sea_orm::DbErr) -> bool {
+/// The driver's error code: the SQLSTATE on PostgreSQL, the (extended) result code on SQLite.
+fn sqlstate(err: &sea_orm::DbErr) -> Option<String> {
     use sea_orm::{DbErr, RuntimeErr};
     if let DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) = err
         && let sea_orm::sqlx::Error::Database(db) = std::ops::Deref::deref(e)
     {
-        return db.code().as_deref() == Some("57014");
+        return db.code().map(|c| c.into_owned());
     }
-    false
+    None
 }
 
 impl From<sea_orm::DbErr> for StoreError {
@@ -64,6 +74,7 @@ impl Classify for StoreError {
             Self::AlreadyExists => IssueType::Duplicate,
             Self::Unavailable(_) => IssueType::Transient,
             Self::Timeout => IssueType::Timeout,
+            Self::Contention => IssueType::Transient,
             Self::Internal(_) | Self::UnsupportedUrl => IssueType::Exception,
         }
     }
@@ -78,6 +89,7 @@ impl Classify for StoreError {
             Self::Internal(_) => "EHR-STO-006",
             Self::UnsupportedUrl => "EHR-STO-007",
             Self::Timeout => "EHR-STO-008",
+            Self::Contention => "EHR-STO-009",
         }
     }
 

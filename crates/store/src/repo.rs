@@ -92,7 +92,8 @@ pub struct SearchPage {
 pub enum HistoryScope<'a> {
     Instance(&'a str, &'a str),
     Type(&'a str),
-    System,
+    /// Every resource of these types (the ones the calling service owns).
+    System(&'a [&'a str]),
 }
 
 /// The maximum number of resources `_include`/`_revinclude` add to one page.
@@ -261,6 +262,12 @@ impl Tx {
     /// The current version of a resource (deleted ones included, flagged).
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<Stored>, StoreError> {
         self.read_current(resource_type, id, false).await
+    }
+
+    /// As [`Tx::read`], and locks the row until the transaction ends (PostgreSQL; SQLite's
+    /// single writer connection already excludes concurrent writers).
+    pub async fn read_for_update(&self, resource_type: &str, id: &str) -> Result<Option<Stored>, StoreError> {
+        self.read_current(resource_type, id, true).await
     }
 
     async fn read_current(
@@ -536,7 +543,7 @@ impl Tx {
         let list: Vec<String> = ids.iter().map(|id| sql.bind(id.as_str())).collect();
         sql.push(&format!(
             "SELECT id, version_id, last_updated, deleted, content FROM resources \
-             WHERE tenant_id = $1 AND resource_type = {ty} AND id IN ({})",
+             WHERE tenant_id = $1 AND resource_type = {ty} AND deleted = 0 AND id IN ({})",
             list.join(", ")
         ));
         let rows = self.query(&sql.text, sql.values).await?;
@@ -686,7 +693,10 @@ impl Tx {
                 cond.push_str(&format!(" AND resource_type = {} AND id = {}", sql.bind(t), sql.bind(id)));
             }
             HistoryScope::Type(t) => cond.push_str(&format!(" AND resource_type = {}", sql.bind(t))),
-            HistoryScope::System => {}
+            HistoryScope::System(types) => {
+                let list: Vec<String> = types.iter().map(|t| sql.bind(*t)).collect();
+                cond.push_str(&format!(" AND resource_type IN ({})", list.join(", ")));
+            }
         }
         if let Some(since) = since {
             cond.push_str(&format!(" AND last_updated >= {}", sql.bind(since)));

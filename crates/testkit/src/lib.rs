@@ -131,6 +131,7 @@ impl TestApp {
             tenant: tenant.into(),
             scope: scope.into(),
             jti: None,
+            nbf: None,
         }
     }
 

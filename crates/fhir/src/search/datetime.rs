@@ -59,7 +59,14 @@ pub fn parse_date_range(s: &str) -> Option<DateRange> {
         let (c, z) = time.split_at(pos);
         let sign = if z.starts_with('-') { -1 } else { 1 };
         let (h, m) = z[1..].split_once(':')?;
-        (c, sign * (h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60))
+        if h.len() != 2 || m.len() != 2 {
+            return None;
+        }
+        let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+        if h > 14 || m > 59 {
+            return None; // offsets run from -12:00 to +14:00
+        }
+        (c, sign * (h * 3600 + m * 60))
     } else {
         (time, LOCAL_OFFSET_SECS)
     };
@@ -131,7 +138,16 @@ mod tests {
 
     #[test]
     fn malformed_dates_are_rejected() {
-        for bad in ["24", "2024-1-01", "2024-13-01", "2024-02-30", "2024-01-01T25:00Z", "x"] {
+        for bad in [
+            "24",
+            "2024-1-01",
+            "2024-13-01",
+            "2024-02-30",
+            "2024-01-01T25:00Z",
+            "x",
+            "2024-01-01T10:00+999999:00",
+            "2024-01-01T10:00+15:00",
+        ] {
             assert_eq!(parse_date_range(bad), None, "{bad}");
         }
     }

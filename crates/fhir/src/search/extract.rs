@@ -210,8 +210,10 @@ fn reference(node: &Value) -> Option<IndexValue> {
     if url.starts_with('#') {
         return None; // contained resources are not separately searchable
     }
+    // Only relative references name a resource of this server. An absolute URL may be another
+    // server's `Patient/1`, a different person from ours: it is indexed by URL alone.
     let (target_type, target_id) = match split_reference(url) {
-        Some((t, i)) if !url.starts_with("urn:") => (Some(t.to_owned()), Some(i.to_owned())),
+        Some((t, i)) if !url.contains("://") && !url.starts_with("urn:") => (Some(t.to_owned()), Some(i.to_owned())),
         _ => (None, None),
     };
     Some(IndexValue::Reference { target_type, target_id, url: url.to_owned() })

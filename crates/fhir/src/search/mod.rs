@@ -9,6 +9,6 @@ pub use datetime::{DateRange, LOCAL_OFFSET_SECS, format_instant, parse_date_rang
 pub use extract::{IndexEntry, IndexValue, extract, normalize_string, split_reference};
 pub use params::{ParamKind, SearchParamDef, find_param, is_single_valued_date, params_for};
 pub use query::{
-    DEFAULT_COUNT, Filter, IncludeSpec, MAX_COUNT, Modifier, Prefix, SearchQuery, SearchValue, SortKey, SortParam,
-    Summary, TotalMode, parse_search,
+    DEFAULT_COUNT, Filter, IncludeSpec, MAX_COUNT, MAX_OFFSET, MAX_VALUES, Modifier, Prefix, SearchQuery, SearchValue,
+    SortKey, SortParam, Summary, TotalMode, parse_search,
 };

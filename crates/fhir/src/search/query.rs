@@ -12,6 +12,10 @@ use crate::FhirError;
 /// Default and maximum page sizes.
 pub const DEFAULT_COUNT: usize = 20;
 pub const MAX_COUNT: usize = 1000;
+/// The deepest page offset served (deeper paging is what `_lastUpdated` windows are for).
+pub const MAX_OFFSET: usize = 1_000_000;
+/// The most alternatives one parameter may list (each is a bound SQL value).
+pub const MAX_VALUES: usize = 500;
 
 /// A comparison prefix of a date, number or quantity value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +208,10 @@ pub fn parse_search(
         applied: Vec::new(),
     };
     for (name, value) in pairs {
+        // R4 3.1.1.5: a parameter with an empty value is ignored.
+        if value.is_empty() {
+            continue;
+        }
         let applied = parse_pair(&mut q, name, value, &type_of)?;
         if applied {
             q.applied.push((name.clone(), value.clone()));
@@ -236,7 +244,13 @@ fn parse_pair(
             let n: usize = value.parse().map_err(|_| invalid(name, "expected a non-negative integer"))?;
             q.count = n.min(MAX_COUNT);
         }
-        "_offset" => q.offset = value.parse().map_err(|_| invalid(name, "expected a non-negative integer"))?,
+        "_offset" => {
+            q.offset = value
+                .parse()
+                .ok()
+                .filter(|o| *o <= MAX_OFFSET)
+                .ok_or_else(|| invalid(name, format!("expected an integer from 0 to {MAX_OFFSET}")))?
+        }
         "_total" => {
             q.total = match value {
                 "none" => TotalMode::None,
@@ -348,7 +362,11 @@ fn parse_filter(
             if modifier_text.is_some() {
                 return Err(invalid(name, "_id takes no modifier"));
             }
-            return Ok(Some(Filter::Id(value.split(',').map(str::to_owned).collect())));
+            let ids: Vec<String> = value.split(',').filter(|v| !v.is_empty()).map(str::to_owned).collect();
+            if ids.len() > MAX_VALUES {
+                return Err(invalid(name, format!("at most {MAX_VALUES} comma-separated values")));
+            }
+            return Ok((!ids.is_empty()).then_some(Filter::Id(ids)));
         }
         "_lastUpdated" => {
             if modifier_text.is_some() {
@@ -394,8 +412,15 @@ fn parse_filter(
         };
         values.push(SearchValue::Missing(missing));
     } else {
-        for v in split_or(value) {
-            values.push(parse_value(def, &modifier, &v)?);
+        let alternatives = split_or(value);
+        if alternatives.len() > MAX_VALUES {
+            return Err(invalid(name, format!("at most {MAX_VALUES} comma-separated values")));
+        }
+        for v in alternatives.iter().filter(|v| !v.is_empty()) {
+            values.push(parse_value(def, &modifier, v)?);
+        }
+        if values.is_empty() {
+            return Ok(None);
         }
     }
     Ok(Some(Filter::Param { def, modifier, values }))
