@@ -43,3 +43,24 @@ async fn concurrent_conditional_creates_create_one_resource() {
     assert_eq!(created, 1);
     assert_eq!(json(app.get("/Patient?identifier=ONE").await, 200).await["total"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_update_as_create_of_one_id_yields_two_versions() {
+    let app = TestApp::spawn().await;
+    for round in 0..5 {
+        let id = format!("same-{round}");
+        let mut body = patient("A", "B", "1990-01-01", "UC1");
+        body["id"] = json!(id);
+        let send = || {
+            app.req(reqwest::Method::PUT, &format!("/Patient/{id}"))
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+        };
+        let (a, b) = tokio::join!(send(), send());
+        let mut statuses = vec![a.unwrap().status().as_u16(), b.unwrap().status().as_u16()];
+        statuses.sort_unstable();
+        assert_eq!(statuses, vec![200, 201], "round {round}");
+        assert_eq!(json(app.get(&format!("/Patient/{id}")).await, 200).await["meta"]["versionId"], "2");
+    }
+}

@@ -352,11 +352,17 @@ impl Tx {
         method: &str,
         now: DateTime<Utc>,
     ) -> Result<(Stored, bool), StoreError> {
-        let Some(current) = self.read_current(resource_type, id.as_str(), true).await? else {
-            if if_match.is_some() {
-                return Err(StoreError::NotFound);
-            }
-            return Ok((self.create(resource_type, Some(id), resource, now).await?, true));
+        let current = match self.read_current(resource_type, id.as_str(), true).await? {
+            Some(current) => current,
+            None if if_match.is_some() => return Err(StoreError::NotFound),
+            None => match self.create(resource_type, Some(id), resource.clone(), now).await {
+                // A concurrent update-as-create of the same id committed first (PostgreSQL's
+                // INSERT … ON CONFLICT waited for it): this write becomes its next version.
+                Err(StoreError::AlreadyExists) => {
+                    self.read_current(resource_type, id.as_str(), true).await?.ok_or(StoreError::NotFound)?
+                }
+                created => return created.map(|s| (s, true)),
+            },
         };
         if let Some(expected) = if_match
             && expected != current.version
