@@ -154,7 +154,9 @@ async fn shutdown_signal() {
 }
 
 fn dev_token(config: &Config, tenant: &str, scope: &str, subject: &str, ttl_secs: i64) -> Result<(), String> {
-    if !config.auth.development_key {
+    let issuer_configured =
+        config.auth.issuer.is_some() || config.auth.jwks_url.is_some() || config.auth.jwks_file.is_some();
+    if !config.auth.development_key || issuer_configured {
         return Err(format!("{}; tokens come from the issuer", ehr_auth::AuthError::NoDevKey));
     }
     TenantId::parse(tenant).map_err(|e| format!("--tenant: {e}"))?;

@@ -106,6 +106,16 @@ async fn chained_criteria_need_search_scope_on_the_chained_type() {
     let get = |path: &str| app.client.get(app.fhir(path)).bearer_auth(&obs_only).send();
     assert_eq!(get("/Observation?code=x").await.unwrap().status(), 200);
     outcome(get("/Observation?subject:Patient.name=yamada").await.unwrap(), 403, "forbidden").await;
+    // The same holds for conditions of conditional operations.
+    let obs_all = app.token("user/Observation.cruds");
+    let resp = app
+        .client
+        .delete(app.fhir("/Observation?subject:Patient.name=yamada"))
+        .bearer_auth(&obs_all)
+        .send()
+        .await
+        .unwrap();
+    outcome(resp, 403, "forbidden").await;
     let both = app.token("user/Observation.rs user/Patient.s");
     let resp =
         app.client.get(app.fhir("/Observation?subject:Patient.name=yamada")).bearer_auth(&both).send().await.unwrap();

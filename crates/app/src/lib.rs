@@ -152,7 +152,8 @@ pub fn router(config: &Config, store: Store, verifier: Verifier, clock: Arc<dyn 
 
 /// Builds everything `target` needs from the config.
 pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Result<App, AppError> {
-    let store = store(config, target).await?;
+    // Keys first: a configuration the verifier refuses should not touch the database.
     let verifier = verifier(config).await?;
+    let store = store(config, target).await?;
     Ok(App { router: router(config, store.clone(), verifier, clock), store })
 }

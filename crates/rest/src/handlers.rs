@@ -104,8 +104,9 @@ pub async fn create(
         return Err(HttpError::UnsupportedMediaType.into());
     }
     let condition = headers.get("if-none-exist").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    if condition.is_some() {
+    if let Some(c) = &condition {
         caller.require(ty, Interaction::Search)?;
+        require_chain_scopes(&caller, &state.service.parse_condition(ty, c)?)?;
     }
     let svc = &state.service;
     write(&state, &caller, &headers, ty, async |tx| svc.create(tx, ty, body.value, condition.as_deref(), None).await)
@@ -178,6 +179,7 @@ pub async fn conditional_update(
     caller.require(ty, Interaction::Search)?;
     let expected = if_match(&headers)?;
     let condition = query.unwrap_or_default();
+    require_chain_scopes(&caller, &state.service.parse_condition(ty, &condition)?)?;
     let svc = &state.service;
     write(&state, &caller, &headers, ty, async |tx| {
         svc.conditional_update(tx, ty, &condition, body.value, expected).await
@@ -237,8 +239,10 @@ pub async fn conditional_delete(
     let ty = state.service.resource_type(&ty)?;
     caller.require(ty, Interaction::Delete)?;
     caller.require(ty, Interaction::Search)?;
+    let condition = query.unwrap_or_default();
+    require_chain_scopes(&caller, &state.service.parse_condition(ty, &condition)?)?;
     let tx = state.service.store.write(&caller.ctx).await?;
-    let deleted = state.service.conditional_delete(&tx, ty, query.as_deref().unwrap_or_default()).await?;
+    let deleted = state.service.conditional_delete(&tx, ty, &condition).await?;
     tx.commit().await?;
     Ok(deleted_response(deleted.as_ref()))
 }

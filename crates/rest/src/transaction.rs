@@ -143,10 +143,14 @@ fn parse_op(state: &RestState, index: usize, e: &Value) -> Result<Op, Problem> {
 }
 
 /// The scopes an entry needs: its own interaction, and search where it carries a condition.
-fn authorize(caller: &Caller, op: &Op) -> Result<(), Problem> {
+fn authorize(state: &RestState, caller: &Caller, op: &Op) -> Result<(), Problem> {
     caller.require(op.resource_type, op.method.interaction(op.id.is_some()))?;
-    if (op.condition.is_some() && op.method != Method::Get) || op.if_none_exist.is_some() {
+    for condition in [op.condition.as_deref().filter(|_| op.method != Method::Get), op.if_none_exist.as_deref()]
+        .into_iter()
+        .flatten()
+    {
         caller.require(op.resource_type, Interaction::Search)?;
+        crate::handlers::require_chain_scopes(caller, &state.service.parse_condition(op.resource_type, condition)?)?;
     }
     Ok(())
 }
@@ -191,10 +195,12 @@ fn conditional_references(v: &Value, out: &mut Vec<String>) {
 async fn resolve_single(
     state: &RestState,
     tx: &Tx,
+    caller: &Caller,
     ty: &'static str,
     condition: &str,
 ) -> Result<Option<String>, Problem> {
     let query = state.service.parse_condition(ty, condition)?;
+    crate::handlers::require_chain_scopes(caller, &query)?;
     let ids = tx.matching_ids(&query, 2).await?;
     match ids.as_slice() {
         [] => Ok(None),
@@ -215,7 +221,7 @@ async fn prepare(state: &RestState, tx: &Tx, caller: &Caller, ops: &mut [Op]) ->
                 let id = match &op.if_none_exist {
                     Some(cond) => {
                         tx.lock_type(op.resource_type).await?;
-                        match resolve_single(state, tx, op.resource_type, cond)
+                        match resolve_single(state, tx, caller, op.resource_type, cond)
                             .await
                             .map_err(|p| locate(op.index, p))?
                         {
@@ -239,21 +245,23 @@ async fn prepare(state: &RestState, tx: &Tx, caller: &Caller, ops: &mut [Op]) ->
                     .clone()
                     .ok_or_else(|| entry_error(op.index, "PUT needs [type]/[id] or [type]?[criteria]"))?;
                 tx.lock_type(op.resource_type).await?;
-                let id =
-                    match resolve_single(state, tx, op.resource_type, &cond).await.map_err(|p| locate(op.index, p))? {
-                        Some(id) => id,
-                        None => match op.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str) {
-                            // As in `FhirService::conditional_update`: no match never overwrites
-                            // an existing resource the criteria did not select.
-                            Some(body_id) => {
-                                if tx.read(op.resource_type, body_id).await?.is_some_and(|s| !s.deleted) {
-                                    return Err(locate(op.index, RestError::ConditionalIdConflict.into()));
-                                }
-                                body_id.to_owned()
+                let id = match resolve_single(state, tx, caller, op.resource_type, &cond)
+                    .await
+                    .map_err(|p| locate(op.index, p))?
+                {
+                    Some(id) => id,
+                    None => match op.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str) {
+                        // As in `FhirService::conditional_update`: no match never overwrites
+                        // an existing resource the criteria did not select.
+                        Some(body_id) => {
+                            if tx.read(op.resource_type, body_id).await?.is_some_and(|s| !s.deleted) {
+                                return Err(locate(op.index, RestError::ConditionalIdConflict.into()));
                             }
-                            None => ResourceId::generate().to_string(),
-                        },
-                    };
+                            body_id.to_owned()
+                        }
+                        None => ResourceId::generate().to_string(),
+                    },
+                };
                 if let Some(full) = &op.full_url {
                     map.insert(full.clone(), format!("{}/{id}", op.resource_type));
                 }
@@ -295,7 +303,7 @@ async fn prepare(state: &RestState, tx: &Tx, caller: &Caller, ops: &mut [Op]) ->
             // Resolving a conditional reference is a search: without the scope it would let a
             // client probe for resources it may not search.
             caller.require(served, Interaction::Search).map_err(|p| locate(op.index, p))?;
-            match resolve_single(state, tx, served, cond).await.map_err(|p| locate(op.index, p))? {
+            match resolve_single(state, tx, caller, served, cond).await.map_err(|p| locate(op.index, p))? {
                 Some(id) => {
                     map.insert(r.clone(), format!("{ty}/{id}"));
                 }
@@ -443,7 +451,7 @@ pub async fn process(
         let mut ops = Vec::with_capacity(n);
         for (index, op) in parsed.into_iter().enumerate() {
             let op = op?;
-            authorize(&caller, &op).map_err(|p| locate(index, p))?;
+            authorize(&state, &caller, &op).map_err(|p| locate(index, p))?;
             ops.push(op);
         }
         let tx = state.service.store.write(&caller.ctx).await?;
@@ -483,7 +491,7 @@ pub async fn process(
 
 /// One batch entry in its own database transaction.
 async fn run_batch_entry(state: &RestState, caller: &Caller, op: Op, base: &str) -> Result<Done, Problem> {
-    authorize(caller, &op)?;
+    authorize(state, caller, &op)?;
     let tx = state.service.store.write(&caller.ctx).await?;
     let mut one = vec![op];
     let existing = prepare(state, &tx, caller, &mut one).await?;
