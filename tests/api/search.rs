@@ -216,6 +216,10 @@ async fn sort_count_paging_and_total() {
     }
     assert_eq!(seen, vec![w.yamada.clone(), w.suzuki.clone(), w.tanaka.clone()]);
 
+    // Past the last page: no entries, and still the total.
+    let b = json(app.get("/Patient?_offset=10").await, 200).await;
+    assert_eq!(b["total"], 3);
+    assert!(b.get("entry").is_none());
     let b = json(app.get("/Patient?_summary=count").await, 200).await;
     assert_eq!(b["total"], 3);
     assert!(b.get("entry").is_none());

@@ -508,22 +508,21 @@ impl Tx {
     /// Runs a search: one page of matches, the total if asked for, and included resources.
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
         let mut page = SearchPage::default();
-        if query.total != TotalMode::None || query.count == 0 {
-            let mut sql = Sql::new(&self.tenant);
-            sql.push("SELECT COUNT(*) AS n FROM resources r WHERE ");
-            sql::where_clause(&mut sql, query);
-            let rows = self.query(&sql.text, sql.values).await?;
-            let n: i64 = rows.first().map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
-            page.total = Some(u64::try_from(n).unwrap_or(0));
-        }
+        let want_total = query.total != TotalMode::None;
         if query.count == 0 {
+            page.total = Some(self.count(query).await?);
             return Ok(page);
         }
         // Page ids first, content second: sorting and paging touch only the narrow columns, and
         // only the page's rows are read whole (otherwise every match's content is carried through
-        // the sort before LIMIT applies).
+        // the sort before LIMIT applies). The total comes from the same statement, as a window
+        // count evaluated before LIMIT: the criteria run once, and total and page agree.
         let mut sql = Sql::new(&self.tenant);
-        sql.push("SELECT r.id FROM resources r WHERE ");
+        sql.push(if want_total {
+            "SELECT r.id, COUNT(*) OVER () AS total FROM resources r WHERE "
+        } else {
+            "SELECT r.id FROM resources r WHERE "
+        });
         sql::where_clause(&mut sql, query);
         let order = sql::order_by(&mut sql, query);
         // One extra row tells whether a next page exists without a second query.
@@ -532,11 +531,29 @@ impl Tx {
         sql.push(&format!(" ORDER BY {order} LIMIT {limit} OFFSET {offset}"));
         let rows = self.query(&sql.text, sql.values).await?;
         let ids: Vec<String> = rows.iter().map(|r| r.try_get::<String>("", "id")).collect::<Result<_, _>>()?;
+        if want_total {
+            page.total = match rows.first() {
+                Some(row) => Some(u64::try_from(row.try_get::<i64>("", "total")?).unwrap_or(0)),
+                // No row: either nothing matches, or the offset is past the end.
+                None if query.offset == 0 => Some(0),
+                None => Some(self.count(query).await?),
+            };
+        }
         page.has_more = ids.len() > query.count;
         let ids = &ids[..ids.len().min(query.count)];
         page.matches = self.fetch(query.resource_type, ids).await?;
         page.included = self.includes(query, &page.matches).await?;
         Ok(page)
+    }
+
+    /// The number of resources matching `query`.
+    async fn count(&self, query: &SearchQuery) -> Result<u64, StoreError> {
+        let mut sql = Sql::new(&self.tenant);
+        sql.push("SELECT COUNT(*) AS n FROM resources r WHERE ");
+        sql::where_clause(&mut sql, query);
+        let rows = self.query(&sql.text, sql.values).await?;
+        let n: i64 = rows.first().map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// The current versions of `ids` (of one type), in the order of `ids`; missing ones skipped.
