@@ -223,6 +223,8 @@ async fn sort_count_paging_and_total() {
     let b = json(app.get("/Patient?_summary=count").await, 200).await;
     assert_eq!(b["total"], 3);
     assert!(b.get("entry").is_none());
+    let b = json(app.get("/Patient?_summary=count&_total=none").await, 200).await;
+    assert_eq!(b["total"], 3, "the count is the answer of _summary=count");
     let b = json(app.get("/Patient?_total=none").await, 200).await;
     assert!(b.get("total").is_none());
     assert_eq!(b["entry"].as_array().unwrap().len(), 3);

@@ -221,6 +221,11 @@ pub fn parse_search(
             q.ignored.push(truncate(name));
         }
     }
+    if q.summary == Summary::Count {
+        // R4 3.1.1.5.8: only the count — no page to fetch, and the count itself is the answer.
+        q.count = 0;
+        q.total = TotalMode::Accurate;
+    }
     Ok(q)
 }
 
