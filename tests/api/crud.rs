@@ -39,28 +39,14 @@ async fn update_creates_versions_and_if_match_guards_them() {
     let mut next = created.clone();
     next["gender"] = json!("male");
 
-    let resp = app
-        .req(reqwest::Method::PUT, &format!("/Patient/{id}"))
-        .header("content-type", "application/fhir+json")
-        .header("if-match", "W/\"1\"")
-        .body(next.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = app.send_with(reqwest::Method::PUT, &format!("/Patient/{id}"), &next, &[("if-match", "W/\"1\"")]).await;
     assert_eq!(resp.headers()["etag"], "W/\"2\"");
     let v2 = json(resp, 200).await;
     assert_eq!(v2["meta"]["versionId"], "2");
     assert_eq!(v2["gender"], "male");
 
     // A stale If-Match is a 412 and changes nothing.
-    let resp = app
-        .req(reqwest::Method::PUT, &format!("/Patient/{id}"))
-        .header("content-type", "application/fhir+json")
-        .header("if-match", "W/\"1\"")
-        .body(next.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = app.send_with(reqwest::Method::PUT, &format!("/Patient/{id}"), &next, &[("if-match", "W/\"1\"")]).await;
     outcome(resp, 412, "conflict").await;
     let current = json(app.get(&format!("/Patient/{id}")).await, 200).await;
     assert_eq!(current["meta"]["versionId"], "2");
@@ -110,25 +96,11 @@ async fn delete_then_read_is_gone_and_delete_is_idempotent() {
 async fn prefer_return_minimal_and_operation_outcome() {
     let app = TestApp::spawn().await;
     let p = patient("A", "B", "1990-01-01", "P6");
-    let resp = app
-        .req(reqwest::Method::POST, "/Patient")
-        .header("content-type", "application/fhir+json")
-        .header("prefer", "return=minimal")
-        .body(p.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = app.send_with(reqwest::Method::POST, "/Patient", &p, &[("prefer", "return=minimal")]).await;
     assert_eq!(resp.status(), 201);
     assert!(resp.headers().contains_key("location"));
     assert!(resp.text().await.unwrap().is_empty());
-    let resp = app
-        .req(reqwest::Method::POST, "/Patient")
-        .header("content-type", "application/fhir+json")
-        .header("prefer", "return=OperationOutcome")
-        .body(p.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = app.send_with(reqwest::Method::POST, "/Patient", &p, &[("prefer", "return=OperationOutcome")]).await;
     let oo = json(resp, 201).await;
     assert_eq!(oo["resourceType"], "OperationOutcome");
     assert_eq!(oo["issue"][0]["severity"], "information");
@@ -165,14 +137,7 @@ async fn conditional_create_finds_the_existing_match() {
     app.create(&p).await;
     outcome(send().send().await.unwrap(), 412, "duplicate").await;
     // A condition with an unknown parameter is rejected rather than widened.
-    let resp = app
-        .req(reqwest::Method::POST, "/Patient")
-        .header("content-type", "application/fhir+json")
-        .header("if-none-exist", "shoe-size=42")
-        .body(p.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = app.send_with(reqwest::Method::POST, "/Patient", &p, &[("if-none-exist", "shoe-size=42")]).await;
     outcome(resp, 400, "invalid").await;
 }
 
@@ -277,14 +242,7 @@ async fn every_patient_record_type_supports_create_and_read() {
 async fn validation_warnings_are_reported_with_return_operation_outcome() {
     let app = TestApp::spawn().await;
     let p = json!({"resourceType": "Patient", "meta": {"profile": ["http://example.org/StructureDefinition/Other"]}});
-    let resp = app
-        .req(reqwest::Method::POST, "/Patient")
-        .header("content-type", "application/fhir+json")
-        .header("prefer", "return=OperationOutcome")
-        .body(p.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = app.send_with(reqwest::Method::POST, "/Patient", &p, &[("prefer", "return=OperationOutcome")]).await;
     let oo = json(resp, 201).await;
     let codes: Vec<&str> = oo["issue"].as_array().unwrap().iter().map(|i| i["severity"].as_str().unwrap()).collect();
     assert_eq!(codes, vec!["information", "warning"], "{oo}");
@@ -308,13 +266,13 @@ async fn conditions_without_criteria_are_refused_not_matched_to_everything() {
     outcome(app.delete("/Patient?name=").await, 400, "invalid").await;
     outcome(app.put("/Patient?_count=1", &patient("Over", "Written", "1990-01-01", "NC2")).await, 400, "invalid").await;
     let resp = app
-        .req(reqwest::Method::POST, "/Patient")
-        .header("content-type", "application/fhir+json")
-        .header("if-none-exist", "_count=1")
-        .body(patient("A", "B", "1990-01-01", "NC3").to_string())
-        .send()
-        .await
-        .unwrap();
+        .send_with(
+            reqwest::Method::POST,
+            "/Patient",
+            &patient("A", "B", "1990-01-01", "NC3"),
+            &[("if-none-exist", "_count=1")],
+        )
+        .await;
     outcome(resp, 400, "invalid").await;
     let still = json(app.get(&format!("/Patient/{}", keep["id"].as_str().unwrap())).await, 200).await;
     assert_eq!(still["meta"]["versionId"], "1");

@@ -185,6 +185,21 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Sends FHIR JSON with extra request headers (`If-Match`, `Prefer`, `If-None-Exist`, …).
+    pub async fn send_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self.req(method, path).header("content-type", "application/fhir+json");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.body(body.to_string()).send().await.expect("request")
+    }
+
     /// Creates a resource and returns its JSON as stored (panics unless 201).
     pub async fn create(&self, resource: &Value) -> Value {
         let ty = resource["resourceType"].as_str().expect("resourceType");
