@@ -58,3 +58,33 @@ async fn a_cancelled_statement_is_a_timeout_not_an_internal_error() {
     let p: ehr_http::Problem = classified.into();
     assert_eq!(p.status(), 503);
 }
+
+#[tokio::test]
+async fn the_single_statement_read_sets_the_tenant_before_reading() {
+    assert_eq!(ehr_testkit::backend(), "postgres", "this module runs with TEST_BACKEND=postgres");
+    let app = TestApp::spawn().await;
+    let created = app.create(&patient("A", "B", "1990-01-01", "RO1")).await;
+    let id = created["id"].as_str().unwrap();
+    // One connection, so that the last check looks at the connection the reads ran on.
+    let mut options = sea_orm::ConnectOptions::new(app.database_url.clone());
+    options.max_connections(1).min_connections(1);
+    let db = Database::connect(options).await.unwrap();
+    let count = |tenant: String| {
+        let db = &db;
+        let sql = format!("SELECT COUNT(*) FROM ehr_read_current('{tenant}', 'ehr_app', '0', 'Patient', '{id}')");
+        async move {
+            let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap().unwrap();
+            row.try_get_by_index::<i64>(0).unwrap()
+        }
+    };
+    assert_eq!(count(app.tenant.clone()).await, 1);
+    assert_eq!(count("someone-else".into()).await, 0);
+    // The settings were transaction-local: the connection is back to no tenant and its own role.
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), "SELECT current_setting('ehr.tenant', true) IS NULL OR current_setting('ehr.tenant', true) = '', current_user = session_user"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(row.try_get_by_index::<bool>(0).unwrap());
+    assert!(row.try_get_by_index::<bool>(1).unwrap());
+}

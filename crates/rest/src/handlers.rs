@@ -122,9 +122,7 @@ pub async fn read(
 ) -> Result<Response> {
     let ty = state.service.resource_type(&ty)?;
     caller.require(ty, Interaction::Read)?;
-    let tx = state.service.store.read(&caller.ctx).await?;
-    let stored = state.service.read(&tx, ty, &id).await?;
-    tx.commit().await?;
+    let stored = state.service.read_one(&caller.ctx, ty, &id).await?;
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())

@@ -230,6 +230,21 @@ impl FhirService {
         Ok(WriteOutcome { stored, status: 200, warnings })
     }
 
+    /// `read` on its own (the REST `GET [type]/[id]`), in the store's cheapest form.
+    pub async fn read_one(
+        &self,
+        ctx: &ehr_core::TenantContext,
+        resource_type: &'static str,
+        id: &str,
+    ) -> Result<Stored, Problem> {
+        ResourceId::parse(id).map_err(|_| StoreError::NotFound)?;
+        let stored = self.store.read_one(ctx, resource_type, id).await?.ok_or(StoreError::NotFound)?;
+        if stored.deleted {
+            return Err(StoreError::Gone { version: stored.version, last_updated: stored.last_updated }.into());
+        }
+        Ok(stored)
+    }
+
     /// `read`: the current version; 404 if never existed, 410 if deleted.
     pub async fn read(&self, tx: &Tx, resource_type: &'static str, id: &str) -> Result<Stored, Problem> {
         ResourceId::parse(id).map_err(|_| StoreError::NotFound)?;

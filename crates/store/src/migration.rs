@@ -146,6 +146,27 @@ impl MigrationTrait for M0001ResourceStore {
                  END $$"
             ))
             .await?;
+            // Read of one current resource in one round trip: the function sets the tenant (and
+            // role, statement timeout) transaction-locally and then reads, inside the implicit
+            // transaction of the single statement — the same walls as a `Tx`, without BEGIN,
+            // set_config and COMMIT as separate round trips. Runs with the caller's rights.
+            db.execute_unprepared(
+                "CREATE OR REPLACE FUNCTION ehr_read_current(p_tenant text, p_role text, p_timeout text, p_type text, p_id text)
+                 RETURNS TABLE (id text, version_id bigint, last_updated bigint, deleted integer, content text)
+                 LANGUAGE plpgsql AS $fn$
+                 BEGIN
+                   PERFORM set_config('ehr.tenant', p_tenant, true);
+                   PERFORM set_config('statement_timeout', p_timeout, true);
+                   IF p_role <> '' THEN
+                     PERFORM set_config('role', p_role, true);
+                   END IF;
+                   RETURN QUERY SELECT r.id, r.version_id, r.last_updated, r.deleted, r.content
+                     FROM resources r
+                     WHERE r.tenant_id = p_tenant AND r.resource_type = p_type AND r.id = p_id;
+                 END
+                 $fn$",
+            )
+            .await?;
             for table in TENANT_TABLES {
                 // Second wall behind the tenant predicate every query carries: a query that
                 // forgot it still sees only the rows of the tenant set for the transaction.
