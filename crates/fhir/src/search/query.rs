@@ -438,46 +438,54 @@ fn split_modifier(name: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Splits on unescaped commas and removes the `\` escapes of `,` `|` `$` `\` (R4 3.1.1.4.7).
+/// Splits on unescaped commas, keeping escapes (R4 3.1.1.4.7): `\,` `\|` `\$` `\\` are
+/// removed only by [`unescape`], after any split on `|`, so that `a\\|b` stays "system `a\`,
+/// code `b`" and `a\|b` stays the code `a|b`.
 fn split_or(value: &str) -> Vec<String> {
     let mut out = vec![String::new()];
     let mut chars = value.chars();
     while let Some(c) = chars.next() {
+        let Some(last) = out.last_mut() else { break };
         match c {
             '\\' => {
-                if let Some(n) = chars.next()
-                    && let Some(last) = out.last_mut()
-                {
-                    if n != ',' && n != '$' && n != '\\' {
-                        last.push('\\');
-                    }
+                last.push('\\');
+                if let Some(n) = chars.next() {
                     last.push(n);
                 }
             }
             ',' => out.push(String::new()),
-            _ => {
-                if let Some(last) = out.last_mut() {
-                    last.push(c);
-                }
-            }
+            _ => last.push(c),
         }
     }
     out
 }
 
-/// Splits `a|b` on the first unescaped `|`, unescaping `\|`.
-fn split_pipe(value: &str) -> Option<(String, String)> {
-    let mut left = String::new();
-    let mut chars = value.chars();
+/// Removes the search escapes `\,` `\|` `\$` `\\`; other backslashes stay.
+fn unescape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
     while let Some(c) = chars.next() {
+        if c == '\\' && matches!(chars.peek(), Some(',' | '|' | '$' | '\\')) {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Splits `system|code` on the first unescaped `|` and unescapes both parts.
+fn split_pipe(raw: &str) -> Option<(String, String)> {
+    let mut chars = raw.char_indices();
+    while let Some((i, c)) = chars.next() {
         match c {
             '\\' => {
-                if let Some(n) = chars.next() {
-                    left.push(n);
-                }
+                chars.next();
             }
-            '|' => return Some((left, chars.as_str().replace("\\|", "|"))),
-            _ => left.push(c),
+            '|' => return Some((unescape(&raw[..i]), unescape(&raw[i + 1..]))),
+            _ => {}
         }
     }
     None
@@ -497,15 +505,20 @@ fn parse_value(def: &'static SearchParamDef, modifier: &Modifier, raw: &str) -> 
                 system: Some(if system.is_empty() { None } else { Some(system) }),
                 code: if code.is_empty() { None } else { Some(code) },
             },
-            None => SearchValue::Token { system: None, code: Some(raw.replace("\\|", "|")) },
+            None => SearchValue::Token { system: None, code: Some(unescape(raw)) },
         },
-        ParamKind::String => SearchValue::String { normalized: normalize_string(raw), exact: raw.to_owned() },
+        ParamKind::String => {
+            let value = unescape(raw);
+            SearchValue::String { normalized: normalize_string(&value), exact: value }
+        }
         ParamKind::Date => {
             let (prefix, rest) = Prefix::split(raw);
             let range = parse_date_range(rest).ok_or_else(|| bad("expected a FHIR date or dateTime"))?;
             SearchValue::Date { prefix, range }
         }
         ParamKind::Reference => {
+            let unescaped = unescape(raw);
+            let raw = unescaped.as_str();
             let (target_type, id) = match super::extract::split_reference(raw) {
                 Some((t, i)) if !raw.contains("://") => (Some(t.to_owned()), i.to_owned()),
                 _ if raw.contains("://") || raw.starts_with("urn:") => (None, raw.to_owned()),
@@ -536,7 +549,7 @@ fn parse_value(def: &'static SearchParamDef, modifier: &Modifier, raw: &str) -> 
             let value: f64 = rest.parse().map_err(|_| bad("expected [prefix]number"))?;
             SearchValue::Number { prefix, value, precision: precision_of(rest) }
         }
-        ParamKind::Uri => SearchValue::Uri(raw.to_owned()),
+        ParamKind::Uri => SearchValue::Uri(unescape(raw)),
     })
 }
 
@@ -595,6 +608,12 @@ mod tests {
 
     #[test]
     fn escaped_commas_stay_in_the_value() {
-        assert_eq!(split_or(r"a\,b,c"), vec!["a,b".to_string(), "c".to_string()]);
+        let parts = split_or(r"a\,b,c");
+        assert_eq!(parts.iter().map(|p| unescape(p)).collect::<Vec<_>>(), vec!["a,b".to_string(), "c".to_string()]);
+        // An escaped backslash before the separator is a backslash at the end of the system.
+        assert_eq!(split_pipe(r"a\\|b"), Some((r"a\".to_string(), "b".to_string())));
+        assert_eq!(split_pipe(r"a\|b"), None);
+        assert_eq!(unescape(r"a\|b"), "a|b");
+        assert_eq!(unescape(r"C:\path"), r"C:\path", "other backslashes stay");
     }
 }
