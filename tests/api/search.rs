@@ -286,6 +286,14 @@ async fn id_and_last_updated() {
     );
     assert_eq!(ids(&app, "/Patient?_lastUpdated=gt2000-01-01").await.len(), 3);
     assert_eq!(ids(&app, "/Patient?_lastUpdated=lt2000-01-01").await.len(), 0);
+    // Empty values (and empty alternatives) are ignored, even in strict mode.
+    let resp = app
+        .req(reqwest::Method::GET, "/Patient?family=&_id=,")
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(resp, 200).await["total"], 3);
 }
 
 #[tokio::test]

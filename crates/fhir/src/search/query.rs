@@ -208,8 +208,9 @@ pub fn parse_search(
         applied: Vec::new(),
     };
     for (name, value) in pairs {
-        // R4 3.1.1.5: a parameter with an empty value is ignored.
-        if value.is_empty() {
+        // R4 3.1.1.5: a parameter with an empty value is ignored (also one of empty
+        // alternatives only, `name=,`).
+        if value.split(',').all(str::is_empty) {
             continue;
         }
         let applied = parse_pair(&mut q, name, value, &type_of)?;
