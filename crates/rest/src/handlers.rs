@@ -103,13 +103,13 @@ pub async fn create(
     if body.is_patch {
         return Err(HttpError::UnsupportedMediaType.into());
     }
-    let condition = headers.get("if-none-exist").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    if let Some(c) = &condition {
-        caller.require(ty, Interaction::Search)?;
-        require_chain_scopes(&caller, &state.service.parse_condition(ty, c)?)?;
-    }
     let svc = &state.service;
-    write(&state, &caller, &headers, ty, async |tx| svc.create(tx, ty, body.value, condition.as_deref(), None).await)
+    let condition = headers
+        .get("if-none-exist")
+        .and_then(|v| v.to_str().ok())
+        .map(|c| svc.parse_condition(&caller, ty, c))
+        .transpose()?;
+    write(&state, &caller, &headers, ty, async |tx| svc.create(tx, ty, body.value, condition.as_ref(), None).await)
         .await
 }
 
@@ -174,11 +174,9 @@ pub async fn conditional_update(
 ) -> Result<Response> {
     let ty = state.service.resource_type(&ty)?;
     caller.require(ty, Interaction::Update)?;
-    caller.require(ty, Interaction::Search)?;
     let expected = if_match(&headers)?;
-    let condition = query.unwrap_or_default();
-    require_chain_scopes(&caller, &state.service.parse_condition(ty, &condition)?)?;
     let svc = &state.service;
+    let condition = svc.parse_condition(&caller, ty, query.as_deref().unwrap_or_default())?;
     write(&state, &caller, &headers, ty, async |tx| {
         svc.conditional_update(tx, ty, &condition, body.value, expected).await
     })
@@ -236,9 +234,7 @@ pub async fn conditional_delete(
 ) -> Result<Response> {
     let ty = state.service.resource_type(&ty)?;
     caller.require(ty, Interaction::Delete)?;
-    caller.require(ty, Interaction::Search)?;
-    let condition = query.unwrap_or_default();
-    require_chain_scopes(&caller, &state.service.parse_condition(ty, &condition)?)?;
+    let condition = state.service.parse_condition(&caller, ty, query.as_deref().unwrap_or_default())?;
     let tx = state.service.store.write(&caller.ctx).await?;
     let deleted = state.service.conditional_delete(&tx, ty, &condition).await?;
     tx.commit().await?;
@@ -296,8 +292,7 @@ async fn search(
     let ty = state.service.resource_type(&ty)?;
     caller.require(ty, Interaction::Search)?;
     let prefer = Prefer::from_headers(&headers);
-    let query = state.service.parse_query(ty, &pairs, prefer.strict)?;
-    require_chain_scopes(&caller, &query)?;
+    let query = state.service.parse_query(&caller, ty, &pairs, prefer.strict)?;
     let tx = state.service.store.read(&caller.ctx).await?;
     let page = tx.search(&query).await?;
     tx.commit().await?;
@@ -339,18 +334,6 @@ async fn search(
         });
     }
     Ok(bundle_response(&b))
-}
-
-/// A chained criterion (`subject:Patient.name=…`) searches the chained type too, so it needs
-/// the search scope on that type: otherwise it would reveal facts about resources the caller
-/// may not search.
-pub(crate) fn require_chain_scopes(caller: &Caller, query: &SearchQuery) -> Result<()> {
-    for filter in &query.filters {
-        if let ehr_fhir::search::Filter::Chain { target_type, .. } = filter {
-            caller.require(target_type, Interaction::Search)?;
-        }
-    }
-    Ok(())
 }
 
 /// `self`, `first`, `previous` and `next` links built from the applied parameters only.

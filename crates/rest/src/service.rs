@@ -4,10 +4,11 @@
 //! transaction) and each entry of a transaction Bundle (one shared transaction).
 
 use crate::error::RestError;
+use ehr_auth::Interaction;
 use ehr_core::{Clock, Issue, ResourceId, Severity};
-use ehr_fhir::search::{SearchQuery, parse_search};
+use ehr_fhir::search::{Filter, SearchQuery, parse_search};
 use ehr_fhir::validate::Validator;
-use ehr_http::Problem;
+use ehr_http::{Caller, Problem};
 use ehr_store::{Store, StoreError, Stored, Tx};
 use serde_json::Value;
 use std::sync::Arc;
@@ -47,21 +48,40 @@ impl FhirService {
         ehr_core::ResourceType::parse(name).ok().map(ehr_core::ResourceType::as_str)
     }
 
-    /// Parses search parameters for `resource_type`.
+    /// Parses the search parameters of `caller`'s search on `resource_type`.
+    ///
+    /// A chained criterion (`subject:Patient.name=…`) searches the chained type too, so it needs
+    /// the caller's search scope on that type: otherwise it would reveal facts about resources
+    /// the caller may not search. Every search, condition and conditional reference is parsed
+    /// here, so the rule holds everywhere.
     pub fn parse_query(
         &self,
+        caller: &Caller,
         resource_type: &'static str,
         pairs: &[(String, String)],
         strict: bool,
     ) -> Result<SearchQuery, Problem> {
-        Ok(parse_search(resource_type, pairs, strict, |t| self.known_type(t))?)
+        let query = parse_search(resource_type, pairs, strict, |t| self.known_type(t))?;
+        for filter in &query.filters {
+            if let Filter::Chain { target_type, .. } = filter {
+                caller.require(target_type, Interaction::Search)?;
+            }
+        }
+        Ok(query)
     }
 
-    /// Parses a condition (`identifier=x&…`) of a conditional operation; unknown parameters are
-    /// always errors here, because ignoring one would widen the match.
-    pub fn parse_condition(&self, resource_type: &'static str, condition: &str) -> Result<SearchQuery, Problem> {
+    /// Parses the condition (`identifier=x&…`) of a conditional operation or reference, which
+    /// is a search: it needs the search scope. Unknown parameters are always errors here,
+    /// because ignoring one would widen the match.
+    pub fn parse_condition(
+        &self,
+        caller: &Caller,
+        resource_type: &'static str,
+        condition: &str,
+    ) -> Result<SearchQuery, Problem> {
+        caller.require(resource_type, Interaction::Search)?;
         let pairs: Vec<(String, String)> = form_urlencoded::parse(condition.as_bytes()).into_owned().collect();
-        let query = self.parse_query(resource_type, &pairs, true)?;
+        let query = self.parse_query(caller, resource_type, &pairs, true)?;
         // Result parameters (`_count`, `_format`, …) and empty values select nothing: a
         // condition without a criterion would match every resource of the type.
         if query.filters.is_empty() {
@@ -99,13 +119,12 @@ impl FhirService {
         tx: &Tx,
         resource_type: &'static str,
         mut resource: Value,
-        if_none_exist: Option<&str>,
+        if_none_exist: Option<&SearchQuery>,
         assigned_id: Option<&ResourceId>,
     ) -> Result<WriteOutcome, Problem> {
-        if let Some(condition) = if_none_exist {
-            let query = self.parse_condition(resource_type, condition)?;
+        if let Some(query) = if_none_exist {
             tx.lock_type(resource_type).await?;
-            let ids = tx.matching_ids(&query, 2).await?;
+            let ids = tx.matching_ids(query, 2).await?;
             match ids.as_slice() {
                 [] => {}
                 [id] => {
@@ -149,13 +168,12 @@ impl FhirService {
         &self,
         tx: &Tx,
         resource_type: &'static str,
-        condition: &str,
+        condition: &SearchQuery,
         mut resource: Value,
         if_match: Option<i64>,
     ) -> Result<WriteOutcome, Problem> {
-        let query = self.parse_condition(resource_type, condition)?;
         tx.lock_type(resource_type).await?;
-        let ids = tx.matching_ids(&query, 2).await?;
+        let ids = tx.matching_ids(condition, 2).await?;
         match ids.as_slice() {
             [] => {
                 // No match: create, with the body's id if it has one (update-as-create) — but
@@ -282,11 +300,10 @@ impl FhirService {
         &self,
         tx: &Tx,
         resource_type: &'static str,
-        condition: &str,
+        condition: &SearchQuery,
     ) -> Result<Option<Stored>, Problem> {
-        let query = self.parse_condition(resource_type, condition)?;
         tx.lock_type(resource_type).await?;
-        let ids = tx.matching_ids(&query, 2).await?;
+        let ids = tx.matching_ids(condition, 2).await?;
         match ids.as_slice() {
             [] => Ok(None),
             [id] => self.delete(tx, resource_type, &id.clone()).await,

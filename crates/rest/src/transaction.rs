@@ -142,17 +142,10 @@ fn parse_op(state: &RestState, index: usize, e: &Value) -> Result<Op, Problem> {
     })
 }
 
-/// The scopes an entry needs: its own interaction, and search where it carries a condition.
-fn authorize(state: &RestState, caller: &Caller, op: &Op) -> Result<(), Problem> {
-    caller.require(op.resource_type, op.method.interaction(op.id.is_some()))?;
-    for condition in [op.condition.as_deref().filter(|_| op.method != Method::Get), op.if_none_exist.as_deref()]
-        .into_iter()
-        .flatten()
-    {
-        caller.require(op.resource_type, Interaction::Search)?;
-        crate::handlers::require_chain_scopes(caller, &state.service.parse_condition(op.resource_type, condition)?)?;
-    }
-    Ok(())
+/// The scope an entry's interaction needs. (Conditions need the search scope too, which
+/// `FhirService::parse_condition` checks where each condition is parsed.)
+fn authorize(caller: &Caller, op: &Op) -> Result<(), Problem> {
+    caller.require(op.resource_type, op.method.interaction(op.id.is_some()))
 }
 
 /// Replaces every `reference` found in `map` (old → new) inside a resource, recursively.
@@ -199,8 +192,7 @@ async fn resolve_single(
     ty: &'static str,
     condition: &str,
 ) -> Result<Option<String>, Problem> {
-    let query = state.service.parse_condition(ty, condition)?;
-    crate::handlers::require_chain_scopes(caller, &query)?;
+    let query = state.service.parse_condition(caller, ty, condition)?;
     let ids = tx.matching_ids(&query, 2).await?;
     match ids.as_slice() {
         [] => Ok(None),
@@ -300,9 +292,8 @@ async fn prepare(state: &RestState, tx: &Tx, caller: &Caller, ops: &mut [Op]) ->
                 .known_type(ty)
                 .ok_or_else(|| entry_error(op.index, "conditional reference names an unknown type"))?;
             let served = state.service.resource_type(ty).map_err(|e| locate(op.index, e.into()))?;
-            // Resolving a conditional reference is a search: without the scope it would let a
-            // client probe for resources it may not search.
-            caller.require(served, Interaction::Search).map_err(|p| locate(op.index, p))?;
+            // Resolving a conditional reference is a search, scope-checked like one: otherwise it
+            // would let a client probe for resources it may not search.
             match resolve_single(state, tx, caller, served, cond).await.map_err(|p| locate(op.index, p))? {
                 Some(id) => {
                     map.insert(r.clone(), format!("{ty}/{id}"));
@@ -369,7 +360,7 @@ async fn execute(
         Method::Delete => {
             let deleted = match (&op.id, &op.condition) {
                 (Some(id), _) => svc.delete(tx, ty, id).await?,
-                (None, Some(cond)) => svc.conditional_delete(tx, ty, cond).await?,
+                (None, Some(cond)) => svc.conditional_delete(tx, ty, &svc.parse_condition(caller, ty, cond)?).await?,
                 (None, None) => return Err(entry_error(op.index, "DELETE needs [type]/[id] or [type]?[criteria]")),
             };
             Ok(Done { status: 204, stored: deleted, body: None, read: false, warnings: Vec::new() })
@@ -385,8 +376,7 @@ async fn execute(
             None => {
                 let pairs: Vec<(String, String)> =
                     form_urlencoded::parse(op.condition.unwrap_or_default().as_bytes()).into_owned().collect();
-                let query = svc.parse_query(ty, &pairs, false)?;
-                crate::handlers::require_chain_scopes(caller, &query)?;
+                let query = svc.parse_query(caller, ty, &pairs, false)?;
                 let page = tx.search(&query).await?;
                 let mut b = serde_json::json!({"resourceType": "Bundle", "type": "searchset", "total": page.total, "entry": []});
                 if let Some(entries) = b.get_mut("entry").and_then(Value::as_array_mut) {
@@ -451,7 +441,7 @@ pub async fn process(
         let mut ops = Vec::with_capacity(n);
         for (index, op) in parsed.into_iter().enumerate() {
             let op = op?;
-            authorize(&state, &caller, &op).map_err(|p| locate(index, p))?;
+            authorize(&caller, &op).map_err(|p| locate(index, p))?;
             ops.push(op);
         }
         let tx = state.service.store.write(&caller.ctx).await?;
@@ -491,7 +481,7 @@ pub async fn process(
 
 /// One batch entry in its own database transaction.
 async fn run_batch_entry(state: &RestState, caller: &Caller, op: Op, base: &str) -> Result<Done, Problem> {
-    authorize(state, caller, &op)?;
+    authorize(caller, &op)?;
     let tx = state.service.store.write(&caller.ctx).await?;
     let mut one = vec![op];
     let existing = prepare(state, &tx, caller, &mut one).await?;
