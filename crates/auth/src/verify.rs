@@ -92,11 +92,6 @@ impl Verifier {
         Self::new(dev::DEV_ISSUER, vec![KeySource::Static(dev::dev_jwks())]).await
     }
 
-    /// The trusted issuer.
-    pub fn issuer(&self) -> &str {
-        &self.inner.issuer
-    }
-
     /// Reloads every key source.
     pub async fn refresh(&self) -> Result<(), AuthError> {
         let mut loaded = HashMap::new();
@@ -181,11 +176,7 @@ impl Verifier {
         }
         let tenant = TenantId::parse(&claims.tenant).map_err(|_| AuthError::InvalidToken("bad tenant claim"))?;
         let scopes = ScopeSet::parse(&claims.scope);
-        let principal = Principal {
-            subject: claims.sub,
-            tenant,
-            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
-        };
+        let principal = Principal { subject: claims.sub, tenant };
         Ok((principal, scopes, claims.exp))
     }
 

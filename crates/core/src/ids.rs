@@ -10,8 +10,6 @@ pub enum IdError {
     Tenant,
     #[error("resource id must be 1-64 characters of [A-Za-z0-9-.] (FHIR R4 id datatype)")]
     Resource,
-    #[error("version id must be a positive integer")]
-    Version,
     #[error("unknown resource type `{0}`")]
     ResourceType(String),
 }
@@ -84,44 +82,6 @@ impl fmt::Display for ResourceId {
     }
 }
 
-/// A resource version; versions of one resource are 1, 2, 3, … without gaps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VersionId(i64);
-
-impl VersionId {
-    /// The version of a newly created resource.
-    pub const FIRST: VersionId = VersionId(1);
-
-    /// Parses a version id (`"3"`); `W/"3"` ETags are unwrapped by the HTTP layer.
-    pub fn parse(s: &str) -> Result<Self, IdError> {
-        match s.parse::<i64>() {
-            Ok(n) if n >= 1 => Ok(Self(n)),
-            _ => Err(IdError::Version),
-        }
-    }
-
-    /// Wraps a stored version number.
-    pub fn from_i64(n: i64) -> Result<Self, IdError> {
-        if n >= 1 { Ok(Self(n)) } else { Err(IdError::Version) }
-    }
-
-    /// The following version.
-    pub fn next(self) -> Self {
-        Self(self.0 + 1)
-    }
-
-    /// The version number.
-    pub fn get(self) -> i64 {
-        self.0
-    }
-}
-
-impl fmt::Display for VersionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
 /// A FHIR resource type name that this server knows (`Patient`, `Observation`, …).
 ///
 /// Which types a given service serves is decided by the service; this type only guarantees the
@@ -190,7 +150,6 @@ mod tests {
         assert!(ResourceId::parse("abc-1.2").is_ok());
         assert_eq!(ResourceId::parse("a_b"), Err(IdError::Resource));
         assert_eq!(ResourceId::parse(&"x".repeat(65)), Err(IdError::Resource));
-        assert_eq!(VersionId::parse("0"), Err(IdError::Version));
         assert_eq!(ResourceType::parse("patient"), Err(IdError::ResourceType("patient".into())));
     }
 }

@@ -8,7 +8,7 @@ mod ids;
 mod outcome;
 mod tenant;
 
-pub use clock::{Clock, FixedClock, SystemClock};
-pub use ids::{IdError, ResourceId, ResourceType, TenantId, VersionId};
+pub use clock::{Clock, SystemClock};
+pub use ids::{IdError, ResourceId, ResourceType, TenantId};
 pub use outcome::{Classify, Issue, IssueType, Severity, operation_outcome};
 pub use tenant::{Principal, TenantContext};

@@ -9,8 +9,6 @@ pub struct Principal {
     pub subject: String,
     /// The tenant the token was issued for.
     pub tenant: TenantId,
-    /// Raw SMART v2 scopes the token carries.
-    pub scopes: Vec<String>,
 }
 
 /// The tenant scope of one request. Every repository method takes one; there is no unscoped query.
