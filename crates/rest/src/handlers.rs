@@ -87,7 +87,7 @@ async fn write(
         caller.require(ty, Interaction::Create)?;
     }
     tx.commit().await?;
-    Ok(write_response(&outcome, &state.base.resolve(headers), prefer.ret))
+    Ok(write_response(outcome, &state.base.resolve(headers), prefer.ret))
 }
 
 /// `POST [type]` — create, or conditional create with `If-None-Exist`.

@@ -96,13 +96,13 @@ pub fn version_headers(s: &Stored) -> Vec<(HeaderName, String)> {
 
 /// Renders the result of a write according to `Prefer: return`. Validation warnings travel in
 /// the OperationOutcome form; the other forms have no place for them.
-pub fn write_response(outcome: &WriteOutcome, base: &str, prefer: Return) -> Response {
-    let (status, stored, warnings) = (outcome.status, &outcome.stored, &outcome.warnings);
-    let mut headers = version_headers(stored);
+pub fn write_response(outcome: WriteOutcome, base: &str, prefer: Return) -> Response {
+    let WriteOutcome { status, stored, warnings } = outcome;
+    let mut headers = version_headers(&stored);
     headers
         .push((header::LOCATION, format!("{base}/{}/{}/_history/{}", stored.resource_type, stored.id, stored.version)));
     let body = match prefer {
-        Return::Representation => stored.content.clone(),
+        Return::Representation => stored.content,
         Return::Minimal => String::new(),
         Return::OperationOutcome => {
             let mut issues = vec![Issue {
@@ -118,7 +118,7 @@ pub fn write_response(outcome: &WriteOutcome, base: &str, prefer: Return) -> Res
                 ),
                 expression: Vec::new(),
             }];
-            issues.extend(warnings.iter().cloned());
+            issues.extend(warnings);
             operation_outcome(&issues).to_string()
         }
     };
