@@ -1,7 +1,10 @@
 //! `ehr` — one binary, many targets.
 //!
 //! ```text
-//! ehr serve [--target all|patient-record] [--listen ADDR] [--data-dir DIR] [--config FILE]
+//! ehr serve [--target all|gateway|patient-record] [--listen ADDR] [--data-dir DIR] [--config FILE]
+//! ehr admin create-tenant --id T --name N [--admin-user U] [--role tenant-admin]   (password: EHR_ADMIN_PASSWORD or stdin)
+//! ehr audit verify [--tenant T]
+//! ehr totp --secret BASE32
 //! ehr dev-token --tenant T --scope "user/*.cruds" [--subject S] [--ttl-secs N]
 //! ehr migrate [--target …]
 //! ```
@@ -44,6 +47,22 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Administration from the command line (the first tenant and its administrator).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Print the current TOTP code of a base32 secret (what an authenticator app shows), for
+    /// scripted logins in development and tests.
+    Totp {
+        #[arg(long)]
+        secret: String,
+    },
     /// Print a bearer token signed with the development key (refused when it is disabled).
     DevToken {
         #[arg(long)]
@@ -54,6 +73,37 @@ enum Command {
         subject: String,
         #[arg(long, default_value_t = 3600)]
         ttl_secs: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a tenant, its first administrator (who enrols TOTP at first login) and a public
+    /// OAuth client `<tenant>-cli`. The password comes from EHR_ADMIN_PASSWORD or standard input.
+    CreateTenant {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        admin_user: Option<String>,
+        /// Roles of the administrator (repeatable).
+        #[arg(long = "role", default_value = "tenant-admin")]
+        roles: Vec<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chains: any changed, removed or inserted AuditEvent is reported, and the
+    /// command exits non-zero.
+    Verify {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -88,6 +138,23 @@ fn main() -> ExitCode {
                 println!("migrations applied");
                 Ok(())
             }
+            Command::Admin { command: AdminCommand::CreateTenant { id, name, admin_user, roles, data_dir } } => {
+                if let Some(d) = data_dir {
+                    config.data_dir = d;
+                }
+                create_tenant(&config, &id, &name, admin_user.as_deref(), roles).await
+            }
+            Command::Audit { command: AuditCommand::Verify { tenant, data_dir } } => {
+                if let Some(d) = data_dir {
+                    config.data_dir = d;
+                }
+                audit_verify(&config, tenant.as_deref()).await
+            }
+            Command::Totp { secret } => {
+                let secret = ehr_auth::TotpSecret::from_base32(&secret).map_err(|e| format!("--secret: {e}"))?;
+                println!("{}", secret.code_at(SystemClock.now().timestamp()));
+                Ok(())
+            }
             Command::DevToken { tenant, scope, subject, ttl_secs } => {
                 dev_token(&config, &tenant, &scope, &subject, ttl_secs)
             }
@@ -105,7 +172,71 @@ fn fail(msg: &str) -> ExitCode {
 }
 
 fn parse_target(s: &str) -> Result<Target, String> {
-    Target::parse(s).ok_or_else(|| format!("unknown target `{s}` (expected all or patient-record)"))
+    Target::parse(s).ok_or_else(|| format!("unknown target `{s}` (expected all, gateway or patient-record)"))
+}
+
+/// The gateway's database: the one of target `all` unless a URL is configured.
+async fn gateway_store(config: &Config) -> Result<ehr_store::Store, String> {
+    let target =
+        if config.database.url.is_some() || config.database.url_file.is_some() { Target::Gateway } else { Target::All };
+    ehr_app::store(config, target).await.map_err(|e| e.to_string())
+}
+
+async fn create_tenant(
+    config: &Config,
+    id: &str,
+    name: &str,
+    admin: Option<&str>,
+    roles: Vec<String>,
+) -> Result<(), String> {
+    let tenant = TenantId::parse(id).map_err(|e| format!("--id: {e}"))?;
+    let password = match admin {
+        None => None,
+        Some(_) => Some(match std::env::var("EHR_ADMIN_PASSWORD") {
+            Ok(p) => p,
+            Err(_) => {
+                eprintln!("password for the administrator (one line on standard input):");
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map_err(|e| format!("reading the password: {e}"))?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            }
+        }),
+    };
+    let store = gateway_store(config).await?;
+    let now = SystemClock.now().timestamp();
+    let admin_user = admin;
+    let admin = admin.zip(password.as_deref()).map(|(u, p)| (u, p, roles));
+    let done = ehr_gateway::ops::bootstrap_tenant(&store, &config.gateway, now, &tenant, name, admin)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("tenant: {}", tenant.as_str());
+    if let Some(id) = done.admin_id {
+        println!("administrator: {} (id {id}); TOTP enrolment at first login", admin_user.unwrap_or_default());
+    }
+    println!("client_id: {}\nredirect_uri: {}", done.client_id, done.redirect_uri);
+    Ok(())
+}
+
+async fn audit_verify(config: &Config, tenant: Option<&str>) -> Result<(), String> {
+    let tenant = tenant.map(TenantId::parse).transpose().map_err(|e| format!("--tenant: {e}"))?;
+    let store = gateway_store(config).await?;
+    let reports = ehr_gateway::ops::verify_audit(&store, tenant.as_ref()).await.map_err(|e| e.to_string())?;
+    let mut broken = 0;
+    for (t, report) in &reports {
+        if report.problems.is_empty() {
+            println!("{}: ok ({} events)", t.as_str(), report.checked);
+        } else {
+            broken += 1;
+            println!("{}: {} problem(s) in {} events", t.as_str(), report.problems.len(), report.checked);
+            for p in &report.problems {
+                println!("  {p:?}");
+            }
+        }
+    }
+    if broken > 0 {
+        return Err(format!("the audit trail of {broken} tenant(s) has been tampered with"));
+    }
+    Ok(())
 }
 
 fn init_tracing(config: &Config) {
@@ -130,7 +261,7 @@ async fn serve(config: Config, target: Target) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(addr = %config.listen, backend = app.store.backend_name(), "listening; FHIR at /fhir");
-    axum::serve(listener, app.router)
+    axum::serve(listener, app.router.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))
@@ -169,7 +300,7 @@ fn dev_token(config: &Config, tenant: &str, scope: &str, subject: &str, ttl_secs
         tenant: tenant.into(),
         scope: scope.into(),
         jti: Some(uuid_like(now)),
-        nbf: None,
+        ..Claims::default()
     };
     let token = DevSigner::new().and_then(|s| s.sign(&claims)).map_err(|e| e.to_string())?;
     println!("{token}");

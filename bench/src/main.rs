@@ -261,8 +261,7 @@ fn dev_token(signer: &DevSigner) -> Result<String, String> {
         iat: now,
         tenant: TENANT.into(),
         scope: SCOPE.into(),
-        jti: None,
-        nbf: None,
+        ..Claims::default()
     };
     signer.sign(&claims).map_err(|e| format!("signing the dev token: {e}"))
 }
@@ -282,7 +281,7 @@ async fn verify_cost(signer: &DevSigner, token: &str) -> Result<(f64, f64), Stri
                 tenant: TENANT.into(),
                 scope: SCOPE.into(),
                 jti: Some(format!("bench-{i}")),
-                nbf: None,
+                ..Claims::default()
             };
             signer.sign(&claims).map_err(|e| format!("signing: {e}"))
         })

@@ -12,6 +12,7 @@ mod concurrency;
 mod crud;
 mod errors;
 mod history;
+mod identity;
 mod postgres;
 mod search;
 mod tenancy;

@@ -17,15 +17,27 @@ pub enum Target {
     All,
     /// The patient-record service alone (PostgreSQL from config).
     PatientRecord,
+    /// The gateway alone: identity, tokens, audit, routing to the services over HTTP.
+    Gateway,
 }
 
 impl Target {
-    /// Parses `all` or `patient-record`.
+    /// Parses `all`, `gateway` or `patient-record`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "all" => Some(Self::All),
             "patient-record" => Some(Self::PatientRecord),
+            "gateway" => Some(Self::Gateway),
             _ => None,
+        }
+    }
+
+    /// The target's name, as `--target` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::PatientRecord => "patient-record",
+            Self::Gateway => "gateway",
         }
     }
 }
@@ -46,6 +58,7 @@ pub struct Config {
     pub public_url: Option<String>,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
+    pub gateway: ehr_gateway::GatewaySettings,
     pub log: LogConfig,
 }
 
@@ -106,6 +119,7 @@ impl Default for Config {
                 statement_timeout_ms: 30_000,
             },
             auth: AuthConfig { development_key: true, issuer: None, jwks_url: None, jwks_file: None },
+            gateway: ehr_gateway::GatewaySettings::default(),
             log: LogConfig { format: "text".into(), level: "info".into() },
         }
     }
@@ -149,11 +163,24 @@ impl Config {
         }
         match target {
             Target::All => Ok(format!("sqlite://{}?mode=rwc", self.data_dir.join("ehr.db").display())),
-            Target::PatientRecord => Err(ConfigError::Invalid(
-                "database.url (or EHR_DATABASE__URL / EHR_DATABASE__URL_FILE) is required for target patient-record"
-                    .into(),
-            )),
+            t => Err(ConfigError::Invalid(format!(
+                "database.url (or EHR_DATABASE__URL / EHR_DATABASE__URL_FILE) is required for target {}",
+                t.name()
+            ))),
         }
+    }
+
+    /// The Redis URL of the gateway's security state, reading `redis_url_file` if set.
+    pub fn redis_url(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(path) = &self.gateway.redis_url_file {
+            let url = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+                what: "gateway.redis_url_file",
+                path: path.clone(),
+                source,
+            })?;
+            return Ok(Some(url.trim().to_owned()));
+        }
+        Ok(self.gateway.redis_url.as_ref().map(|u| u.expose_secret().to_owned()))
     }
 
     /// The configuration as loggable JSON, secrets left out.

@@ -10,10 +10,12 @@ pub use config::{Config, ConfigError, Target};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, Request};
-use ehr_auth::{KeySource, Verifier};
+use ehr_auth::{DEV_ISSUER, KeySource, Trust, Verifier, dev_jwks};
 use ehr_core::{Classify, Clock, IssueType};
 use ehr_fhir::validate::Validator;
+use ehr_gateway::{AuditSink, Gateway, Inner as GatewayInner, KeyRing, Upstream, Upstreams};
 use ehr_http::{AuthState, Readiness, fallback, health_router};
+use ehr_kv::{MemoryState, RedisState, SecurityState};
 use ehr_rest::{BaseUrl, FhirService, RestState};
 use ehr_store::{Store, StoreConfig, StoreError};
 use std::sync::Arc;
@@ -34,6 +36,10 @@ pub enum AppError {
     Auth(#[from] ehr_auth::AuthError),
     #[error("cannot create data directory {0}: {1}")]
     DataDir(String, std::io::Error),
+    #[error("gateway: {0}")]
+    Gateway(#[from] ehr_gateway::GatewayError),
+    #[error("redis: {0}")]
+    Kv(#[from] ehr_kv::KvError),
 }
 
 impl Classify for AppError {
@@ -45,20 +51,26 @@ impl Classify for AppError {
     }
 }
 
-/// A built application: its router and the store it runs on.
+/// A built application: its router, the store it runs on, and the gateway when it has one.
 pub struct App {
     pub router: Router,
     pub store: Store,
+    pub gateway: Option<Gateway>,
 }
 
-/// Builds the token verifier the config asks for.
-pub async fn verifier(config: &Config) -> Result<Verifier, AppError> {
+/// Builds the token verifier the config asks for. `gateway` is the in-process gateway's key
+/// ring (targets `all` and `gateway`), trusted for the gateway's own issuer.
+pub async fn verifier(config: &Config, gateway: Option<(&str, KeySource)>) -> Result<Verifier, AppError> {
     let auth = &config.auth;
     let issuer_configured = auth.issuer.is_some() || auth.jwks_url.is_some() || auth.jwks_file.is_some();
+    let mut trusts = Vec::new();
+    if let Some((issuer, source)) = gateway {
+        trusts.push(Trust { issuer: issuer.to_owned(), sources: vec![source] });
+    }
     if auth.development_key {
         // The development key is public (it is in this repository): it may only ever vouch for
-        // its own issuer, in a deployment that trusts nothing else. Mixing it with a real
-        // issuer would let anyone sign tokens that pass as that issuer's.
+        // its own issuer (keys are bound to their issuer), and never in a deployment that
+        // trusts an external issuer, where a dev token would pass for a real user's.
         if issuer_configured {
             return Err(ConfigError::Invalid(
                 "auth.development_key must be false when auth.issuer, auth.jwks_url or auth.jwks_file is set".into(),
@@ -68,31 +80,53 @@ pub async fn verifier(config: &Config) -> Result<Verifier, AppError> {
         tracing::warn!(
             "trusting the development signing key (auth.development_key = true); never do this in production"
         );
-        return Ok(Verifier::development().await?);
+        trusts.push(Trust { issuer: DEV_ISSUER.to_owned(), sources: vec![KeySource::Static(dev_jwks())] });
+        return Ok(Verifier::with_trusts(trusts).await?);
     }
-    let issuer = auth
-        .issuer
-        .clone()
-        .ok_or_else(|| ConfigError::Invalid("auth.issuer is required without the development key".into()))?;
-    let mut sources = Vec::new();
-    if let Some(url) = &auth.jwks_url {
-        sources.push(KeySource::Url(url.clone()));
-    }
-    if let Some(path) = &auth.jwks_file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
-            what: "auth.jwks_file",
-            path: path.clone(),
-            source,
+    if issuer_configured {
+        let issuer = auth.issuer.clone().ok_or_else(|| {
+            ConfigError::Invalid("auth.issuer is required with auth.jwks_url or auth.jwks_file".into())
         })?;
-        let jwks = serde_json::from_str(&text).map_err(|e| ConfigError::Invalid(format!("auth.jwks_file: {e}")))?;
-        sources.push(KeySource::Static(jwks));
+        let mut sources = Vec::new();
+        if let Some(url) = &auth.jwks_url {
+            sources.push(KeySource::Url(url.clone()));
+        }
+        if let Some(path) = &auth.jwks_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+                what: "auth.jwks_file",
+                path: path.clone(),
+                source,
+            })?;
+            let jwks = serde_json::from_str(&text).map_err(|e| ConfigError::Invalid(format!("auth.jwks_file: {e}")))?;
+            sources.push(KeySource::Static(jwks));
+        }
+        if sources.is_empty() {
+            return Err(
+                ConfigError::Invalid("no token verification keys: set auth.jwks_url or auth.jwks_file".into()).into()
+            );
+        }
+        trusts.push(Trust { issuer, sources });
     }
-    if sources.is_empty() {
-        return Err(
-            ConfigError::Invalid("no token verification keys: set auth.jwks_url or auth.jwks_file".into()).into()
-        );
+    if trusts.is_empty() {
+        return Err(ConfigError::Invalid(
+            "no token issuer is trusted: set auth.issuer with auth.jwks_url or auth.jwks_file".into(),
+        )
+        .into());
     }
-    Ok(Verifier::new(issuer, sources).await?)
+    Ok(Verifier::with_trusts(trusts).await?)
+}
+
+/// The gateway's security state: Redis when configured, else in-process (single process only).
+pub async fn security_state(config: &Config, target: Target) -> Result<Arc<dyn SecurityState>, AppError> {
+    match config.redis_url()? {
+        Some(url) => Ok(Arc::new(RedisState::connect(&url, &config.gateway.redis_prefix).await?)),
+        None if target == Target::All => Ok(Arc::new(MemoryState::new())),
+        None => Err(ConfigError::Invalid(format!(
+            "gateway.redis_url (or EHR_GATEWAY__REDIS_URL / _FILE) is required for target {}: replicas share sessions, revocations and rate limits through Redis",
+            target.name()
+        ))
+        .into()),
+    }
 }
 
 /// Connects the store for `target` and applies migrations.
@@ -111,29 +145,27 @@ pub async fn store(config: &Config, target: Target) -> Result<Store, AppError> {
     Ok(store)
 }
 
-/// Builds the router of `target` on an already connected store.
-pub fn router(config: &Config, store: Store, verifier: Verifier, clock: Arc<dyn Clock>) -> Router {
-    let auth = AuthState { verifier, clock: clock.clone() };
-    let patient_record = FhirService {
-        store: store.clone(),
-        validator: Arc::new(Validator::new()),
-        clock,
-        types: ehr_patient_record::RESOURCE_TYPES.to_vec(),
-    };
-    let base = match &config.public_url {
+/// The FHIR base URL of responses.
+fn base_url(config: &Config) -> BaseUrl {
+    match &config.public_url {
         Some(url) => BaseUrl::Fixed(format!("{}{FHIR_BASE}", url.trim_end_matches('/'))),
         None => BaseUrl::FromRequest(FHIR_BASE.to_owned()),
-    };
-    let rest = RestState { service: Arc::new(patient_record), auth, base };
-    let db = store.clone();
-    let ready: Readiness = Arc::new(move || {
-        let db = db.clone();
-        Box::pin(async move { db.ping().await.map_err(|_| "database unreachable".to_owned()) })
-    });
+    }
+}
+
+/// The patient-record service's routes, mounted at `/fhir`.
+fn patient_record(config: &Config, store: Store, auth: AuthState, validator: Arc<Validator>) -> Router {
+    let service =
+        FhirService { store, validator, clock: auth.clock.clone(), types: ehr_patient_record::RESOURCE_TYPES.to_vec() };
+    let rest = RestState { service: Arc::new(service), auth, base: base_url(config) };
+    Router::new().nest(FHIR_BASE, ehr_patient_record::router(rest))
+}
+
+/// The layers every target shares: body limit, request ids, tracing by matched route.
+fn common_layers(router: Router, config: &Config, readiness: Vec<Readiness>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .nest(FHIR_BASE, ehr_patient_record::router(rest))
-        .merge(health_router(vec![ready]))
+    router
+        .merge(health_router(readiness))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(
@@ -150,10 +182,96 @@ pub fn router(config: &Config, store: Store, verifier: Verifier, clock: Arc<dyn 
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
+fn db_ready(store: &Store) -> Readiness {
+    let db = store.clone();
+    Arc::new(move || {
+        let db = db.clone();
+        Box::pin(async move { db.ping().await.map_err(|_| "database unreachable".to_owned()) })
+    })
+}
+
+fn kv_ready(kv: &Arc<dyn SecurityState>) -> Readiness {
+    let kv = kv.clone();
+    Arc::new(move || {
+        let kv = kv.clone();
+        Box::pin(async move { kv.ping().await.map_err(|_| "redis unreachable".to_owned()) })
+    })
+}
+
+/// The gateway's issuer: configured, else the public URL, else a URN.
+fn issuer(config: &Config) -> String {
+    config
+        .gateway
+        .issuer
+        .clone()
+        .or_else(|| config.public_url.clone().map(|u| u.trim_end_matches('/').to_owned()))
+        .unwrap_or_else(|| "urn:ehr:gateway".to_owned())
+}
+
 /// Builds everything `target` needs from the config.
 pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Result<App, AppError> {
-    // Keys first: a configuration the verifier refuses should not touch the database.
-    let verifier = verifier(config).await?;
+    if target == Target::PatientRecord {
+        // Keys first: a configuration the verifier refuses should not touch the database.
+        let verifier = verifier(config, None).await?;
+        let store = store(config, target).await?;
+        let auth = AuthState { verifier, clock };
+        let router = patient_record(config, store.clone(), auth, Arc::new(Validator::new()));
+        let router = common_layers(router, config, vec![db_ready(&store)]);
+        return Ok(App { router, store, gateway: None });
+    }
+    // The gateway (alone, or with every service in-process).
+    let kv = security_state(config, target).await?;
     let store = store(config, target).await?;
-    Ok(App { router: router(config, store.clone(), verifier, clock), store })
+    let now = clock.now().timestamp();
+    let settings = config.gateway.clone();
+    let keys = KeyRing::load(
+        store.clone(),
+        issuer(config),
+        settings.key_rotation_days.max(1) * 86_400,
+        settings.access_secs(),
+        now,
+    )
+    .await?;
+    let verifier = verifier(config, Some((keys.issuer(), keys.key_source(clock.clone())))).await?;
+    let auth = AuthState { verifier: verifier.clone(), clock: clock.clone() };
+    let validator = Arc::new(Validator::new());
+    let audit_service = FhirService {
+        store: store.clone(),
+        validator: validator.clone(),
+        clock: clock.clone(),
+        types: vec!["AuditEvent"],
+    };
+    let audit_rest = RestState { service: Arc::new(audit_service), auth: auth.clone(), base: base_url(config) };
+    let audit_router = Router::new().nest(FHIR_BASE, ehr_rest::read_only_router(audit_rest));
+    let upstreams = if target == Target::All {
+        let pr = Upstream::Local(patient_record(config, store.clone(), auth, validator));
+        Upstreams::new(pr.clone(), audit_router).route(ehr_patient_record::RESOURCE_TYPES, pr)
+    } else {
+        let base = config.gateway.upstreams.get("patient-record").cloned().ok_or_else(|| {
+            ConfigError::Invalid(
+                "gateway.upstreams.patient-record (its base URL) is required for target gateway".into(),
+            )
+        })?;
+        let pr = Upstream::Remote { base, client: reqwest_client() };
+        Upstreams::new(pr.clone(), audit_router).route(ehr_patient_record::RESOURCE_TYPES, pr)
+    };
+    let gateway = Gateway::new(GatewayInner {
+        store: store.clone(),
+        kv: kv.clone(),
+        clock: clock.clone(),
+        settings,
+        keys,
+        audit: AuditSink::start(store.clone(), clock),
+        verifier,
+        public_url: config.public_url.clone(),
+        tenants: ehr_gateway::TenantCache::default(),
+    });
+    gateway.spawn_maintenance();
+    let router = ehr_gateway::router(gateway.clone(), upstreams, config.max_body_bytes);
+    let router = common_layers(router, config, vec![db_ready(&store), kv_ready(&kv)]);
+    Ok(App { router, store, gateway: Some(gateway) })
+}
+
+fn reqwest_client() -> ehr_gateway::HttpClient {
+    ehr_gateway::HttpClient::new()
 }

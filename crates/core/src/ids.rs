@@ -32,6 +32,12 @@ impl TenantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The reserved tenant of system administrators, whose audit chain also records requests
+    /// that name no verifiable tenant.
+    pub fn system() -> Self {
+        Self("system".to_owned())
+    }
 }
 
 impl TryFrom<String> for TenantId {

@@ -128,10 +128,14 @@ pub async fn read(
         .and_then(|v| v.to_str().ok())
         .and_then(parse_etag)
         .is_some_and(|v| v == stored.version);
-    if not_modified {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, render::etag(stored.version))]).into_response());
-    }
-    Ok(fhir_json_response(200, version_headers(&stored), stored.content))
+    let patients = crate::audit::of_one(ty, &stored.content);
+    let mut resp = if not_modified {
+        (StatusCode::NOT_MODIFIED, [(header::ETAG, render::etag(stored.version))]).into_response()
+    } else {
+        fhir_json_response(200, version_headers(&stored), stored.content)
+    };
+    patients.apply(&mut resp);
+    Ok(resp)
 }
 
 /// `GET [type]/[id]/_history/[vid]` — vread.
@@ -145,7 +149,10 @@ pub async fn vread(
     let tx = state.service.store.read(&caller.ctx).await?;
     let stored = state.service.vread(&tx, ty, &id, &vid).await?;
     tx.commit().await?;
-    Ok(fhir_json_response(200, version_headers(&stored), stored.content))
+    let patients = crate::audit::of_one(ty, &stored.content);
+    let mut resp = fhir_json_response(200, version_headers(&stored), stored.content);
+    patients.apply(&mut resp);
+    Ok(resp)
 }
 
 /// `PUT [type]/[id]` — update (or update-as-create), honouring `If-Match`.
@@ -298,10 +305,12 @@ async fn search(
     tx.commit().await?;
     let base = state.base.resolve(&headers);
     let mut b = bundle("searchset", state.service.clock.now().timestamp_millis());
+    let mut patients = crate::audit::Patients::default();
     b.total = page.total;
     b.link = paging_links(&base, &query, page.has_more);
     if query.summary != Summary::Count {
         for m in &page.matches {
+            patients.add(&m.resource_type, &m.content);
             b.entry.push(Entry {
                 full_url: Some(format!("{base}/{}/{}", m.resource_type, m.id)),
                 resource: subset(&m.content, &query),
@@ -311,6 +320,7 @@ async fn search(
         }
         // Included resources the caller may not read are left out, not leaked.
         for inc in page.included.iter().filter(|i| caller.scopes.allows(&i.resource_type, Interaction::Read)) {
+            patients.add(&inc.resource_type, &inc.content);
             b.entry.push(Entry {
                 full_url: Some(format!("{base}/{}/{}", inc.resource_type, inc.id)),
                 resource: raw(&inc.content),
@@ -333,7 +343,9 @@ async fn search(
             ..Entry::default()
         });
     }
-    Ok(bundle_response(&b))
+    let mut resp = bundle_response(&b);
+    patients.apply(&mut resp);
+    Ok(resp)
 }
 
 /// `self`, `first`, `previous` and `next` links built from the applied parameters only.
@@ -434,7 +446,11 @@ async fn history(
         });
     }
     // Scope was checked for every type the entries can have before the query ran.
+    let mut patients = crate::audit::Patients::default();
     for e in &entries {
+        if !e.deleted {
+            patients.add(&e.resource_type, &e.content);
+        }
         let method = e.method.clone().unwrap_or_else(|| "PUT".into());
         let url = if method == "POST" { e.resource_type.clone() } else { format!("{}/{}", e.resource_type, e.id) };
         let status = match method.as_str() {
@@ -455,7 +471,9 @@ async fn history(
             ..Entry::default()
         });
     }
-    Ok(bundle_response(&b))
+    let mut resp = bundle_response(&b);
+    patients.apply(&mut resp);
+    Ok(resp)
 }
 
 /// `GET [type]/[id]/_history`.

@@ -4,6 +4,7 @@
 //! them (create, read, vread, update, patch, delete, history, search, batch/transaction,
 //! capabilities) with the same validation, tenancy and scope rules everywhere.
 
+mod audit;
 mod capability;
 mod error;
 mod handlers;
@@ -11,6 +12,7 @@ mod render;
 mod service;
 mod transaction;
 
+pub use audit::AUDIT_PATIENTS;
 pub use capability::capability_statement;
 pub use error::RestError;
 pub use render::BaseUrl;
@@ -55,6 +57,21 @@ pub fn router(state: RestState) -> Router {
         .route("/{ty}/_search", post(h::search_post).fallback(method_not_allowed))
         .route("/{ty}/_history", get(h::history_type).fallback(method_not_allowed))
         .route("/{ty}/{id}", get(h::read).put(h::update).patch(h::patch).delete(h::delete).fallback(method_not_allowed))
+        .route("/{ty}/{id}/_history", get(h::history_instance).fallback(method_not_allowed))
+        .route("/{ty}/{id}/_history/{vid}", get(h::vread).fallback(method_not_allowed))
+        .layer(axum::middleware::from_fn(h::negotiate))
+        .with_state(state)
+}
+
+/// The read-only FHIR routes (read, vread, history, search) — for resources no client may write,
+/// such as the gateway's AuditEvents, which only the audit writer appends.
+pub fn read_only_router(state: RestState) -> Router {
+    use handlers as h;
+    Router::new()
+        .route("/{ty}", get(h::search_get).fallback(method_not_allowed))
+        .route("/{ty}/_search", post(h::search_post).fallback(method_not_allowed))
+        .route("/{ty}/_history", get(h::history_type).fallback(method_not_allowed))
+        .route("/{ty}/{id}", get(h::read).fallback(method_not_allowed))
         .route("/{ty}/{id}/_history", get(h::history_instance).fallback(method_not_allowed))
         .route("/{ty}/{id}/_history/{vid}", get(h::vread).fallback(method_not_allowed))
         .layer(axum::middleware::from_fn(h::negotiate))

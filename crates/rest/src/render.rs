@@ -98,6 +98,7 @@ pub fn version_headers(s: &Stored) -> Vec<(HeaderName, String)> {
 /// the OperationOutcome form; the other forms have no place for them.
 pub fn write_response(outcome: WriteOutcome, base: &str, prefer: Return) -> Response {
     let WriteOutcome { status, stored, warnings } = outcome;
+    let patients = crate::audit::of_one(&stored.resource_type, &stored.content);
     let mut headers = version_headers(&stored);
     headers
         .push((header::LOCATION, format!("{base}/{}/{}/_history/{}", stored.resource_type, stored.id, stored.version)));
@@ -122,7 +123,9 @@ pub fn write_response(outcome: WriteOutcome, base: &str, prefer: Return) -> Resp
             operation_outcome(&issues).to_string()
         }
     };
-    fhir_json_response(status, headers, body)
+    let mut resp = fhir_json_response(status, headers, body);
+    patients.apply(&mut resp);
+    resp
 }
 
 #[derive(Serialize)]

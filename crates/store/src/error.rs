@@ -24,6 +24,8 @@ pub enum StoreError {
     Timeout,
     #[error("the request collided with a concurrent one (deadlock or busy database); retry it")]
     Contention,
+    #[error("invalid value: {0}")]
+    InvalidValue(&'static str),
 }
 
 impl StoreError {
@@ -45,6 +47,14 @@ impl StoreError {
         let transient = matches!(err, sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_));
         tracing::error!(error.id = %id, error = %err, "database error");
         if transient { Self::Unavailable(id) } else { Self::Internal(id) }
+    }
+
+    /// A stored value that does not parse (a column edited behind the store's back): logged
+    /// under a fresh error id, like a driver error.
+    pub(crate) fn corrupt(what: &'static str) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        tracing::error!(error.id = %id, column = what, "stored value does not parse");
+        Self::Internal(id)
     }
 }
 
@@ -75,6 +85,7 @@ impl Classify for StoreError {
             Self::Unavailable(_) => IssueType::Transient,
             Self::Timeout => IssueType::Timeout,
             Self::Contention => IssueType::Transient,
+            Self::InvalidValue(_) => IssueType::Value,
             Self::Internal(_) | Self::UnsupportedUrl => IssueType::Exception,
         }
     }
@@ -90,6 +101,7 @@ impl Classify for StoreError {
             Self::UnsupportedUrl => "EHR-STO-007",
             Self::Timeout => "EHR-STO-008",
             Self::Contention => "EHR-STO-009",
+            Self::InvalidValue(_) => "EHR-STO-010",
         }
     }
 

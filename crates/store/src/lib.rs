@@ -5,12 +5,23 @@
 //! (`sp_token`, `sp_string`, `sp_date`, `sp_reference`, `sp_quantity`, `sp_number`, `sp_uri`),
 //! all written in one transaction. Every row carries `tenant_id`; every statement binds it; on
 //! PostgreSQL row-level security enforces it a second time.
+//!
+//! Beside the resources: the gateway's identity state ([`SysTx`] for tenants, OAuth clients and
+//! signing keys; the tenant's [`Tx`] for users and recovery codes) and the per-tenant hash chain
+//! over AuditEvents (`Tx::append_audit`, `Tx::verify_audit_chain`).
 
+mod audit;
 mod error;
+mod identity;
 mod migration;
 mod repo;
 mod sql;
 
+pub use audit::{AuditProblem, AuditVerification};
 pub use error::StoreError;
+pub use identity::{ClientRecord, KeyRecord, NewUser, SysTx, TenantRecord, UserRecord};
 pub use migration::{APP_ROLE, Migrator};
 pub use repo::{HistoryScope, SearchPage, Store, StoreConfig, Stored, Tx};
+
+#[cfg(test)]
+mod tests;

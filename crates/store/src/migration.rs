@@ -11,7 +11,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001ResourceStore)]
+        vec![Box::new(M0001ResourceStore), Box::new(M0002Identity)]
     }
 }
 
@@ -177,6 +177,134 @@ impl MigrationTrait for M0001ResourceStore {
                        USING (tenant_id = current_setting('ehr.tenant', true))
                        WITH CHECK (tenant_id = current_setting('ehr.tenant', true));
                      DO $$ BEGIN
+                       GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};
+                     EXCEPTION WHEN undefined_object THEN NULL;
+                     END $$"
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tenant-scoped tables added by m0002; row-level security as for [`TENANT_TABLES`].
+const IDENTITY_TENANT_TABLES: &[&str] = &["users", "recovery_codes", "audit_chain", "audit_head"];
+
+/// Tables read before a tenant is known (a client id, a signing key) or across tenants; no
+/// row-level security, only the grant to the application role.
+const SYSTEM_TABLES: &[&str] = &["tenants", "oauth_clients", "signing_keys"];
+
+const IDENTITY_SCHEMA: &str = r#"
+CREATE TABLE tenants (
+    id         TEXT    NOT NULL PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    active     INTEGER NOT NULL,
+    created_at BIGINT  NOT NULL
+);
+
+CREATE TABLE users (
+    tenant_id     TEXT    NOT NULL,
+    id            TEXT    NOT NULL,
+    username      TEXT    NOT NULL,
+    display_name  TEXT    NOT NULL,
+    password_hash TEXT    NOT NULL,
+    roles         TEXT    NOT NULL,
+    active        INTEGER NOT NULL,
+    created_at    BIGINT  NOT NULL,
+    updated_at    BIGINT  NOT NULL,
+    last_login_at BIGINT,
+    mfa_secret    TEXT,
+    mfa_confirmed INTEGER NOT NULL DEFAULT 0,
+    mfa_last_step BIGINT,
+    fhir_user     TEXT,
+    PRIMARY KEY (tenant_id, id),
+    UNIQUE (tenant_id, username)
+);
+
+CREATE TABLE recovery_codes (
+    tenant_id TEXT   NOT NULL,
+    user_id   TEXT   NOT NULL,
+    code_hash TEXT   NOT NULL,
+    used_at   BIGINT,
+    PRIMARY KEY (tenant_id, user_id, code_hash)
+);
+
+CREATE TABLE oauth_clients (
+    client_id     TEXT    NOT NULL PRIMARY KEY,
+    tenant_id     TEXT    NOT NULL,
+    name          TEXT    NOT NULL,
+    kind          TEXT    NOT NULL,
+    redirect_uris TEXT    NOT NULL,
+    jwks          TEXT,
+    scope         TEXT    NOT NULL,
+    active        INTEGER NOT NULL,
+    created_at    BIGINT  NOT NULL
+);
+CREATE INDEX oauth_clients_tenant ON oauth_clients (tenant_id);
+
+CREATE TABLE signing_keys (
+    kid         TEXT   NOT NULL PRIMARY KEY,
+    private_pem TEXT   NOT NULL,
+    public_jwk  TEXT   NOT NULL,
+    created_at  BIGINT NOT NULL,
+    retire_at   BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
+
+CREATE TABLE audit_chain (
+    tenant_id   TEXT   NOT NULL,
+    seq         BIGINT NOT NULL,
+    resource_id TEXT   NOT NULL,
+    hash        TEXT   NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+);
+CREATE INDEX audit_chain_resource ON audit_chain (tenant_id, resource_id);
+
+CREATE TABLE audit_head (
+    tenant_id TEXT   NOT NULL PRIMARY KEY,
+    seq       BIGINT NOT NULL,
+    hash      TEXT   NOT NULL
+);
+"#;
+
+struct M0002Identity;
+
+impl MigrationName for M0002Identity {
+    fn name(&self) -> &str {
+        "m0002_identity"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0002Identity {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        for statement in IDENTITY_SCHEMA.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            db.execute_unprepared(statement).await?;
+        }
+        if db.get_database_backend() == DbBackend::Postgres {
+            // The application role exists (or was reported missing) since m0001; a missing role
+            // is tolerated here for the same reason.
+            for table in IDENTITY_TENANT_TABLES {
+                // The same two walls as the resource tables (see m0001): every statement binds
+                // the tenant, and the policy confines a transaction to the tenant it set.
+                db.execute_unprepared(&format!(
+                    "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+                     ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+                     CREATE POLICY tenant_isolation ON {table}
+                       USING (tenant_id = current_setting('ehr.tenant', true))
+                       WITH CHECK (tenant_id = current_setting('ehr.tenant', true));
+                     DO $$ BEGIN
+                       GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};
+                     EXCEPTION WHEN undefined_object THEN NULL;
+                     END $$"
+                ))
+                .await?;
+            }
+            for table in SYSTEM_TABLES {
+                db.execute_unprepared(&format!(
+                    "DO $$ BEGIN
                        GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};
                      EXCEPTION WHEN undefined_object THEN NULL;
                      END $$"

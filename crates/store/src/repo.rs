@@ -155,6 +155,14 @@ impl Store {
         Ok(())
     }
 
+    /// Closes the connection pools, so that a test can remove the database file (a pool merely
+    /// dropped may reconnect in the background and recreate it).
+    #[cfg(test)]
+    pub(crate) async fn close(&self) {
+        let _ = self.inner.writer.close_by_ref().await;
+        let _ = self.inner.reader.close_by_ref().await;
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.inner.reader.ping().await?;
@@ -212,8 +220,25 @@ impl Store {
     }
 
     async fn begin(&self, conn: &DatabaseConnection, ctx: &TenantContext) -> Result<Tx, StoreError> {
-        let txn = conn.begin().await?;
         let tenant = ctx.tenant().as_str().to_owned();
+        let txn = self.open(conn, &tenant).await?;
+        Ok(Tx { txn, backend: self.inner.backend, tenant })
+    }
+
+    /// Starts a transaction on the writer (`write`) or the reader pool whose PostgreSQL settings
+    /// confine it to `tenant`; the empty tenant matches no tenant row (system transactions).
+    pub(crate) async fn begin_raw(&self, write: bool, tenant: &str) -> Result<DatabaseTransaction, StoreError> {
+        let conn = if write { &self.inner.writer } else { &self.inner.reader };
+        self.open(conn, tenant).await
+    }
+
+    /// The database backend.
+    pub(crate) fn backend(&self) -> DbBackend {
+        self.inner.backend
+    }
+
+    async fn open(&self, conn: &DatabaseConnection, tenant: &str) -> Result<DatabaseTransaction, StoreError> {
+        let txn = conn.begin().await?;
         if self.inner.backend == DbBackend::Postgres {
             // Transaction-local settings: they end with the transaction, so a pooled connection
             // never carries one tenant's setting into another tenant's request.
@@ -227,22 +252,22 @@ impl Store {
             let mut sql = "SELECT set_config('ehr.tenant', $1, true), set_config('statement_timeout', $2, true), \
                            set_config('plan_cache_mode', 'force_custom_plan', true)"
                 .to_owned();
-            let mut values: Vec<Value> = vec![tenant.as_str().into(), self.inner.statement_timeout.as_str().into()];
+            let mut values: Vec<Value> = vec![tenant.into(), self.inner.statement_timeout.as_str().into()];
             if let Some(role) = &self.inner.app_role {
                 sql.push_str(", set_config('role', $3, true)");
                 values.push(role.as_str().into());
             }
             txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
         }
-        Ok(Tx { txn, backend: self.inner.backend, tenant })
+        Ok(txn)
     }
 }
 
 /// A unit of work within one tenant. Dropping it without [`Tx::commit`] rolls back.
 pub struct Tx {
     txn: DatabaseTransaction,
-    backend: DbBackend,
-    tenant: String,
+    pub(crate) backend: DbBackend,
+    pub(crate) tenant: String,
 }
 
 fn row_to_stored(row: &QueryResult, resource_type: Option<&str>) -> Result<Stored, StoreError> {
@@ -272,11 +297,11 @@ impl Tx {
         Statement::from_sql_and_values(self.backend, sql, values)
     }
 
-    async fn query(&self, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>, StoreError> {
+    pub(crate) async fn query(&self, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>, StoreError> {
         Ok(self.txn.query_all_raw(self.stmt(sql, values)).await?)
     }
 
-    async fn exec(&self, sql: &str, values: Vec<Value>) -> Result<u64, StoreError> {
+    pub(crate) async fn exec(&self, sql: &str, values: Vec<Value>) -> Result<u64, StoreError> {
         Ok(self.txn.execute_raw(self.stmt(sql, values)).await?.rows_affected())
     }
 

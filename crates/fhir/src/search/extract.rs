@@ -68,7 +68,13 @@ fn extract_param(def: &'static SearchParamDef, resource: &Value, out: &mut Vec<I
             }
             ParamKind::Reference => {
                 if let Some(v) = reference(node) {
-                    push(v);
+                    // A parameter restricted to some target types (`patient` is
+                    // `subject.where(resolve() is Patient)`) does not index references to others.
+                    let other_type = matches!(&v, IndexValue::Reference { target_type: Some(t), .. }
+                        if !def.targets.is_empty() && !def.targets.contains(&t.as_str()));
+                    if !other_type {
+                        push(v);
+                    }
                 }
             }
             ParamKind::Quantity => {
@@ -194,6 +200,30 @@ fn date(node: &Value) -> Option<DateRange> {
     }
 }
 
+/// The patients whose data `resource` is (`Patient/123`): itself for a Patient, else the targets
+/// of its `patient` search parameter — the audit trail names them (IHE BALP).
+pub fn patients_of(resource_type: &str, resource: &Value) -> Vec<String> {
+    if resource_type == "Patient" {
+        return resource.get("id").and_then(Value::as_str).map(|id| vec![format!("Patient/{id}")]).unwrap_or_default();
+    }
+    let Some(def) = params_for(resource_type).find(|d| d.name == "patient") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    extract_param(def, resource, &mut out);
+    let mut refs: Vec<String> = out
+        .into_iter()
+        .filter_map(|e| match e.value {
+            IndexValue::Reference { target_type: Some(t), target_id: Some(id), .. } if t == "Patient" => {
+                Some(format!("Patient/{id}"))
+            }
+            _ => None,
+        })
+        .collect();
+    refs.dedup();
+    refs
+}
+
 /// Splits `Patient/123`, `Patient/123/_history/2` or `http://host/fhir/Patient/123` into type and id.
 pub fn split_reference(url: &str) -> Option<(&str, &str)> {
     let path = url.split("/_history/").next().unwrap_or(url);
@@ -276,6 +306,16 @@ mod tests {
     #[test]
     fn full_width_letters_fold_to_ascii() {
         assert_eq!(normalize_string("ＹａｍａＤＡ　太郎"), "yamada 太郎");
+    }
+
+    #[test]
+    fn patients_of_resources() {
+        let obs = json!({"resourceType": "Observation", "subject": {"reference": "Patient/p1"}});
+        assert_eq!(patients_of("Observation", &obs), vec!["Patient/p1".to_owned()]);
+        let grp = json!({"resourceType": "Observation", "subject": {"reference": "Group/g1"}});
+        assert!(patients_of("Observation", &grp).is_empty());
+        assert_eq!(patients_of("Patient", &json!({"id": "p2"})), vec!["Patient/p2".to_owned()]);
+        assert!(patients_of("Organization", &json!({"id": "o"})).is_empty());
     }
 
     #[test]

@@ -312,6 +312,29 @@ const COVERAGE: &[SearchParamDef] = &[
     r("payor", &["payor"], &["Organization", "Patient", "RelatedPerson"]),
 ];
 
+const AUDIT_EVENT: &[SearchParamDef] = &[
+    p("date", Date, &["recorded"]),
+    p("type", Token, &["type"]),
+    p("subtype", Token, &["subtype"]),
+    p("action", Token, &["action"]),
+    p("outcome", Token, &["outcome"]),
+    p("altid", Token, &["agent.altId"]),
+    p("agent-name", Str, &["agent.name"]),
+    p("agent-role", Token, &["agent.role"]),
+    p("address", Str, &["agent.network.address"]),
+    p("entity-type", Token, &["entity.type"]),
+    p("entity-role", Token, &["entity.role"]),
+    p("entity-name", Str, &["entity.name"]),
+    p("site", Token, &["source.site"]),
+    p("policy", Uri, &["agent.policy"]),
+    r("agent", &["agent.who"], &[]),
+    r("entity", &["entity.what"], &[]),
+    r("source", &["source.observer"], &[]),
+    // R4: `agent.who.where(resolve() is Patient) | entity.what.where(resolve() is Patient)`;
+    // only references to a Patient are indexed under it (see `extract`).
+    r("patient", &["agent.who", "entity.what"], &["Patient"]),
+];
+
 /// The search parameters of `resource_type` (type-specific ones, then the common ones), or an
 /// empty list for a type this server does not index.
 pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchParamDef> {
@@ -330,6 +353,7 @@ pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchPa
         "DocumentReference" => DOCUMENT_REFERENCE,
         "Composition" => COMPOSITION,
         "Coverage" => COVERAGE,
+        "AuditEvent" => AUDIT_EVENT,
         _ => &[],
     };
     specific.iter().chain(COMMON.iter())

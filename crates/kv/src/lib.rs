@@ -1,0 +1,167 @@
+//! The gateway's ephemeral security state: login sessions, OAuth authorization requests and codes,
+//! refresh-token families, revocations, lockout counters, replay guards and rate-limit buckets.
+//!
+//! [`SecurityState`] is the port; [`RedisState`] is the production adapter (shared by every gateway
+//! replica) and [`MemoryState`] the in-process one for the embedded single-process mode. Both pass
+//! the same behavioural test suite.
+//!
+//! Two rules hold for every method:
+//!
+//! - **Time is a parameter.** Callers pass `now` (unix seconds, or milliseconds for rate limits);
+//!   nothing here reads the clock, so tests control time.
+//! - **Expiry is decided by comparing stored timestamps with the passed-in `now`.** A value is live
+//!   while `now < expires_at`. Redis TTLs exist only to collect garbage and never decide an answer:
+//!   an expired key that Redis has not collected yet answers exactly like an absent one.
+
+mod error;
+mod memory;
+mod redis_state;
+
+pub use error::KvError;
+pub use memory::MemoryState;
+pub use redis_state::RedisState;
+
+use serde::{Deserialize, Serialize};
+
+/// A refresh-token family: every refresh token descending from one authorization grant.
+///
+/// OAuth 2.0 Security BCP (RFC 9700) §4.14.2: rotating refresh tokens lets the server notice when
+/// an old token of the family is presented again, and revoke the whole family in response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Family {
+    /// Random, unguessable family id; carried inside the refresh token.
+    pub id: String,
+    /// Tenant of the user.
+    pub tenant: String,
+    /// The user (`sub`).
+    pub subject: String,
+    /// The OAuth client the grant was issued to (RFC 6749 §6: refresh tokens are bound to it).
+    pub client_id: String,
+    /// Granted scope, space-separated.
+    pub scope: String,
+    /// Roles at the time of the grant.
+    pub roles: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; the family's absolute lifetime, not extended by rotation.
+    pub expires_at: i64,
+}
+
+/// Outcome of presenting a refresh token to [`SecurityState::rotate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The presented token was the family's current one; the new hash is current now.
+    Rotated(Family),
+    /// The presented token was already rotated away: the family is now revoked (RFC 9700 §4.14.2).
+    Reused(Family),
+    /// Unknown family, expired, already revoked, or a hash never issued in this family.
+    Invalid,
+}
+
+/// Outcome of [`SecurityState::take_token`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// The request may proceed; `remaining` whole tokens are left.
+    Allowed { remaining: u32 },
+    /// The bucket is empty; one token will be there after `retry_after_ms`.
+    Throttled { retry_after_ms: i64 },
+}
+
+/// Ephemeral security state, shared by every gateway replica. Usable as `Arc<dyn SecurityState>`.
+#[async_trait::async_trait]
+pub trait SecurityState: Send + Sync {
+    /// Stores a short-lived value (authorization request, pending login, authorization code).
+    async fn put(&self, key: &str, value: &str, expires_at: i64, now: i64) -> Result<(), KvError>;
+
+    /// The value under `key`; `None` when absent or expired.
+    async fn get(&self, key: &str, now: i64) -> Result<Option<String>, KvError>;
+
+    /// Atomically reads and deletes a value: of any number of concurrent takes, one gets it.
+    ///
+    /// RFC 6749 §4.1.2: an authorization code must not be used more than once.
+    async fn take(&self, key: &str, now: i64) -> Result<Option<String>, KvError>;
+
+    /// Deletes a value stored with [`put`](Self::put).
+    async fn delete(&self, key: &str) -> Result<(), KvError>;
+
+    /// Replay guard (client-assertion `jti`, etc.): true if newly inserted, false if already
+    /// present and unexpired.
+    async fn insert_unique(&self, key: &str, expires_at: i64, now: i64) -> Result<bool, KvError>;
+
+    /// Records a failure and returns how many failures happened within the last `window_secs`,
+    /// this one included.
+    async fn record_failure(&self, key: &str, now: i64, window_secs: i64) -> Result<u32, KvError>;
+
+    /// Forgets the failures of `key` (after a successful login).
+    async fn clear_failures(&self, key: &str) -> Result<(), KvError>;
+
+    /// Locks `key` until `until` (unix seconds). A later lock that ends sooner shortens it.
+    async fn set_lock(&self, key: &str, until: i64) -> Result<(), KvError>;
+
+    /// `Some(until)` while `key` is locked.
+    async fn lock_until(&self, key: &str, now: i64) -> Result<Option<i64>, KvError>;
+
+    /// Lifts the lock on `key`.
+    async fn clear_lock(&self, key: &str) -> Result<(), KvError>;
+
+    /// Starts a refresh-token family whose current token hashes to `token_hash`.
+    async fn create_family(&self, family: &Family, token_hash: &str, now: i64) -> Result<(), KvError>;
+
+    /// Rotates a refresh token, detecting reuse; see [`Rotation`].
+    async fn rotate(
+        &self,
+        family_id: &str,
+        presented_hash: &str,
+        new_hash: &str,
+        now: i64,
+    ) -> Result<Rotation, KvError>;
+
+    /// Revokes a family; true if it was still stored (an expired one awaiting collection counts).
+    async fn revoke_family(&self, family_id: &str) -> Result<bool, KvError>;
+
+    /// Revokes every family of a user; returns how many were still stored.
+    async fn revoke_subject(&self, tenant: &str, subject: &str) -> Result<u32, KvError>;
+
+    /// The live families of a user (the "active sessions" listing), oldest first.
+    async fn families_of(&self, tenant: &str, subject: &str, now: i64) -> Result<Vec<Family>, KvError>;
+
+    /// Voids the user's access tokens issued before `ts`, remembered until `keep_until` (the
+    /// longest access-token lifetime after `ts`). An earlier `ts` never un-revokes tokens.
+    async fn revoke_tokens_before(&self, tenant: &str, subject: &str, ts: i64, keep_until: i64) -> Result<(), KvError>;
+
+    /// `Some(ts)`: the user's access tokens issued before `ts` are void.
+    async fn tokens_revoked_before(&self, tenant: &str, subject: &str, now: i64) -> Result<Option<i64>, KvError>;
+
+    /// Voids one access token by its `jti` until `until` (its own expiry).
+    async fn revoke_jti(&self, jti: &str, until: i64) -> Result<(), KvError>;
+
+    /// True if the `jti` was revoked and the revocation is still in force.
+    async fn is_jti_revoked(&self, jti: &str, now: i64) -> Result<bool, KvError>;
+
+    /// Takes one token from the bucket `key` (capacity `burst`, refilled at `per_sec` tokens per
+    /// second); a bucket never seen is full.
+    async fn take_token(&self, key: &str, per_sec: f64, burst: u32, now_ms: i64) -> Result<Bucket, KvError>;
+
+    /// Checks that the store answers (readiness probe).
+    async fn ping(&self) -> Result<(), KvError>;
+}
+
+/// The slowest refill accepted: one token per 1000 s. Bounds every computed duration far below
+/// the range where Lua's doubles and Redis' 64-bit integers part ways.
+const MIN_PER_SEC: f64 = 0.001;
+
+/// Rejects rate-limit parameters the bucket arithmetic cannot work with.
+fn check_bucket(per_sec: f64, burst: u32) -> Result<(), KvError> {
+    if !(per_sec.is_finite() && per_sec >= MIN_PER_SEC) {
+        return Err(KvError::InvalidArgument("rate limit per_sec must be a number of at least 0.001"));
+    }
+    if burst == 0 {
+        return Err(KvError::InvalidArgument("rate limit burst must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Milliseconds until the bucket is full again, after which an absent bucket is equivalent.
+fn bucket_full_after_ms(tokens: f64, per_sec: f64, burst: u32) -> i64 {
+    ((f64::from(burst) - tokens) * 1000.0 / per_sec).ceil() as i64
+}

@@ -1,0 +1,523 @@
+//! Account lifecycle (the admin API): create accounts, assign roles, deactivate leavers at once,
+//! reset MFA, report unused accounts; tenants, OAuth clients and signing keys for system admins.
+//!
+//! Authorisation uses the same access matrix as FHIR, through the pseudo resource types
+//! `Account`, `Client`, `Tenant` and `SigningKey` (docs/security/access-matrix.md). Every change
+//! is audited.
+
+use crate::audit::{Actor, SecurityKind};
+use crate::error::GatewayError;
+use crate::http::{Authed, GwState};
+use crate::login::ctx;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use ehr_auth::{AccessMatrix, Interaction};
+use ehr_core::TenantId;
+use ehr_store::{ClientRecord, NewUser, StoreError, UserRecord};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+type Result<T> = std::result::Result<T, GatewayError>;
+
+fn view(u: &UserRecord) -> Value {
+    json!({
+        "id": u.id,
+        "username": u.username,
+        "display_name": u.display_name,
+        "roles": u.roles,
+        "active": u.active,
+        "mfa_enrolled": u.mfa_confirmed,
+        "fhir_user": u.fhir_user,
+        "created_at": u.created_at,
+        "last_login_at": u.last_login_at,
+    })
+}
+
+/// A new account.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccount {
+    pub username: String,
+    #[serde(default)]
+    pub display_name: String,
+    pub password: String,
+    pub roles: Vec<String>,
+    /// The user's FHIR resource (`Practitioner/123`), for SMART `fhirUser` and the audit trail.
+    #[serde(default)]
+    pub fhir_user: Option<String>,
+}
+
+fn check_roles(roles: &[String], caller: &Authed) -> Result<()> {
+    let matrix = AccessMatrix::get();
+    if roles.is_empty() {
+        return Err(GatewayError::Invalid("an account needs at least one role".into()));
+    }
+    for r in roles {
+        if !matrix.is_role(r) {
+            return Err(GatewayError::Invalid(format!("unknown role `{r}`; known: {}", matrix.roles().join(", "))));
+        }
+        // Nobody grants more than they hold: only a system admin makes system admins.
+        if r == "system-admin" && !caller.roles().iter().any(|c| c == "system-admin") {
+            return Err(GatewayError::Forbidden("only a system admin may grant the system-admin role".into()));
+        }
+    }
+    Ok(())
+}
+
+fn check_fhir_user(r: &Option<String>) -> Result<()> {
+    match r {
+        Some(r) if !matches!(r.split_once('/'), Some(("Practitioner" | "PractitionerRole", id)) if !id.is_empty() && !id.contains('/')) => {
+            Err(GatewayError::Invalid(
+                "fhir_user must be a Practitioner/<id> or PractitionerRole/<id> reference".into(),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl crate::Gateway {
+    /// Creates an account in `tenant` (the password is checked against the policy).
+    pub async fn create_account(&self, tenant: &TenantId, new: NewAccount, actor: &Actor) -> Result<UserRecord> {
+        let username = new.username.trim().to_owned();
+        if username.is_empty() || username.len() > 64 || username.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(GatewayError::Invalid("username must be 1–64 characters without spaces".into()));
+        }
+        check_fhir_user(&new.fhir_user)?;
+        self.settings.password.check(&new.password)?;
+        let hash = self.settings.password.hash(&new.password)?;
+        let tx = self.store.write(&ctx(tenant)).await?;
+        let user = tx
+            .create_user(&NewUser {
+                id: uuid::Uuid::new_v4().to_string(),
+                username: username.clone(),
+                display_name: new.display_name,
+                password_hash: hash,
+                roles: new.roles,
+                fhir_user: new.fhir_user,
+                now: self.now(),
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyExists => GatewayError::Conflict(format!("username `{username}` is taken")),
+                e => e.into(),
+            })?;
+        tx.commit().await?;
+        self.audit_security(
+            tenant,
+            actor,
+            SecurityKind::AccountCreated,
+            true,
+            Some(&format!("roles: {}", user.roles.join(" "))),
+            Some(&user.id),
+        )
+        .await;
+        Ok(user)
+    }
+
+    /// Deactivates an account with immediate effect: its refresh tokens die and its access
+    /// tokens are refused from this second on.
+    pub async fn deactivate(&self, tenant: &TenantId, id: &str, actor: &Actor) -> Result<UserRecord> {
+        let now = self.now();
+        let tx = self.store.write(&ctx(tenant)).await?;
+        if !tx.set_user_active(id, false, now).await? {
+            return Err(GatewayError::NotFound("account"));
+        }
+        tx.commit().await?;
+        self.kv.revoke_subject(tenant.as_str(), id).await?;
+        // `iat` has one-second resolution: tokens of this very second are void too.
+        self.kv.revoke_tokens_before(tenant.as_str(), id, now + 1, now + self.settings.access_secs() + 60).await?;
+        self.audit_security(tenant, actor, SecurityKind::AccountDeactivated, true, None, Some(id)).await;
+        self.user(tenant, id).await?.ok_or(GatewayError::NotFound("account"))
+    }
+}
+
+/// `POST /admin/tenants` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    pub id: String,
+    pub name: String,
+    /// The tenant's first administrator (role tenant-admin), who enrols MFA at first login.
+    pub admin: Option<NewAccount>,
+}
+
+pub async fn create_tenant(
+    State(st): State<GwState>,
+    caller: Authed,
+    Json(body): Json<NewTenant>,
+) -> Result<impl IntoResponse> {
+    caller.require("Tenant", Interaction::Create)?;
+    let id = TenantId::parse(&body.id)
+        .map_err(|_| GatewayError::Invalid("tenant id: letters, digits and '-' only".into()))?;
+    st.gw.create_tenant(&id, &body.name).await?;
+    st.gw
+        .audit_security(caller.tenant(), caller.actor(), SecurityKind::TenantCreated, true, Some(id.as_str()), None)
+        .await;
+    let admin = match body.admin {
+        Some(mut a) => {
+            a.roles = vec!["tenant-admin".into()];
+            Some(view(&st.gw.create_account(&id, a, caller.actor()).await?))
+        }
+        None => None,
+    };
+    Ok((StatusCode::CREATED, Json(json!({"id": id.as_str(), "name": body.name, "admin": admin}))))
+}
+
+pub async fn list_tenants(State(st): State<GwState>, caller: Authed) -> Result<Json<Value>> {
+    caller.require("Tenant", Interaction::Search)?;
+    let tx = st.gw.store.system_read().await?;
+    let tenants = tx.tenants().await?;
+    tx.commit().await?;
+    let list: Vec<Value> = tenants
+        .iter()
+        .map(|t| json!({"id": t.id.as_str(), "name": t.name, "active": t.active, "created_at": t.created_at}))
+        .collect();
+    Ok(Json(json!({"tenants": list})))
+}
+
+pub async fn create_user(
+    State(st): State<GwState>,
+    caller: Authed,
+    Json(body): Json<NewAccount>,
+) -> Result<impl IntoResponse> {
+    caller.require("Account", Interaction::Create)?;
+    check_roles(&body.roles, &caller)?;
+    let user = st.gw.create_account(caller.tenant(), body, caller.actor()).await?;
+    Ok((StatusCode::CREATED, Json(view(&user))))
+}
+
+pub async fn list_users(State(st): State<GwState>, caller: Authed) -> Result<Json<Value>> {
+    caller.require("Account", Interaction::Search)?;
+    let tx = st.gw.store.read(&ctx(caller.tenant())).await?;
+    let users = tx.users().await?;
+    tx.commit().await?;
+    Ok(Json(json!({"users": users.iter().map(view).collect::<Vec<_>>()})))
+}
+
+pub async fn get_user(State(st): State<GwState>, caller: Authed, Path(id): Path<String>) -> Result<Json<Value>> {
+    caller.require("Account", Interaction::Read)?;
+    let user = st.gw.user(caller.tenant(), &id).await?.ok_or(GatewayError::NotFound("account"))?;
+    Ok(Json(view(&user)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roles {
+    pub roles: Vec<String>,
+}
+
+pub async fn set_roles(
+    State(st): State<GwState>,
+    caller: Authed,
+    Path(id): Path<String>,
+    Json(body): Json<Roles>,
+) -> Result<Json<Value>> {
+    caller.require("Account", Interaction::Update)?;
+    check_roles(&body.roles, &caller)?;
+    let tenant = caller.tenant();
+    let tx = st.gw.store.write(&ctx(tenant)).await?;
+    if !tx.set_user_roles(&id, &body.roles, st.gw.now()).await? {
+        return Err(GatewayError::NotFound("account"));
+    }
+    tx.commit().await?;
+    let desc = format!("roles: {}", body.roles.join(" "));
+    st.gw.audit_security(tenant, caller.actor(), SecurityKind::RolesChanged, true, Some(&desc), Some(&id)).await;
+    let user = st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
+    Ok(Json(view(&user)))
+}
+
+fn not_self(caller: &Authed, id: &str, what: &str) -> Result<()> {
+    if caller.subject() == id {
+        return Err(GatewayError::Forbidden(format!("an administrator cannot {what} her own account")));
+    }
+    Ok(())
+}
+
+pub async fn deactivate(State(st): State<GwState>, caller: Authed, Path(id): Path<String>) -> Result<Json<Value>> {
+    caller.require("Account", Interaction::Update)?;
+    not_self(&caller, &id, "deactivate")?;
+    let user = st.gw.deactivate(caller.tenant(), &id, caller.actor()).await?;
+    Ok(Json(view(&user)))
+}
+
+pub async fn activate(State(st): State<GwState>, caller: Authed, Path(id): Path<String>) -> Result<Json<Value>> {
+    caller.require("Account", Interaction::Update)?;
+    let tenant = caller.tenant();
+    let tx = st.gw.store.write(&ctx(tenant)).await?;
+    if !tx.set_user_active(&id, true, st.gw.now()).await? {
+        return Err(GatewayError::NotFound("account"));
+    }
+    tx.commit().await?;
+    st.gw.audit_security(tenant, caller.actor(), SecurityKind::AccountActivated, true, None, Some(&id)).await;
+    let user = st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
+    Ok(Json(view(&user)))
+}
+
+/// MFA reset: the secret and recovery codes are removed, so the next login enrols a new
+/// authenticator. MFA itself can never be switched off, and nobody resets their own.
+pub async fn reset_mfa(State(st): State<GwState>, caller: Authed, Path(id): Path<String>) -> Result<Json<Value>> {
+    caller.require("Account", Interaction::Update)?;
+    not_self(&caller, &id, "reset the MFA of")?;
+    let tenant = caller.tenant();
+    let now = st.gw.now();
+    let tx = st.gw.store.write(&ctx(tenant)).await?;
+    if !tx.set_mfa_secret(&id, None, now).await? {
+        return Err(GatewayError::NotFound("account"));
+    }
+    tx.commit().await?;
+    // Sessions opened with the old authenticator end too.
+    st.gw.kv.revoke_subject(tenant.as_str(), &id).await?;
+    st.gw.kv.revoke_tokens_before(tenant.as_str(), &id, now + 1, now + st.gw.settings.access_secs() + 60).await?;
+    st.gw.audit_security(tenant, caller.actor(), SecurityKind::MfaReset, true, None, Some(&id)).await;
+    let user = st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
+    Ok(Json(view(&user)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPassword {
+    pub password: String,
+}
+
+pub async fn set_password(
+    State(st): State<GwState>,
+    caller: Authed,
+    Path(id): Path<String>,
+    Json(body): Json<NewPassword>,
+) -> Result<Json<Value>> {
+    caller.require("Account", Interaction::Update)?;
+    st.gw.settings.password.check(&body.password)?;
+    let hash = st.gw.settings.password.hash(&body.password)?;
+    let tenant = caller.tenant();
+    let tx = st.gw.store.write(&ctx(tenant)).await?;
+    if !tx.set_password_hash(&id, &hash, st.gw.now()).await? {
+        return Err(GatewayError::NotFound("account"));
+    }
+    tx.commit().await?;
+    st.gw.audit_security(tenant, caller.actor(), SecurityKind::PasswordReset, true, None, Some(&id)).await;
+    let user = st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
+    Ok(Json(view(&user)))
+}
+
+pub async fn unlock(State(st): State<GwState>, caller: Authed, Path(id): Path<String>) -> Result<Json<Value>> {
+    caller.require("Account", Interaction::Update)?;
+    let tenant = caller.tenant();
+    let user = st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
+    st.gw.unlock(tenant, &user.username).await?;
+    st.gw
+        .audit_security(tenant, caller.actor(), SecurityKind::AccountActivated, true, Some("unlocked"), Some(&id))
+        .await;
+    Ok(Json(view(&user)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UnusedQuery {
+    pub days: Option<i64>,
+}
+
+/// Accounts without a login for `days` days (default 90): the checklist's periodic review of
+/// unused accounts.
+pub async fn unused_accounts(
+    State(st): State<GwState>,
+    caller: Authed,
+    Query(q): Query<UnusedQuery>,
+) -> Result<Json<Value>> {
+    caller.require("Account", Interaction::Search)?;
+    let days = q.days.unwrap_or(90);
+    if !(0..=3650).contains(&days) {
+        return Err(GatewayError::Invalid("days must be between 0 and 3650".into()));
+    }
+    let cutoff = st.gw.now() - days * 86_400;
+    let tx = st.gw.store.read(&ctx(caller.tenant())).await?;
+    let users = tx.unused_users(cutoff).await?;
+    tx.commit().await?;
+    Ok(Json(json!({"days": days, "cutoff": cutoff, "users": users.iter().map(view).collect::<Vec<_>>()})))
+}
+
+/// `POST /admin/clients` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewClient {
+    pub client_id: Option<String>,
+    pub name: String,
+    /// `public` (a user-facing app: authorization code + PKCE) or `backend` (SMART Backend
+    /// Services: client credentials with `private_key_jwt`).
+    pub kind: String,
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    pub jwks: Option<Value>,
+    /// Scopes the client may obtain: for `public`, an upper bound on the user's scopes; for
+    /// `backend`, what it gets (`system/Observation.cruds`).
+    pub scope: String,
+}
+
+fn client_view(c: &ClientRecord) -> Value {
+    json!({"client_id": c.client_id, "tenant": c.tenant.as_str(), "name": c.name, "kind": c.kind,
+           "redirect_uris": c.redirect_uris, "scope": c.scope, "active": c.active, "created_at": c.created_at})
+}
+
+pub async fn create_client(
+    State(st): State<GwState>,
+    caller: Authed,
+    Json(body): Json<NewClient>,
+) -> Result<impl IntoResponse> {
+    caller.require("Client", Interaction::Create)?;
+    match body.kind.as_str() {
+        "public" if body.redirect_uris.is_empty() => {
+            return Err(GatewayError::Invalid("a public client needs redirect_uris".into()));
+        }
+        "backend"
+            if body.jwks.as_ref().and_then(|j| j.get("keys")).and_then(Value::as_array).is_none_or(Vec::is_empty) =>
+        {
+            return Err(GatewayError::Invalid("a backend client needs a jwks with its public keys".into()));
+        }
+        "public" | "backend" => {}
+        _ => return Err(GatewayError::Invalid("kind must be public or backend".into())),
+    }
+    for uri in &body.redirect_uris {
+        // Exact-match redirect URIs over HTTPS (loopback allowed for native apps, RFC 8252).
+        let ok =
+            uri.starts_with("https://") || uri.starts_with("http://127.0.0.1") || uri.starts_with("http://localhost");
+        if !ok || uri.contains('#') {
+            return Err(GatewayError::Invalid(format!(
+                "redirect URI `{uri}` must be https (or loopback) without a fragment"
+            )));
+        }
+    }
+    let client_id = body.client_id.unwrap_or_else(|| {
+        format!("{}-{}", caller.tenant().as_str(), &uuid::Uuid::new_v4().simple().to_string()[..12])
+    });
+    let record = ClientRecord {
+        client_id: client_id.clone(),
+        tenant: caller.tenant().clone(),
+        name: body.name,
+        kind: body.kind,
+        redirect_uris: body.redirect_uris,
+        jwks: body.jwks,
+        scope: body.scope,
+        active: true,
+        created_at: st.gw.now(),
+    };
+    let tx = st.gw.store.system_write().await?;
+    tx.create_client(&record).await.map_err(|e| match e {
+        StoreError::AlreadyExists => GatewayError::Conflict(format!("client id `{client_id}` is taken")),
+        e => e.into(),
+    })?;
+    tx.commit().await?;
+    st.gw
+        .audit_security(caller.tenant(), caller.actor(), SecurityKind::ClientRegistered, true, Some(&client_id), None)
+        .await;
+    Ok((StatusCode::CREATED, Json(client_view(&record))))
+}
+
+pub async fn list_clients(State(st): State<GwState>, caller: Authed) -> Result<Json<Value>> {
+    caller.require("Client", Interaction::Search)?;
+    let tx = st.gw.store.system_read().await?;
+    let clients = tx.clients_of(caller.tenant()).await?;
+    tx.commit().await?;
+    Ok(Json(json!({"clients": clients.iter().map(client_view).collect::<Vec<_>>()})))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Rotate {
+    /// Seconds before the new key starts signing (it is published at once); default 60.
+    pub publish_secs: Option<i64>,
+}
+
+pub async fn rotate_keys(
+    State(st): State<GwState>,
+    caller: Authed,
+    body: Option<Json<Rotate>>,
+) -> Result<impl IntoResponse> {
+    caller.require("SigningKey", Interaction::Create)?;
+    let publish = body.and_then(|b| b.0.publish_secs).unwrap_or(60);
+    let kid = st.gw.keys.rotate(st.gw.now(), publish).await?;
+    st.gw.audit_security(caller.tenant(), caller.actor(), SecurityKind::KeyRotated, true, Some(&kid), None).await;
+    Ok((StatusCode::CREATED, Json(json!({"kid": kid, "signs_from": st.gw.now() + publish.max(0)}))))
+}
+
+pub async fn list_keys(State(st): State<GwState>, caller: Authed) -> Result<Json<Value>> {
+    caller.require("SigningKey", Interaction::Read)?;
+    let keys = st.gw.keys.reload().await?;
+    let list: Vec<Value> = keys
+        .iter()
+        .map(
+            |k| json!({"kid": k.kid, "created_at": k.created_at, "retire_at": k.retire_at, "expires_at": k.expires_at}),
+        )
+        .collect();
+    Ok(Json(json!({"keys": list})))
+}
+
+pub async fn get_client(State(st): State<GwState>, caller: Authed, Path(id): Path<String>) -> Result<Json<Value>> {
+    caller.require("Client", Interaction::Read)?;
+    let client =
+        st.gw.client(&id).await?.filter(|c| &c.tenant == caller.tenant()).ok_or(GatewayError::NotFound("client"))?;
+    Ok(Json(client_view(&client)))
+}
+
+pub async fn deactivate_client(
+    State(st): State<GwState>,
+    caller: Authed,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    caller.require("Client", Interaction::Update)?;
+    // Another tenant's client answers 404, like any resource of another tenant.
+    st.gw.client(&id).await?.filter(|c| &c.tenant == caller.tenant()).ok_or(GatewayError::NotFound("client"))?;
+    let tx = st.gw.store.system_write().await?;
+    tx.set_client_active(&id, false).await?;
+    tx.commit().await?;
+    st.gw
+        .audit_security(
+            caller.tenant(),
+            caller.actor(),
+            SecurityKind::ClientRegistered,
+            true,
+            Some(&format!("deactivated {id}")),
+            None,
+        )
+        .await;
+    let client = st.gw.client(&id).await?.ok_or(GatewayError::NotFound("client"))?;
+    Ok(Json(client_view(&client)))
+}
+
+pub async fn get_tenant(State(st): State<GwState>, caller: Authed, Path(id): Path<String>) -> Result<Json<Value>> {
+    caller.require("Tenant", Interaction::Read)?;
+    let id = TenantId::parse(&id).map_err(|_| GatewayError::NotFound("tenant"))?;
+    let tx = st.gw.store.system_read().await?;
+    let t = tx.tenant(&id).await?.ok_or(GatewayError::NotFound("tenant"))?;
+    tx.commit().await?;
+    Ok(Json(json!({"id": t.id.as_str(), "name": t.name, "active": t.active, "created_at": t.created_at})))
+}
+
+/// Deactivates a tenant: its users can no longer log in and its tokens are refused.
+pub async fn deactivate_tenant(
+    State(st): State<GwState>,
+    caller: Authed,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    caller.require("Tenant", Interaction::Update)?;
+    let id = TenantId::parse(&id).map_err(|_| GatewayError::NotFound("tenant"))?;
+    if &id == caller.tenant() {
+        return Err(GatewayError::Forbidden("a system admin cannot deactivate her own tenant".into()));
+    }
+    let tx = st.gw.store.system_write().await?;
+    if !tx.set_tenant_active(&id, false).await? {
+        return Err(GatewayError::NotFound("tenant"));
+    }
+    tx.commit().await?;
+    st.gw.forget_tenant(&id);
+    st.gw
+        .audit_security(
+            caller.tenant(),
+            caller.actor(),
+            SecurityKind::TenantCreated,
+            true,
+            Some(&format!("deactivated {}", id.as_str())),
+            None,
+        )
+        .await;
+    Ok(Json(json!({"id": id.as_str(), "active": false})))
+}

@@ -1,0 +1,333 @@
+//! Routing of FHIR requests to the owning service, with the gateway's checks around it.
+//!
+//! For every request under `/fhir`: verify the bearer token (and that it is not revoked), apply
+//! the per-user and per-tenant rate limits, bound the body, pick the service that owns the
+//! resource type, forward (in-process or over HTTP, carrying the request id and W3C trace
+//! context), and write the AuditEvent(s) of the access. Services report which patients a
+//! response touched in the internal `x-ehr-audit-patients` header, which never leaves the gateway.
+
+use crate::Gateway;
+use crate::audit::{Access, Actor, SecurityKind, classify, rest_event, security_event};
+use crate::error::GatewayError;
+use crate::http::{GwState, client_address};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use ehr_auth::{AuthError, Claims, VerifiedToken};
+use ehr_core::TenantId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use tower::ServiceExt;
+
+/// The internal header in which a service lists the patients (`Patient/1,Patient/2`) whose data
+/// a response holds.
+pub const AUDIT_PATIENTS: &str = "x-ehr-audit-patients";
+
+/// Patients audited one by one per request at most (BALP: one event per patient); beyond, one
+/// event records the access without naming them all.
+const MAX_PATIENT_EVENTS: usize = 50;
+
+/// A service behind the gateway.
+#[derive(Clone)]
+pub enum Upstream {
+    /// Called in-process (target `all`): the service's router, mounted at `/fhir`.
+    Local(Router),
+    /// Called over HTTP (microservices mode): the service's base URL, without `/fhir`.
+    Remote { base: String, client: reqwest::Client },
+}
+
+/// Which service serves which resource type.
+pub struct Upstreams {
+    by_type: HashMap<String, Upstream>,
+    /// The service answering system-level requests (`/metadata`, batch/transaction, `_history`).
+    default: Upstream,
+    /// The gateway's own FHIR router (AuditEvent, read-only), mounted at `/fhir`.
+    audit: Router,
+}
+
+impl Upstreams {
+    /// A routing table with `default` for system-level requests and `audit` for AuditEvent.
+    pub fn new(default: Upstream, audit: Router) -> Self {
+        Self { by_type: HashMap::new(), default, audit }
+    }
+
+    /// Routes `types` to `upstream`.
+    pub fn route(mut self, types: &[&str], upstream: Upstream) -> Self {
+        for t in types {
+            self.by_type.insert((*t).to_owned(), upstream.clone());
+        }
+        self
+    }
+
+    fn pick(&self, first_segment: Option<&str>) -> Upstream {
+        match first_segment {
+            Some("AuditEvent") => Upstream::Local(self.audit.clone()),
+            Some(t) => self.by_type.get(t).cloned().unwrap_or_else(|| self.default.clone()),
+            None => self.default.clone(),
+        }
+    }
+}
+
+/// The actor of a verified token.
+pub fn actor_from_claims(claims: &Claims, mut actor: Actor) -> Actor {
+    // A system client (client credentials) has no user: its subject is its client id.
+    if claims.client_id.as_deref() != Some(claims.sub.as_str()) {
+        actor.subject = Some(claims.sub.clone());
+    }
+    actor.client_id = claims.client_id.clone();
+    actor.roles = claims.roles.clone();
+    actor.fhir_user = claims.fhir_user.clone();
+    actor
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(AuthError::MissingToken)?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .ok_or(AuthError::InvalidToken("expected a Bearer token"))
+}
+
+impl Gateway {
+    /// Verifies the bearer token and checks it against the revocations (logout, session reuse,
+    /// deactivation). A failure is audited in the system chain: an unverified token names no
+    /// tenant we may write to.
+    pub async fn authenticate(&self, headers: &HeaderMap, actor: &Actor) -> Result<VerifiedToken, GatewayError> {
+        match self.check_token(headers).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let tenant = TenantId::system();
+                let why = e.to_string();
+                let event = security_event(
+                    &self.now_instant(),
+                    &tenant,
+                    actor,
+                    SecurityKind::TokenRejected,
+                    false,
+                    Some(&why),
+                    None,
+                );
+                self.audit.record(&tenant, event).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn check_token(&self, headers: &HeaderMap) -> Result<VerifiedToken, GatewayError> {
+        let now = self.now();
+        let v = self.verifier.verify_token(bearer(headers)?, now).await?;
+        let c = &v.claims;
+        // The gateway's own tokens are for registered, active tenants only. (Development tokens
+        // name any tenant: they exist for tests and local runs.)
+        if c.iss == self.keys.issuer() && self.tenant_active(&v.principal.tenant).await? != Some(true) {
+            return Err(GatewayError::InactiveTenant);
+        }
+        if let Some(jti) = &c.jti {
+            if self.kv.is_jti_revoked(jti, now).await? {
+                return Err(GatewayError::Revoked);
+            }
+        }
+        if let Some(sid) = &c.sid {
+            if self.kv.is_jti_revoked(&format!("sid:{sid}"), now).await? {
+                return Err(GatewayError::Revoked);
+            }
+        }
+        if let Some(before) = self.kv.tokens_revoked_before(&c.tenant, &c.sub, now).await? {
+            if c.iat < before {
+                return Err(GatewayError::Revoked);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Token buckets per user and per tenant (429 with `Retry-After` when empty).
+    pub async fn rate_limit(&self, claims: &Claims, tenant: &TenantId) -> Result<(), GatewayError> {
+        let rl = &self.settings.rate_limit;
+        let now_ms = self.clock.now().timestamp_millis();
+        let checks = [
+            (format!("rl:u:{}:{}", tenant.as_str(), claims.sub), rl.user_per_sec, rl.user_burst),
+            (format!("rl:t:{}", tenant.as_str()), rl.tenant_per_sec, rl.tenant_burst),
+        ];
+        for (key, rate, burst) in checks {
+            if let ehr_kv::Bucket::Throttled { retry_after_ms } = self.kv.take_token(&key, rate, burst, now_ms).await? {
+                return Err(GatewayError::RateLimited { retry_after: (retry_after_ms + 999) / 1000 });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A W3C `traceparent` for a request that came without one, so the services' logs of one
+/// request correlate (OpenTelemetry replaces this with real spans, issue #7).
+fn new_traceparent() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{id}-{span}-01")
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+    )
+}
+
+async fn call(upstream: Upstream, parts: Parts, body: axum::body::Bytes) -> Result<Response, GatewayError> {
+    match upstream {
+        Upstream::Local(router) => {
+            // A fresh set of extensions: the gateway's own routing left its matched path and
+            // path parameters there, which the service's router must not see as its own.
+            let mut parts = parts;
+            let peer = parts.extensions.remove::<ConnectInfo<SocketAddr>>();
+            parts.extensions = axum::http::Extensions::new();
+            if let Some(peer) = peer {
+                parts.extensions.insert(peer);
+            }
+            let req = Request::from_parts(parts, Body::from(body));
+            Ok(router.oneshot(req).await.into_response())
+        }
+        Upstream::Remote { base, client } => {
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let url = format!("{}{path}", base.trim_end_matches('/'));
+            let mut req = client.request(parts.method.clone(), url).body(body);
+            for (name, value) in &parts.headers {
+                if !is_hop_by_hop(name.as_str()) {
+                    req = req.header(name, value);
+                }
+            }
+            let resp = req.send().await.map_err(|e| {
+                tracing::warn!(error = %e, "upstream request failed");
+                GatewayError::Upstream
+            })?;
+            let mut out = Response::builder().status(resp.status().as_u16());
+            for (name, value) in resp.headers() {
+                if !is_hop_by_hop(name.as_str()) {
+                    out = out.header(name, value);
+                }
+            }
+            out.body(Body::from_stream(resp.bytes_stream())).map_err(|_| GatewayError::Upstream)
+        }
+    }
+}
+
+/// Every request under `/fhir`.
+pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches("/fhir").split('/').filter(|s| !s.is_empty()).collect();
+    let public = parts.method == axum::http::Method::GET && segments == ["metadata"];
+    let mut actor = Actor {
+        address: client_address(&parts.headers, parts.extensions.get::<ConnectInfo<SocketAddr>>()),
+        ..Actor::default()
+    };
+    let gw = &st.gw;
+
+    let verified = if public {
+        None
+    } else {
+        match gw.authenticate(&parts.headers, &actor).await {
+            Ok(v) => Some(v),
+            Err(e) => return e.into_response(),
+        }
+    };
+    let tenant = verified.as_ref().map(|v| v.principal.tenant.clone());
+    if let (Some(v), Some(tenant)) = (&verified, &tenant) {
+        actor = actor_from_claims(&v.claims, actor);
+        if let Err(e) = gw.rate_limit(&v.claims, tenant).await {
+            gw.audit_security(tenant, &actor, SecurityKind::Throttled, false, Some(&e.to_string()), None).await;
+            return e.into_response();
+        }
+    }
+    let interaction = classify(&parts.method, &segments);
+    let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+
+    let body = match axum::body::to_bytes(body, st.max_body).await {
+        Ok(b) => b,
+        Err(_) => {
+            if let Some(tenant) = &tenant {
+                let access = Access {
+                    request_id: request_id.as_deref(),
+                    resource_type: segments.first().copied(),
+                    ..Access::default()
+                };
+                let event = rest_event(&gw.now_instant(), tenant, &actor, interaction, 413, &access);
+                gw.audit.record(tenant, event).await;
+            }
+            return GatewayError::TooLarge.into_response();
+        }
+    };
+    if !parts.headers.contains_key("traceparent") {
+        if let Ok(v) = HeaderValue::from_str(&new_traceparent()) {
+            parts.headers.insert("traceparent", v);
+        }
+    }
+    let first = segments.first().copied().filter(|s| !s.starts_with('_') && *s != "metadata");
+    let upstream = st.upstreams.pick(first);
+    if first == Some("AuditEvent") {
+        // Read-your-writes for the audit trail: everything before this query is in it.
+        gw.audit.flush().await;
+    }
+    let query = match (interaction.code, parts.uri.query()) {
+        ("search-type", Some(q)) => Some(q.to_owned()),
+        ("search-type", None) if parts.method == axum::http::Method::POST => {
+            Some(String::from_utf8_lossy(&body).into_owned())
+        }
+        _ => None,
+    };
+    let mut resp = match call(upstream, parts, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    let patients = resp.headers_mut().remove(AUDIT_PATIENTS);
+    let Some(tenant) = tenant else {
+        return resp;
+    };
+
+    // The resource an instance-level interaction named, or the one a create made.
+    let resource = match segments.as_slice() {
+        [t, id, ..] if !t.starts_with('_') => Some(format!("{t}/{id}")),
+        _ => resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| l.split("/_history/").next())
+            .and_then(|l| {
+                l.rsplit_once('/').and_then(|(head, id)| head.rsplit('/').next().map(|t| format!("{t}/{id}")))
+            }),
+    };
+    let patients: Vec<String> = patients
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let now = gw.now_instant();
+    let status = resp.status().as_u16();
+    let mut access = Access {
+        resource: resource.as_deref(),
+        query: query.as_deref(),
+        resource_type: segments.first().copied(),
+        request_id: request_id.as_deref(),
+        patient: None,
+    };
+    if patients.is_empty() || patients.len() > MAX_PATIENT_EVENTS {
+        gw.audit.record(&tenant, rest_event(&now, &tenant, &actor, interaction, status, &access)).await;
+    } else {
+        for p in &patients {
+            access.patient = Some(p);
+            gw.audit.record(&tenant, rest_event(&now, &tenant, &actor, interaction, status, &access)).await;
+        }
+    }
+    resp
+}

@@ -1,0 +1,89 @@
+//! The gateway's settings (the `[gateway]` table of the configuration).
+
+use ehr_auth::{LockoutPolicy, PasswordPolicy};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Longest access-token lifetime this server issues: the guideline's "short-lived" is read as
+/// 15 minutes, the common SMART practice; a setting above it is capped.
+pub const MAX_ACCESS_TOKEN_SECS: i64 = 900;
+
+/// Gateway settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySettings {
+    /// The token issuer (`iss`); defaults to `public_url`, else `urn:ehr:gateway`.
+    pub issuer: Option<String>,
+    /// Access-token lifetime in seconds (capped at 900).
+    pub access_token_secs: i64,
+    /// Refresh-token family lifetime in seconds (one working shift by default).
+    pub refresh_token_secs: i64,
+    /// Time a user has to finish login and MFA, in seconds.
+    pub login_secs: i64,
+    /// Authorization-code lifetime in seconds (RFC 6749 §4.1.2 recommends at most 10 minutes).
+    pub code_secs: i64,
+    /// Days a signing key signs before a new one takes over (rotation at start-up and on demand).
+    pub key_rotation_days: i64,
+    pub password: PasswordPolicy,
+    pub lockout: LockoutPolicy,
+    pub rate_limit: RateLimitSettings,
+    /// Origins allowed by CORS (`https://app.example-hospital.jp`); empty: no cross-origin access.
+    pub cors_origins: Vec<String>,
+    /// Redis for sessions, refresh families, revocations, lockout counters and rate limits;
+    /// when absent, an in-process store (single-process `ehr serve` only).
+    #[serde(skip_serializing)]
+    pub redis_url: Option<SecretString>,
+    /// A file holding the Redis URL (takes precedence over `redis_url`).
+    pub redis_url_file: Option<PathBuf>,
+    /// Prefix of every Redis key (several deployments may share one Redis).
+    pub redis_prefix: String,
+    /// Base URLs of the services in microservices mode (`patient-record = "http://patient-record:8080"`).
+    /// In target `all` the services are called in-process and this is ignored.
+    pub upstreams: BTreeMap<String, String>,
+}
+
+/// Token-bucket rate limits (requests per second and burst), per user and per tenant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    pub user_per_sec: f64,
+    pub user_burst: u32,
+    pub tenant_per_sec: f64,
+    pub tenant_burst: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self { user_per_sec: 50.0, user_burst: 200, tenant_per_sec: 2000.0, tenant_burst: 5000 }
+    }
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            access_token_secs: 600,
+            refresh_token_secs: 12 * 3600,
+            login_secs: 300,
+            code_secs: 60,
+            key_rotation_days: 30,
+            password: PasswordPolicy::default(),
+            lockout: LockoutPolicy::default(),
+            rate_limit: RateLimitSettings::default(),
+            cors_origins: Vec::new(),
+            redis_url: None,
+            redis_url_file: None,
+            redis_prefix: "ehr".into(),
+            upstreams: BTreeMap::new(),
+        }
+    }
+}
+
+impl GatewaySettings {
+    /// The access-token lifetime actually used.
+    pub fn access_secs(&self) -> i64 {
+        self.access_token_secs.clamp(60, MAX_ACCESS_TOKEN_SECS)
+    }
+}
