@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod access_matrix;
 mod auth;
 mod bundle;
 mod concurrency;

@@ -114,12 +114,11 @@ impl Gateway {
     /// Whether `tenant` exists (`Some`) and is active; cached for a few seconds.
     pub async fn tenant_active(&self, tenant: &TenantId) -> Result<Option<bool>, GatewayError> {
         let now = self.now();
-        if let Ok(cache) = self.tenants.0.lock() {
-            if let Some((active, at)) = cache.get(tenant.as_str()) {
-                if now - at < TENANT_CACHE_SECS {
-                    return Ok(*active);
-                }
-            }
+        if let Ok(cache) = self.tenants.0.lock()
+            && let Some((active, at)) = cache.get(tenant.as_str())
+            && now - at < TENANT_CACHE_SECS
+        {
+            return Ok(*active);
         }
         let tx = self.store.system_read().await?;
         let active = tx.tenant(tenant).await?.map(|t| t.active);

@@ -150,7 +150,7 @@ impl Gateway {
             return Err(bad("the client or its tenant is deactivated"));
         }
         let redirect_uri = p.redirect_uri.ok_or(bad("redirect_uri is required"))?;
-        if !client.redirect_uris.iter().any(|u| *u == redirect_uri) {
+        if !client.redirect_uris.contains(&redirect_uri) {
             return Err(bad("redirect_uri is not registered for this client"));
         }
         // PKCE is mandatory (OAuth 2.0 Security BCP, SMART App Launch 2.0), and only S256.
@@ -620,10 +620,10 @@ impl Gateway {
             }
             return Ok(());
         }
-        if let Ok(v) = self.verifier.verify_token(token, now).await {
-            if let Some(jti) = &v.claims.jti {
-                self.kv.revoke_jti(jti, v.claims.exp + 60).await?;
-            }
+        if let Ok(v) = self.verifier.verify_token(token, now).await
+            && let Some(jti) = &v.claims.jti
+        {
+            self.kv.revoke_jti(jti, v.claims.exp + 60).await?;
         }
         Ok(())
     }

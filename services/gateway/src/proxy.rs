@@ -125,20 +125,20 @@ impl Gateway {
         if c.iss == self.keys.issuer() && self.tenant_active(&v.principal.tenant).await? != Some(true) {
             return Err(GatewayError::InactiveTenant);
         }
-        if let Some(jti) = &c.jti {
-            if self.kv.is_jti_revoked(jti, now).await? {
-                return Err(GatewayError::Revoked);
-            }
+        if let Some(jti) = &c.jti
+            && self.kv.is_jti_revoked(jti, now).await?
+        {
+            return Err(GatewayError::Revoked);
         }
-        if let Some(sid) = &c.sid {
-            if self.kv.is_jti_revoked(&format!("sid:{sid}"), now).await? {
-                return Err(GatewayError::Revoked);
-            }
+        if let Some(sid) = &c.sid
+            && self.kv.is_jti_revoked(&format!("sid:{sid}"), now).await?
+        {
+            return Err(GatewayError::Revoked);
         }
-        if let Some(before) = self.kv.tokens_revoked_before(&c.tenant, &c.sub, now).await? {
-            if c.iat < before {
-                return Err(GatewayError::Revoked);
-            }
+        if let Some(before) = self.kv.tokens_revoked_before(&c.tenant, &c.sub, now).await?
+            && c.iat < before
+        {
+            return Err(GatewayError::Revoked);
         }
         Ok(v)
     }
@@ -268,10 +268,10 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
             return GatewayError::TooLarge.into_response();
         }
     };
-    if !parts.headers.contains_key("traceparent") {
-        if let Ok(v) = HeaderValue::from_str(&new_traceparent()) {
-            parts.headers.insert("traceparent", v);
-        }
+    if !parts.headers.contains_key("traceparent")
+        && let Ok(v) = HeaderValue::from_str(&new_traceparent())
+    {
+        parts.headers.insert("traceparent", v);
     }
     let first = segments.first().copied().filter(|s| !s.starts_with('_') && *s != "metadata");
     let upstream = st.upstreams.pick(first);

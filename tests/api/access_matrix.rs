@@ -1,0 +1,227 @@
+//! The access matrix (docs/security/access-matrix.md), tested cell by cell: for every role, a
+//! real login (password + TOTP) gives a token whose every resource type × interaction is allowed
+//! exactly when the matrix says so — through the FHIR API and the admin API.
+
+use ehr_auth::AccessMatrix;
+use ehr_testkit::{TestApp, patient};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// A valid resource of each FHIR type of the matrix, for create and update.
+fn resource(ty: &str, patient_id: &str) -> Value {
+    let subject = json!({"reference": format!("Patient/{patient_id}")});
+    match ty {
+        "Patient" => patient("山田", "太郎", "1970-01-01", "M-1"),
+        "Practitioner" => json!({"resourceType": "Practitioner", "name": [{"family": "医師", "given": ["一郎"]}]}),
+        "PractitionerRole" => json!({"resourceType": "PractitionerRole", "active": true}),
+        "Organization" => json!({"resourceType": "Organization", "name": "内科"}),
+        "Encounter" => json!({"resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}, "subject": subject}),
+        "Condition" => json!({"resourceType": "Condition", "code": {"text": "高血圧症"}, "subject": subject}),
+        "AllergyIntolerance" => {
+            json!({"resourceType": "AllergyIntolerance", "code": {"text": "卵"}, "patient": subject})
+        }
+        "Observation" => crate::observation(patient_id, "3A015000002327101", 4.1, "2026-11-01"),
+        "DiagnosticReport" => {
+            json!({"resourceType": "DiagnosticReport", "status": "final", "code": {"text": "生化学"}, "subject": subject})
+        }
+        "Procedure" => {
+            json!({"resourceType": "Procedure", "status": "completed", "code": {"text": "採血"}, "subject": subject})
+        }
+        "Immunization" => {
+            json!({"resourceType": "Immunization", "status": "completed", "vaccineCode": {"text": "インフルエンザ"},
+            "patient": subject, "occurrenceDateTime": "2026-10-01"})
+        }
+        "DocumentReference" => json!({"resourceType": "DocumentReference", "status": "current", "subject": subject,
+            "content": [{"attachment": {"contentType": "text/plain", "data": "5pys5paH"}}]}),
+        "Composition" => json!({"resourceType": "Composition", "status": "final", "type": {"text": "退院時サマリー"},
+            "date": "2026-11-01", "author": [{"display": "医師 一郎"}], "title": "退院時サマリー", "subject": subject}),
+        "Coverage" => json!({"resourceType": "Coverage", "status": "active", "beneficiary": subject,
+            "payor": [{"display": "全国健康保険協会"}]}),
+        "AuditEvent" => {
+            json!({"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded": "2026-11-01T00:00:00Z",
+            "agent": [{"requestor": true}], "source": {"observer": {"display": "forged"}}})
+        }
+        other => panic!("no sample resource for {other}"),
+    }
+}
+
+const LETTERS: [char; 5] = ['c', 'r', 'u', 'd', 's'];
+
+/// What the API answers; `Some(true)` allowed, `Some(false)` refused, `None` no such
+/// interaction for this type (the matrix must then not grant it).
+async fn fhir_cell(
+    app: &TestApp,
+    token: &str,
+    ty: &str,
+    letter: char,
+    existing: &str,
+    patient_id: &str,
+) -> Option<bool> {
+    let body = |id: Option<&str>| {
+        let mut r = resource(ty, patient_id);
+        if let Some(id) = id {
+            r["id"] = id.into();
+        }
+        r.to_string()
+    };
+    let req = match letter {
+        'c' => app
+            .as_user(Method::POST, &format!("/{ty}"), token)
+            .header("content-type", "application/fhir+json")
+            .body(body(None)),
+        'r' => app.as_user(Method::GET, &format!("/{ty}/{existing}"), token),
+        'u' => app
+            .as_user(Method::PUT, &format!("/{ty}/{existing}"), token)
+            .header("content-type", "application/fhir+json")
+            .body(body(Some(existing))),
+        'd' if ty == "AuditEvent" => app.as_user(Method::DELETE, &format!("/{ty}/{existing}"), token),
+        // A resource of its own, so that an allowed delete takes nothing from the other cells.
+        'd' => {
+            let victim = app.create(&resource(ty, patient_id)).await;
+            app.as_user(Method::DELETE, &format!("/{ty}/{}", crate::id_of(&victim)), token)
+        }
+        _ => app.as_user(Method::GET, &format!("/{ty}?_count=1"), token),
+    };
+    let status = req.send().await.unwrap().status().as_u16();
+    match status {
+        200 | 201 | 204 => Some(true),
+        // The read-only AuditEvent endpoint has no write interactions at all.
+        405 if ty == "AuditEvent" => None,
+        403 => Some(false),
+        other => panic!("{ty} {letter}: unexpected status {other}"),
+    }
+}
+
+/// The admin API's pseudo resource types.
+async fn admin_cell(app: &TestApp, token: &str, ty: &str, letter: char, targets: &Targets, n: usize) -> Option<bool> {
+    let url = |p: &str| format!("{}{p}", app.address);
+    let c = &app.client;
+    let req = match (ty, letter) {
+        ("Account", 'c') => c.post(url("/admin/users")).json(&json!({"username": format!("new-{n}"), "password": ehr_testkit::PASSWORD, "roles": ["clerk"]})),
+        ("Account", 'r') => c.get(url(&format!("/admin/users/{}", targets.account))),
+        ("Account", 'u') => c.put(url(&format!("/admin/users/{}/roles", targets.account))).json(&json!({"roles": ["clerk"]})),
+        ("Account", 's') => c.get(url("/admin/users")),
+        ("Client", 'c') => c.post(url("/admin/clients")).json(&json!({"name": "app", "kind": "public", "redirect_uris": ["https://app.example/cb"], "scope": "user/*.rs"})),
+        ("Client", 'r') => c.get(url(&format!("/admin/clients/{}", targets.client))),
+        ("Client", 'u') => c.post(url(&format!("/admin/clients/{}/deactivate", targets.client))),
+        ("Client", 's') => c.get(url("/admin/clients")),
+        ("Tenant", 'c') => c.post(url("/admin/tenants")).json(&json!({"id": format!("{}-new-{n}", targets.tenant), "name": "new"})),
+        ("Tenant", 'r') => c.get(url(&format!("/admin/tenants/{}", targets.tenant))),
+        ("Tenant", 'u') => c.post(url(&format!("/admin/tenants/{}/deactivate", targets.tenant))),
+        ("Tenant", 's') => c.get(url("/admin/tenants")),
+        ("SigningKey", 'c') => c.post(url("/admin/keys/rotate")).json(&json!({"publish_secs": 3600})),
+        ("SigningKey", 'r') => c.get(url("/admin/keys")),
+        _ => return None,
+    };
+    let resp = req.bearer_auth(token).send().await.unwrap();
+    match resp.status().as_u16() {
+        200 | 201 => Some(true),
+        403 => Some(false),
+        other => panic!("{ty} {letter}: unexpected status {other}: {}", resp.text().await.unwrap_or_default()),
+    }
+}
+
+/// Objects the admin cells act on, in the caller's tenant (and another tenant for `Tenant`).
+struct Targets {
+    account: String,
+    client: String,
+    tenant: String,
+}
+
+#[tokio::test]
+async fn every_cell_of_the_access_matrix_holds() {
+    let app = TestApp::spawn().await;
+    let client = app.bootstrap().await;
+    let system = ehr_core::TenantId::system();
+    ehr_gateway::ops::bootstrap_tenant(&app.gateway.store, &app.gateway.settings, app.now(), &system, "System", None)
+        .await
+        .unwrap();
+    let matrix = AccessMatrix::get();
+    assert_eq!(matrix.roles().len(), 7);
+
+    // Existing data, created with a development token.
+    let patient_id = crate::id_of(&app.create(&patient("既存", "患者", "1960-05-05", "E-1")).await);
+    let mut existing = std::collections::HashMap::new();
+    for ty in ehr_patient_record::RESOURCE_TYPES {
+        let created = app.create(&resource(ty, &patient_id)).await;
+        existing.insert(*ty, crate::id_of(&created));
+    }
+
+    let (mut checked, mut allowed_seen, mut granted_total) = (0, 0, 0);
+    for (n, role) in matrix.roles().iter().enumerate() {
+        // A system admin belongs to the system tenant; everyone else to the hospital.
+        let (tenant, client_id) = if role == "system-admin" {
+            ("system", "system-cli".to_owned())
+        } else {
+            (app.tenant.as_str(), client.clone())
+        };
+        let mut account = app.account_in(tenant, &format!("{role}-user"), &[role.as_str()]).await;
+        let token = app.login(&client_id, &mut account, "user/*.cruds").await.access;
+        let target_user = app.account_in(tenant, &format!("{role}-target"), &["clerk"]).await;
+        let target_tenant = format!("{}-t{n}", app.tenant);
+        ehr_gateway::ops::bootstrap_tenant(
+            &app.gateway.store,
+            &app.gateway.settings,
+            app.now(),
+            &ehr_core::TenantId::parse(&target_tenant).unwrap(),
+            "target",
+            None,
+        )
+        .await
+        .unwrap();
+        let targets =
+            Targets { account: target_user.id, client: format!("{tenant}-cli-target-{n}"), tenant: target_tenant };
+        {
+            // A client the `u` cell may deactivate without locking anyone out.
+            let tx = app.gateway.store.system_write().await.unwrap();
+            tx.create_client(&ehr_store::ClientRecord {
+                client_id: targets.client.clone(),
+                tenant: ehr_core::TenantId::parse(tenant).unwrap(),
+                name: "target".into(),
+                kind: "public".into(),
+                redirect_uris: vec!["https://app.example/cb".into()],
+                jwks: None,
+                scope: "user/*.rs".into(),
+                active: true,
+                created_at: app.now(),
+            })
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+        for ty in matrix.resource_types() {
+            let granted = matrix.letters(role, ty);
+            for letter in LETTERS {
+                let outcome = if ehr_patient_record::RESOURCE_TYPES.contains(&ty.as_str()) || ty == "AuditEvent" {
+                    let id = if ty == "AuditEvent" {
+                        let events = app.audit_events("").await;
+                        crate::id_of(&events[0])
+                    } else {
+                        existing[ty.as_str()].clone()
+                    };
+                    fhir_cell(&app, &token, ty, letter, &id, &patient_id).await
+                } else {
+                    admin_cell(&app, &token, ty, letter, &targets, n).await
+                };
+                let expected = granted.contains(letter);
+                granted_total += usize::from(expected);
+                allowed_seen += usize::from(outcome == Some(true));
+                match outcome {
+                    Some(allowed) => {
+                        assert_eq!(allowed, expected, "role {role}, {ty}, '{letter}': matrix says {expected}")
+                    }
+                    None => assert!(
+                        !expected,
+                        "role {role}, {ty}, '{letter}': granted by the matrix but the API has no such interaction"
+                    ),
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, matrix.roles().len() * matrix.resource_types().len() * LETTERS.len());
+    // Both kinds of answer were exercised, in the proportion the matrix has.
+    assert_eq!(allowed_seen, granted_total);
+    assert!(granted_total > 100 && checked - granted_total > 100, "{granted_total} of {checked}");
+}
