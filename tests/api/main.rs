@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod access_matrix;
+mod audit;
 mod auth;
 mod bundle;
 mod concurrency;

@@ -148,6 +148,15 @@ const CACHE_CAPACITY: usize = 50_000;
 /// flood of forged tokens cannot turn into a flood of requests to the issuer.
 const REFETCH_INTERVAL_SECS: i64 = 30;
 
+/// The `alg` of a compact JWS header, read leniently.
+fn header_alg(token: &str) -> Option<String> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("alg")?.as_str().map(str::to_owned)
+}
+
 impl Verifier {
     /// A verifier trusting tokens of `issuer` signed by keys from `sources`.
     pub async fn new(issuer: impl Into<String>, sources: Vec<KeySource>) -> Result<Self, AuthError> {
@@ -247,7 +256,15 @@ impl Verifier {
     }
 
     async fn verify_signature(&self, token: &str, now_unix: i64) -> Result<VerifiedToken, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::InvalidToken("malformed"))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            // `alg: none` (and other algorithms the library does not know) fail to parse as a
+            // header; say what is wrong rather than just "malformed".
+            if header_alg(token).is_some() {
+                AuthError::InvalidToken("algorithm must be ES256")
+            } else {
+                AuthError::InvalidToken("malformed")
+            }
+        })?;
         if header.alg != Algorithm::ES256 {
             return Err(AuthError::InvalidToken("algorithm must be ES256"));
         }
