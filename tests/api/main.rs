@@ -13,6 +13,7 @@ mod bundle;
 mod concurrency;
 mod crud;
 mod errors;
+mod gateway;
 mod history;
 mod identity;
 mod postgres;

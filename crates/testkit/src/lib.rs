@@ -71,8 +71,8 @@ fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Creates a fresh PostgreSQL database and returns its URL.
-async fn fresh_postgres() -> String {
+/// Creates a fresh PostgreSQL database and returns its URL (panics when PostgreSQL is unreachable).
+pub async fn fresh_postgres() -> String {
     let admin =
         std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let name = format!("ehr_test_{}", unique());
