@@ -240,3 +240,20 @@ async fn the_gateway_routes_to_a_patient_record_service_in_another_process_over_
 fn uuid_like() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
+
+#[tokio::test]
+async fn the_capability_statement_names_the_oauth_endpoints_and_the_read_only_audit_trail() {
+    let app = TestApp::spawn().await;
+    let cs = json(app.client.get(app.fhir("/metadata")).send().await.unwrap(), 200).await;
+    let security = &cs["rest"][0]["security"];
+    assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    let uris = security["extension"][0]["extension"].as_array().unwrap();
+    assert!(uris.iter().any(|u| u["url"] == "token" && u["valueUri"].as_str().unwrap().ends_with("/auth/token")));
+    let audit = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "AuditEvent").unwrap();
+    let interactions: Vec<&str> =
+        audit["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+    assert!(
+        !interactions.contains(&"create") && !interactions.contains(&"delete") && interactions.contains(&"search-type")
+    );
+    assert!(audit["searchParam"].as_array().unwrap().iter().any(|p| p["name"] == "patient"));
+}

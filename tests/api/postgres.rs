@@ -25,6 +25,12 @@ async fn row_level_security_hides_other_tenants_rows_from_unscoped_queries() {
     assert_eq!(count("SELECT COUNT(*) FROM resources").await, 0);
     assert_eq!(count("SELECT COUNT(*) FROM sp_token").await, 0);
     assert_eq!(count("SELECT COUNT(*) FROM resource_history").await, 0);
+    // The gateway's tenant tables too: the audit chain and the accounts.
+    app.gateway.audit.flush().await;
+    app.account("rls-user", &["clerk"]).await;
+    assert_eq!(count("SELECT COUNT(*) FROM audit_chain").await, 0);
+    assert_eq!(count("SELECT COUNT(*) FROM audit_head").await, 0);
+    assert_eq!(count("SELECT COUNT(*) FROM users").await, 0);
     // And writing a row for another tenant than the transaction's is refused.
     let txn = db.begin().await.unwrap();
     txn.execute_unprepared("SET LOCAL ROLE ehr_app").await.unwrap();
@@ -38,7 +44,10 @@ async fn row_level_security_hides_other_tenants_rows_from_unscoped_queries() {
     assert!(err.is_err(), "RLS WITH CHECK must refuse a row of another tenant");
     // The owner's view (superuser, no role switch) confirms the row exists.
     let row = db
-        .query_one_raw(Statement::from_string(db.get_database_backend(), "SELECT COUNT(*) FROM resources"))
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) FROM resources WHERE resource_type = 'Patient'",
+        ))
         .await
         .unwrap()
         .unwrap();

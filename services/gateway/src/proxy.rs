@@ -160,6 +160,57 @@ impl Gateway {
     }
 }
 
+/// Adds what the gateway contributes to the service's CapabilityStatement: the OAuth endpoints
+/// (SMART `oauth-uris` extension), CORS, and the read-only AuditEvent resource it serves.
+async fn augment_capabilities(resp: Response, public_url: Option<&str>, host_base: &str) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 4 * 1024 * 1024).await else {
+        return GatewayError::Upstream.into_response();
+    };
+    let Ok(mut cs) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let base = public_url.map_or(host_base, |u| u.trim_end_matches('/'));
+    if let Some(rest) = cs.pointer_mut("/rest/0") {
+        rest["security"]["extension"] = serde_json::json!([{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [
+                {"url": "authorize", "valueUri": format!("{base}/auth/authorize")},
+                {"url": "token", "valueUri": format!("{base}/auth/token")},
+                {"url": "revoke", "valueUri": format!("{base}/auth/revoke")},
+            ],
+        }]);
+        rest["security"]["cors"] = serde_json::json!(true);
+        let audit = ehr_rest::capability_statement(&["AuditEvent"], base, chrono::DateTime::<chrono::Utc>::UNIX_EPOCH);
+        if let (Some(mut entry), Some(list)) =
+            (audit.pointer("/rest/0/resource/0").cloned(), rest.get_mut("resource").and_then(|r| r.as_array_mut()))
+        {
+            entry["interaction"] = serde_json::json!(
+                ["read", "vread", "history-instance", "history-type", "search-type"]
+                    .iter()
+                    .map(|c| serde_json::json!({"code": c}))
+                    .collect::<Vec<_>>()
+            );
+            if let Some(obj) = entry.as_object_mut() {
+                for key in [
+                    "updateCreate",
+                    "conditionalCreate",
+                    "conditionalUpdate",
+                    "conditionalDelete",
+                    "conditionalRead",
+                    "versioning",
+                ] {
+                    obj.remove(key);
+                }
+                obj.insert("searchRevInclude".into(), serde_json::json!([]));
+            }
+            list.push(entry);
+        }
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(cs.to_string()))
+}
+
 /// A W3C `traceparent` for a request that came without one, so the services' logs of one
 /// request correlate (OpenTelemetry replaces this with real spans, issue #7).
 fn new_traceparent() -> String {
@@ -251,6 +302,11 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
         }
     }
     let interaction = classify(&parts.method, &segments);
+    let host_base = {
+        let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+        let proto = parts.headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("http");
+        format!("{proto}://{host}")
+    };
     let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
 
     let body = match axum::body::to_bytes(body, st.max_body).await {
@@ -292,6 +348,9 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
     };
     let patients = resp.headers_mut().remove(AUDIT_PATIENTS);
     let Some(tenant) = tenant else {
+        if public && resp.status() == axum::http::StatusCode::OK {
+            return augment_capabilities(resp, gw.public_url.as_deref(), &host_base).await;
+        }
         return resp;
     };
 
