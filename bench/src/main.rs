@@ -14,6 +14,10 @@
 //! 3. **search** — a mix of seven realistic searches, for `--duration-secs` at each level, with a
 //!    per-kind breakdown at the lowest and the highest level.
 //!
+//! Every request passes the gateway (token, revocation and rate-limit checks; one AuditEvent per
+//! access, written in batches), as in production; `--redis-url` puts the gateway's security state
+//! in Redis.
+//!
 //! The load generator and the server run in the same process on the same tokio runtime, so they
 //! share the machine's cores. Any non-2xx answer or transport error is counted and makes the run
 //! exit with status 1. See `docs/performance.md`.
@@ -86,6 +90,10 @@ struct Args {
     /// Skip the search phase.
     #[arg(long)]
     no_search: bool,
+    /// Redis for the gateway's security state (revocations, rate limits), as in production; without
+    /// it the in-process store of `ehr serve` is used.
+    #[arg(long)]
+    redis_url: Option<String>,
     /// Seed of the synthetic data and of the random choices.
     #[arg(long, default_value_t = 20261125)]
     seed: u64,
@@ -303,6 +311,15 @@ async fn verify_cost(signer: &DevSigner, token: &str) -> Result<(f64, f64), Stri
 async fn run_backend(backend: &str, args: &Args) -> Result<usize, String> {
     let mut config = Config::default();
     config.database.max_connections = args.max_connections;
+    // The load generator is one user: the per-user limit would measure the limiter.
+    config.gateway.rate_limit.user_per_sec = 1e6;
+    config.gateway.rate_limit.user_burst = 1_000_000;
+    config.gateway.rate_limit.tenant_per_sec = 1e6;
+    config.gateway.rate_limit.tenant_burst = 1_000_000;
+    if let Some(url) = &args.redis_url {
+        config.gateway.redis_url = Some(url.clone().into());
+        config.gateway.redis_prefix = format!("ehr-bench-{}", uuid::Uuid::new_v4().simple());
+    }
     let mut _data_dir = None;
     let mut pg = None;
     let database_url = if backend == "postgres" {

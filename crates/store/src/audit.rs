@@ -113,17 +113,23 @@ impl Tx {
         let head = rows.first().ok_or_else(|| StoreError::corrupt("audit_head"))?;
         let mut seq: i64 = head.try_get("", "seq")?;
         let mut hash: String = head.try_get("", "hash")?;
-        let mut stored = Vec::with_capacity(events.len());
-        for event in events {
-            let event = self.create("AuditEvent", None, event, now).await?;
-            seq += 1;
-            hash = link_hash(&hash, seq, &event.id, &event.content);
+        // One multi-row statement per table for the whole batch: the audit trail is written for
+        // every request, so its cost per event must stay far below a request's.
+        let stored = self.create_many("AuditEvent", events, now).await?;
+        for chunk in stored.chunks(500) {
+            let mut sql = crate::sql::Sql::new(tenant);
+            let mut rows = Vec::with_capacity(chunk.len());
+            for event in chunk {
+                seq += 1;
+                hash = link_hash(&hash, seq, &event.id, &event.content);
+                let (s, id, h) = (sql.bind(seq), sql.bind(event.id.as_str()), sql.bind(hash.as_str()));
+                rows.push(format!("($1, {s}, {id}, {h})"));
+            }
             self.exec(
-                "INSERT INTO audit_chain (tenant_id, seq, resource_id, hash) VALUES ($1, $2, $3, $4)",
-                vec![tenant.into(), seq.into(), event.id.as_str().into(), hash.as_str().into()],
+                &format!("INSERT INTO audit_chain (tenant_id, seq, resource_id, hash) VALUES {}", rows.join(", ")),
+                sql.values,
             )
             .await?;
-            stored.push(event);
         }
         self.exec(
             "UPDATE audit_head SET seq = $2, hash = $3 WHERE tenant_id = $1",

@@ -539,19 +539,73 @@ impl Tx {
     /// PostgreSQL all of them in one statement (data-modifying CTEs), on SQLite one by one.
     async fn write_indexes(&self, resource_type: &str, id: &str, resource: &Json) -> Result<(), StoreError> {
         let entries = extract(resource_type, resource);
+        let rows: Vec<(&str, &IndexEntry)> = entries.iter().map(|e| (id, e)).collect();
+        self.write_index_rows(resource_type, &rows).await
+    }
+
+    /// Writes index rows of (resource id, entry), a multi-row INSERT per kind and chunk.
+    async fn write_index_rows(&self, resource_type: &str, rows: &[(&str, &IndexEntry)]) -> Result<(), StoreError> {
         let combine_statements = self.backend == DbBackend::Postgres;
-        let mut batch = IndexBatch::new(&self.tenant, resource_type, id);
+        let mut batch = IndexBatch::new(&self.tenant, resource_type);
         for kind in ALL_KINDS {
-            let of_kind: Vec<&IndexEntry> = entries.iter().filter(|e| e.kind == kind).collect();
+            let of_kind: Vec<(&str, &IndexEntry)> = rows.iter().filter(|(_, e)| e.kind == kind).copied().collect();
             // Chunks keep the bound-parameter count far below SQLite's and PostgreSQL's limits.
             for chunk in of_kind.chunks(200) {
                 batch.add(kind, chunk);
                 if !combine_statements || batch.sql.values.len() > 20_000 {
-                    self.flush(std::mem::replace(&mut batch, IndexBatch::new(&self.tenant, resource_type, id))).await?;
+                    self.flush(std::mem::replace(&mut batch, IndexBatch::new(&self.tenant, resource_type))).await?;
                 }
             }
         }
         self.flush(batch).await
+    }
+
+    /// Creates resources of one type with server-assigned ids in a few multi-row statements
+    /// instead of a few per resource: the same rows as [`Tx::create`] for each (current version,
+    /// history, index rows). For bulk writers such as the audit trail.
+    pub async fn create_many(
+        &self,
+        resource_type: &str,
+        resources: Vec<Json>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut stored = Vec::with_capacity(resources.len());
+        let mut entries = Vec::with_capacity(resources.len());
+        for mut resource in resources {
+            let id = ResourceId::generate();
+            let s = stamp(&mut resource, resource_type, id.as_str(), 1, now)?;
+            entries.push(extract(resource_type, &resource));
+            stored.push(s);
+        }
+        for chunk in stored.chunks(200) {
+            let mut sql = Sql::new(&self.tenant);
+            let ty = sql.bind(resource_type);
+            let mut rows = Vec::with_capacity(chunk.len());
+            let mut history = Vec::with_capacity(chunk.len());
+            for s in chunk {
+                let (id, at, content) = (sql.bind(s.id.as_str()), sql.bind(s.last_updated), sql.bind(s.content.as_str()));
+                rows.push(format!("($1, {ty}, {id}, 1, {at}, 0, {content})"));
+                history.push(format!("($1, {ty}, {id}, 1, {at}, 'POST', 0, {content})"));
+            }
+            let insert = format!(
+                "INSERT INTO resources (tenant_id, resource_type, id, version_id, last_updated, deleted, content) VALUES {}",
+                rows.join(", ")
+            );
+            let insert_history = format!(
+                "INSERT INTO resource_history (tenant_id, resource_type, id, version_id, last_updated, method, deleted, content) VALUES {}",
+                history.join(", ")
+            );
+            if self.backend == DbBackend::Postgres {
+                self.exec(&combine(vec![insert, insert_history]), sql.values).await?;
+            } else {
+                self.exec(&insert, sql.values.clone()).await?;
+                self.exec(&insert_history, sql.values).await?;
+            }
+        }
+        let rows: Vec<(&str, &IndexEntry)> =
+            stored.iter().zip(&entries).flat_map(|(s, es)| es.iter().map(move |e| (s.id.as_str(), e))).collect();
+        self.write_index_rows(resource_type, &rows).await?;
+        Ok(stored)
     }
 
     async fn flush(&self, batch: IndexBatch) -> Result<(), StoreError> {
@@ -810,25 +864,23 @@ fn combine(mut statements: Vec<String>) -> String {
     format!("WITH {} {last}", ctes.join(", "))
 }
 
-/// INSERT statements of index rows sharing one set of bound values (`$1` tenant, then the
-/// resource type and id).
+/// INSERT statements of index rows sharing one set of bound values (`$1` tenant, `$2` resource
+/// type; each row binds its resource id).
 struct IndexBatch {
     sql: Sql,
     ty: String,
-    rid: String,
     statements: Vec<String>,
 }
 
 impl IndexBatch {
-    fn new(tenant: &str, resource_type: &str, id: &str) -> Self {
+    fn new(tenant: &str, resource_type: &str) -> Self {
         let mut sql = Sql::new(tenant);
         let ty = sql.bind(resource_type);
-        let rid = sql.bind(id);
-        Self { sql, ty, rid, statements: Vec::new() }
+        Self { sql, ty, statements: Vec::new() }
     }
 
-    /// Adds one multi-row INSERT of `entries`, all of `kind`.
-    fn add(&mut self, kind: ParamKind, entries: &[&IndexEntry]) {
+    /// Adds one multi-row INSERT of `entries` (resource id, entry), all of `kind`.
+    fn add(&mut self, kind: ParamKind, entries: &[(&str, &IndexEntry)]) {
         if entries.is_empty() {
             return;
         }
@@ -843,7 +895,17 @@ impl IndexBatch {
         };
         let sql = &mut self.sql;
         let mut rows = Vec::with_capacity(entries.len());
-        for e in entries {
+        let mut last_id: Option<(&str, String)> = None;
+        for (id, e) in entries {
+            // Consecutive rows of one resource share its bound id.
+            let rid = match &last_id {
+                Some((prev, placeholder)) if prev == id => placeholder.clone(),
+                _ => {
+                    let placeholder = sql.bind(*id);
+                    last_id = Some((id, placeholder.clone()));
+                    placeholder
+                }
+            };
             let param = sql.bind(e.param);
             let vals: Vec<String> = match &e.value {
                 IndexValue::Token { system, code } => vec![sql.bind(system.clone()), sql.bind(code.clone())],
@@ -860,7 +922,7 @@ impl IndexBatch {
                 IndexValue::Number(n) => vec![sql.bind(*n)],
                 IndexValue::Uri(u) => vec![sql.bind(u.as_str())],
             };
-            rows.push(format!("($1, {}, {}, {param}, {})", self.ty, self.rid, vals.join(", ")));
+            rows.push(format!("($1, {}, {rid}, {param}, {})", self.ty, vals.join(", ")));
         }
         self.statements.push(format!(
             "INSERT INTO {} (tenant_id, resource_type, resource_id, param, {columns}) VALUES {}",
