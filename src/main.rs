@@ -261,10 +261,16 @@ async fn serve(config: Config, target: Target) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(addr = %config.listen, backend = app.store.backend_name(), "listening; FHIR at /fhir");
-    axum::serve(listener, app.router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+    let served = axum::serve(listener, app.router.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .map_err(|e| format!("server error: {e}"))
+        .map_err(|e| format!("server error: {e}"));
+    // Drained: every answered request's audit events are queued; write them before exiting.
+    if let Some(gateway) = &app.gateway {
+        gateway.audit.flush().await;
+        tracing::info!("audit trail flushed");
+    }
+    served
 }
 
 /// Resolves on SIGINT or SIGTERM; axum then stops accepting and drains in-flight requests.

@@ -131,7 +131,7 @@ async fn security_events_are_audited() {
     let client = app.bootstrap().await;
     let admin_token = admin(&app, &client).await;
     let mut nurse = app.account("ns-1", &["nurse"]).await;
-    let tokens = app.login(&client, &mut nurse, "user/*.cruds").await;
+    let tokens = app.login(&client, &mut nurse, "offline_access user/*.cruds").await;
     let (_, challenge) = ehr_testkit::pkce();
     let request = app.authorize(&client, "", &challenge).await;
     for _ in 0..5 {

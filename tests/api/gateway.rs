@@ -67,7 +67,7 @@ async fn the_embedded_security_state_serves_a_whole_login_without_redis() {
     let app = TestApp::spawn_with(|c| c.gateway.redis_url = None).await;
     let client = app.bootstrap().await;
     let mut u = app.account("solo", &["physician"]).await;
-    let t = app.login(&client, &mut u, "user/*.cruds").await;
+    let t = app.login(&client, &mut u, "offline_access user/*.cruds").await;
     assert_eq!(app.as_user(Method::GET, "/Patient", &t.access).send().await.unwrap().status(), 200);
     let rotated = app
         .form("/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", t.refresh.as_deref().unwrap())])

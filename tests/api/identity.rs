@@ -227,7 +227,7 @@ async fn a_deactivated_user_loses_access_at_once() {
     let client = app.bootstrap().await;
     let admin_token = admin(&app, &client).await;
     let mut leaver = app.account("leaver", &["nurse"]).await;
-    let tokens = app.login(&client, &mut leaver, "user/*.cruds").await;
+    let tokens = app.login(&client, &mut leaver, "offline_access user/*.cruds").await;
     assert_eq!(app.as_user(Method::GET, "/Patient", &tokens.access).send().await.unwrap().status(), 200);
 
     let resp = admin_post(&app, &admin_token, &format!("/admin/users/{}/deactivate", leaver.id)).await;
@@ -532,7 +532,7 @@ async fn logout_ends_the_session() {
     let app = TestApp::spawn().await;
     let client = app.bootstrap().await;
     let mut u = app.account("u2", &["nurse"]).await;
-    let t = app.login(&client, &mut u, "user/*.cruds").await;
+    let t = app.login(&client, &mut u, "offline_access user/*.cruds").await;
     let out = app.client.post(format!("{}/auth/logout", app.address)).bearer_auth(&t.access).send().await.unwrap();
     assert_eq!(out.status(), 204);
     outcome(app.as_user(Method::GET, "/Patient", &t.access).send().await.unwrap(), 401, "login").await;
@@ -540,4 +540,105 @@ async fn logout_ends_the_session() {
         .form("/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", t.refresh.as_deref().unwrap())])
         .await;
     assert_eq!(json(refreshed, 400).await["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn the_admin_api_is_tenant_scoped() {
+    let app = TestApp::spawn().await;
+    let client = app.bootstrap().await;
+    let admin_a = admin(&app, &client).await;
+    // A second hospital with its own administrator, client and staff.
+    let b = format!("{}-b", app.tenant);
+    let tb = ehr_core::TenantId::parse(&b).unwrap();
+    let boot = ehr_gateway::ops::bootstrap_tenant(&app.gateway.store, &app.gateway.settings, app.now(), &tb, "B", None)
+        .await
+        .unwrap();
+    let mut admin_b_account = app.account_in(&b, "admin", &["tenant-admin"]).await;
+    let admin_b = app.login(&boot.client_id, &mut admin_b_account, "user/*.cruds").await.access;
+    let staff_b = app.account_in(&b, "staff-b", &["nurse"]).await;
+    let get = |path: String, token: &str| app.client.get(format!("{}{path}", app.address)).bearer_auth(token).send();
+
+    let list_a = json(get("/admin/users".into(), &admin_a).await.unwrap(), 200).await;
+    let names: Vec<&str> =
+        list_a["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["admin"], "only tenant A's accounts");
+    outcome(get(format!("/admin/users/{}", staff_b.id), &admin_a).await.unwrap(), 404, "not-found").await;
+    outcome(admin_post(&app, &admin_a, &format!("/admin/users/{}/deactivate", staff_b.id)).await, 404, "not-found")
+        .await;
+    outcome(admin_post(&app, &admin_a, &format!("/admin/users/{}/reset-mfa", staff_b.id)).await, 404, "not-found")
+        .await;
+    outcome(get(format!("/admin/clients/{}", boot.client_id), &admin_a).await.unwrap(), 404, "not-found").await;
+    outcome(
+        admin_post(&app, &admin_a, &format!("/admin/clients/{}/deactivate", boot.client_id)).await,
+        404,
+        "not-found",
+    )
+    .await;
+    let clients_a = json(get("/admin/clients".into(), &admin_a).await.unwrap(), 200).await;
+    assert!(!clients_a.to_string().contains(&boot.client_id));
+    // B's administrator still sees her nurse, active.
+    let nurse = json(get(format!("/admin/users/{}", staff_b.id), &admin_b).await.unwrap(), 200).await;
+    assert_eq!(nurse["active"], true);
+    // A tenant admin is not a system admin.
+    outcome(get("/admin/tenants".into(), &admin_a).await.unwrap(), 403, "forbidden").await;
+}
+
+#[tokio::test]
+async fn admin_api_bad_input_gets_operation_outcomes() {
+    let app = TestApp::spawn().await;
+    let client = app.bootstrap().await;
+    let token = admin(&app, &client).await;
+    let post = |body: &'static str| {
+        app.client
+            .post(format!("{}/admin/users", app.address))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    outcome(post("{not json").await.unwrap(), 400, "invalid").await;
+    outcome(post(r#"{"username": "x"}"#).await.unwrap(), 400, "invalid").await;
+    let weak = post(r#"{"username": "weak", "password": "short", "roles": ["nurse"]}"#).await.unwrap();
+    let oo = outcome(weak, 400, "invalid").await;
+    assert!(oo.to_string().contains("password"), "{oo}");
+    let role =
+        post(r#"{"username": "r", "password": "Correct-Horse-42-battery", "roles": ["janitor"]}"#).await.unwrap();
+    assert!(outcome(role, 400, "invalid").await.to_string().contains("unknown role"));
+    let escalate =
+        post(r#"{"username": "s", "password": "Correct-Horse-42-battery", "roles": ["system-admin"]}"#).await.unwrap();
+    outcome(escalate, 403, "forbidden").await;
+    json(post(r#"{"username": "ok", "password": "Correct-Horse-42-battery", "roles": ["nurse"]}"#).await.unwrap(), 201)
+        .await;
+    let dup = post(r#"{"username": "ok", "password": "Correct-Horse-42-battery", "roles": ["nurse"]}"#).await.unwrap();
+    outcome(dup, 409, "duplicate").await;
+    // The login form without its fields: an outcome too.
+    let bad_form = app
+        .client
+        .post(format!("{}/auth/login", app.address))
+        .header("accept", "application/json")
+        .form(&[("request", "x")])
+        .send()
+        .await
+        .unwrap();
+    outcome(bad_form, 400, "invalid").await;
+}
+
+#[tokio::test]
+async fn refresh_tokens_only_for_offline_access_and_revocation_needs_the_token_itself() {
+    let app = TestApp::spawn().await;
+    let client = app.bootstrap().await;
+    let mut u = app.account("u3", &["nurse"]).await;
+    let online = app.login(&client, &mut u, "user/*.cruds").await;
+    assert!(online.refresh.is_none(), "no offline_access, no refresh token");
+    let offline = app.login(&client, &mut u, "offline_access user/*.cruds").await;
+    let refresh = offline.refresh.clone().unwrap();
+    // Knowing the session id (the `sid` of every access token) is not enough to end a session.
+    let sid = claims(&offline.access)["sid"].as_str().unwrap().to_owned();
+    assert_eq!(app.form("/auth/revoke", &[("token", &format!("{sid}.guess"))]).await.status(), 200);
+    assert_eq!(app.as_user(Method::GET, "/Patient", &offline.access).send().await.unwrap().status(), 200);
+    // The refresh token itself is.
+    assert_eq!(app.form("/auth/revoke", &[("token", &refresh)]).await.status(), 200);
+    outcome(app.as_user(Method::GET, "/Patient", &offline.access).send().await.unwrap(), 401, "login").await;
+    let again = app.form("/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &refresh)]).await;
+    assert_eq!(json(again, 400).await["error"], "invalid_grant");
 }

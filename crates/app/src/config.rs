@@ -144,7 +144,9 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("EHR_").filter(|k| !is_service_link(k.as_str())).split("__"));
+        figment = figment.merge(
+            Env::prefixed("EHR_").filter(|k| !is_service_link(k.as_str()) && !is_cli_input(k.as_str())).split("__"),
+        );
         figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
@@ -170,6 +172,24 @@ impl Config {
         }
     }
 
+    /// Checks settings whose mistakes would otherwise surface only at the first request.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let rl = &self.gateway.rate_limit;
+        for (name, per_sec, burst) in
+            [("user", rl.user_per_sec, rl.user_burst), ("tenant", rl.tenant_per_sec, rl.tenant_burst)]
+        {
+            if !per_sec.is_finite() || per_sec < 0.001 || burst == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "gateway.rate_limit.{name}_per_sec must be at least 0.001 and {name}_burst at least 1"
+                )));
+            }
+        }
+        if self.gateway.access_token_secs > ehr_gateway::MAX_ACCESS_TOKEN_SECS {
+            tracing::warn!("gateway.access_token_secs is capped at {} s", ehr_gateway::MAX_ACCESS_TOKEN_SECS);
+        }
+        Ok(())
+    }
+
     /// The Redis URL of the gateway's security state, reading `redis_url_file` if set.
     pub fn redis_url(&self) -> Result<Option<String>, ConfigError> {
         if let Some(path) = &self.gateway.redis_url_file {
@@ -187,6 +207,12 @@ impl Config {
     pub fn redacted(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// Variables read by CLI commands, not configuration (`EHR_ADMIN_PASSWORD` of
+/// `ehr admin create-tenant`).
+fn is_cli_input(key: &str) -> bool {
+    key.eq_ignore_ascii_case("admin_password")
 }
 
 /// Kubernetes injects "service link" variables for every Service (`EHR_PORT`,
@@ -218,6 +244,9 @@ mod tests {
             // Kubernetes service links are not configuration.
             jail.set_env("EHR_PORT", "tcp://10.0.0.1:8080");
             jail.set_env("EHR_GATEWAY_SERVICE_HOST", "10.0.0.2");
+            assert!(Config::load(None).is_ok());
+            // The bootstrap password of `ehr admin create-tenant` is not configuration.
+            jail.set_env("EHR_ADMIN_PASSWORD", "secret");
             assert!(Config::load(None).is_ok());
             jail.set_env("EHR_DATABSE__URL", "x");
             assert!(Config::load(None).is_err(), "a misspelt key must be rejected");

@@ -220,6 +220,7 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         return Ok(App { router, store, gateway: None });
     }
     // The gateway (alone, or with every service in-process).
+    config.validate()?;
     let kv = security_state(config, target).await?;
     let store = store(config, target).await?;
     let now = clock.now().timestamp();
@@ -252,7 +253,7 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
                 "gateway.upstreams.patient-record (its base URL) is required for target gateway".into(),
             )
         })?;
-        let pr = Upstream::Remote { base, client: reqwest_client() };
+        let pr = Upstream::Remote { base, client: reqwest_client()? };
         Upstreams::new(pr.clone(), audit_router).route(ehr_patient_record::RESOURCE_TYPES, pr)
     };
     let gateway = Gateway::new(GatewayInner {
@@ -272,6 +273,12 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
     Ok(App { router, store, gateway: Some(gateway) })
 }
 
-fn reqwest_client() -> ehr_gateway::HttpClient {
-    ehr_gateway::HttpClient::new()
+/// The client of the gateway's calls to the services: bounded waits, so that a hung service
+/// answers 502 instead of holding requests forever.
+fn reqwest_client() -> Result<ehr_gateway::HttpClient, AppError> {
+    ehr_gateway::HttpClient::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .map_err(|e| ConfigError::Invalid(format!("HTTP client: {e}")).into())
 }

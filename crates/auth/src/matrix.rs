@@ -201,7 +201,10 @@ mod tests {
         }
         // Least privilege: the operator of the server sees no clinical data.
         let sysadmin = m.scopes_for(&["system-admin".to_owned()]);
-        assert_eq!(sysadmin, "user/Account.crus user/Client.crus user/Tenant.crus user/SigningKey.cr");
+        assert_eq!(
+            sysadmin,
+            "user/AuditEvent.rs user/Account.crus user/Client.crus user/Tenant.crus user/SigningKey.cr"
+        );
     }
 
     #[test]

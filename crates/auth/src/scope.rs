@@ -67,6 +67,15 @@ impl ScopeSet {
             g.resource_type.as_deref().is_none_or(|t| t == resource_type) && g.letters.contains(interaction.letter())
         })
     }
+
+    /// As [`ScopeSet::allows`], but only a grant naming `resource_type` counts, never `*`: the
+    /// admin API's pseudo types (accounts, tenants, signing keys) are reached by explicit grants
+    /// only, so that a `system/*.cruds` client of a lab system can never administer the server.
+    pub fn allows_explicitly(&self, resource_type: &str, interaction: Interaction) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.resource_type.as_deref() == Some(resource_type) && g.letters.contains(interaction.letter()))
+    }
 }
 
 fn parse_one(scope: &str) -> Option<Grant> {
@@ -192,6 +201,15 @@ mod tests {
         assert!(!s.allows("Observation", Interaction::Read));
         assert!(s.allows("Condition", Interaction::Search));
         assert!(ScopeSet::parse("user/*.cruds").allows("Encounter", Interaction::Delete));
+    }
+
+    #[test]
+    fn wildcards_do_not_count_where_an_explicit_grant_is_required() {
+        let s = ScopeSet::parse("system/*.cruds user/Account.rs");
+        assert!(s.allows("Tenant", Interaction::Create));
+        assert!(!s.allows_explicitly("Tenant", Interaction::Create));
+        assert!(s.allows_explicitly("Account", Interaction::Read));
+        assert!(!s.allows_explicitly("Account", Interaction::Update));
     }
 
     #[test]

@@ -67,6 +67,57 @@ pub enum Bucket {
     Throttled { retry_after_ms: i64 },
 }
 
+/// The key under which [`SecurityState::revoke_jti`] stores the revocation of a whole session
+/// (refresh-token family): `sid:<session>`.
+///
+/// Sessions share the `jti` revocation store so that voiding every access token of a session is
+/// one write (logout, refresh-token reuse) and one read per request. The gateway writes these keys
+/// and [`SecurityState::admit`] reads them; both must spell them this way.
+pub fn session_revocation_key(session: &str) -> String {
+    format!("sid:{session}")
+}
+
+/// What the gateway checks on every request, in one round trip: see [`SecurityState::admit`].
+#[derive(Debug, Clone, Copy)]
+pub struct Admission<'a> {
+    /// The token's `jti`, checked like [`is_jti_revoked(jti)`](SecurityState::is_jti_revoked).
+    pub jti: Option<&'a str>,
+    /// The token's session (`sid`), checked like `is_jti_revoked(&session_revocation_key(sid))`
+    /// (see [`session_revocation_key`]).
+    pub session: Option<&'a str>,
+    /// The token's tenant, for [`tokens_revoked_before`](SecurityState::tokens_revoked_before).
+    pub tenant: &'a str,
+    /// The token's subject (`sub`), likewise.
+    pub subject: &'a str,
+    /// The token's `iat` (unix seconds): revoked if `tokens_revoked_before` is `Some(ts)` with
+    /// `issued_at < ts`.
+    pub issued_at: i64,
+    /// Token buckets to take from, in order, once the token is known not to be revoked.
+    pub buckets: &'a [Limit<'a>],
+}
+
+/// One token bucket of an [`Admission`], with the parameters of [`SecurityState::take_token`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limit<'a> {
+    /// The bucket's key, as passed to `take_token`.
+    pub key: &'a str,
+    /// Refill rate, tokens per second.
+    pub per_sec: f64,
+    /// Capacity.
+    pub burst: u32,
+}
+
+/// Outcome of [`SecurityState::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// Not revoked, and every bucket gave a token.
+    Allowed,
+    /// Revoked by `jti`, by session or by the user's cut-off; no bucket was touched.
+    Revoked,
+    /// A bucket was empty; `retry_after_ms` is what `take_token` on it would have answered.
+    Throttled { retry_after_ms: i64 },
+}
+
 /// Ephemeral security state, shared by every gateway replica. Usable as `Arc<dyn SecurityState>`.
 #[async_trait::async_trait]
 pub trait SecurityState: Send + Sync {
@@ -142,6 +193,22 @@ pub trait SecurityState: Send + Sync {
     /// second); a bucket never seen is full.
     async fn take_token(&self, key: &str, per_sec: f64, burst: u32, now_ms: i64) -> Result<Bucket, KvError>;
 
+    /// The gateway's per-request checks in one round trip and one atomic step: exactly what
+    /// these calls in sequence answer, with `now = now_ms.div_euclid(1000)`:
+    ///
+    /// 1. [`Revoked`](Admitted::Revoked) if `is_jti_revoked(jti, now)`, or
+    ///    `is_jti_revoked(&session_revocation_key(session), now)`, or
+    ///    `tokens_revoked_before(tenant, subject, now)` is `Some(ts)` with `issued_at < ts`.
+    ///    A revoked request takes no token: it never reaches the rate limits.
+    /// 2. Otherwise `take_token(key, per_sec, burst, now_ms)` for each bucket in order. The first
+    ///    empty one answers [`Throttled`](Admitted::Throttled) with its `retry_after_ms`, and the
+    ///    buckets after it are not touched; the buckets before it keep the token they gave, as
+    ///    the separate calls did, so a throttled attempt still counts against them.
+    ///
+    /// Every bucket's parameters are checked first: an unusable one fails with
+    /// [`KvError::InvalidArgument`] before anything is read or taken.
+    async fn admit(&self, admission: &Admission<'_>, now_ms: i64) -> Result<Admitted, KvError>;
+
     /// Checks that the store answers (readiness probe).
     async fn ping(&self) -> Result<(), KvError>;
 }
@@ -159,6 +226,11 @@ fn check_bucket(per_sec: f64, burst: u32) -> Result<(), KvError> {
         return Err(KvError::InvalidArgument("rate limit burst must be at least 1"));
     }
     Ok(())
+}
+
+/// [`check_bucket`] for every bucket of an admission.
+fn check_buckets(buckets: &[Limit<'_>]) -> Result<(), KvError> {
+    buckets.iter().try_for_each(|b| check_bucket(b.per_sec, b.burst))
 }
 
 /// Milliseconds until the bucket is full again, after which an absent bucket is equivalent.

@@ -7,7 +7,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::{Bucket, Family, KvError, Rotation, SecurityState, bucket_full_after_ms, check_bucket};
+use crate::{
+    Admission, Admitted, Bucket, Family, KvError, Rotation, SecurityState, bucket_full_after_ms, check_bucket,
+    check_buckets, session_revocation_key,
+};
 
 /// Calls with a `now` between two sweeps of expired entries.
 const SWEEP_EVERY: u64 = 256;
@@ -104,6 +107,36 @@ impl Inner {
         self.jtis.retain(|_, until| now < *until);
         let now_ms = now.saturating_mul(1000);
         self.buckets.retain(|_, b| now_ms < b.full_at_ms);
+    }
+
+    /// The answer of `is_jti_revoked`.
+    fn jti_revoked(&self, jti: &str, now: i64) -> bool {
+        self.jtis.get(jti).is_some_and(|until| now < *until)
+    }
+
+    /// The answer of `tokens_revoked_before`.
+    fn tokens_revoked_before(&self, tenant: &str, subject: &str, now: i64) -> Option<i64> {
+        let found = self.token_revocations.get(&subject_key(tenant, subject));
+        found.filter(|(_, keep_until)| now < *keep_until).map(|(ts, _)| *ts)
+    }
+
+    /// `take_token` on parameters already checked.
+    fn take_token(&mut self, key: &str, per_sec: f64, burst: u32, now_ms: i64) -> Bucket {
+        let capacity = f64::from(burst);
+        let (tokens, ts_ms) = self.buckets.get(key).map_or((capacity, now_ms), |b| (b.tokens, b.ts_ms));
+        // Same arithmetic, in the same order, as the Lua script, so both adapters agree to the bit.
+        let elapsed = now_ms.saturating_sub(ts_ms).max(0);
+        let mut tokens = capacity.min(tokens + elapsed as f64 * per_sec / 1000.0);
+        let ts_ms = ts_ms.max(now_ms);
+        let outcome = if tokens >= 1.0 {
+            tokens -= 1.0;
+            Bucket::Allowed { remaining: tokens.floor() as u32 }
+        } else {
+            Bucket::Throttled { retry_after_ms: ((1.0 - tokens) * 1000.0 / per_sec).ceil() as i64 }
+        };
+        let full_at_ms = ts_ms.saturating_add(bucket_full_after_ms(tokens, per_sec, burst));
+        self.buckets.insert(key.to_owned(), TokenBucket { tokens, ts_ms, full_at_ms });
+        outcome
     }
 
     fn remove_family(&mut self, family_id: &str) -> Option<StoredFamily> {
@@ -257,9 +290,7 @@ impl SecurityState for MemoryState {
     }
 
     async fn tokens_revoked_before(&self, tenant: &str, subject: &str, now: i64) -> Result<Option<i64>, KvError> {
-        let inner = self.lock_at(now);
-        let found = inner.token_revocations.get(&subject_key(tenant, subject));
-        Ok(found.filter(|(_, keep_until)| now < *keep_until).map(|(ts, _)| *ts))
+        Ok(self.lock_at(now).tokens_revoked_before(tenant, subject, now))
     }
 
     async fn revoke_jti(&self, jti: &str, until: i64) -> Result<(), KvError> {
@@ -270,27 +301,32 @@ impl SecurityState for MemoryState {
     }
 
     async fn is_jti_revoked(&self, jti: &str, now: i64) -> Result<bool, KvError> {
-        Ok(self.lock_at(now).jtis.get(jti).is_some_and(|until| now < *until))
+        Ok(self.lock_at(now).jti_revoked(jti, now))
     }
 
     async fn take_token(&self, key: &str, per_sec: f64, burst: u32, now_ms: i64) -> Result<Bucket, KvError> {
         check_bucket(per_sec, burst)?;
-        let mut inner = self.lock_at(now_ms.div_euclid(1000));
-        let capacity = f64::from(burst);
-        let (tokens, ts_ms) = inner.buckets.get(key).map_or((capacity, now_ms), |b| (b.tokens, b.ts_ms));
-        // Same arithmetic, in the same order, as the Lua script, so both adapters agree to the bit.
-        let elapsed = now_ms.saturating_sub(ts_ms).max(0);
-        let mut tokens = capacity.min(tokens + elapsed as f64 * per_sec / 1000.0);
-        let ts_ms = ts_ms.max(now_ms);
-        let outcome = if tokens >= 1.0 {
-            tokens -= 1.0;
-            Bucket::Allowed { remaining: tokens.floor() as u32 }
-        } else {
-            Bucket::Throttled { retry_after_ms: ((1.0 - tokens) * 1000.0 / per_sec).ceil() as i64 }
-        };
-        let full_at_ms = ts_ms.saturating_add(bucket_full_after_ms(tokens, per_sec, burst));
-        inner.buckets.insert(key.to_owned(), TokenBucket { tokens, ts_ms, full_at_ms });
-        Ok(outcome)
+        Ok(self.lock_at(now_ms.div_euclid(1000)).take_token(key, per_sec, burst, now_ms))
+    }
+
+    async fn admit(&self, a: &Admission<'_>, now_ms: i64) -> Result<Admitted, KvError> {
+        check_buckets(a.buckets)?;
+        let now = now_ms.div_euclid(1000);
+        // One lock for the whole admission: atomic like the Redis script, so a revocation lands
+        // either before the check (and no token is taken) or after the request was admitted.
+        let mut inner = self.lock_at(now);
+        let revoked = a.jti.is_some_and(|jti| inner.jti_revoked(jti, now))
+            || a.session.is_some_and(|sid| inner.jti_revoked(&session_revocation_key(sid), now))
+            || inner.tokens_revoked_before(a.tenant, a.subject, now).is_some_and(|ts| a.issued_at < ts);
+        if revoked {
+            return Ok(Admitted::Revoked);
+        }
+        for b in a.buckets {
+            if let Bucket::Throttled { retry_after_ms } = inner.take_token(b.key, b.per_sec, b.burst, now_ms) {
+                return Ok(Admitted::Throttled { retry_after_ms });
+            }
+        }
+        Ok(Admitted::Allowed)
     }
 
     async fn ping(&self) -> Result<(), KvError> {

@@ -12,8 +12,8 @@
 //! | `P:fam:<family id>` | hash `{data: Family JSON, cur, exp, idx, u:<hash>: 1 …}` | refresh-token families |
 //! | `P:subj:<tenant>:<subject>` | set of family ids | revoke_subject / families_of |
 //! | `P:rtb:<tenant>:<subject>` | hash `{ts, keep}` | revoke_tokens_before |
-//! | `P:jti:<jti>` | string: until | revoke_jti |
-//! | `P:rl:<key>` | hash `{tokens, ts}` (ms) | take_token |
+//! | `P:jti:<jti>` | string: until | revoke_jti / is_jti_revoked / admit (also `P:jti:sid:<session>`, see [`session_revocation_key`](crate::session_revocation_key)) |
+//! | `P:rl:<key>` | hash `{tokens, ts}` (ms) | take_token / admit |
 //!
 //! `<tenant>` and `<subject>` have `%` and `:` percent-encoded so the pair is unambiguous. Scripts
 //! on families touch keys they read from other keys (`idx`, the index members), which standalone
@@ -30,7 +30,10 @@ use std::time::Duration;
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::{Bucket, Family, KvError, Rotation, SecurityState, check_bucket};
+use crate::{
+    Admission, Admitted, Bucket, Family, KvError, Rotation, SecurityState, check_bucket, check_buckets,
+    session_revocation_key,
+};
 
 /// Extra lifetime of keys whose end is an absolute time, covering clock skew between the gateway
 /// and Redis.
@@ -70,6 +73,7 @@ struct Scripts {
     revoke_subject: Script,
     families_of: Script,
     take_token: Script,
+    admit: Script,
 }
 
 /// Scripts that need `gc_ttl` get the shared prelude prepended.
@@ -78,6 +82,17 @@ macro_rules! with_gc {
         concat!(include_str!("lua/gc.lua"), include_str!($file))
     };
 }
+
+/// Scripts that take from token buckets get `take_bucket` prepended: one copy of the arithmetic
+/// for `take_token` and `admit`.
+macro_rules! with_bucket {
+    ($file:literal) => {
+        concat!(include_str!("lua/bucket.lua"), include_str!($file))
+    };
+}
+
+/// The error code `admit.lua` raises on a stored time that is no number.
+const CORRUPT_CODE: &str = "EHRCORRUPT";
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     take: Script::new(include_str!("lua/take.lua")),
@@ -91,7 +106,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     revoke_family: Script::new(include_str!("lua/revoke_family.lua")),
     revoke_subject: Script::new(include_str!("lua/revoke_subject.lua")),
     families_of: Script::new(include_str!("lua/families_of.lua")),
-    take_token: Script::new(include_str!("lua/take_token.lua")),
+    take_token: Script::new(with_bucket!("lua/take_token.lua")),
+    admit: Script::new(with_bucket!("lua/admit.lua")),
 });
 
 impl RedisState {
@@ -365,6 +381,37 @@ impl SecurityState for RedisState {
         } else {
             Bucket::Throttled { retry_after_ms: n }
         })
+    }
+
+    async fn admit(&self, a: &Admission<'_>, now_ms: i64) -> Result<Admitted, KvError> {
+        check_buckets(a.buckets)?;
+        // The same keys the separate methods read and write; see admit.lua for the layout of
+        // KEYS and ARGV. Absent jti and session contribute no key, so `r` counts those present.
+        let revocations: Vec<String> = a
+            .jti
+            .map(|jti| self.key("jti", jti))
+            .into_iter()
+            .chain(a.session.map(|sid| self.key("jti", &session_revocation_key(sid))))
+            .collect();
+        let mut invocation = SCRIPTS.admit.prepare_invoke();
+        for key in &revocations {
+            invocation.key(key);
+        }
+        invocation.key(self.subject_key("rtb", a.tenant, a.subject));
+        invocation.arg(revocations.len()).arg(now_ms.div_euclid(1000)).arg(a.issued_at).arg(now_ms);
+        for b in a.buckets {
+            // Same argument encoding as take_token, so the script sees the same numbers.
+            invocation.key(self.key("rl", b.key)).arg(b.per_sec).arg(b.burst);
+        }
+        let (outcome, n): (i64, i64) = invocation.invoke_async(&mut self.conn()).await.map_err(|e| {
+            if e.code() == Some(CORRUPT_CODE) { KvError::corrupt("revocation time", &e) } else { KvError::from(e) }
+        })?;
+        match outcome {
+            0 => Ok(Admitted::Allowed),
+            1 => Ok(Admitted::Revoked),
+            2 => Ok(Admitted::Throttled { retry_after_ms: n }),
+            other => Err(KvError::corrupt("admission outcome", &other)),
+        }
     }
 
     async fn ping(&self) -> Result<(), KvError> {

@@ -583,7 +583,8 @@ impl Tx {
             let mut rows = Vec::with_capacity(chunk.len());
             let mut history = Vec::with_capacity(chunk.len());
             for s in chunk {
-                let (id, at, content) = (sql.bind(s.id.as_str()), sql.bind(s.last_updated), sql.bind(s.content.as_str()));
+                let (id, at, content) =
+                    (sql.bind(s.id.as_str()), sql.bind(s.last_updated), sql.bind(s.content.as_str()));
                 rows.push(format!("($1, {ty}, {id}, 1, {at}, 0, {content})"));
                 history.push(format!("($1, {ty}, {id}, 1, {at}, 'POST', 0, {content})"));
             }

@@ -7,7 +7,7 @@
 
 use crate::audit::{Actor, SecurityKind};
 use crate::error::GatewayError;
-use crate::http::{Authed, GwState};
+use crate::http::{AdminJson, Authed, GwState};
 use crate::login::ctx;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -146,12 +146,14 @@ pub struct NewTenant {
 pub async fn create_tenant(
     State(st): State<GwState>,
     caller: Authed,
-    Json(body): Json<NewTenant>,
+    AdminJson(body): AdminJson<NewTenant>,
 ) -> Result<impl IntoResponse> {
     caller.require("Tenant", Interaction::Create)?;
     let id = TenantId::parse(&body.id)
         .map_err(|_| GatewayError::Invalid("tenant id: letters, digits and '-' only".into()))?;
     st.gw.create_tenant(&id, &body.name).await?;
+    // The tenant's own public client, so that its administrator can log in at once.
+    let boot = crate::ops::bootstrap_tenant(&st.gw.store, &st.gw.settings, st.gw.now(), &id, &body.name, None).await?;
     st.gw
         .audit_security(caller.tenant(), caller.actor(), SecurityKind::TenantCreated, true, Some(id.as_str()), None)
         .await;
@@ -162,7 +164,11 @@ pub async fn create_tenant(
         }
         None => None,
     };
-    Ok((StatusCode::CREATED, Json(json!({"id": id.as_str(), "name": body.name, "admin": admin}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id.as_str(), "name": body.name, "admin": admin,
+                    "client_id": boot.client_id, "redirect_uri": boot.redirect_uri})),
+    ))
 }
 
 pub async fn list_tenants(State(st): State<GwState>, caller: Authed) -> Result<Json<Value>> {
@@ -180,7 +186,7 @@ pub async fn list_tenants(State(st): State<GwState>, caller: Authed) -> Result<J
 pub async fn create_user(
     State(st): State<GwState>,
     caller: Authed,
-    Json(body): Json<NewAccount>,
+    AdminJson(body): AdminJson<NewAccount>,
 ) -> Result<impl IntoResponse> {
     caller.require("Account", Interaction::Create)?;
     check_roles(&body.roles, &caller)?;
@@ -212,7 +218,7 @@ pub async fn set_roles(
     State(st): State<GwState>,
     caller: Authed,
     Path(id): Path<String>,
-    Json(body): Json<Roles>,
+    AdminJson(body): AdminJson<Roles>,
 ) -> Result<Json<Value>> {
     caller.require("Account", Interaction::Update)?;
     check_roles(&body.roles, &caller)?;
@@ -285,17 +291,21 @@ pub async fn set_password(
     State(st): State<GwState>,
     caller: Authed,
     Path(id): Path<String>,
-    Json(body): Json<NewPassword>,
+    AdminJson(body): AdminJson<NewPassword>,
 ) -> Result<Json<Value>> {
     caller.require("Account", Interaction::Update)?;
     st.gw.settings.password.check(&body.password)?;
     let hash = st.gw.settings.password.hash(&body.password)?;
     let tenant = caller.tenant();
     let tx = st.gw.store.write(&ctx(tenant)).await?;
-    if !tx.set_password_hash(&id, &hash, st.gw.now()).await? {
+    let now = st.gw.now();
+    if !tx.set_password_hash(&id, &hash, now).await? {
         return Err(GatewayError::NotFound("account"));
     }
     tx.commit().await?;
+    // A password reset ends the sessions opened with the old password.
+    st.gw.kv.revoke_subject(tenant.as_str(), &id).await?;
+    st.gw.kv.revoke_tokens_before(tenant.as_str(), &id, now + 1, now + st.gw.settings.access_secs() + 60).await?;
     st.gw.audit_security(tenant, caller.actor(), SecurityKind::PasswordReset, true, None, Some(&id)).await;
     let user = st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
     Ok(Json(view(&user)))
@@ -361,7 +371,7 @@ fn client_view(c: &ClientRecord) -> Value {
 pub async fn create_client(
     State(st): State<GwState>,
     caller: Authed,
-    Json(body): Json<NewClient>,
+    AdminJson(body): AdminJson<NewClient>,
 ) -> Result<impl IntoResponse> {
     caller.require("Client", Interaction::Create)?;
     match body.kind.as_str() {
@@ -375,6 +385,18 @@ pub async fn create_client(
         }
         "public" | "backend" => {}
         _ => return Err(GatewayError::Invalid("kind must be public or backend".into())),
+    }
+    if body.kind == "backend" {
+        // A system client acts on clinical data only: `system/` scopes, never the admin API's
+        // pseudo types (which wildcards do not reach either, see `ScopeSet::allows_explicitly`).
+        for scope in body.scope.split_whitespace() {
+            let ty = scope.strip_prefix("system/").and_then(|r| r.split_once('.')).map(|(t, _)| t);
+            if ty.is_none_or(|t| crate::ADMIN_TYPES.contains(&t)) {
+                return Err(GatewayError::Invalid(format!(
+                    "backend client scope `{scope}`: only system/<resource type>.<letters> scopes on FHIR resources"
+                )));
+            }
+        }
     }
     for uri in &body.redirect_uris {
         // Exact-match redirect URIs over HTTPS (loopback allowed for native apps, RFC 8252).
@@ -430,7 +452,7 @@ pub struct Rotate {
 pub async fn rotate_keys(
     State(st): State<GwState>,
     caller: Authed,
-    body: Option<Json<Rotate>>,
+    body: Option<AdminJson<Rotate>>,
 ) -> Result<impl IntoResponse> {
     caller.require("SigningKey", Interaction::Create)?;
     let publish = body.and_then(|b| b.0.publish_secs).unwrap_or(60);
@@ -469,16 +491,7 @@ pub async fn deactivate_client(
     let tx = st.gw.store.system_write().await?;
     tx.set_client_active(&id, false).await?;
     tx.commit().await?;
-    st.gw
-        .audit_security(
-            caller.tenant(),
-            caller.actor(),
-            SecurityKind::ClientRegistered,
-            true,
-            Some(&format!("deactivated {id}")),
-            None,
-        )
-        .await;
+    st.gw.audit_security(caller.tenant(), caller.actor(), SecurityKind::ClientDeactivated, true, Some(&id), None).await;
     let client = st.gw.client(&id).await?.ok_or(GatewayError::NotFound("client"))?;
     Ok(Json(client_view(&client)))
 }
@@ -510,14 +523,7 @@ pub async fn deactivate_tenant(
     tx.commit().await?;
     st.gw.forget_tenant(&id);
     st.gw
-        .audit_security(
-            caller.tenant(),
-            caller.actor(),
-            SecurityKind::TenantCreated,
-            true,
-            Some(&format!("deactivated {}", id.as_str())),
-            None,
-        )
+        .audit_security(caller.tenant(), caller.actor(), SecurityKind::TenantDeactivated, true, Some(id.as_str()), None)
         .await;
     Ok(Json(json!({"id": id.as_str(), "active": false})))
 }

@@ -5,8 +5,9 @@
 //! transaction per tenant per batch, see `ehr_store::Tx::append_audit`). A read of the audit
 //! trail flushes the sink first, so an administrator always sees every access up to her query.
 //! The channel is bounded and the writer retries a failing database forever: when audit cannot
-//! be written, requests wait rather than go unaudited (fail closed). What is lost on a crash is
-//! at most the events of requests still in flight.
+//! be written, requests wait rather than go unaudited (fail closed). A graceful shutdown flushes
+//! the queue after the last request; a crash (or SIGKILL) loses what was queued and not yet
+//! written — normally one batch, at most the queue's 10,000 events if the database had stalled.
 
 use ehr_core::{Clock, TenantContext, TenantId};
 use ehr_store::Store;
@@ -346,7 +347,9 @@ pub enum SecurityKind {
     PasswordReset,
     KeyRotated,
     TenantCreated,
+    TenantDeactivated,
     ClientRegistered,
+    ClientDeactivated,
     /// The rate limiter refused a request.
     Throttled,
 }
@@ -375,6 +378,8 @@ impl SecurityKind {
             Self::KeyRotated => (alert, coding(DCM, "110129", "Security Configuration")),
             Self::TenantCreated => (alert, ehr("tenant-created")),
             Self::ClientRegistered => (alert, ehr("client-registered")),
+            Self::TenantDeactivated => (alert, ehr("tenant-deactivated")),
+            Self::ClientDeactivated => (alert, ehr("client-deactivated")),
         }
     }
 }

@@ -81,9 +81,10 @@ pub struct Authed {
 }
 
 impl Authed {
-    /// Fails with 403 unless the caller's scopes allow `interaction` on `resource_type`.
+    /// Fails with 403 unless the caller's scopes name `resource_type` (an admin pseudo type)
+    /// with `interaction`: wildcards do not reach the admin API.
     pub fn require(&self, resource_type: &str, interaction: Interaction) -> Result<(), GatewayError> {
-        if self.scopes.allows(resource_type, interaction) {
+        if self.scopes.allows_explicitly(resource_type, interaction) {
             Ok(())
         } else {
             Err(ehr_auth::AuthError::InsufficientScope {
@@ -113,7 +114,13 @@ impl FromRequestParts<GwState> for Authed {
     async fn from_request_parts(parts: &mut Parts, st: &GwState) -> Result<Self, GatewayError> {
         let actor = actor_of(parts);
         let v = st.gw.authenticate(&parts.headers, &actor).await?;
-        st.gw.rate_limit(&v.claims, &v.principal.tenant).await?;
+        match st.gw.admit(&v.claims, &v.principal.tenant).await {
+            Ok(()) => {}
+            // Throttling of the admin API is answered, not audited (as before).
+            Err(e @ GatewayError::RateLimited { .. }) => return Err(e),
+            // A revoked token (or a failed check) is audited like any refused token.
+            Err(e) => return Err(st.gw.token_rejected(&actor, e).await),
+        }
         let actor = proxy::actor_from_claims(&v.claims, actor);
         Ok(Self { tenant: v.principal.tenant.clone(), scopes: v.scopes, claims: v.claims, actor })
     }
@@ -179,7 +186,7 @@ async fn smart_configuration(State(st): State<GwState>, headers: HeaderMap) -> J
 }
 
 async fn authorize(State(st): State<GwState>, headers: HeaderMap, Query(p): Query<AuthorizeParams>) -> Response {
-    match st.gw.authorize(p).await {
+    match st.gw.authorize(p, Some(&format!("{}/fhir", base_url(&st.gw, &headers)))).await {
         Ok((id, req)) if wants_json(&headers) => {
             Json(json!({"next": "login", "request": id, "tenant": req.tenant})).into_response()
         }
@@ -198,7 +205,7 @@ struct LoginForm {
     password: String,
 }
 
-async fn login(State(st): State<GwState>, parts: RequestInfo, Form(f): Form<LoginForm>) -> Response {
+async fn login(State(st): State<GwState>, parts: RequestInfo, StepForm(f): StepForm<LoginForm>) -> Response {
     let actor = parts.actor.clone();
     match st.gw.password(&f.request, &f.username, &f.password, &actor).await {
         Ok(step) if wants_json(&parts.headers) => Json(step).into_response(),
@@ -217,7 +224,7 @@ struct MfaForm {
     recovery_code: Option<String>,
 }
 
-async fn mfa(State(st): State<GwState>, parts: RequestInfo, Form(f): Form<MfaForm>) -> Response {
+async fn mfa(State(st): State<GwState>, parts: RequestInfo, StepForm(f): StepForm<MfaForm>) -> Response {
     let actor = parts.actor.clone();
     let code = f.code.as_deref().filter(|c| !c.trim().is_empty());
     let recovery = f.recovery_code.as_deref().filter(|c| !c.trim().is_empty());
@@ -265,7 +272,7 @@ struct RevokeForm {
     token: String,
 }
 
-async fn revoke(State(st): State<GwState>, Form(f): Form<RevokeForm>) -> Result<StatusCode, GatewayError> {
+async fn revoke(State(st): State<GwState>, StepForm(f): StepForm<RevokeForm>) -> Result<StatusCode, GatewayError> {
     st.gw.revoke(&f.token).await?;
     Ok(StatusCode::OK)
 }
@@ -364,4 +371,57 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
             ])
             .max_age(std::time::Duration::from_secs(600)),
     )
+}
+
+/// A JSON request body of the admin API whose rejection (bad JSON, a missing field, a wrong
+/// content type) is an OperationOutcome like every other error.
+pub struct AdminJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for AdminJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = GatewayError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, GatewayError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(e) => Err(GatewayError::Invalid(e.body_text())),
+        }
+    }
+}
+
+impl<T, S> axum::extract::OptionalFromRequest<S> for AdminJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = GatewayError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Option<Self>, GatewayError> {
+        let has_body = req.headers().get(header::CONTENT_TYPE).is_some();
+        if !has_body {
+            return Ok(None);
+        }
+        <Self as axum::extract::FromRequest<S>>::from_request(req, state).await.map(Some)
+    }
+}
+
+/// A form body of the login steps whose rejection is an OperationOutcome.
+pub struct StepForm<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for StepForm<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = GatewayError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, GatewayError> {
+        match Form::<T>::from_request(req, state).await {
+            Ok(Form(v)) => Ok(Self(v)),
+            Err(e) => Err(GatewayError::Invalid(e.body_text())),
+        }
+    }
 }

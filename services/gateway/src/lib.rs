@@ -34,6 +34,10 @@ use ehr_kv::SecurityState;
 use ehr_store::{ClientRecord, Store};
 use std::sync::Arc;
 
+/// The admin API's pseudo resource types (docs/security/access-matrix.md): reached only by scopes
+/// that name them, never by a wildcard.
+pub const ADMIN_TYPES: &[&str] = &["Account", "Client", "Tenant", "SigningKey"];
+
 /// The gateway's service layer. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {

@@ -127,19 +127,24 @@ fn sha256_hex(s: &str) -> String {
     Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+// Usernames are case-sensitive, and so are their lockout counters.
 fn lock_key(tenant: &str, username: &str) -> String {
-    format!("lock:{tenant}:{}", username.to_lowercase())
+    format!("lock:{tenant}:{username}")
 }
 
 fn fail_key(tenant: &str, username: &str) -> String {
-    format!("fail:{tenant}:{}", username.to_lowercase())
+    format!("fail:{tenant}:{username}")
 }
 
 impl Gateway {
     /// `GET /auth/authorize`: checks the request and keeps it while the user logs in. Errors
     /// here are shown to the user, never redirected: the redirect URI is not trusted until it
     /// matched the client's registration exactly (RFC 6749 §4.1.2.1).
-    pub async fn authorize(&self, p: AuthorizeParams) -> Result<(String, AuthRequest), GatewayError> {
+    pub async fn authorize(
+        &self,
+        p: AuthorizeParams,
+        fhir_base: Option<&str>,
+    ) -> Result<(String, AuthRequest), GatewayError> {
         let bad = GatewayError::BadAuthorizationRequest;
         if p.response_type.as_deref() != Some("code") {
             return Err(bad("response_type must be code"));
@@ -159,11 +164,19 @@ impl Gateway {
         }
         let code_challenge =
             p.code_challenge.filter(|c| c.len() == 43).ok_or(bad("a S256 code_challenge is required"))?;
+        // SMART: `aud` names the FHIR server the app wants a token for; a token meant for another
+        // server must not be issued here.
+        if let (Some(aud), Some(base)) = (&p.aud, fhir_base)
+            && aud.trim_end_matches('/') != base.trim_end_matches('/')
+        {
+            return Err(bad("aud is not this server's FHIR base URL"));
+        }
         let request = AuthRequest {
             client_id,
             tenant: client.tenant.as_str().to_owned(),
             redirect_uri,
-            scope: p.scope.unwrap_or_default(),
+            // The client's registered scope bounds what any of its users can get.
+            scope: narrow_scopes(&client.scope, &p.scope.unwrap_or_default()),
             state: p.state,
             code_challenge,
         };
@@ -213,6 +226,14 @@ impl Gateway {
             }
         };
         let now = self.now();
+        if self.settings.password.needs_rehash(&user.password_hash) {
+            // The policy was raised since this password was set: upgrade the hash now, while
+            // the password is at hand (it is never stored).
+            let hash = self.settings.password.hash(password)?;
+            let tx = self.store.write(&ctx(&tenant)).await?;
+            tx.set_password_hash(&user.id, &hash, now).await?;
+            tx.commit().await?;
+        }
         let login = random_token(18);
         let enrol = !user.mfa_confirmed;
         let pending = PendingLogin {
@@ -283,7 +304,11 @@ impl Gateway {
                     // The compare-and-set in the database makes the code single-use even when
                     // two gateway replicas see it at the same moment.
                     Ok(step) if pending.enrol => {
-                        tx.confirm_mfa(&user.id, step, now).await?;
+                        // Single-use like every code: a concurrent confirmation with the same
+                        // code loses the compare-and-set.
+                        if !tx.confirm_mfa(&user.id, step, now).await? {
+                            return Err(GatewayError::MfaReplayed);
+                        }
                         let (codes, hashes) = RecoveryCodes::generate(10);
                         tx.replace_recovery_codes(&user.id, &hashes).await?;
                         recovery_codes = Some(codes);
@@ -412,6 +437,7 @@ impl Gateway {
             return Err(invalid("code_verifier does not match the code_challenge"));
         }
         let tenant = TenantId::parse(&grant.tenant).map_err(|_| invalid("unknown code"))?;
+        let access_only = !grant.scope.split_whitespace().any(|s| s == "offline_access" || s == "online_access");
         let family = Family {
             id: random_token(16),
             tenant: grant.tenant.clone(),
@@ -422,6 +448,8 @@ impl Gateway {
             created_at: now,
             expires_at: now + self.settings.refresh_token_secs,
         };
+        // SMART: a refresh token for `offline_access` or `online_access` only. Without one the
+        // family still exists (its id is the session of the access token, for logout).
         let refresh = format!("{}.{}", family.id, random_token(32));
         self.kv.create_family(&family, &sha256_hex(&refresh), now).await?;
         let access = self
@@ -452,7 +480,7 @@ impl Gateway {
             token_type: "Bearer",
             expires_in: self.settings.access_secs(),
             scope: grant.scope,
-            refresh_token: Some(refresh),
+            refresh_token: (!access_only).then_some(refresh),
         })
     }
 
@@ -500,7 +528,9 @@ impl Gateway {
             Rotation::Reused(family) => {
                 // OAuth 2.0 Security BCP §4.14.2: a refresh token used twice means one copy is in
                 // the wrong hands; the whole family dies, and so do its access tokens.
-                self.kv.revoke_jti(&format!("sid:{}", family.id), now + self.settings.access_secs() + 60).await?;
+                self.kv
+                    .revoke_jti(&ehr_kv::session_revocation_key(&family.id), now + self.settings.access_secs() + 60)
+                    .await?;
                 if let Ok(tenant) = TenantId::parse(&family.tenant) {
                     let mut actor = actor.clone();
                     actor.subject = Some(family.subject.clone());
@@ -615,9 +645,19 @@ impl Gateway {
     pub async fn revoke(&self, token: &str) -> Result<(), GatewayError> {
         let now = self.now();
         if let Some((family, _)) = token.split_once('.').filter(|_| token.matches('.').count() == 1) {
-            if self.kv.revoke_family(family).await? {
-                self.kv.revoke_jti(&format!("sid:{family}"), now + self.settings.access_secs() + 60).await?;
+            // Only the holder of a token of the family may end it: the family id alone is in
+            // every access token (`sid`). A rotation proves possession (and a used token is
+            // reuse, which revokes the family anyway); the new token is thrown away.
+            let discard = sha256_hex(&random_token(32));
+            match self.kv.rotate(family, &sha256_hex(token), &discard, now).await? {
+                Rotation::Rotated(_) => {
+                    self.kv.revoke_family(family).await?;
+                }
+                // A used token: the rotation already revoked the family as a reuse.
+                Rotation::Reused(_) => {}
+                Rotation::Invalid => return Ok(()),
             }
+            self.kv.revoke_jti(&ehr_kv::session_revocation_key(family), now + self.settings.access_secs() + 60).await?;
             return Ok(());
         }
         if let Ok(v) = self.verifier.verify_token(token, now).await
@@ -634,7 +674,7 @@ impl Gateway {
         let until = now + self.settings.access_secs() + 60;
         if let Some(sid) = &claims.sid {
             self.kv.revoke_family(sid).await?;
-            self.kv.revoke_jti(&format!("sid:{sid}"), until).await?;
+            self.kv.revoke_jti(&ehr_kv::session_revocation_key(sid), until).await?;
         }
         if let Some(jti) = &claims.jti {
             self.kv.revoke_jti(jti, until).await?;

@@ -56,6 +56,10 @@ pub async fn bootstrap_tenant(
     tx.commit().await?;
     let mut admin_id = None;
     if let Some((username, password, roles)) = admin {
+        let matrix = ehr_auth::AccessMatrix::get();
+        if let Some(bad) = roles.iter().find(|r| !matrix.is_role(r)) {
+            return Err(GatewayError::Invalid(format!("unknown role `{bad}`; known: {}", matrix.roles().join(", "))));
+        }
         settings.password.check(password)?;
         let hash = settings.password.hash(password)?;
         let tx = store.write(&ctx(tenant)).await?;

@@ -16,9 +16,10 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// The Content-Security-Policy of the pages: inline styles and the QR image only.
-pub const CSP: &str =
-    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'";
+/// The Content-Security-Policy of the pages: inline styles and the QR image only. No
+/// `form-action`: browsers apply it to the redirect that follows a form post, which here goes to
+/// the client application's own origin.
+pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'";
 
 fn page(title: &str, body: &str) -> String {
     format!(

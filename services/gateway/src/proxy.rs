@@ -1,9 +1,10 @@
 //! Routing of FHIR requests to the owning service, with the gateway's checks around it.
 //!
-//! For every request under `/fhir`: verify the bearer token (and that it is not revoked), apply
-//! the per-user and per-tenant rate limits, bound the body, pick the service that owns the
-//! resource type, forward (in-process or over HTTP, carrying the request id and W3C trace
-//! context), and write the AuditEvent(s) of the access. Services report which patients a
+//! For every request under `/fhir`: verify the bearer token, check in one round trip to the
+//! security state that it is not revoked and take from the per-user and per-tenant rate limits
+//! ([`Gateway::admit`]), bound the body, pick the service that owns the resource type, forward
+//! (in-process or over HTTP, carrying the request id and W3C trace context), and write the
+//! AuditEvent(s) of the access. Services report which patients a
 //! response touched in the internal `x-ehr-audit-patients` header, which never leaves the gateway.
 
 use crate::Gateway;
@@ -17,6 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use ehr_auth::{AuthError, Claims, VerifiedToken};
 use ehr_core::TenantId;
+use ehr_kv::{Admission, Admitted, Limit};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use tower::ServiceExt;
@@ -92,71 +94,73 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
 }
 
 impl Gateway {
-    /// Verifies the bearer token and checks it against the revocations (logout, session reuse,
-    /// deactivation). A failure is audited in the system chain: an unverified token names no
-    /// tenant we may write to.
+    /// Verifies the bearer token's signature and claims and that its tenant is active. A failure
+    /// is audited in the system chain: an unverified token names no tenant we may write to.
+    ///
+    /// Revocation is checked afterwards, by [`admit`](Self::admit), together with the rate limits;
+    /// callers hand a revoked token (or a failed check) to [`token_rejected`](Self::token_rejected),
+    /// so it is audited exactly like a token this method refuses.
     pub async fn authenticate(&self, headers: &HeaderMap, actor: &Actor) -> Result<VerifiedToken, GatewayError> {
         match self.check_token(headers).await {
             Ok(v) => Ok(v),
-            Err(e) => {
-                let tenant = TenantId::system();
-                let why = e.to_string();
-                let event = security_event(
-                    &self.now_instant(),
-                    &tenant,
-                    actor,
-                    SecurityKind::TokenRejected,
-                    false,
-                    Some(&why),
-                    None,
-                );
-                self.audit.record(&tenant, event).await;
-                Err(e)
-            }
+            Err(e) => Err(self.token_rejected(actor, e).await),
         }
     }
 
+    /// Audits a refused token (`TokenRejected`, in the system chain, with the reason) and hands
+    /// the error back.
+    pub(crate) async fn token_rejected(&self, actor: &Actor, e: GatewayError) -> GatewayError {
+        let tenant = TenantId::system();
+        let why = e.to_string();
+        let event =
+            security_event(&self.now_instant(), &tenant, actor, SecurityKind::TokenRejected, false, Some(&why), None);
+        self.audit.record(&tenant, event).await;
+        e
+    }
+
     async fn check_token(&self, headers: &HeaderMap) -> Result<VerifiedToken, GatewayError> {
-        let now = self.now();
-        let v = self.verifier.verify_token(bearer(headers)?, now).await?;
-        let c = &v.claims;
+        let v = self.verifier.verify_token(bearer(headers)?, self.now()).await?;
         // The gateway's own tokens are for registered, active tenants only. (Development tokens
         // name any tenant: they exist for tests and local runs.)
-        if c.iss == self.keys.issuer() && self.tenant_active(&v.principal.tenant).await? != Some(true) {
+        if v.claims.iss == self.keys.issuer() && self.tenant_active(&v.principal.tenant).await? != Some(true) {
             return Err(GatewayError::InactiveTenant);
-        }
-        if let Some(jti) = &c.jti
-            && self.kv.is_jti_revoked(jti, now).await?
-        {
-            return Err(GatewayError::Revoked);
-        }
-        if let Some(sid) = &c.sid
-            && self.kv.is_jti_revoked(&format!("sid:{sid}"), now).await?
-        {
-            return Err(GatewayError::Revoked);
-        }
-        if let Some(before) = self.kv.tokens_revoked_before(&c.tenant, &c.sub, now).await?
-            && c.iat < before
-        {
-            return Err(GatewayError::Revoked);
         }
         Ok(v)
     }
 
-    /// Token buckets per user and per tenant (429 with `Retry-After` when empty).
-    pub async fn rate_limit(&self, claims: &Claims, tenant: &TenantId) -> Result<(), GatewayError> {
+    /// What every authenticated request passes after [`authenticate`](Self::authenticate), in one
+    /// round trip to the security state: the token is not revoked (by its `jti`, its session —
+    /// logout, refresh-token reuse — or the user's deactivation), then one token from the user's
+    /// and then the tenant's bucket (429 with `Retry-After` when one is empty).
+    ///
+    /// A revoked token takes no token from the buckets. When the tenant's bucket is empty the
+    /// user's has still given one: a throttled attempt counts against the user's own rate.
+    pub async fn admit(&self, claims: &Claims, tenant: &TenantId) -> Result<(), GatewayError> {
         let rl = &self.settings.rate_limit;
-        let now_ms = self.clock.now().timestamp_millis();
-        let checks = [
-            (format!("rl:u:{}:{}", tenant.as_str(), claims.sub), rl.user_per_sec, rl.user_burst),
-            (format!("rl:t:{}", tenant.as_str()), rl.tenant_per_sec, rl.tenant_burst),
+        let user_key = format!("rl:u:{}:{}", tenant.as_str(), claims.sub);
+        let tenant_key = format!("rl:t:{}", tenant.as_str());
+        let buckets = [
+            Limit { key: &user_key, per_sec: rl.user_per_sec, burst: rl.user_burst },
+            Limit { key: &tenant_key, per_sec: rl.tenant_per_sec, burst: rl.tenant_burst },
         ];
-        for (key, rate, burst) in checks {
-            if let ehr_kv::Bucket::Throttled { retry_after_ms } = self.kv.take_token(&key, rate, burst, now_ms).await? {
-                return Err(GatewayError::RateLimited { retry_after: (retry_after_ms + 999) / 1000 });
+        let admission = Admission {
+            jti: claims.jti.as_deref(),
+            session: claims.sid.as_deref(),
+            // The verifier parses the tenant claim verbatim, so this is `claims.tenant`: the
+            // spelling admin deactivation revokes under.
+            tenant: tenant.as_str(),
+            subject: &claims.sub,
+            issued_at: claims.iat,
+            buckets: &buckets,
+        };
+        match self.kv.admit(&admission, self.clock.now().timestamp_millis()).await? {
+            Admitted::Allowed => Ok(()),
+            Admitted::Revoked => Err(GatewayError::Revoked),
+            // Retry-After is in whole seconds (RFC 9110 §10.2.3): round up, never early.
+            Admitted::Throttled { retry_after_ms } => {
+                Err(GatewayError::RateLimited { retry_after: (retry_after_ms + 999) / 1000 })
             }
         }
-        Ok(())
     }
 }
 
@@ -295,10 +299,17 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
     };
     let tenant = verified.as_ref().map(|v| v.principal.tenant.clone());
     if let (Some(v), Some(tenant)) = (&verified, &tenant) {
-        actor = actor_from_claims(&v.claims, actor);
-        if let Err(e) = gw.rate_limit(&v.claims, tenant).await {
-            gw.audit_security(tenant, &actor, SecurityKind::Throttled, false, Some(&e.to_string()), None).await;
-            return e.into_response();
+        match gw.admit(&v.claims, tenant).await {
+            Ok(()) => actor = actor_from_claims(&v.claims, actor),
+            // Throttling is the caller's, recorded in its tenant's chain under its identity.
+            Err(e @ GatewayError::RateLimited { .. }) => {
+                let actor = actor_from_claims(&v.claims, actor);
+                gw.audit_security(tenant, &actor, SecurityKind::Throttled, false, Some(&e.to_string()), None).await;
+                return e.into_response();
+            }
+            // Revoked (or not checkable): a refused token, audited as authenticate does, under
+            // the bare address — a revoked token vouches for no one.
+            Err(e) => return gw.token_rejected(&actor, e).await.into_response(),
         }
     }
     let interaction = classify(&parts.method, &segments);

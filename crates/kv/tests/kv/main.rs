@@ -134,6 +134,15 @@ run_suite!(
     jti_revocation,
     token_bucket_refills_and_reports_retry_after,
     token_bucket_rejects_unusable_parameters,
+    admit_revoked_by_jti_agrees_with_is_jti_revoked,
+    admit_revoked_by_session_reads_the_sid_key,
+    admit_revoked_by_cutoff_agrees_with_tokens_revoked_before,
+    admit_takes_no_token_when_revoked,
+    admit_buckets_agree_with_take_token,
+    admit_and_take_token_draw_from_the_same_bucket,
+    admit_stops_at_the_first_empty_bucket,
+    admit_is_atomic_under_concurrency,
+    admit_rejects_unusable_parameters_before_taking,
     ping_answers,
 );
 

@@ -1,7 +1,7 @@
 //! What only the Redis adapter has: connection errors, the key prefix, garbage-collection TTLs.
 
 use ehr_core::{Classify, IssueType};
-use ehr_kv::{Family, KvError, RedisState, SecurityState};
+use ehr_kv::{Admission, Admitted, Family, KvError, Limit, RedisState, SecurityState};
 
 use crate::TestRedis;
 
@@ -116,5 +116,94 @@ async fn an_undecodable_family_is_corrupt() {
     let err = redis.state.rotate("bad", "h0", "h1", 1_000_000_000).await.unwrap_err();
     assert!(matches!(err, KvError::Corrupt(_)), "{err}");
     assert_eq!(err.code(), "EHR-KV-002");
+    redis.cleanup().await;
+}
+
+/// A plain connection to the test's Redis, for writing keys by hand.
+async fn raw(redis: &TestRedis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+#[tokio::test]
+async fn admit_reads_and_writes_the_keys_of_the_separate_methods() {
+    let Some(redis) = TestRedis::start().await else { return };
+    let (s, prefix, t0) = (&redis.state, redis.state.prefix().to_owned(), 1_000_000_000i64);
+    let mut conn = raw(&redis).await;
+    // Revocations written by hand in the documented layout, as an older gateway would have.
+    for key in ["jti:jti-1", "jti:sid:fam-1"] {
+        redis::cmd("SET")
+            .arg(format!("{prefix}:{key}"))
+            .arg(t0 + 300)
+            .arg("EX")
+            .arg(60)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+    redis::cmd("HSET")
+        .arg(format!("{prefix}:rtb:a%3Ab:c"))
+        .arg("ts")
+        .arg(t0 + 100)
+        .arg("keep")
+        .arg(t0 + 400)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let base = Admission { jti: None, session: None, tenant: "t1", subject: "alice", issued_at: t0, buckets: &[] };
+    let now_ms = (t0 + 10) * 1000;
+    assert_eq!(s.admit(&Admission { jti: Some("jti-1"), ..base }, now_ms).await.unwrap(), Admitted::Revoked);
+    assert_eq!(s.admit(&Admission { session: Some("fam-1"), ..base }, now_ms).await.unwrap(), Admitted::Revoked);
+    let cut = Admission { tenant: "a:b", subject: "c", ..base };
+    assert_eq!(s.admit(&cut, now_ms).await.unwrap(), Admitted::Revoked);
+
+    // Reads create nothing; a bucket is the take_token key, with a TTL.
+    let limit = [Limit { key: "ip", per_sec: 1.0, burst: 5 }];
+    assert_eq!(
+        s.admit(&Admission { jti: Some("jti-2"), buckets: &limit, ..base }, now_ms).await.unwrap(),
+        Admitted::Allowed
+    );
+    let keys = redis.keys_with_ttl().await;
+    let mut names: Vec<&str> = keys.iter().map(|(k, _)| k.strip_prefix(prefix.as_str()).unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(names, [":jti:jti-1", ":jti:sid:fam-1", ":rl:ip", ":rtb:a%3Ab:c"]);
+    let ttl = keys.iter().find(|(k, _)| k.ends_with(":rl:ip")).unwrap().1;
+    assert!(ttl > 0, "the bucket expires ({ttl})");
+    redis.cleanup().await;
+}
+
+#[tokio::test]
+async fn admit_fails_on_an_undecodable_revocation_like_the_separate_reads() {
+    let Some(redis) = TestRedis::start().await else { return };
+    let (s, prefix, t0) = (&redis.state, redis.state.prefix().to_owned(), 1_000_000_000i64);
+    let mut conn = raw(&redis).await;
+    redis::cmd("SET")
+        .arg(format!("{prefix}:jti:bad"))
+        .arg("not a time")
+        .arg("EX")
+        .arg(60)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    redis::cmd("HSET")
+        .arg(format!("{prefix}:rtb:t1:bad"))
+        .arg("ts")
+        .arg("x")
+        .arg("keep")
+        .arg("y")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let err = s.is_jti_revoked("bad", t0).await.unwrap_err();
+    assert!(matches!(err, KvError::Corrupt(_)), "{err}");
+    let err = s.tokens_revoked_before("t1", "bad", t0).await.unwrap_err();
+    assert!(matches!(err, KvError::Corrupt(_)), "{err}");
+
+    // Fails closed, never admits past a record it cannot read.
+    let base = Admission { jti: None, session: None, tenant: "t1", subject: "alice", issued_at: t0, buckets: &[] };
+    let err = s.admit(&Admission { jti: Some("bad"), ..base }, t0 * 1000).await.unwrap_err();
+    assert!(matches!(err, KvError::Corrupt(_)), "{err}");
+    assert_eq!(err.code(), "EHR-KV-002");
+    let err = s.admit(&Admission { subject: "bad", ..base }, t0 * 1000).await.unwrap_err();
+    assert!(matches!(err, KvError::Corrupt(_)), "{err}");
     redis.cleanup().await;
 }

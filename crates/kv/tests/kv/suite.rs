@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use ehr_kv::{Bucket, Family, KvError, Rotation, SecurityState};
+use ehr_kv::{Admission, Admitted, Bucket, Family, KvError, Limit, Rotation, SecurityState, session_revocation_key};
 
 /// The test clock's start, in unix seconds (2001).
 const T0: i64 = 1_000_000_000;
@@ -422,4 +422,211 @@ pub async fn token_bucket_rejects_unusable_parameters(s: Arc<dyn SecurityState>)
 
 pub async fn ping_answers(s: Arc<dyn SecurityState>) {
     s.ping().await.unwrap();
+}
+
+/// An admission of `alice` in `t1` with no token id, no session, an old `iat` and no buckets;
+/// cases set what they test.
+fn admission<'a>(buckets: &'a [Limit<'a>]) -> Admission<'a> {
+    Admission { jti: None, session: None, tenant: "t1", subject: "alice", issued_at: T0, buckets }
+}
+
+/// `take_token`'s answer in `admit`'s terms, to compare the two.
+fn as_admitted(bucket: Bucket) -> Admitted {
+    match bucket {
+        Bucket::Allowed { .. } => Admitted::Allowed,
+        Bucket::Throttled { retry_after_ms } => Admitted::Throttled { retry_after_ms },
+    }
+}
+
+/// Milliseconds of the test clock at `secs` seconds after `T0`, plus `ms`.
+fn ms(secs: i64, ms: i64) -> i64 {
+    (T0 + secs) * 1000 + ms
+}
+
+pub async fn admit_revoked_by_jti_agrees_with_is_jti_revoked(s: Arc<dyn SecurityState>) {
+    s.revoke_jti("jti-1", T0 + 300).await.unwrap();
+    let revoked = Admission { jti: Some("jti-1"), ..admission(&[]) };
+    let other = Admission { jti: Some("jti-2"), ..admission(&[]) };
+    // Around the end of the revocation, by the passed-in clock: `now` is the floor of `now_ms`.
+    for now_ms in [ms(0, 0), ms(299, 999), ms(300, 0), ms(301, 0)] {
+        let expected = s.is_jti_revoked("jti-1", now_ms.div_euclid(1000)).await.unwrap();
+        let admitted = s.admit(&revoked, now_ms).await.unwrap();
+        assert_eq!(admitted == Admitted::Revoked, expected, "at {now_ms} ms");
+        assert_eq!(s.admit(&other, now_ms).await.unwrap(), Admitted::Allowed);
+    }
+    assert_eq!(s.admit(&revoked, ms(299, 999)).await.unwrap(), Admitted::Revoked);
+    assert_eq!(s.admit(&revoked, ms(300, 0)).await.unwrap(), Admitted::Allowed, "live while now < until");
+    // A later, longer revocation of the same jti is seen by both.
+    s.revoke_jti("jti-1", T0 + 900).await.unwrap();
+    assert!(s.is_jti_revoked("jti-1", T0 + 600).await.unwrap());
+    assert_eq!(s.admit(&revoked, ms(600, 0)).await.unwrap(), Admitted::Revoked);
+}
+
+pub async fn admit_revoked_by_session_reads_the_sid_key(s: Arc<dyn SecurityState>) {
+    // The gateway revokes a session by its `sid:` key in the jti store (logout, refresh reuse).
+    assert_eq!(session_revocation_key("fam-1"), "sid:fam-1");
+    s.revoke_jti(&session_revocation_key("fam-1"), T0 + 300).await.unwrap();
+    let revoked = Admission { session: Some("fam-1"), ..admission(&[]) };
+    for now_ms in [ms(0, 0), ms(299, 999), ms(300, 0)] {
+        let expected = s.is_jti_revoked("sid:fam-1", now_ms.div_euclid(1000)).await.unwrap();
+        assert_eq!(s.admit(&revoked, now_ms).await.unwrap() == Admitted::Revoked, expected, "at {now_ms} ms");
+    }
+    assert_eq!(s.admit(&revoked, ms(1, 0)).await.unwrap(), Admitted::Revoked);
+    assert_eq!(s.admit(&revoked, ms(300, 0)).await.unwrap(), Admitted::Allowed);
+    // The session id is not a jti, nor the other way round: the prefix keeps them apart.
+    let as_jti = Admission { jti: Some("fam-1"), ..admission(&[]) };
+    assert_eq!(s.admit(&as_jti, ms(1, 0)).await.unwrap(), Admitted::Allowed);
+    s.revoke_jti("fam-2", T0 + 300).await.unwrap();
+    let as_session = Admission { session: Some("fam-2"), ..admission(&[]) };
+    assert_eq!(s.admit(&as_session, ms(1, 0)).await.unwrap(), Admitted::Allowed);
+    // Either match is enough when the token carries both.
+    let both = Admission { jti: Some("jti-x"), session: Some("fam-1"), ..admission(&[]) };
+    assert_eq!(s.admit(&both, ms(1, 0)).await.unwrap(), Admitted::Revoked);
+}
+
+pub async fn admit_revoked_by_cutoff_agrees_with_tokens_revoked_before(s: Arc<dyn SecurityState>) {
+    s.revoke_tokens_before("t1", "alice", T0 + 100, T0 + 400).await.unwrap();
+    let issued = |issued_at: i64| Admission { issued_at, ..admission(&[]) };
+    assert_eq!(s.tokens_revoked_before("t1", "alice", T0 + 200).await.unwrap(), Some(T0 + 100));
+    assert_eq!(s.admit(&issued(T0 + 99), ms(200, 0)).await.unwrap(), Admitted::Revoked, "issued before ts");
+    assert_eq!(s.admit(&issued(T0 + 100), ms(200, 0)).await.unwrap(), Admitted::Allowed, "issued at ts");
+    assert_eq!(s.admit(&issued(T0 + 101), ms(200, 0)).await.unwrap(), Admitted::Allowed, "issued after ts");
+    // Remembered while now < keep_until, by the passed-in clock.
+    assert_eq!(s.tokens_revoked_before("t1", "alice", T0 + 399).await.unwrap(), Some(T0 + 100));
+    assert_eq!(s.admit(&issued(T0), ms(399, 999)).await.unwrap(), Admitted::Revoked);
+    assert_eq!(s.tokens_revoked_before("t1", "alice", T0 + 400).await.unwrap(), None);
+    assert_eq!(s.admit(&issued(T0), ms(400, 0)).await.unwrap(), Admitted::Allowed);
+    // Only that user of that tenant, with the same escaping of ':' as tokens_revoked_before.
+    let bob = Admission { subject: "bob", ..issued(T0) };
+    let elsewhere = Admission { tenant: "t2", ..issued(T0) };
+    assert_eq!(s.admit(&bob, ms(200, 0)).await.unwrap(), Admitted::Allowed);
+    assert_eq!(s.admit(&elsewhere, ms(200, 0)).await.unwrap(), Admitted::Allowed);
+    s.revoke_tokens_before("a:b", "c", T0 + 100, T0 + 400).await.unwrap();
+    let colliding = Admission { tenant: "a", subject: "b:c", ..issued(T0) };
+    let exact = Admission { tenant: "a:b", subject: "c", ..issued(T0) };
+    assert_eq!(s.admit(&colliding, ms(200, 0)).await.unwrap(), Admitted::Allowed);
+    assert_eq!(s.admit(&exact, ms(200, 0)).await.unwrap(), Admitted::Revoked);
+}
+
+pub async fn admit_takes_no_token_when_revoked(s: Arc<dyn SecurityState>) {
+    let buckets = [Limit { key: "u", per_sec: 1.0, burst: 2 }, Limit { key: "t", per_sec: 1.0, burst: 2 }];
+    s.revoke_jti("jti-1", T0 + 300).await.unwrap();
+    s.revoke_jti("sid:fam-1", T0 + 300).await.unwrap();
+    s.revoke_tokens_before("t1", "alice", T0 + 100, T0 + 400).await.unwrap();
+    let by_jti = Admission { jti: Some("jti-1"), issued_at: T0 + 200, ..admission(&buckets) };
+    let by_session = Admission { session: Some("fam-1"), issued_at: T0 + 200, ..admission(&buckets) };
+    let by_cutoff = Admission { issued_at: T0 + 99, ..admission(&buckets) };
+    for _ in 0..5 {
+        for a in [&by_jti, &by_session, &by_cutoff] {
+            assert_eq!(s.admit(a, ms(10, 0)).await.unwrap(), Admitted::Revoked);
+        }
+    }
+    // Both buckets are still full.
+    for key in ["u", "t"] {
+        assert_eq!(s.take_token(key, 1.0, 2, ms(10, 0)).await.unwrap(), Bucket::Allowed { remaining: 1 }, "{key}");
+    }
+}
+
+pub async fn admit_buckets_agree_with_take_token(s: Arc<dyn SecurityState>) {
+    // Two identical buckets on one schedule, one drained by take_token, the other by admit; the
+    // schedule has refills, fractions, a clock reading from the past and a refill past burst.
+    let (per_sec, burst) = (2.0, 3);
+    let limit = [Limit { key: "by-admit", per_sec, burst }];
+    let a = admission(&limit);
+    let schedule = [0, 0, 0, 0, 250, 500, 501, 400, 777, 1_234, 1_235, 1_236, 3_600_000, 3_600_001];
+    let mut seen = Vec::new();
+    for offset in schedule {
+        let now_ms = ms(0, offset);
+        let expected = as_admitted(s.take_token("by-take", per_sec, burst, now_ms).await.unwrap());
+        assert_eq!(s.admit(&a, now_ms).await.unwrap(), expected, "at +{offset} ms");
+        seen.push(expected);
+    }
+    // The schedule reaches the interesting answers (the same as in the take_token case).
+    let throttled = |retry_after_ms| Admitted::Throttled { retry_after_ms };
+    assert_eq!(
+        seen[..8],
+        [
+            Admitted::Allowed,
+            Admitted::Allowed,
+            Admitted::Allowed,
+            throttled(500),
+            throttled(250),
+            Admitted::Allowed,
+            throttled(499),
+            throttled(499),
+        ]
+    );
+
+    // A fractional, slow rate: one token per 10 s.
+    let slow = [Limit { key: "slow-admit", per_sec: 0.1, burst: 1 }];
+    let a = admission(&slow);
+    for (offset, answer) in [(0, Admitted::Allowed), (2_500, throttled(7_500)), (10_000, Admitted::Allowed)] {
+        let expected = as_admitted(s.take_token("slow-take", 0.1, 1, ms(0, offset)).await.unwrap());
+        assert_eq!(expected, answer);
+        assert_eq!(s.admit(&a, ms(0, offset)).await.unwrap(), answer, "at +{offset} ms");
+    }
+}
+
+pub async fn admit_and_take_token_draw_from_the_same_bucket(s: Arc<dyn SecurityState>) {
+    let limit = [Limit { key: "user", per_sec: 2.0, burst: 3 }];
+    let a = admission(&limit);
+    let t = ms(0, 0);
+    assert_eq!(s.take_token("user", 2.0, 3, t).await.unwrap(), Bucket::Allowed { remaining: 2 });
+    assert_eq!(s.admit(&a, t).await.unwrap(), Admitted::Allowed);
+    assert_eq!(s.take_token("user", 2.0, 3, t).await.unwrap(), Bucket::Allowed { remaining: 0 });
+    assert_eq!(s.admit(&a, t).await.unwrap(), Admitted::Throttled { retry_after_ms: 500 });
+    assert_eq!(s.take_token("user", 2.0, 3, t + 250).await.unwrap(), Bucket::Throttled { retry_after_ms: 250 });
+    assert_eq!(s.admit(&a, t + 500).await.unwrap(), Admitted::Allowed);
+    assert_eq!(s.take_token("user", 2.0, 3, t + 500).await.unwrap(), Bucket::Throttled { retry_after_ms: 500 });
+}
+
+pub async fn admit_stops_at_the_first_empty_bucket(s: Arc<dyn SecurityState>) {
+    let user = Limit { key: "u", per_sec: 1.0, burst: 3 };
+    let tenant = Limit { key: "t", per_sec: 0.5, burst: 1 };
+    let t = ms(0, 0);
+    // User bucket first: it gives its token even when the tenant bucket then throttles.
+    let user_first = [user, tenant];
+    let a = admission(&user_first);
+    assert_eq!(s.admit(&a, t).await.unwrap(), Admitted::Allowed);
+    assert_eq!(s.admit(&a, t).await.unwrap(), Admitted::Throttled { retry_after_ms: 2_000 }, "the tenant's");
+    assert_eq!(s.take_token("u", 1.0, 3, t).await.unwrap(), Bucket::Allowed { remaining: 0 }, "two taken by admit");
+    // Tenant bucket first: the empty one stops the walk, the user bucket after it is untouched.
+    let tenant_first = [tenant, user];
+    let b = admission(&tenant_first);
+    assert_eq!(s.admit(&b, ms(1, 0)).await.unwrap(), Admitted::Throttled { retry_after_ms: 1_000 });
+    assert_eq!(s.take_token("u", 1.0, 3, ms(1, 0)).await.unwrap(), Bucket::Allowed { remaining: 0 });
+    // No buckets: only the revocations are checked.
+    assert_eq!(s.admit(&admission(&[]), t).await.unwrap(), Admitted::Allowed);
+}
+
+pub async fn admit_is_atomic_under_concurrency(s: Arc<dyn SecurityState>) {
+    let t = ms(0, 0);
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let limit = [Limit { key: "burst", per_sec: 1.0, burst: 4 }];
+                s.admit(&admission(&limit), t).await.unwrap()
+            })
+        })
+        .collect();
+    let mut allowed = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Admitted::Allowed => allowed += 1,
+            Admitted::Throttled { retry_after_ms } => assert_eq!(retry_after_ms, 1000),
+            Admitted::Revoked => panic!("nothing is revoked"),
+        }
+    }
+    assert_eq!(allowed, 4, "exactly burst requests get through");
+}
+
+pub async fn admit_rejects_unusable_parameters_before_taking(s: Arc<dyn SecurityState>) {
+    for (per_sec, burst) in [(0.0, 5), (-1.0, 5), (f64::NAN, 5), (f64::INFINITY, 5), (0.0001, 5), (1.0, 0)] {
+        let limits = [Limit { key: "good", per_sec: 1.0, burst: 1 }, Limit { key: "bad", per_sec, burst }];
+        let err = s.admit(&admission(&limits), ms(0, 0)).await.unwrap_err();
+        assert!(matches!(err, KvError::InvalidArgument(_)), "{per_sec}/{burst}: {err}");
+    }
+    // The valid bucket before the bad one was not taken from.
+    assert_eq!(s.take_token("good", 1.0, 1, ms(0, 0)).await.unwrap(), Bucket::Allowed { remaining: 0 });
 }
