@@ -316,6 +316,8 @@ async fn run_backend(backend: &str, args: &Args) -> Result<usize, String> {
     config.gateway.rate_limit.user_burst = 1_000_000;
     config.gateway.rate_limit.tenant_per_sec = 1e6;
     config.gateway.rate_limit.tenant_burst = 1_000_000;
+    config.gateway.rate_limit.login_per_sec = 1e6;
+    config.gateway.rate_limit.login_burst = 1_000_000;
     if let Some(url) = &args.redis_url {
         config.gateway.redis_url = Some(url.clone().into());
         config.gateway.redis_prefix = format!("ehr-bench-{}", uuid::Uuid::new_v4().simple());

@@ -257,3 +257,30 @@ async fn the_capability_statement_names_the_oauth_endpoints_and_the_read_only_au
     );
     assert!(audit["searchParam"].as_array().unwrap().iter().any(|p| p["name"] == "patient"));
 }
+
+#[tokio::test]
+async fn login_endpoints_are_rate_limited_per_client_address() {
+    let app = TestApp::spawn_with(|c| {
+        c.gateway.rate_limit.login_per_sec = 0.01;
+        c.gateway.rate_limit.login_burst = 3;
+    })
+    .await;
+    for _ in 0..3 {
+        let r = app.form("/auth/login", &[("request", "r"), ("username", "u"), ("password", "p")]).await;
+        assert_eq!(r.status(), 401, "an unknown login request, but not throttled");
+    }
+    let limited = app.form("/auth/token", &[("grant_type", "authorization_code"), ("code", "x")]).await;
+    assert!(limited.headers().contains_key("retry-after"));
+    outcome(limited, 429, "throttled").await;
+    // Another address (as the ingress reports it) has its own bucket.
+    let other = app
+        .client
+        .post(format!("{}/auth/login", app.address))
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("accept", "application/json")
+        .form(&[("request", "r"), ("username", "u"), ("password", "p")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 401);
+}

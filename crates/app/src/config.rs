@@ -175,9 +175,11 @@ impl Config {
     /// Checks settings whose mistakes would otherwise surface only at the first request.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let rl = &self.gateway.rate_limit;
-        for (name, per_sec, burst) in
-            [("user", rl.user_per_sec, rl.user_burst), ("tenant", rl.tenant_per_sec, rl.tenant_burst)]
-        {
+        for (name, per_sec, burst) in [
+            ("user", rl.user_per_sec, rl.user_burst),
+            ("tenant", rl.tenant_per_sec, rl.tenant_burst),
+            ("login", rl.login_per_sec, rl.login_burst),
+        ] {
             if !per_sec.is_finite() || per_sec < 0.001 || burst == 0 {
                 return Err(ConfigError::Invalid(format!(
                     "gateway.rate_limit.{name}_per_sec must be at least 0.001 and {name}_burst at least 1"

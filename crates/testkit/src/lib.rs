@@ -100,6 +100,8 @@ impl TestApp {
         config.gateway.rate_limit.user_burst = 100_000;
         config.gateway.rate_limit.tenant_per_sec = 100_000.0;
         config.gateway.rate_limit.tenant_burst = 100_000;
+        config.gateway.rate_limit.login_per_sec = 100_000.0;
+        config.gateway.rate_limit.login_burst = 100_000;
         if std::env::var("TEST_KV").as_deref() != Ok("memory") {
             let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
             config.gateway.redis_url = Some(url.into());

@@ -282,6 +282,25 @@ async fn logout(State(st): State<GwState>, caller: Authed) -> Result<StatusCode,
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Rate limit of the unauthenticated login endpoints, per client address.
+async fn limit_by_address(
+    State(st): State<GwState>,
+    info: RequestInfo,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let rl = &st.gw.settings.rate_limit;
+    let key = format!("rl:ip:{}", info.actor.address.as_deref().unwrap_or("unknown"));
+    let now_ms = st.gw.clock.now().timestamp_millis();
+    match st.gw.kv.take_token(&key, rl.login_per_sec, rl.login_burst, now_ms).await {
+        Ok(ehr_kv::Bucket::Allowed { .. }) => next.run(req).await,
+        Ok(ehr_kv::Bucket::Throttled { retry_after_ms }) => {
+            GatewayError::RateLimited { retry_after: (retry_after_ms + 999) / 1000 }.into_response()
+        }
+        Err(e) => GatewayError::from(e).into_response(),
+    }
+}
+
 /// The gateway's router: every public route of the EHR.
 pub fn router(gw: Gateway, upstreams: Upstreams, max_body: usize) -> Router {
     let cors = cors_layer(&gw.settings.cors_origins);
@@ -290,11 +309,15 @@ pub fn router(gw: Gateway, upstreams: Upstreams, max_body: usize) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/smart-configuration", get(smart_configuration))
         .route("/fhir/.well-known/smart-configuration", get(smart_configuration))
-        .route("/auth/authorize", get(authorize))
-        .route("/auth/login", post(login))
-        .route("/auth/mfa", post(mfa))
-        .route("/auth/token", post(token))
-        .route("/auth/revoke", post(revoke))
+        .merge(
+            Router::new()
+                .route("/auth/authorize", get(authorize))
+                .route("/auth/login", post(login))
+                .route("/auth/mfa", post(mfa))
+                .route("/auth/token", post(token))
+                .route("/auth/revoke", post(revoke))
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), limit_by_address)),
+        )
         .route("/auth/logout", post(logout))
         .route("/admin/tenants", get(admin::list_tenants).post(admin::create_tenant))
         .route("/admin/tenants/{id}", get(admin::get_tenant))

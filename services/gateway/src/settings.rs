@@ -52,11 +52,22 @@ pub struct RateLimitSettings {
     pub user_burst: u32,
     pub tenant_per_sec: f64,
     pub tenant_burst: u32,
+    /// Requests per second to the login endpoints (`/auth/*`) per client address: each costs an
+    /// argon2 hash or a TOTP check, and nobody is authenticated yet to be limited as a user.
+    pub login_per_sec: f64,
+    pub login_burst: u32,
 }
 
 impl Default for RateLimitSettings {
     fn default() -> Self {
-        Self { user_per_sec: 50.0, user_burst: 200, tenant_per_sec: 2000.0, tenant_burst: 5000 }
+        Self {
+            user_per_sec: 50.0,
+            user_burst: 200,
+            tenant_per_sec: 2000.0,
+            tenant_burst: 5000,
+            login_per_sec: 1.0,
+            login_burst: 30,
+        }
     }
 }
 
