@@ -267,8 +267,13 @@ async fn serve(config: Config, target: Target) -> Result<(), String> {
         .map_err(|e| format!("server error: {e}"));
     // Drained: every answered request's audit events are queued; write them before exiting.
     if let Some(gateway) = &app.gateway {
-        gateway.audit.flush().await;
-        tracing::info!("audit trail flushed");
+        // Bounded: with the database gone, the writer retries forever and shutdown must end.
+        match tokio::time::timeout(std::time::Duration::from_secs(30), gateway.audit.flush()).await {
+            Ok(()) => tracing::info!("audit trail flushed"),
+            Err(_) => {
+                tracing::error!("audit trail not flushed within 30 s (database unreachable?): queued events are lost")
+            }
+        }
     }
     served
 }

@@ -106,6 +106,7 @@ async fn the_gateway_routes_to_a_patient_record_service_in_another_process_over_
     gw.database.max_connections = 4;
     gw.auth.development_key = false;
     gw.gateway.issuer = Some("urn:ehr:test-gateway".into());
+    gw.gateway.secret_key = Some(ehr_gateway::Sealer::generate_key().into());
     gw.gateway.redis_url =
         Some(std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()).into());
     gw.gateway.redis_prefix = format!("ehr-ms-{}", uuid_like());
@@ -269,9 +270,12 @@ async fn login_endpoints_are_rate_limited_per_client_address() {
         let r = app.form("/auth/login", &[("request", "r"), ("username", "u"), ("password", "p")]).await;
         assert_eq!(r.status(), 401, "an unknown login request, but not throttled");
     }
-    let limited = app.form("/auth/token", &[("grant_type", "authorization_code"), ("code", "x")]).await;
+    let limited = app.form("/auth/mfa", &[("login", "x"), ("code", "123456")]).await;
     assert!(limited.headers().contains_key("retry-after"));
     outcome(limited, 429, "throttled").await;
+    // The token endpoint (refreshes from behind one hospital NAT) is not limited per address.
+    let token = app.form("/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", "a.b")]).await;
+    assert_eq!(json(token, 400).await["error"], "invalid_grant");
     // Another address (as the ingress reports it) has its own bucket.
     let other = app
         .client

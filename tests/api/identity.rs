@@ -430,7 +430,7 @@ async fn backend_services_get_system_tokens_with_a_signed_assertion() {
         .post(format!("{}/admin/clients", app.address))
         .bearer_auth(&admin_token)
         .json(&serde_json::json!({"client_id": "lab-system", "name": "Outsourced lab", "kind": "backend",
-            "jwks": {"keys": [jwk]}, "scope": "system/Observation.cruds system/Patient.rs"}))
+            "jwks": {"keys": [jwk]}, "scope": "system/Observation.crus system/Patient.rs"}))
         .send()
         .await
         .unwrap();
@@ -641,4 +641,109 @@ async fn refresh_tokens_only_for_offline_access_and_revocation_needs_the_token_i
     outcome(app.as_user(Method::GET, "/Patient", &offline.access).send().await.unwrap(), 401, "login").await;
     let again = app.form("/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &refresh)]).await;
     assert_eq!(json(again, 400).await["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn secrets_are_stored_encrypted() {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let app = TestApp::spawn().await;
+    let client = app.bootstrap().await;
+    let mut u = app.account("sealed", &["nurse"]).await;
+    app.login(&client, &mut u, "user/*.cruds").await;
+    let secret = u.secret.clone().unwrap();
+    let db = Database::connect(app.database_url.as_str()).await.unwrap();
+    let one = |sql: String| {
+        let db = &db;
+        async move {
+            let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap().unwrap();
+            row.try_get_by_index::<String>(0).unwrap()
+        }
+    };
+    let stored = one(format!("SELECT mfa_secret FROM users WHERE id = '{}'", u.id)).await;
+    assert!(stored.starts_with("v1:") && !stored.contains(&secret), "the TOTP secret is sealed: {stored}");
+    let pem = one("SELECT private_pem FROM signing_keys LIMIT 1".into()).await;
+    assert!(pem.starts_with("v1:") && !pem.contains("PRIVATE KEY"), "the signing key is sealed");
+    // A sealed secret moved to another account does not open there: that login fails cleanly.
+    let mut other = app.account("other", &["nurse"]).await;
+    app.login(&client, &mut other, "user/*.cruds").await;
+    db.execute_unprepared(&format!("UPDATE users SET mfa_secret = '{stored}' WHERE id = '{}'", other.id))
+        .await
+        .unwrap();
+    let (_, challenge) = pkce();
+    let request = app.authorize(&client, "", &challenge).await;
+    app.advance(30);
+    let step = json(
+        app.form("/auth/login", &[("request", &request), ("username", "other"), ("password", PASSWORD)]).await,
+        200,
+    )
+    .await;
+    let code = app.totp(&secret);
+    let resp = app.form("/auth/mfa", &[("login", step["login"].as_str().unwrap()), ("code", &code)]).await;
+    assert_eq!(resp.status(), 500);
+    let oo = resp.text().await.unwrap();
+    assert!(oo.contains("EHR-GW-017"), "{oo}");
+}
+
+#[tokio::test]
+async fn backend_clients_get_clinical_scopes_only_and_never_reach_the_admin_api() {
+    use p256::pkcs8::EncodePrivateKey;
+    let app = TestApp::spawn().await;
+    let client = app.bootstrap().await;
+    let admin_token = admin(&app, &client).await;
+    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let mut jwk: Value = serde_json::from_str(&secret.public_key().to_jwk_string()).unwrap();
+    jwk["kid"] = "k1".into();
+    let register = |scope: &'static str, id: &'static str| {
+        let jwk = jwk.clone();
+        let (app, admin_token) = (&app, &admin_token);
+        async move {
+            app.client
+                .post(format!("{}/admin/clients", app.address))
+                .bearer_auth(admin_token)
+                .json(&serde_json::json!({"client_id": id, "name": "n", "kind": "backend", "jwks": {"keys": [jwk]}, "scope": scope}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for bad in [
+        "system/Patient.cruds",
+        "system/Account.rs",
+        "system/Tenant.c",
+        "user/Patient.rs",
+        "system/Patient.xyz",
+        "system/Nonsense.rs",
+    ] {
+        outcome(register(bad, "bad-client").await, 400, "invalid").await;
+    }
+    json(register("system/*.rs", "reader").await, 201).await;
+    let pem = secret.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let claims = serde_json::json!({"iss": "reader", "sub": "reader", "aud": format!("{}/auth/token", app.address), "exp": app.now() + 60, "jti": "a1"});
+    let assertion = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    let token = json(
+        app.form(
+            "/auth/token",
+            &[
+                ("grant_type", "client_credentials"),
+                ("scope", "system/*.rs"),
+                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                ("client_assertion", &assertion),
+            ],
+        )
+        .await,
+        200,
+    )
+    .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.as_user(Method::GET, "/Patient", &token).send().await.unwrap().status(), 200);
+    // `system/*.rs` is a wildcard: it never reaches the admin API's pseudo types.
+    for path in ["/admin/users", "/admin/tenants", "/admin/keys", "/admin/clients"] {
+        let resp = app.client.get(format!("{}{path}", app.address)).bearer_auth(&token).send().await.unwrap();
+        outcome(resp, 403, "forbidden").await;
+    }
 }

@@ -172,6 +172,19 @@ impl Config {
         }
     }
 
+    /// The gateway's key-encryption key (base64), reading `secret_key_file` if set.
+    pub fn secret_key(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(path) = &self.gateway.secret_key_file {
+            let key = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+                what: "gateway.secret_key_file",
+                path: path.clone(),
+                source,
+            })?;
+            return Ok(Some(key.trim().to_owned()));
+        }
+        Ok(self.gateway.secret_key.as_ref().map(|k| k.expose_secret().to_owned()))
+    }
+
     /// Checks settings whose mistakes would otherwise surface only at the first request.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let rl = &self.gateway.rate_limit;

@@ -198,6 +198,52 @@ fn kv_ready(kv: &Arc<dyn SecurityState>) -> Readiness {
     })
 }
 
+/// The key-encryption key of the gateway's secrets at rest: configured (file or value), or — in
+/// target `all` only — a key file created in `data_dir` on first start, readable by its owner only.
+fn sealer(config: &Config, target: Target) -> Result<ehr_gateway::Sealer, AppError> {
+    if let Some(text) = config.secret_key()? {
+        return Ok(ehr_gateway::Sealer::from_base64(&text)?);
+    }
+    if target != Target::All {
+        return Err(ConfigError::Invalid(format!(
+            "gateway.secret_key_file (or EHR_GATEWAY__SECRET_KEY_FILE) is required for target {}: \
+             the key that encrypts TOTP secrets and signing keys, the same on every replica",
+            target.name()
+        ))
+        .into());
+    }
+    let path = config.data_dir.join("gateway-secret.key");
+    if !path.exists() {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| AppError::DataDir(config.data_dir.display().to_string(), e))?;
+        write_private(&path, &ehr_gateway::Sealer::generate_key()).map_err(|source| ConfigError::File {
+            what: "the generated gateway secret key",
+            path: path.clone(),
+            source,
+        })?;
+        tracing::warn!(path = %path.display(), "created a key-encryption key for the gateway's secrets; back it up with the database");
+    }
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
+        what: "gateway secret key",
+        path: path.clone(),
+        source,
+    })?;
+    Ok(ehr_gateway::Sealer::from_base64(&text)?)
+}
+
+/// Writes a file readable and writable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(text.as_bytes())
+}
+
 /// The gateway's issuer: configured, else the public URL, else a URN.
 fn issuer(config: &Config) -> String {
     config
@@ -225,12 +271,14 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
     let store = store(config, target).await?;
     let now = clock.now().timestamp();
     let settings = config.gateway.clone();
+    let sealer = sealer(config, target)?;
     let keys = KeyRing::load(
         store.clone(),
         issuer(config),
         settings.key_rotation_days.max(1) * 86_400,
         settings.access_secs(),
         now,
+        sealer.clone(),
     )
     .await?;
     let verifier = verifier(config, Some((keys.issuer(), keys.key_source(clock.clone())))).await?;
@@ -266,6 +314,7 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         verifier,
         public_url: config.public_url.clone(),
         tenants: ehr_gateway::TenantCache::default(),
+        sealer,
     });
     gateway.spawn_maintenance();
     let router = ehr_gateway::router(gateway.clone(), upstreams, config.max_body_bytes);

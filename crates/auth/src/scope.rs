@@ -120,7 +120,7 @@ fn parse_resource_scope(scope: &str) -> Option<ResourceScope<'_>> {
 }
 
 /// Scopes that are not about resources and pass through narrowing when the client asks for them.
-const PASS_THROUGH: [&str; 4] = ["openid", "fhirUser", "offline_access", "launch"];
+const PASS_THROUGH: [&str; 5] = ["openid", "fhirUser", "offline_access", "online_access", "launch"];
 
 /// The scopes a client asked for (`requested`), narrowed to what the user was granted.
 ///

@@ -100,6 +100,7 @@ impl TestApp {
         config.gateway.rate_limit.user_burst = 100_000;
         config.gateway.rate_limit.tenant_per_sec = 100_000.0;
         config.gateway.rate_limit.tenant_burst = 100_000;
+        config.gateway.secret_key = Some(ehr_gateway::Sealer::generate_key().into());
         config.gateway.rate_limit.login_per_sec = 100_000.0;
         config.gateway.rate_limit.login_burst = 100_000;
         if std::env::var("TEST_KV").as_deref() != Ok("memory") {

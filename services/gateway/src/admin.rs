@@ -77,13 +77,19 @@ fn check_fhir_user(r: &Option<String>) -> Result<()> {
     }
 }
 
+/// A username: 1–64 characters (not bytes: Japanese names are welcome), no spaces or controls.
+pub fn check_username(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(GatewayError::Invalid("username must be 1–64 characters without spaces".into()));
+    }
+    Ok(name.to_owned())
+}
+
 impl crate::Gateway {
     /// Creates an account in `tenant` (the password is checked against the policy).
     pub async fn create_account(&self, tenant: &TenantId, new: NewAccount, actor: &Actor) -> Result<UserRecord> {
-        let username = new.username.trim().to_owned();
-        if username.is_empty() || username.len() > 64 || username.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(GatewayError::Invalid("username must be 1–64 characters without spaces".into()));
-        }
+        let username = check_username(&new.username)?;
         check_fhir_user(&new.fhir_user)?;
         self.settings.password.check(&new.password)?;
         let hash = self.settings.password.hash(&new.password)?;
@@ -151,6 +157,12 @@ pub async fn create_tenant(
     caller.require("Tenant", Interaction::Create)?;
     let id = TenantId::parse(&body.id)
         .map_err(|_| GatewayError::Invalid("tenant id: letters, digits and '-' only".into()))?;
+    // Everything that can be refused is checked before anything is written.
+    if let Some(a) = &body.admin {
+        check_username(&a.username)?;
+        check_fhir_user(&a.fhir_user)?;
+        st.gw.settings.password.check(&a.password)?;
+    }
     st.gw.create_tenant(&id, &body.name).await?;
     // The tenant's own public client, so that its administrator can log in at once.
     let boot = crate::ops::bootstrap_tenant(&st.gw.store, &st.gw.settings, st.gw.now(), &id, &body.name, None).await?;
@@ -332,9 +344,10 @@ pub struct UnusedQuery {
 pub async fn unused_accounts(
     State(st): State<GwState>,
     caller: Authed,
-    Query(q): Query<UnusedQuery>,
+    query: std::result::Result<Query<UnusedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>> {
     caller.require("Account", Interaction::Search)?;
+    let Query(q) = query.map_err(|_| GatewayError::Invalid("days must be a whole number of days".into()))?;
     let days = q.days.unwrap_or(90);
     if !(0..=3650).contains(&days) {
         return Err(GatewayError::Invalid("days must be between 0 and 3650".into()));
@@ -390,10 +403,21 @@ pub async fn create_client(
         // A system client acts on clinical data only: `system/` scopes, never the admin API's
         // pseudo types (which wildcards do not reach either, see `ScopeSet::allows_explicitly`).
         for scope in body.scope.split_whitespace() {
-            let ty = scope.strip_prefix("system/").and_then(|r| r.split_once('.')).map(|(t, _)| t);
-            if ty.is_none_or(|t| crate::ADMIN_TYPES.contains(&t)) {
+            // Letters a subset of `crus` in order: nobody deletes clinical records, not a system
+            // either (docs/security/access-matrix.md); corrections are new versions.
+            let parsed = scope.strip_prefix("system/").and_then(|r| r.split_once('.'));
+            let valid = parsed.is_some_and(|(t, letters)| {
+                !crate::ADMIN_TYPES.contains(&t)
+                    && (t == "*" || ehr_core::ResourceType::parse(t).is_ok())
+                    && !letters.is_empty()
+                    && {
+                        let mut rest = "crus".chars();
+                        letters.chars().all(|l| rest.by_ref().any(|a| a == l))
+                    }
+            });
+            if !valid {
                 return Err(GatewayError::Invalid(format!(
-                    "backend client scope `{scope}`: only system/<resource type>.<letters> scopes on FHIR resources"
+                    "backend client scope `{scope}`: only system/<resource type>.<letters from crus> scopes on FHIR resources"
                 )));
             }
         }

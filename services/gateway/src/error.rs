@@ -48,6 +48,10 @@ pub enum GatewayError {
     TooLarge,
     #[error("the service behind the gateway is unavailable")]
     Upstream,
+    /// A sealed secret does not open: the key-encryption key is not the one it was sealed with,
+    /// or the stored value was changed.
+    #[error("a stored secret cannot be decrypted (wrong gateway.secret_key or a changed value)")]
+    Sealing,
 }
 
 /// An OAuth 2.0 error (RFC 6749 §5.2) with a description safe to show.
@@ -112,6 +116,7 @@ impl Classify for GatewayError {
             Self::Forbidden(_) => IssueType::Forbidden,
             Self::TooLarge => IssueType::TooCostly,
             Self::Upstream => IssueType::Transient,
+            Self::Sealing => IssueType::Exception,
         }
     }
 
@@ -136,6 +141,7 @@ impl Classify for GatewayError {
             Self::InactiveTenant => "EHR-GW-014",
             Self::TooLarge => "EHR-GW-015",
             Self::Upstream => "EHR-GW-016",
+            Self::Sealing => "EHR-GW-017",
         }
     }
 

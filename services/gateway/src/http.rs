@@ -185,8 +185,16 @@ async fn smart_configuration(State(st): State<GwState>, headers: HeaderMap) -> J
     }))
 }
 
-async fn authorize(State(st): State<GwState>, headers: HeaderMap, Query(p): Query<AuthorizeParams>) -> Response {
-    match st.gw.authorize(p, Some(&format!("{}/fhir", base_url(&st.gw, &headers)))).await {
+async fn authorize(
+    State(st): State<GwState>,
+    headers: HeaderMap,
+    query: Result<Query<AuthorizeParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let result = match query {
+        Ok(Query(p)) => st.gw.authorize(p, Some(&format!("{}/fhir", base_url(&st.gw, &headers)))).await,
+        Err(_) => Err(GatewayError::BadAuthorizationRequest("the query string is malformed (a parameter twice?)")),
+    };
+    match result {
         Ok((id, req)) if wants_json(&headers) => {
             Json(json!({"next": "login", "request": id, "tenant": req.tenant})).into_response()
         }
@@ -245,10 +253,22 @@ fn no_store(mut resp: Response) -> Response {
     resp
 }
 
-async fn token(State(st): State<GwState>, parts: RequestInfo, Form(f): Form<TokenForm>) -> Response {
+async fn token(
+    State(st): State<GwState>,
+    parts: RequestInfo,
+    form: Result<Form<TokenForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
     let endpoint = format!("{}/auth/token", base_url(&st.gw, &parts.headers));
     let actor = parts.actor;
-    match st.gw.token(f, &endpoint, &actor).await {
+    let result = match form {
+        Ok(Form(f)) => st.gw.token(f, &endpoint, &actor).await,
+        // RFC 6749 §3.2: the token endpoint takes application/x-www-form-urlencoded.
+        Err(_) => Err(GatewayError::oauth(
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded with each parameter once",
+        )),
+    };
+    match result {
         Ok(t) => no_store(Json(t).into_response()),
         Err(e) => {
             let status = match e.oauth_code() {
@@ -272,8 +292,12 @@ struct RevokeForm {
     token: String,
 }
 
-async fn revoke(State(st): State<GwState>, StepForm(f): StepForm<RevokeForm>) -> Result<StatusCode, GatewayError> {
-    st.gw.revoke(&f.token).await?;
+async fn revoke(
+    State(st): State<GwState>,
+    info: RequestInfo,
+    StepForm(f): StepForm<RevokeForm>,
+) -> Result<StatusCode, GatewayError> {
+    st.gw.revoke(&f.token, &info.actor).await?;
     Ok(StatusCode::OK)
 }
 
@@ -314,10 +338,12 @@ pub fn router(gw: Gateway, upstreams: Upstreams, max_body: usize) -> Router {
                 .route("/auth/authorize", get(authorize))
                 .route("/auth/login", post(login))
                 .route("/auth/mfa", post(mfa))
-                .route("/auth/token", post(token))
-                .route("/auth/revoke", post(revoke))
+                // Per address: the steps where a guess costs an argon2 hash or a TOTP check.
+                // Token refreshes are cheap and come from behind one hospital NAT by the hundred.
                 .route_layer(axum::middleware::from_fn_with_state(state.clone(), limit_by_address)),
         )
+        .route("/auth/token", post(token))
+        .route("/auth/revoke", post(revoke))
         .route("/auth/logout", post(logout))
         .route("/admin/tenants", get(admin::list_tenants).post(admin::create_tenant))
         .route("/admin/tenants/{id}", get(admin::get_tenant))

@@ -8,6 +8,7 @@
 //! key before the first token signed with it arrives.
 
 use crate::error::GatewayError;
+use crate::seal::{Sealer, key_owner};
 use ehr_auth::{Claims, KeyPair, KeySource, SigningKeyRecord, TokenIssuer};
 use ehr_store::{KeyRecord, Store};
 use serde_json::Value;
@@ -26,17 +27,19 @@ pub struct KeyRing {
     lifetime_secs: i64,
     /// Longest lifetime of a token it signs.
     token_secs: i64,
+    /// Private keys are stored sealed.
+    sealer: Sealer,
 }
 
-fn to_record(k: KeyRecord) -> SigningKeyRecord {
-    SigningKeyRecord {
+fn to_record(k: KeyRecord, sealer: &Sealer) -> Result<SigningKeyRecord, GatewayError> {
+    Ok(SigningKeyRecord {
+        private_pem: sealer.open(&k.private_pem, &key_owner(&k.kid))?,
         kid: k.kid,
-        private_pem: k.private_pem,
         public_jwk: k.public_jwk,
         created_at: k.created_at,
         retire_at: k.retire_at,
         expires_at: k.expires_at,
-    }
+    })
 }
 
 impl KeyRing {
@@ -48,6 +51,7 @@ impl KeyRing {
         lifetime_secs: i64,
         token_secs: i64,
         now: i64,
+        sealer: Sealer,
     ) -> Result<Self, GatewayError> {
         let empty = TokenIssuer::new(issuer.clone(), Vec::new())?;
         let ring = Self {
@@ -56,6 +60,7 @@ impl KeyRing {
             current: Arc::new(RwLock::new(empty)),
             lifetime_secs: lifetime_secs.max(3600),
             token_secs,
+            sealer,
         };
         let keys = ring.reload().await?;
         if !keys.iter().any(|k| k.created_at <= now && now < k.retire_at) {
@@ -69,7 +74,8 @@ impl KeyRing {
         let tx = self.store.system_read().await?;
         let keys = tx.signing_keys().await?;
         tx.commit().await?;
-        let issuer = TokenIssuer::new(self.issuer_name.clone(), keys.iter().cloned().map(to_record).collect())?;
+        let records = keys.iter().cloned().map(|k| to_record(k, &self.sealer)).collect::<Result<Vec<_>, _>>()?;
+        let issuer = TokenIssuer::new(self.issuer_name.clone(), records)?;
         if let Ok(mut current) = self.current.write() {
             *current = issuer;
         }
@@ -81,7 +87,7 @@ impl KeyRing {
         let retire_at = activate_at + self.lifetime_secs;
         let record = KeyRecord {
             kid: pair.kid.clone(),
-            private_pem: pair.private_pem,
+            private_pem: self.sealer.seal(&pair.private_pem, &key_owner(&pair.kid))?,
             public_jwk: pair.public_jwk,
             created_at: activate_at,
             retire_at,

@@ -19,6 +19,7 @@ pub mod login;
 pub mod ops;
 mod pages;
 pub mod proxy;
+pub mod seal;
 mod settings;
 
 pub use audit::AuditSink;
@@ -26,6 +27,7 @@ pub use error::{GatewayError, OAuthFailure};
 pub use http::router;
 pub use keys::KeyRing;
 pub use proxy::{Upstream, Upstreams};
+pub use seal::Sealer;
 pub use settings::{GatewaySettings, MAX_ACCESS_TOKEN_SECS, RateLimitSettings};
 
 use ehr_auth::Verifier;
@@ -60,6 +62,8 @@ pub struct Inner {
     pub public_url: Option<String>,
     /// Whether tenants exist and are active, cached briefly (checked on every request).
     pub tenants: TenantCache,
+    /// Encrypts TOTP secrets at rest.
+    pub sealer: Sealer,
 }
 
 /// Seconds a tenant's active flag is cached; a deactivation on another replica takes effect

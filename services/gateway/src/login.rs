@@ -9,6 +9,7 @@
 use crate::Gateway;
 use crate::audit::{Actor, SecurityKind, security_event, user_system};
 use crate::error::GatewayError;
+use crate::seal::totp_owner;
 use ehr_auth::{
     AccessMatrix, Claims, RecoveryCodes, TotpCode, TotpSecret, hash_recovery_code, narrow_scopes,
     verify_client_assertion, verify_password, verify_pkce_s256,
@@ -175,8 +176,16 @@ impl Gateway {
             client_id,
             tenant: client.tenant.as_str().to_owned(),
             redirect_uri,
-            // The client's registered scope bounds what any of its users can get.
-            scope: narrow_scopes(&client.scope, &p.scope.unwrap_or_default()),
+            // The client's registered scope bounds what any of its users can get, including
+            // whether it may hold refresh tokens at all.
+            scope: narrow_scopes(&client.scope, &p.scope.unwrap_or_default())
+                .split_whitespace()
+                .filter(|s| {
+                    !matches!(*s, "offline_access" | "online_access")
+                        || client.scope.split_whitespace().any(|c| c == *s)
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
             state: p.state,
             code_challenge,
         };
@@ -248,7 +257,8 @@ impl Gateway {
             // leaves nothing usable behind.
             let secret = TotpSecret::generate();
             let tx = self.store.write(&ctx(&tenant)).await?;
-            tx.set_mfa_secret(&user.id, Some(&secret.to_base32()), now).await?;
+            let sealed = self.sealer.seal(&secret.to_base32(), &totp_owner(&tenant, &user.id))?;
+            tx.set_mfa_secret(&user.id, Some(&sealed), now).await?;
             tx.commit().await?;
             let issuer = format!("EHR {}", tenant.as_str());
             PasswordStep::Enrol {
@@ -298,21 +308,22 @@ impl Gateway {
                 }
             }
             (Some(code), _) => {
-                let secret = user.mfa_secret.as_deref().ok_or(GatewayError::LoginExpired)?;
-                let secret = TotpSecret::from_base32(secret)?;
+                let sealed = user.mfa_secret.as_deref().ok_or(GatewayError::LoginExpired)?;
+                let secret = TotpSecret::from_base32(&self.sealer.open(sealed, &totp_owner(&tenant, &user.id))?)?;
                 match TotpCode::parse(code).and_then(|c| secret.verify(&c, now, user.mfa_last_step)) {
                     // The compare-and-set in the database makes the code single-use even when
                     // two gateway replicas see it at the same moment.
                     Ok(step) if pending.enrol => {
                         // Single-use like every code: a concurrent confirmation with the same
                         // code loses the compare-and-set.
-                        if !tx.confirm_mfa(&user.id, step, now).await? {
-                            return Err(GatewayError::MfaReplayed);
+                        if tx.confirm_mfa(&user.id, step, now).await? {
+                            let (codes, hashes) = RecoveryCodes::generate(10);
+                            tx.replace_recovery_codes(&user.id, &hashes).await?;
+                            recovery_codes = Some(codes);
+                            Ok(())
+                        } else {
+                            Err(GatewayError::MfaReplayed)
                         }
-                        let (codes, hashes) = RecoveryCodes::generate(10);
-                        tx.replace_recovery_codes(&user.id, &hashes).await?;
-                        recovery_codes = Some(codes);
-                        Ok(())
                     }
                     Ok(step) if tx.consume_totp_step(&user.id, step).await? => Ok(()),
                     Ok(_) | Err(ehr_auth::AuthError::TotpReplayed) => Err(GatewayError::MfaReplayed),
@@ -642,20 +653,35 @@ impl Gateway {
 
     /// `POST /auth/revoke` (RFC 7009): a refresh token ends its session; an access token is
     /// void until it expires. Unknown tokens are not an error (§2.2).
-    pub async fn revoke(&self, token: &str) -> Result<(), GatewayError> {
+    pub async fn revoke(&self, token: &str, actor: &Actor) -> Result<(), GatewayError> {
         let now = self.now();
         if let Some((family, _)) = token.split_once('.').filter(|_| token.matches('.').count() == 1) {
             // Only the holder of a token of the family may end it: the family id alone is in
             // every access token (`sid`). A rotation proves possession (and a used token is
             // reuse, which revokes the family anyway); the new token is thrown away.
             let discard = sha256_hex(&random_token(32));
-            match self.kv.rotate(family, &sha256_hex(token), &discard, now).await? {
-                Rotation::Rotated(_) => {
-                    self.kv.revoke_family(family).await?;
-                }
-                // A used token: the rotation already revoked the family as a reuse.
-                Rotation::Reused(_) => {}
-                Rotation::Invalid => return Ok(()),
+            let (family_record, kind, success, why) =
+                match self.kv.rotate(family, &sha256_hex(token), &discard, now).await? {
+                    Rotation::Rotated(f) => {
+                        self.kv.revoke_family(family).await?;
+                        (f, SecurityKind::Logout, true, "refresh token revoked (RFC 7009)")
+                    }
+                    // A used token: the rotation already revoked the family as a reuse.
+                    Rotation::Reused(f) => (
+                        f,
+                        SecurityKind::RefreshTokenReuse,
+                        false,
+                        "used refresh token presented for revocation: session revoked",
+                    ),
+                    Rotation::Invalid => return Ok(()),
+                };
+            if let Ok(tenant) = TenantId::parse(&family_record.tenant) {
+                let actor = Actor {
+                    subject: Some(family_record.subject.clone()),
+                    client_id: Some(family_record.client_id.clone()),
+                    ..actor.clone()
+                };
+                self.audit_security(&tenant, &actor, kind, success, Some(why), Some(&family_record.subject)).await;
             }
             self.kv.revoke_jti(&ehr_kv::session_revocation_key(family), now + self.settings.access_secs() + 60).await?;
             return Ok(());

@@ -29,6 +29,15 @@ pub async fn bootstrap_tenant(
     name: &str,
     admin: Option<(&str, &str, Vec<String>)>,
 ) -> Result<Bootstrapped, GatewayError> {
+    // Everything that can be refused is checked before anything is written.
+    if let Some((username, password, roles)) = &admin {
+        crate::admin::check_username(username)?;
+        settings.password.check(password)?;
+        let matrix = ehr_auth::AccessMatrix::get();
+        if let Some(bad) = roles.iter().find(|r| !matrix.is_role(r)) {
+            return Err(GatewayError::Invalid(format!("unknown role `{bad}`; known: {}", matrix.roles().join(", "))));
+        }
+    }
     let tx = store.system_write().await?;
     match tx
         .create_tenant(&TenantRecord { id: tenant.clone(), name: name.to_owned(), active: true, created_at: now })
@@ -56,11 +65,6 @@ pub async fn bootstrap_tenant(
     tx.commit().await?;
     let mut admin_id = None;
     if let Some((username, password, roles)) = admin {
-        let matrix = ehr_auth::AccessMatrix::get();
-        if let Some(bad) = roles.iter().find(|r| !matrix.is_role(r)) {
-            return Err(GatewayError::Invalid(format!("unknown role `{bad}`; known: {}", matrix.roles().join(", "))));
-        }
-        settings.password.check(password)?;
         let hash = settings.password.hash(password)?;
         let tx = store.write(&ctx(tenant)).await?;
         let user = tx

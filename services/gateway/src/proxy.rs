@@ -110,6 +110,11 @@ impl Gateway {
     /// Audits a refused token (`TokenRejected`, in the system chain, with the reason) and hands
     /// the error back.
     pub(crate) async fn token_rejected(&self, actor: &Actor, e: GatewayError) -> GatewayError {
+        if matches!(e, GatewayError::Kv(_) | GatewayError::Store(_)) {
+            // The security state or the database is unreachable: an outage, not a refused
+            // token (the error itself is logged with its id where it was classified).
+            return e;
+        }
         let tenant = TenantId::system();
         let why = e.to_string();
         let event =

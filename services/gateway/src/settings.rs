@@ -37,6 +37,13 @@ pub struct GatewaySettings {
     pub redis_url: Option<SecretString>,
     /// A file holding the Redis URL (takes precedence over `redis_url`).
     pub redis_url_file: Option<PathBuf>,
+    /// The key-encryption key of secrets at rest (TOTP secrets, signing keys): base64 of 32
+    /// random bytes, the same on every gateway replica. `ehr serve` creates one in `data_dir` on
+    /// first start when none is configured.
+    #[serde(skip_serializing)]
+    pub secret_key: Option<SecretString>,
+    /// A file holding the key-encryption key (takes precedence over `secret_key`).
+    pub secret_key_file: Option<PathBuf>,
     /// Prefix of every Redis key (several deployments may share one Redis).
     pub redis_prefix: String,
     /// Base URLs of the services in microservices mode (`patient-record = "http://patient-record:8080"`).
@@ -86,6 +93,8 @@ impl Default for GatewaySettings {
             cors_origins: Vec::new(),
             redis_url: None,
             redis_url_file: None,
+            secret_key: None,
+            secret_key_file: None,
             redis_prefix: "ehr".into(),
             upstreams: BTreeMap::new(),
         }
