@@ -272,11 +272,16 @@ mod tests {
     #[test]
     fn secrets_come_from_files_and_stay_out_of_logs() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("db-url", "postgres://u:secret@h/db\n")?;
+            jail.create_file("db-url", "postgres://u:pw-7f3a@h/db\n")?;
             jail.set_env("EHR_DATABASE__URL_FILE", "db-url");
+            jail.set_env("EHR_GATEWAY__REDIS_URL", "redis://:pw-9c1d@h:6379");
+            jail.set_env("EHR_GATEWAY__SECRET_KEY", "a2V5LTRlNjI=");
             let c = Config::load(None).map_err(|e| e.to_string())?;
-            assert_eq!(c.database_url(Target::PatientRecord).map_err(|e| e.to_string())?, "postgres://u:secret@h/db");
-            assert!(!c.redacted().contains("secret"));
+            assert_eq!(c.database_url(Target::PatientRecord).map_err(|e| e.to_string())?, "postgres://u:pw-7f3a@h/db");
+            let logged = c.redacted();
+            for secret in ["pw-7f3a", "pw-9c1d", "a2V5LTRlNjI="] {
+                assert!(!logged.contains(secret), "{secret} in {logged}");
+            }
             Ok(())
         });
     }

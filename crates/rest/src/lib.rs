@@ -63,17 +63,14 @@ pub fn router(state: RestState) -> Router {
         .with_state(state)
 }
 
-/// The read-only FHIR routes (read, vread, history, search) — for resources no client may write,
-/// such as the gateway's AuditEvents, which only the audit writer appends.
+/// The read and search routes only — for records no client may write and that have one version,
+/// such as the gateway's AuditEvents, which only the audit writer appends (without history rows).
 pub fn read_only_router(state: RestState) -> Router {
     use handlers as h;
     Router::new()
         .route("/{ty}", get(h::search_get).fallback(method_not_allowed))
         .route("/{ty}/_search", post(h::search_post).fallback(method_not_allowed))
-        .route("/{ty}/_history", get(h::history_type).fallback(method_not_allowed))
         .route("/{ty}/{id}", get(h::read).fallback(method_not_allowed))
-        .route("/{ty}/{id}/_history", get(h::history_instance).fallback(method_not_allowed))
-        .route("/{ty}/{id}/_history/{vid}", get(h::vread).fallback(method_not_allowed))
         .layer(axum::middleware::from_fn(h::negotiate))
         .with_state(state)
 }

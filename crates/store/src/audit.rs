@@ -115,7 +115,7 @@ impl Tx {
         let mut hash: String = head.try_get("", "hash")?;
         // One multi-row statement per table for the whole batch: the audit trail is written for
         // every request, so its cost per event must stay far below a request's.
-        let stored = self.create_many("AuditEvent", events, now).await?;
+        let stored = self.create_many("AuditEvent", events, now, false).await?;
         for chunk in stored.chunks(500) {
             let mut sql = crate::sql::Sql::new(tenant);
             let mut rows = Vec::with_capacity(chunk.len());

@@ -562,12 +562,14 @@ impl Tx {
 
     /// Creates resources of one type with server-assigned ids in a few multi-row statements
     /// instead of a few per resource: the same rows as [`Tx::create`] for each (current version,
-    /// history, index rows). For bulk writers such as the audit trail.
+    /// index rows, and a history row unless `history` is false — for records that are never
+    /// updated, such as AuditEvents, whose only version is the current one). For bulk writers.
     pub async fn create_many(
         &self,
         resource_type: &str,
         resources: Vec<Json>,
         now: DateTime<Utc>,
+        history: bool,
     ) -> Result<Vec<Stored>, StoreError> {
         let mut stored = Vec::with_capacity(resources.len());
         let mut entries = Vec::with_capacity(resources.len());
@@ -581,12 +583,12 @@ impl Tx {
             let mut sql = Sql::new(&self.tenant);
             let ty = sql.bind(resource_type);
             let mut rows = Vec::with_capacity(chunk.len());
-            let mut history = Vec::with_capacity(chunk.len());
+            let mut history_rows = Vec::with_capacity(chunk.len());
             for s in chunk {
                 let (id, at, content) =
                     (sql.bind(s.id.as_str()), sql.bind(s.last_updated), sql.bind(s.content.as_str()));
                 rows.push(format!("($1, {ty}, {id}, 1, {at}, 0, {content})"));
-                history.push(format!("($1, {ty}, {id}, 1, {at}, 'POST', 0, {content})"));
+                history_rows.push(format!("($1, {ty}, {id}, 1, {at}, 'POST', 0, {content})"));
             }
             let insert = format!(
                 "INSERT INTO resources (tenant_id, resource_type, id, version_id, last_updated, deleted, content) VALUES {}",
@@ -594,9 +596,11 @@ impl Tx {
             );
             let insert_history = format!(
                 "INSERT INTO resource_history (tenant_id, resource_type, id, version_id, last_updated, method, deleted, content) VALUES {}",
-                history.join(", ")
+                history_rows.join(", ")
             );
-            if self.backend == DbBackend::Postgres {
+            if !history {
+                self.exec(&insert, sql.values).await?;
+            } else if self.backend == DbBackend::Postgres {
                 self.exec(&combine(vec![insert, insert_history]), sql.values).await?;
             } else {
                 self.exec(&insert, sql.values.clone()).await?;

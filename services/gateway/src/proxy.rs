@@ -195,10 +195,7 @@ async fn augment_capabilities(resp: Response, public_url: Option<&str>, host_bas
             (audit.pointer("/rest/0/resource/0").cloned(), rest.get_mut("resource").and_then(|r| r.as_array_mut()))
         {
             entry["interaction"] = serde_json::json!(
-                ["read", "vread", "history-instance", "history-type", "search-type"]
-                    .iter()
-                    .map(|c| serde_json::json!({"code": c}))
-                    .collect::<Vec<_>>()
+                ["read", "search-type"].iter().map(|c| serde_json::json!({"code": c})).collect::<Vec<_>>()
             );
             if let Some(obj) = entry.as_object_mut() {
                 for key in [
@@ -208,6 +205,7 @@ async fn augment_capabilities(resp: Response, public_url: Option<&str>, host_bas
                     "conditionalDelete",
                     "conditionalRead",
                     "versioning",
+                    "readHistory",
                 ] {
                     obj.remove(key);
                 }
