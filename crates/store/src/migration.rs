@@ -106,6 +106,23 @@ CREATE INDEX sp_uri_value ON sp_uri (tenant_id, resource_type, param, uri);
 CREATE INDEX sp_uri_owner ON sp_uri (tenant_id, resource_type, resource_id);
 "#;
 
+/// Row-level security on a tenant-scoped table (PostgreSQL): the policy confining every
+/// transaction to the tenant it set, forced on the owner too, and the application role's grant
+/// (tolerating a missing role, which the first migration reports).
+fn tenant_isolation(table: &str) -> String {
+    format!(
+        "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+         CREATE POLICY tenant_isolation ON {table}
+           USING (tenant_id = current_setting('ehr.tenant', true))
+           WITH CHECK (tenant_id = current_setting('ehr.tenant', true));
+         DO $$ BEGIN
+           GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};
+         EXCEPTION WHEN undefined_object THEN NULL;
+         END $$"
+    )
+}
+
 /// The role the application switches to in every PostgreSQL transaction (see `Store`). It is
 /// not a superuser and does not bypass row-level security, whatever role the pool logs in as.
 pub const APP_ROLE: &str = "ehr_app";
@@ -170,18 +187,7 @@ impl MigrationTrait for M0001ResourceStore {
             for table in TENANT_TABLES {
                 // Second wall behind the tenant predicate every query carries: a query that
                 // forgot it still sees only the rows of the tenant set for the transaction.
-                db.execute_unprepared(&format!(
-                    "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
-                     ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
-                     CREATE POLICY tenant_isolation ON {table}
-                       USING (tenant_id = current_setting('ehr.tenant', true))
-                       WITH CHECK (tenant_id = current_setting('ehr.tenant', true));
-                     DO $$ BEGIN
-                       GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};
-                     EXCEPTION WHEN undefined_object THEN NULL;
-                     END $$"
-                ))
-                .await?;
+                db.execute_unprepared(&tenant_isolation(table)).await?;
             }
         }
         Ok(())
@@ -289,18 +295,7 @@ impl MigrationTrait for M0002Identity {
             for table in IDENTITY_TENANT_TABLES {
                 // The same two walls as the resource tables (see m0001): every statement binds
                 // the tenant, and the policy confines a transaction to the tenant it set.
-                db.execute_unprepared(&format!(
-                    "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
-                     ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
-                     CREATE POLICY tenant_isolation ON {table}
-                       USING (tenant_id = current_setting('ehr.tenant', true))
-                       WITH CHECK (tenant_id = current_setting('ehr.tenant', true));
-                     DO $$ BEGIN
-                       GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};
-                     EXCEPTION WHEN undefined_object THEN NULL;
-                     END $$"
-                ))
-                .await?;
+                db.execute_unprepared(&tenant_isolation(table)).await?;
             }
             for table in SYSTEM_TABLES {
                 db.execute_unprepared(&format!(

@@ -86,30 +86,42 @@ pub fn check_username(name: &str) -> Result<String> {
     Ok(name.to_owned())
 }
 
+/// Checks and stores a new account (the API's and the CLI bootstrap's one way to make one).
+pub(crate) async fn insert_account(
+    store: &ehr_store::Store,
+    policy: &ehr_auth::PasswordPolicy,
+    tenant: &TenantId,
+    new: NewAccount,
+    now: i64,
+) -> Result<UserRecord> {
+    let username = check_username(&new.username)?;
+    check_fhir_user(&new.fhir_user)?;
+    policy.check(&new.password)?;
+    let hash = policy.hash(&new.password)?;
+    let tx = store.write(&ctx(tenant)).await?;
+    let user = tx
+        .create_user(&NewUser {
+            id: uuid::Uuid::new_v4().to_string(),
+            username: username.clone(),
+            display_name: new.display_name,
+            password_hash: hash,
+            roles: new.roles,
+            fhir_user: new.fhir_user,
+            now,
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::AlreadyExists => GatewayError::Conflict(format!("username `{username}` is taken")),
+            e => e.into(),
+        })?;
+    tx.commit().await?;
+    Ok(user)
+}
+
 impl crate::Gateway {
     /// Creates an account in `tenant` (the password is checked against the policy).
     pub async fn create_account(&self, tenant: &TenantId, new: NewAccount, actor: &Actor) -> Result<UserRecord> {
-        let username = check_username(&new.username)?;
-        check_fhir_user(&new.fhir_user)?;
-        self.settings.password.check(&new.password)?;
-        let hash = self.settings.password.hash(&new.password)?;
-        let tx = self.store.write(&ctx(tenant)).await?;
-        let user = tx
-            .create_user(&NewUser {
-                id: uuid::Uuid::new_v4().to_string(),
-                username: username.clone(),
-                display_name: new.display_name,
-                password_hash: hash,
-                roles: new.roles,
-                fhir_user: new.fhir_user,
-                now: self.now(),
-            })
-            .await
-            .map_err(|e| match e {
-                StoreError::AlreadyExists => GatewayError::Conflict(format!("username `{username}` is taken")),
-                e => e.into(),
-            })?;
-        tx.commit().await?;
+        let user = insert_account(&self.store, &self.settings.password, tenant, new, self.now()).await?;
         self.audit_security(
             tenant,
             actor,

@@ -5,7 +5,7 @@ use crate::error::GatewayError;
 use crate::login::ctx;
 use crate::settings::GatewaySettings;
 use ehr_core::TenantId;
-use ehr_store::{AuditVerification, ClientRecord, NewUser, Store, StoreError, TenantRecord};
+use ehr_store::{AuditVerification, ClientRecord, Store, StoreError, TenantRecord};
 
 /// What [`bootstrap_tenant`] created.
 #[derive(Debug)]
@@ -65,25 +65,14 @@ pub async fn bootstrap_tenant(
     tx.commit().await?;
     let mut admin_id = None;
     if let Some((username, password, roles)) = admin {
-        let hash = settings.password.hash(password)?;
-        let tx = store.write(&ctx(tenant)).await?;
-        let user = tx
-            .create_user(&NewUser {
-                id: uuid::Uuid::new_v4().to_string(),
-                username: username.to_owned(),
-                display_name: username.to_owned(),
-                password_hash: hash,
-                roles,
-                fhir_user: None,
-                now,
-            })
-            .await
-            .map_err(|e| match e {
-                StoreError::AlreadyExists => GatewayError::Conflict(format!("username `{username}` is taken")),
-                e => e.into(),
-            })?;
-        tx.commit().await?;
-        admin_id = Some(user.id);
+        let new = crate::admin::NewAccount {
+            username: username.to_owned(),
+            display_name: username.to_owned(),
+            password: password.to_owned(),
+            roles,
+            fhir_user: None,
+        };
+        admin_id = Some(crate::admin::insert_account(store, &settings.password, tenant, new, now).await?.id);
     }
     Ok(Bootstrapped { admin_id, client_id, redirect_uri: CLI_REDIRECT.into() })
 }
