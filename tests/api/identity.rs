@@ -747,3 +747,38 @@ async fn backend_clients_get_clinical_scopes_only_and_never_reach_the_admin_api(
         outcome(resp, 403, "forbidden").await;
     }
 }
+
+#[tokio::test]
+async fn administrators_see_and_end_a_users_sessions() {
+    let app = TestApp::spawn().await;
+    let client = app.bootstrap().await;
+    let admin_token = admin(&app, &client).await;
+    let mut u = app.account("u4", &["nurse"]).await;
+    let t1 = app.login(&client, &mut u, "offline_access user/*.cruds").await;
+    let t2 = app.login(&client, &mut u, "offline_access user/*.cruds").await;
+    let get = app
+        .client
+        .get(format!("{}/admin/users/{}/sessions", app.address, u.id))
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .unwrap();
+    let list = json(get, 200).await;
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 2, "{list}");
+    assert!(!list.to_string().contains(t1.refresh.as_deref().unwrap()), "never the tokens");
+    let ended = json(admin_post(&app, &admin_token, &format!("/admin/users/{}/sessions/end", u.id)).await, 200).await;
+    assert_eq!(ended["ended"], 2);
+    for t in [&t1.access, &t2.access] {
+        outcome(app.as_user(Method::GET, "/Patient", t).send().await.unwrap(), 401, "login").await;
+    }
+    // The account itself stays active: a new login works, and the refused tokens were audited.
+    app.login(&client, &mut u, "user/*.cruds").await;
+    app.gateway.audit.flush().await;
+    let sys = app.token_for("system", "user/AuditEvent.rs");
+    let rejected = json(
+        app.client.get(app.fhir("/AuditEvent?subtype=token-rejected")).bearer_auth(&sys).send().await.unwrap(),
+        200,
+    )
+    .await;
+    assert!(rejected.to_string().contains("revoked"), "{rejected}");
+}

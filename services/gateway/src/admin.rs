@@ -563,3 +563,38 @@ pub async fn deactivate_tenant(
         .await;
     Ok(Json(json!({"id": id.as_str(), "active": false})))
 }
+
+/// The account's live sessions (refresh-token families): when they began and expire, from which
+/// client, with which scope. Never the tokens.
+pub async fn sessions(State(st): State<GwState>, caller: Authed, Path(id): Path<String>) -> Result<Json<Value>> {
+    caller.require("Account", Interaction::Read)?;
+    let tenant = caller.tenant();
+    st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
+    let families = st.gw.kv.families_of(tenant.as_str(), &id, st.gw.now()).await?;
+    let list: Vec<Value> = families
+        .iter()
+        .map(|f| json!({"session": f.id, "client_id": f.client_id, "scope": f.scope, "created_at": f.created_at, "expires_at": f.expires_at}))
+        .collect();
+    Ok(Json(json!({"sessions": list})))
+}
+
+/// Ends every session of the account (refresh families and access tokens) without deactivating it.
+pub async fn end_sessions(State(st): State<GwState>, caller: Authed, Path(id): Path<String>) -> Result<Json<Value>> {
+    caller.require("Account", Interaction::Update)?;
+    let tenant = caller.tenant();
+    st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
+    let now = st.gw.now();
+    let ended = st.gw.kv.revoke_subject(tenant.as_str(), &id).await?;
+    st.gw.kv.revoke_tokens_before(tenant.as_str(), &id, now + 1, now + st.gw.settings.access_secs() + 60).await?;
+    st.gw
+        .audit_security(
+            tenant,
+            caller.actor(),
+            SecurityKind::Logout,
+            true,
+            Some("sessions ended by an administrator"),
+            Some(&id),
+        )
+        .await;
+    Ok(Json(json!({"ended": ended})))
+}

@@ -356,6 +356,8 @@ pub fn router(gw: Gateway, upstreams: Upstreams, max_body: usize) -> Router {
         .route("/admin/users/{id}/activate", post(admin::activate))
         .route("/admin/users/{id}/reset-mfa", post(admin::reset_mfa))
         .route("/admin/users/{id}/unlock", post(admin::unlock))
+        .route("/admin/users/{id}/sessions", get(admin::sessions))
+        .route("/admin/users/{id}/sessions/end", post(admin::end_sessions))
         .route("/admin/reports/unused-accounts", get(admin::unused_accounts))
         .route("/admin/clients", get(admin::list_clients).post(admin::create_client))
         .route("/admin/clients/{id}", get(admin::get_client))
