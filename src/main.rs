@@ -4,10 +4,13 @@
 //! ehr serve [--target all|gateway|patient-record] [--listen ADDR] [--data-dir DIR] [--config FILE]
 //! ehr admin create-tenant --id T --name N [--admin-user U] [--role tenant-admin]   (password: EHR_ADMIN_PASSWORD or stdin)
 //! ehr audit verify [--tenant T]
+//! ehr login --client C --user U [--url http://127.0.0.1:8080] [--scope …]   (password: EHR_PASSWORD or prompt)
 //! ehr totp --secret BASE32
 //! ehr dev-token --tenant T --scope "user/*.cruds" [--subject S] [--ttl-secs N]
 //! ehr migrate [--target …]
 //! ```
+
+mod login;
 
 use clap::{Parser, Subcommand};
 use ehr_app::{Config, Target};
@@ -56,6 +59,20 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Log in at a gateway (password, then TOTP; enrols the authenticator at the first login) and
+    /// print the token response as JSON.
+    Login {
+        /// The gateway's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The OAuth client (`<tenant>-cli` from `ehr admin create-tenant`).
+        #[arg(long)]
+        client: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "offline_access user/*.cruds")]
+        scope: String,
     },
     /// Print the current TOTP code of a base32 secret (what an authenticator app shows), for
     /// scripted logins in development and tests.
@@ -150,6 +167,7 @@ fn main() -> ExitCode {
                 }
                 audit_verify(&config, tenant.as_deref()).await
             }
+            Command::Login { url, client, user, scope } => login::login(&url, &client, &user, &scope).await,
             Command::Totp { secret } => {
                 let secret = ehr_auth::TotpSecret::from_base32(&secret).map_err(|e| format!("--secret: {e}"))?;
                 println!("{}", secret.code_at(SystemClock.now().timestamp()));

@@ -782,3 +782,44 @@ async fn administrators_see_and_end_a_users_sessions() {
     .await;
     assert!(rejected.to_string().contains("revoked"), "{rejected}");
 }
+
+#[tokio::test]
+async fn ehr_login_runs_the_flow_from_a_terminal() {
+    use std::io::Write;
+    let app = TestApp::spawn().await;
+    let client = app.bootstrap().await;
+    let mut u = app.account("cli-user", &["nurse"]).await;
+    app.login(&client, &mut u, "user/*.cruds").await; // enrolled; the CLI uses the authenticator
+    app.advance(30);
+    let code = app.totp(u.secret.as_deref().unwrap());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ehr"))
+        .args(["login", "--url", &app.address, "--client", &client, "--user", "cli-user"])
+        .env("EHR_PASSWORD", PASSWORD)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{code}\n").as_bytes()).unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tokens: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    assert!(tokens["refresh_token"].is_string());
+    assert_eq!(app.as_user(Method::GET, "/Patient", access).send().await.unwrap().status(), 200);
+    // A wrong password: a non-zero exit with the gateway's message.
+    // (Off the test's runtime thread, which also serves the gateway the CLI talks to.)
+    let (address, client_id) = (app.address.clone(), client.clone());
+    let bad = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ehr"))
+            .args(["login", "--url", &address, "--client", &client_id, "--user", "cli-user"])
+            .env("EHR_PASSWORD", "Wrong-password-123")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid username or password"));
+}

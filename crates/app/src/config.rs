@@ -225,9 +225,9 @@ impl Config {
 }
 
 /// Variables read by CLI commands, not configuration (`EHR_ADMIN_PASSWORD` of
-/// `ehr admin create-tenant`).
+/// `ehr admin create-tenant`, `EHR_PASSWORD` of `ehr login`).
 fn is_cli_input(key: &str) -> bool {
-    key.eq_ignore_ascii_case("admin_password")
+    key.eq_ignore_ascii_case("admin_password") || key.eq_ignore_ascii_case("password")
 }
 
 /// Kubernetes injects "service link" variables for every Service (`EHR_PORT`,
