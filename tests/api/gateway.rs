@@ -264,6 +264,8 @@ async fn login_endpoints_are_rate_limited_per_client_address() {
     let app = TestApp::spawn_with(|c| {
         c.gateway.rate_limit.login_per_sec = 0.01;
         c.gateway.rate_limit.login_burst = 3;
+        // As behind an ingress that appends the client's address.
+        c.gateway.trusted_proxies = 1;
     })
     .await;
     for _ in 0..3 {
@@ -276,7 +278,18 @@ async fn login_endpoints_are_rate_limited_per_client_address() {
     // The token endpoint (refreshes from behind one hospital NAT) is not limited per address.
     let token = app.form("/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", "a.b")]).await;
     assert_eq!(json(token, 400).await["error"], "invalid_grant");
-    // Another address (as the ingress reports it) has its own bucket.
+    // Another address (as the ingress reports it) has its own bucket; what a client writes into
+    // the header before the ingress's hop is not an address of its own.
+    let spoofed = app
+        .client
+        .post(format!("{}/auth/login", app.address))
+        .header("x-forwarded-for", "10.9.9.9, 127.0.0.1")
+        .header("accept", "application/json")
+        .form(&[("request", "r"), ("username", "u"), ("password", "p")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spoofed.status(), 429);
     let other = app
         .client
         .post(format!("{}/auth/login", app.address))

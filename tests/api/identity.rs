@@ -421,6 +421,7 @@ async fn backend_services_get_system_tokens_with_a_signed_assertion() {
     let app = TestApp::spawn().await;
     let client = app.bootstrap().await;
     let admin_token = admin(&app, &client).await;
+    let lab = format!("{}-lab-system", app.tenant);
     let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
     let mut jwk: Value = serde_json::from_str(&secret.public_key().to_jwk_string()).unwrap();
     jwk["kid"] = "lab-key-1".into();
@@ -429,7 +430,7 @@ async fn backend_services_get_system_tokens_with_a_signed_assertion() {
         .client
         .post(format!("{}/admin/clients", app.address))
         .bearer_auth(&admin_token)
-        .json(&serde_json::json!({"client_id": "lab-system", "name": "Outsourced lab", "kind": "backend",
+        .json(&serde_json::json!({"client_id": lab, "name": "Outsourced lab", "kind": "backend",
             "jwks": {"keys": [jwk]}, "scope": "system/Observation.crus system/Patient.rs"}))
         .send()
         .await
@@ -442,8 +443,7 @@ async fn backend_services_get_system_tokens_with_a_signed_assertion() {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some("lab-key-1".into());
         let now = app.now();
-        let claims =
-            serde_json::json!({"iss": "lab-system", "sub": "lab-system", "aud": aud, "exp": now + 240, "jti": jti});
+        let claims = serde_json::json!({"iss": lab, "sub": lab, "aud": aud, "exp": now + 240, "jti": jti});
         jsonwebtoken::encode(&header, &claims, &key).unwrap()
     };
     let grant = |a: String, scope: &'static str| {
@@ -466,7 +466,7 @@ async fn backend_services_get_system_tokens_with_a_signed_assertion() {
     assert_eq!(ok["scope"], "system/Observation.rs", "narrowed to what the client may have");
     assert!(ok.get("refresh_token").is_none());
     let token = ok["access_token"].as_str().unwrap();
-    assert_eq!(claims(token)["sub"], "lab-system");
+    assert_eq!(claims(token)["sub"], lab.as_str());
     assert_eq!(app.as_user(Method::GET, "/Observation", token).send().await.unwrap().status(), 200);
     outcome(app.as_user(Method::GET, "/Encounter", token).send().await.unwrap(), 403, "forbidden").await;
     // Replayed jti, wrong audience, unknown client: invalid_client (401).
@@ -693,7 +693,7 @@ async fn backend_clients_get_clinical_scopes_only_and_never_reach_the_admin_api(
     let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
     let mut jwk: Value = serde_json::from_str(&secret.public_key().to_jwk_string()).unwrap();
     jwk["kid"] = "k1".into();
-    let register = |scope: &'static str, id: &'static str| {
+    let register = |scope: &'static str, id: String| {
         let jwk = jwk.clone();
         let (app, admin_token) = (&app, &admin_token);
         async move {
@@ -714,14 +714,28 @@ async fn backend_clients_get_clinical_scopes_only_and_never_reach_the_admin_api(
         "system/Patient.xyz",
         "system/Nonsense.rs",
     ] {
-        outcome(register(bad, "bad-client").await, 400, "invalid").await;
+        outcome(register(bad, format!("{}-bad", app.tenant)).await, 400, "invalid").await;
     }
-    json(register("system/*.rs", "reader").await, 201).await;
+    // Client ids carry their tenant's prefix: no tenant takes a name another one will need.
+    outcome(register("system/*.rs", "hospital-z-cli".into()).await, 400, "invalid").await;
+    for uri in ["http://localhost.evil.example/cb", "http://127.0.0.1.nip.io/cb", "ftp://x/cb"] {
+        let resp = app
+            .client
+            .post(format!("{}/admin/clients", app.address))
+            .bearer_auth(&admin_token)
+            .json(&serde_json::json!({"name": "n", "kind": "public", "redirect_uris": [uri], "scope": "user/*.rs"}))
+            .send()
+            .await
+            .unwrap();
+        outcome(resp, 400, "invalid").await;
+    }
+    let reader = format!("{}-reader", app.tenant);
+    json(register("system/*.rs", reader.clone()).await, 201).await;
     let pem = secret.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).unwrap();
     let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some("k1".into());
-    let claims = serde_json::json!({"iss": "reader", "sub": "reader", "aud": format!("{}/auth/token", app.address), "exp": app.now() + 60, "jti": "a1"});
+    let claims = serde_json::json!({"iss": reader, "sub": reader, "aud": format!("{}/auth/token", app.address), "exp": app.now() + 60, "jti": "a1"});
     let assertion = jsonwebtoken::encode(&header, &claims, &key).unwrap();
     let token = json(
         app.form(
@@ -741,6 +755,21 @@ async fn backend_clients_get_clinical_scopes_only_and_never_reach_the_admin_api(
         .unwrap()
         .to_owned();
     assert_eq!(app.as_user(Method::GET, "/Patient", &token).send().await.unwrap().status(), 200);
+    // Asking for the admin API's pseudo types by name: the wildcard does not cover them.
+    let claims2 = serde_json::json!({"iss": reader, "sub": reader, "aud": format!("{}/auth/token", app.address), "exp": app.now() + 60, "jti": "a2"});
+    let assertion2 = jsonwebtoken::encode(&header, &claims2, &key).unwrap();
+    let escalate = app
+        .form(
+            "/auth/token",
+            &[
+                ("grant_type", "client_credentials"),
+                ("scope", "system/Tenant.rs system/Account.rs system/SigningKey.c"),
+                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                ("client_assertion", &assertion2),
+            ],
+        )
+        .await;
+    assert_eq!(json(escalate, 400).await["error"], "invalid_scope");
     // `system/*.rs` is a wildcard: it never reaches the admin API's pseudo types.
     for path in ["/admin/users", "/admin/tenants", "/admin/keys", "/admin/clients"] {
         let resp = app.client.get(format!("{}{path}", app.address)).bearer_auth(&token).send().await.unwrap();

@@ -244,6 +244,13 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(text.as_bytes())
 }
 
+fn listens_on_loopback(listen: &str) -> bool {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(addr) => addr.ip().is_loopback(),
+        Err(_) => listen.starts_with("localhost:"),
+    }
+}
+
 /// The gateway's issuer: configured, else the public URL, else a URN.
 fn issuer(config: &Config) -> String {
     config
@@ -267,6 +274,15 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
     }
     // The gateway (alone, or with every service in-process).
     config.validate()?;
+    if config.auth.development_key && (target == Target::Gateway || !listens_on_loopback(&config.listen)) {
+        // The development key is public: anyone can sign any tenant's and any role's token with
+        // it. Only a process nobody else can reach may trust it.
+        return Err(ConfigError::Invalid(format!(
+            "auth.development_key = true is only allowed for target all listening on a loopback address (listen = {}); set EHR_AUTH__DEVELOPMENT_KEY=false",
+            config.listen
+        ))
+        .into());
+    }
     let kv = security_state(config, target).await?;
     let store = store(config, target).await?;
     let now = clock.now().timestamp();

@@ -17,13 +17,14 @@ pub struct LockoutPolicy {
     pub base_secs: i64,
     /// Longest lock, in seconds.
     pub max_secs: i64,
-    /// Failures older than this many seconds are forgotten.
+    /// Failures older than this many seconds are forgotten. Longer than the longest lock, so
+    /// that the back-off can reach it (a success clears the count anyway).
     pub window_secs: i64,
 }
 
 impl Default for LockoutPolicy {
     fn default() -> Self {
-        Self { threshold: 5, base_secs: 60, max_secs: 3600, window_secs: 900 }
+        Self { threshold: 5, base_secs: 60, max_secs: 3600, window_secs: 86_400 }
     }
 }
 
@@ -67,8 +68,8 @@ mod tests {
         let off = LockoutPolicy { threshold: 0, ..LockoutPolicy::default() };
         assert_eq!(off.lock_secs(1000), None);
         let p = LockoutPolicy::default();
-        assert!(!p.window_expired(1000, 1899));
-        assert!(p.window_expired(1000, 1900));
+        assert!(!p.window_expired(1000, 1000 + 86_399));
+        assert!(p.window_expired(1000, 1000 + 86_400));
         let parsed: LockoutPolicy = serde_json::from_str(r#"{"threshold": 3}"#).expect("partial policy");
         assert_eq!(parsed, LockoutPolicy { threshold: 3, ..LockoutPolicy::default() });
     }

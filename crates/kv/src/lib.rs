@@ -77,6 +77,27 @@ pub fn session_revocation_key(session: &str) -> String {
     format!("sid:{session}")
 }
 
+/// The lockout parameters of [`SecurityState::begin_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptPolicy {
+    /// Failures counted inside this many seconds.
+    pub window_secs: i64,
+    /// Attempts before the lock; 0 disables locking.
+    pub threshold: u32,
+    /// Lock of the first attempt beyond the threshold, doubled per further attempt.
+    pub base_secs: i64,
+    pub max_secs: i64,
+}
+
+/// The answer of [`SecurityState::begin_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Counted (this attempt included); go on and check it.
+    Counted { count: u32 },
+    /// Locked until this time; the attempt was not counted and must not be checked.
+    Locked { until: i64 },
+}
+
 /// What the gateway checks on every request, in one round trip: see [`SecurityState::admit`].
 #[derive(Debug, Clone, Copy)]
 pub struct Admission<'a> {
@@ -144,6 +165,12 @@ pub trait SecurityState: Send + Sync {
     async fn record_failure(&self, key: &str, now: i64, window_secs: i64) -> Result<u32, KvError>;
 
     /// Forgets the failures of `key` (after a successful login).
+    /// Counts one login attempt under `key` BEFORE it is checked (atomically with the lock
+    /// check): while `key` is locked nothing is counted and the answer is `Locked`; an attempt
+    /// beyond `policy.threshold` locks `key` at once for its back-off, so that concurrent guesses
+    /// find the lock instead of racing past the threshold. A successful attempt clears both
+    /// (`clear_failures`, `clear_lock`); a failed one at the threshold is locked by the caller.
+    async fn begin_attempt(&self, key: &str, policy: &AttemptPolicy, now: i64) -> Result<Attempt, KvError>;
     async fn clear_failures(&self, key: &str) -> Result<(), KvError>;
 
     /// Locks `key` until `until` (unix seconds). A later lock that ends sooner shortens it.

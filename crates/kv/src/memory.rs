@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::{
-    Admission, Admitted, Bucket, Family, KvError, Rotation, SecurityState, bucket_full_after_ms, check_bucket,
-    check_buckets, session_revocation_key,
+    Admission, Admitted, Attempt, AttemptPolicy, Bucket, Family, KvError, Rotation, SecurityState,
+    bucket_full_after_ms, check_bucket, check_buckets, session_revocation_key,
 };
 
 /// Calls with a `now` between two sweeps of expired entries.
@@ -196,6 +196,27 @@ impl SecurityState for MemoryState {
         failures.times.retain(|t| *t > cutoff);
         failures.times.push(now);
         Ok(u32::try_from(failures.times.len()).unwrap_or(u32::MAX))
+    }
+
+    async fn begin_attempt(&self, key: &str, policy: &AttemptPolicy, now: i64) -> Result<Attempt, KvError> {
+        let mut inner = self.lock_at(now);
+        if let Some(until) = inner.locks.get(key).copied().filter(|until| now < *until) {
+            return Ok(Attempt::Locked { until });
+        }
+        let window_secs = policy.window_secs;
+        let failures =
+            inner.failures.entry(key.to_owned()).or_insert_with(|| Failures { times: Vec::new(), window_secs });
+        failures.window_secs = window_secs;
+        let cutoff = now.saturating_sub(window_secs);
+        failures.times.retain(|t| *t > cutoff);
+        failures.times.push(now);
+        let count = u32::try_from(failures.times.len()).unwrap_or(u32::MAX);
+        if policy.threshold > 0 && count > policy.threshold {
+            let doublings = (count - policy.threshold).min(62);
+            let secs = policy.base_secs.saturating_mul(1_i64 << doublings).min(policy.max_secs);
+            inner.locks.insert(key.to_owned(), now.saturating_add(secs));
+        }
+        Ok(Attempt::Counted { count })
     }
 
     async fn clear_failures(&self, key: &str) -> Result<(), KvError> {

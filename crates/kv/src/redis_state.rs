@@ -31,8 +31,8 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::{
-    Admission, Admitted, Bucket, Family, KvError, Rotation, SecurityState, check_bucket, check_buckets,
-    session_revocation_key,
+    Admission, Admitted, Attempt, AttemptPolicy, Bucket, Family, KvError, Rotation, SecurityState, check_bucket,
+    check_buckets, session_revocation_key,
 };
 
 /// Extra lifetime of keys whose end is an absolute time, covering clock skew between the gateway
@@ -73,6 +73,7 @@ struct Scripts {
     revoke_subject: Script,
     families_of: Script,
     take_token: Script,
+    begin_attempt: Script,
     admit: Script,
 }
 
@@ -107,6 +108,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     revoke_subject: Script::new(include_str!("lua/revoke_subject.lua")),
     families_of: Script::new(include_str!("lua/families_of.lua")),
     take_token: Script::new(with_bucket!("lua/take_token.lua")),
+    begin_attempt: Script::new(with_gc!("lua/begin_attempt.lua")),
     admit: Script::new(with_bucket!("lua/admit.lua")),
 });
 
@@ -232,6 +234,27 @@ impl SecurityState for RedisState {
             .invoke_async(&mut self.conn())
             .await?;
         Ok(count)
+    }
+
+    async fn begin_attempt(&self, key: &str, policy: &AttemptPolicy, now: i64) -> Result<Attempt, KvError> {
+        let (state, value): (i64, i64) = SCRIPTS
+            .begin_attempt
+            .key(self.key("lock", key))
+            .key(self.key("fail", key))
+            .arg(now)
+            .arg(now.saturating_sub(policy.window_secs))
+            .arg(policy.window_secs.max(1))
+            .arg(policy.threshold)
+            .arg(policy.base_secs)
+            .arg(policy.max_secs)
+            .arg(GC_GRACE_SECS)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(if state == 1 {
+            Attempt::Locked { until: value }
+        } else {
+            Attempt::Counted { count: u32::try_from(value).unwrap_or(u32::MAX) }
+        })
     }
 
     async fn clear_failures(&self, key: &str) -> Result<(), KvError> {

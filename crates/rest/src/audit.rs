@@ -8,12 +8,15 @@ use axum::http::{HeaderName, HeaderValue};
 use ehr_fhir::search::{params_for, patients_of};
 use std::collections::BTreeSet;
 
+/// What is percent-encoded in a listed reference: everything but letters, digits, `/-._`.
+const HEADER_UNSAFE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'/').remove(b'-').remove(b'.').remove(b'_');
+
 /// The internal header: `Patient/1,Patient/2`.
 pub const AUDIT_PATIENTS: HeaderName = HeaderName::from_static("x-ehr-audit-patients");
 
-/// More patients than this in one response are not listed one by one (the gateway then writes
-/// one event for the request).
-const MAX_LISTED: usize = 51;
+/// A bound on the list: a page holds at most 1,000 matches and 1,000 included resources.
+const MAX_LISTED: usize = 2_100;
 
 /// Collects the patients of resources given as (type, stored JSON).
 #[derive(Default)]
@@ -39,7 +42,14 @@ impl Patients {
         if self.0.is_empty() {
             return None;
         }
-        let list = self.0.iter().map(String::as_str).collect::<Vec<_>>().join(",");
+        // Percent-encoded: an id with characters a header cannot carry must not make the whole
+        // list (and with it every patient's audit event) disappear.
+        let list = self
+            .0
+            .iter()
+            .map(|p| percent_encoding::utf8_percent_encode(p, HEADER_UNSAFE).to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         HeaderValue::from_str(&list).ok().map(|v| (AUDIT_PATIENTS, v))
     }
 

@@ -912,20 +912,21 @@ impl IndexBatch {
                 }
             };
             let param = sql.bind(e.param);
+            let opt = |v: &Option<String>| v.as_deref().map(|s| clip(s).to_owned());
             let vals: Vec<String> = match &e.value {
-                IndexValue::Token { system, code } => vec![sql.bind(system.clone()), sql.bind(code.clone())],
+                IndexValue::Token { system, code } => vec![sql.bind(opt(system)), sql.bind(opt(code))],
                 IndexValue::String { normalized, exact } => {
-                    vec![sql.bind(normalized.as_str()), sql.bind(exact.as_str())]
+                    vec![sql.bind(clip(normalized)), sql.bind(clip(exact))]
                 }
                 IndexValue::Date(r) => vec![sql.bind(r.low), sql.bind(r.high)],
                 IndexValue::Reference { target_type, target_id, url } => {
-                    vec![sql.bind(target_type.clone()), sql.bind(target_id.clone()), sql.bind(url.as_str())]
+                    vec![sql.bind(opt(target_type)), sql.bind(opt(target_id)), sql.bind(clip(url))]
                 }
                 IndexValue::Quantity { value, system, code } => {
-                    vec![sql.bind(*value), sql.bind(system.clone()), sql.bind(code.clone())]
+                    vec![sql.bind(*value), sql.bind(opt(system)), sql.bind(opt(code))]
                 }
                 IndexValue::Number(n) => vec![sql.bind(*n)],
-                IndexValue::Uri(u) => vec![sql.bind(u.as_str())],
+                IndexValue::Uri(u) => vec![sql.bind(clip(u))],
             };
             rows.push(format!("($1, {}, {rid}, {param}, {})", self.ty, vals.join(", ")));
         }
@@ -935,6 +936,22 @@ impl IndexBatch {
             rows.join(", ")
         ));
     }
+}
+
+/// Longest text stored in an index row. PostgreSQL refuses a B-tree entry above about 2.7 kB
+/// (a whole write would fail, an audit batch included); no search value is that long, so longer
+/// ones are indexed by their first 512 bytes (the resource itself keeps them whole).
+const MAX_INDEXED_BYTES: usize = 512;
+
+fn clip(s: &str) -> &str {
+    if s.len() <= MAX_INDEXED_BYTES {
+        return s;
+    }
+    let mut end = MAX_INDEXED_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 const ALL_KINDS: [ParamKind; 7] = [

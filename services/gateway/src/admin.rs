@@ -181,6 +181,7 @@ pub async fn create_tenant(
     st.gw
         .audit_security(caller.tenant(), caller.actor(), SecurityKind::TenantCreated, true, Some(id.as_str()), None)
         .await;
+    st.gw.audit_server_wide(caller.tenant(), caller.actor(), SecurityKind::TenantCreated, id.as_str()).await;
     let admin = match body.admin {
         Some(mut a) => {
             a.roles = vec!["tenant-admin".into()];
@@ -245,6 +246,9 @@ pub async fn set_roles(
     AdminJson(body): AdminJson<Roles>,
 ) -> Result<Json<Value>> {
     caller.require("Account", Interaction::Update)?;
+    // Nobody changes her own roles: an administrator would otherwise grant herself clinical
+    // access; another administrator must do it (and it is audited).
+    not_self(&caller, &id, "change the roles of")?;
     check_roles(&body.roles, &caller)?;
     let tenant = caller.tenant();
     let tx = st.gw.store.write(&ctx(tenant)).await?;
@@ -435,18 +439,27 @@ pub async fn create_client(
         }
     }
     for uri in &body.redirect_uris {
-        // Exact-match redirect URIs over HTTPS (loopback allowed for native apps, RFC 8252).
-        let ok =
-            uri.starts_with("https://") || uri.starts_with("http://127.0.0.1") || uri.starts_with("http://localhost");
+        // Exact-match redirect URIs over HTTPS; plain HTTP only to the loopback host itself, for
+        // native apps (RFC 8252 §7.3) — parsed, so `http://localhost.evil.example` is not one.
+        let ok = reqwest::Url::parse(uri).is_ok_and(|u| match u.scheme() {
+            "https" => u.host_str().is_some(),
+            "http" => matches!(u.host_str(), Some("127.0.0.1" | "[::1]" | "localhost")),
+            _ => false,
+        });
         if !ok || uri.contains('#') {
             return Err(GatewayError::Invalid(format!(
                 "redirect URI `{uri}` must be https (or loopback) without a fragment"
             )));
         }
     }
-    let client_id = body.client_id.unwrap_or_else(|| {
-        format!("{}-{}", caller.tenant().as_str(), &uuid::Uuid::new_v4().simple().to_string()[..12])
-    });
+    // Client ids are global (a client is found before its tenant is known): each tenant's start
+    // with its id, so that no tenant can take a name another one will need (`<tenant>-cli`).
+    let prefix = format!("{}-", caller.tenant().as_str());
+    let client_id = match body.client_id {
+        Some(id) if id.starts_with(&prefix) && id.len() > prefix.len() && id.len() <= 128 => id,
+        Some(_) => return Err(GatewayError::Invalid(format!("client_id must start with `{prefix}`"))),
+        None => format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+    };
     let record = ClientRecord {
         client_id: client_id.clone(),
         tenant: caller.tenant().clone(),
@@ -492,8 +505,12 @@ pub async fn rotate_keys(
 ) -> Result<impl IntoResponse> {
     caller.require("SigningKey", Interaction::Create)?;
     let publish = body.and_then(|b| b.0.publish_secs).unwrap_or(60);
+    if !(0..=86_400).contains(&publish) {
+        return Err(GatewayError::Invalid("publish_secs must be between 0 and 86400".into()));
+    }
     let kid = st.gw.keys.rotate(st.gw.now(), publish).await?;
     st.gw.audit_security(caller.tenant(), caller.actor(), SecurityKind::KeyRotated, true, Some(&kid), None).await;
+    st.gw.audit_server_wide(caller.tenant(), caller.actor(), SecurityKind::KeyRotated, &kid).await;
     Ok((StatusCode::CREATED, Json(json!({"kid": kid, "signs_from": st.gw.now() + publish.max(0)}))))
 }
 
@@ -549,8 +566,10 @@ pub async fn deactivate_tenant(
 ) -> Result<Json<Value>> {
     caller.require("Tenant", Interaction::Update)?;
     let id = TenantId::parse(&id).map_err(|_| GatewayError::NotFound("tenant"))?;
-    if &id == caller.tenant() {
-        return Err(GatewayError::Forbidden("a system admin cannot deactivate her own tenant".into()));
+    if &id == caller.tenant() || id == TenantId::system() {
+        return Err(GatewayError::Forbidden(
+            "neither the caller's own tenant nor the system tenant can be deactivated".into(),
+        ));
     }
     let tx = st.gw.store.system_write().await?;
     if !tx.set_tenant_active(&id, false).await? {
@@ -561,6 +580,9 @@ pub async fn deactivate_tenant(
     st.gw
         .audit_security(caller.tenant(), caller.actor(), SecurityKind::TenantDeactivated, true, Some(id.as_str()), None)
         .await;
+    st.gw.audit_server_wide(caller.tenant(), caller.actor(), SecurityKind::TenantDeactivated, id.as_str()).await;
+    // The deactivated tenant's own trail says so too.
+    st.gw.audit_security(&id, caller.actor(), SecurityKind::TenantDeactivated, true, Some(id.as_str()), None).await;
     Ok(Json(json!({"id": id.as_str(), "active": false})))
 }
 

@@ -76,22 +76,83 @@ async fn write_loop(mut rx: mpsc::Receiver<Msg>, store: Store, clock: Arc<dyn Cl
             }
         }
         for (tenant, events) in groups.into_values() {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                match append(&store, &tenant, events.clone(), clock.as_ref()).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::error!(tenant = tenant.as_str(), events = events.len(), error = %e, "audit write failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
+            write_group(&store, &tenant, events, clock.as_ref()).await;
         }
         for done in flushes {
             let _ = done.send(());
         }
     }
+}
+
+/// Writes one tenant's events. A database outage is waited out (fail closed: producers block once
+/// the queue is full). An event the database refuses for good (a value no index takes, say) is
+/// isolated and replaced by a record of the failure, so one bad event cannot stop the trail.
+async fn write_group(store: &Store, tenant: &TenantId, events: Vec<Value>, clock: &dyn Clock) {
+    if retry_transient(store, tenant, &events, clock).await.is_ok() {
+        return;
+    }
+    for event in events {
+        if retry_transient(store, tenant, std::slice::from_ref(&event), clock).await.is_err() {
+            tracing::error!(
+                tenant = tenant.as_str(),
+                "an audit event was refused by the database; recording the failure instead"
+            );
+            let stand_in = failure_record(&event);
+            if retry_transient(store, tenant, &[stand_in], clock).await.is_err() {
+                tracing::error!(tenant = tenant.as_str(), "audit event dropped: even its failure record was refused");
+            }
+        }
+    }
+}
+
+/// Appends `events`, retrying while the failure is transient; a permanent failure is returned.
+async fn retry_transient(
+    store: &Store,
+    tenant: &TenantId,
+    events: &[Value],
+    clock: &dyn Clock,
+) -> Result<(), ehr_store::StoreError> {
+    use ehr_core::{Classify, IssueType};
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match append(store, tenant, events.to_vec(), clock).await {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e.issue_type(), IssueType::Transient | IssueType::Timeout) => {
+                tracing::error!(tenant = tenant.as_str(), events = events.len(), error = %e, "audit write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What stands in the trail for an event the database refused: when, what kind, which
+/// patients, and that the full record is missing.
+fn failure_record(event: &Value) -> Value {
+    let patients: Vec<Value> = event["entity"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["role"]["code"] == "1")
+        .filter(|e| e["what"]["reference"].as_str().is_some_and(|r| r.len() <= 200))
+        .cloned()
+        .collect();
+    let mut record = json!({
+        "resourceType": "AuditEvent",
+        "type": coding(DCM, "110113", "Security Alert"),
+        "subtype": [coding(EHR_SUBTYPE, "audit-write-failed", "audit-write-failed")],
+        "action": "E",
+        "recorded": event["recorded"],
+        "outcome": "8",
+        "outcomeDesc": "the audit record of this access could not be stored; see the server log",
+        "agent": [{"type": {"coding": [coding(DCM, "110152", "Destination Role ID")]}, "who": {"display": "ehr gateway"}, "requestor": false}],
+        "source": {"observer": {"display": "ehr-gateway"}},
+    });
+    if !patients.is_empty() {
+        record["entity"] = Value::Array(patients);
+    }
+    record
 }
 
 async fn append(
@@ -261,8 +322,9 @@ fn request_entity(request_id: &str) -> Value {
 pub struct Access<'a> {
     /// `Observation/123`, when the request named one resource (or created one).
     pub resource: Option<&'a str>,
-    /// `Patient/456`, the patient whose data was accessed.
-    pub patient: Option<&'a str>,
+    /// `Patient/456`: the patients whose data was accessed (one per event where BALP's
+    /// patient-specific pattern applies; all of them in one event for a broad search).
+    pub patients: &'a [String],
     /// The query string of a search (BALP records it, base64-encoded).
     pub query: Option<&'a str>,
     pub resource_type: Option<&'a str>,
@@ -270,7 +332,7 @@ pub struct Access<'a> {
 }
 
 /// An AuditEvent for one RESTful FHIR interaction (BALP "Basic AuditEvent for a RESTful
-/// activity", patient-specific when `access.patient` is set).
+/// activity", patient-specific when `access.patients` names one).
 pub fn rest_event(
     now: &str,
     tenant: &TenantId,
@@ -299,7 +361,7 @@ pub fn rest_event(
         }
         entities.push(query);
     }
-    if let Some(p) = access.patient {
+    for p in access.patients {
         entities.push(json!({
             "what": {"reference": p},
             "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "1", "Person"),
@@ -455,7 +517,7 @@ mod tests {
             &actor,
             RestInteraction { code: "search-type", action: "E" },
             200,
-            &Access { patient: Some("Patient/p1"), query: Some("code=1"), ..Access::default() },
+            &Access { patients: &["Patient/p1".to_owned()], query: Some("code=1"), ..Access::default() },
         );
         assert_eq!(e["outcome"], "0");
         assert_eq!(e["entity"][1]["what"]["reference"], "Patient/p1");

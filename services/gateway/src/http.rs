@@ -39,23 +39,37 @@ impl IntoResponse for GatewayError {
     }
 }
 
-/// The client's address: the first `X-Forwarded-For` hop (the ingress in front of the gateway
-/// must overwrite that header), else the TCP peer.
-pub(crate) fn client_address(parts_headers: &HeaderMap, peer: Option<&ConnectInfo<SocketAddr>>) -> Option<String> {
-    parts_headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .or_else(|| peer.map(|c| c.0.ip().to_string()))
+/// The client's address: the TCP peer, or — behind `trusted_proxies` proxies that append to
+/// `X-Forwarded-For` (nginx, cloud load balancers) — the hop that many places from the right,
+/// the last one a trusted proxy wrote. Anything a client put in the header itself is further
+/// left and ignored. Only a valid IP address is used (it is audited and rate-limited by).
+pub(crate) fn client_address(
+    headers: &HeaderMap,
+    peer: Option<&ConnectInfo<SocketAddr>>,
+    trusted_proxies: usize,
+) -> Option<String> {
+    let peer = peer.map(|c| c.0.ip());
+    if trusted_proxies == 0 {
+        return peer.map(|ip| ip.to_string());
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    hops.len()
+        .checked_sub(trusted_proxies)
+        .and_then(|i| hops.get(i))
+        .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+        .or(peer)
+        .map(|ip| ip.to_string())
 }
 
-fn actor_of(parts: &Parts) -> Actor {
-    Actor {
-        address: client_address(&parts.headers, parts.extensions.get::<ConnectInfo<SocketAddr>>()),
-        ..Actor::default()
-    }
+fn actor_of(parts: &Parts, trusted_proxies: usize) -> Actor {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+    Actor { address: client_address(&parts.headers, peer, trusted_proxies), ..Actor::default() }
 }
 
 /// The request's headers and the unauthenticated actor (its address), for the login steps.
@@ -64,11 +78,11 @@ pub struct RequestInfo {
     actor: Actor,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for RequestInfo {
+impl FromRequestParts<GwState> for RequestInfo {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self { actor: actor_of(parts), headers: parts.headers.clone() })
+    async fn from_request_parts(parts: &mut Parts, st: &GwState) -> Result<Self, Self::Rejection> {
+        Ok(Self { actor: actor_of(parts, st.gw.settings.trusted_proxies), headers: parts.headers.clone() })
     }
 }
 
@@ -112,7 +126,7 @@ impl FromRequestParts<GwState> for Authed {
     type Rejection = GatewayError;
 
     async fn from_request_parts(parts: &mut Parts, st: &GwState) -> Result<Self, GatewayError> {
-        let actor = actor_of(parts);
+        let actor = actor_of(parts, st.gw.settings.trusted_proxies);
         let v = st.gw.authenticate(&parts.headers, &actor).await?;
         match st.gw.admit(&v.claims, &v.principal.tenant).await {
             Ok(()) => {}
@@ -325,6 +339,9 @@ async fn limit_by_address(
     }
 }
 
+/// Largest body of the login and token endpoints.
+const AUTH_BODY_LIMIT: usize = 16 * 1024;
+
 /// The gateway's router: every public route of the EHR.
 pub fn router(gw: Gateway, upstreams: Upstreams, max_body: usize) -> Router {
     let cors = cors_layer(&gw.settings.cors_origins);
@@ -335,15 +352,22 @@ pub fn router(gw: Gateway, upstreams: Upstreams, max_body: usize) -> Router {
         .route("/fhir/.well-known/smart-configuration", get(smart_configuration))
         .merge(
             Router::new()
-                .route("/auth/authorize", get(authorize))
-                .route("/auth/login", post(login))
-                .route("/auth/mfa", post(mfa))
-                // Per address: the steps where a guess costs an argon2 hash or a TOTP check.
-                // Token refreshes are cheap and come from behind one hospital NAT by the hundred.
-                .route_layer(axum::middleware::from_fn_with_state(state.clone(), limit_by_address)),
+                .merge(
+                    Router::new()
+                        .route("/auth/authorize", get(authorize))
+                        .route("/auth/login", post(login))
+                        .route("/auth/mfa", post(mfa))
+                        // Per address: the steps where a guess costs an argon2 hash or a TOTP
+                        // check. Token refreshes are cheap and come from behind one hospital NAT
+                        // by the hundred.
+                        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limit_by_address)),
+                )
+                .route("/auth/token", post(token))
+                .route("/auth/revoke", post(revoke))
+                // Login forms and token requests are a few hundred bytes; nobody anonymous gets
+                // to send the FHIR body limit.
+                .layer(axum::extract::DefaultBodyLimit::max(AUTH_BODY_LIMIT)),
         )
-        .route("/auth/token", post(token))
-        .route("/auth/revoke", post(revoke))
         .route("/auth/logout", post(logout))
         .route("/admin/tenants", get(admin::list_tenants).post(admin::create_tenant))
         .route("/admin/tenants/{id}", get(admin::get_tenant))
@@ -367,6 +391,7 @@ pub fn router(gw: Gateway, upstreams: Upstreams, max_body: usize) -> Router {
         .route("/fhir", any(proxy::forward))
         .route("/fhir/", any(proxy::forward))
         .route("/fhir/{*rest}", any(proxy::forward))
+        .method_not_allowed_fallback(ehr_http::method_not_allowed)
         .with_state(state)
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,

@@ -15,7 +15,7 @@ use ehr_auth::{
     verify_client_assertion, verify_password, verify_pkce_s256,
 };
 use ehr_core::{TenantContext, TenantId};
-use ehr_kv::{Family, Rotation};
+use ehr_kv::{Attempt, AttemptPolicy, Family, Rotation};
 use ehr_store::UserRecord;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -53,6 +53,8 @@ struct PendingLogin {
     username: String,
     /// The TOTP secret is new and unconfirmed: this login enrols it.
     enrol: bool,
+    /// When the password was accepted (unix seconds).
+    created_at: i64,
 }
 
 /// What an authorization code stands for.
@@ -66,6 +68,8 @@ struct CodeGrant {
     roles: Vec<String>,
     fhir_user: Option<String>,
     code_challenge: String,
+    /// When the code was issued (unix seconds).
+    created_at: i64,
 }
 
 /// The next step after a correct password.
@@ -129,13 +133,13 @@ fn sha256_hex(s: &str) -> String {
 }
 
 // Usernames are case-sensitive, and so are their lockout counters.
-fn lock_key(tenant: &str, username: &str) -> String {
-    format!("lock:{tenant}:{username}")
+fn attempt_key(tenant: &TenantId, username: &str) -> String {
+    format!("{}:{username}", tenant.as_str())
 }
 
-fn fail_key(tenant: &str, username: &str) -> String {
-    format!("fail:{tenant}:{username}")
-}
+/// Longest username looked up or audited: longer input is not a username of this server, and
+/// audit events and lockout keys must stay small whatever an anonymous caller sends.
+const MAX_USERNAME_CHARS: usize = 64;
 
 impl Gateway {
     /// `GET /auth/authorize`: checks the request and keeps it while the user logs in. Errors
@@ -165,6 +169,9 @@ impl Gateway {
         }
         let code_challenge =
             p.code_challenge.filter(|c| c.len() == 43).ok_or(bad("a S256 code_challenge is required"))?;
+        if p.state.as_ref().is_some_and(|s| s.len() > 512) || p.scope.as_ref().is_some_and(|s| s.len() > 4096) {
+            return Err(bad("state or scope is too long"));
+        }
         // SMART: `aud` names the FHIR server the app wants a token for; a token meant for another
         // server must not be issued here.
         if let (Some(aud), Some(base)) = (&p.aud, fhir_base)
@@ -212,10 +219,13 @@ impl Gateway {
     ) -> Result<PasswordStep, GatewayError> {
         let req = self.auth_request(request_id).await?;
         let tenant = TenantId::parse(&req.tenant).map_err(|_| GatewayError::LoginExpired)?;
+        if username.chars().count() > MAX_USERNAME_CHARS || password.len() > ehr_auth::MAX_PASSWORD_BYTES {
+            return Err(GatewayError::InvalidCredentials);
+        }
         let mut actor = actor.clone();
         actor.name = Some(username.to_owned());
         actor.client_id = Some(req.client_id.clone());
-        self.check_lock(&tenant, username, &actor).await?;
+        let count = self.begin_attempt(&tenant, username, &actor).await?;
         let user = self.user_by_username(&tenant, username).await?;
         let ok = match &user {
             Some(u) => verify_password(&u.password_hash, password) && u.active,
@@ -230,7 +240,7 @@ impl Gateway {
             (true, Some(u)) => u,
             (_, u) => {
                 actor.subject = u.map(|u| u.id);
-                self.fail(&tenant, username, &actor, "invalid username or password").await?;
+                self.failed(&tenant, username, &actor, "invalid username or password", count).await?;
                 return Err(GatewayError::InvalidCredentials);
             }
         };
@@ -251,6 +261,7 @@ impl Gateway {
             user_id: user.id.clone(),
             username: user.username.clone(),
             enrol,
+            created_at: now,
         };
         let step = if enrol {
             // A new secret on every attempt until one is confirmed: an abandoned enrolment
@@ -293,10 +304,16 @@ impl Gateway {
         actor.subject = Some(pending.user_id.clone());
         actor.name = Some(pending.username.clone());
         actor.client_id = Some(req.client_id.clone());
-        self.check_lock(&tenant, &pending.username, &actor).await?;
+        let count = self.begin_attempt(&tenant, &pending.username, &actor).await?;
         let user =
             self.user(&tenant, &pending.user_id).await?.filter(|u| u.active).ok_or(GatewayError::LoginExpired)?;
         let now = self.now();
+        // A login begun before the user's sessions were ended (deactivation, password or MFA
+        // reset, "end sessions") cannot be finished: it was authorised by what was revoked.
+        self.check_not_revoked(&tenant, &user.id, pending.created_at).await?;
+        if !self.client(&req.client_id).await?.is_some_and(|c| c.active) {
+            return Err(GatewayError::LoginExpired);
+        }
         let tx = self.store.write(&ctx(&tenant)).await?;
         let mut recovery_codes = None;
         let verdict = match (code, recovery_code) {
@@ -336,14 +353,14 @@ impl Gateway {
             drop(tx);
             let why =
                 if matches!(e, GatewayError::MfaReplayed) { "replayed one-time code" } else { "invalid one-time code" };
-            self.fail(&tenant, &pending.username, &actor, why).await?;
+            self.failed(&tenant, &pending.username, &actor, why, count).await?;
             return Err(e);
         }
         tx.record_login(&user.id, now).await?;
         tx.commit().await?;
         self.kv.delete(&key).await?;
         self.kv.delete(&format!("authreq:{}", pending.request)).await?;
-        self.kv.clear_failures(&fail_key(tenant.as_str(), &pending.username)).await?;
+        self.unlock(&tenant, &pending.username).await?;
         if recovery_codes.is_some() {
             self.audit_security(&tenant, &actor, SecurityKind::MfaEnrolled, true, None, Some(&user.id)).await;
         }
@@ -361,6 +378,7 @@ impl Gateway {
             roles: user.roles.clone(),
             fhir_user: user.fhir_user.clone(),
             code_challenge: req.code_challenge.clone(),
+            created_at: now,
         };
         let value = serde_json::to_string(&grant).map_err(|_| GatewayError::Upstream)?;
         self.kv.put(&format!("code:{}", sha256_hex(&code)), &value, now + self.settings.code_secs, now).await?;
@@ -375,34 +393,66 @@ impl Gateway {
         Ok(Authorized { redirect, recovery_codes })
     }
 
-    async fn check_lock(&self, tenant: &TenantId, username: &str, actor: &Actor) -> Result<(), GatewayError> {
+    /// Counts this attempt (a password or a code) before it is checked, atomically with the
+    /// lock check: concurrent guesses cannot race past the threshold (`begin_attempt`).
+    async fn begin_attempt(&self, tenant: &TenantId, username: &str, actor: &Actor) -> Result<u32, GatewayError> {
         let now = self.now();
-        if let Some(until) = self.kv.lock_until(&lock_key(tenant.as_str(), username), now).await? {
-            self.audit_security(tenant, actor, SecurityKind::Login, false, Some("account locked"), None).await;
-            return Err(GatewayError::Locked { retry_after: until - now });
+        let p = &self.settings.lockout;
+        let policy = AttemptPolicy {
+            window_secs: p.window_secs,
+            threshold: p.threshold,
+            base_secs: p.base_secs,
+            max_secs: p.max_secs,
+        };
+        match self.kv.begin_attempt(&attempt_key(tenant, username), &policy, now).await? {
+            Attempt::Counted { count } => Ok(count),
+            Attempt::Locked { until } => {
+                self.audit_security(tenant, actor, SecurityKind::Login, false, Some("account locked"), None).await;
+                Err(GatewayError::Locked { retry_after: until - now })
+            }
         }
-        Ok(())
     }
 
-    /// Counts a failed factor; locks the username with exponential back-off past the threshold.
-    async fn fail(&self, tenant: &TenantId, username: &str, actor: &Actor, why: &str) -> Result<(), GatewayError> {
+    /// Audits a failed attempt; the attempt at the threshold locks the username (attempts beyond
+    /// it locked themselves, with a longer back-off, when they were counted).
+    async fn failed(
+        &self,
+        tenant: &TenantId,
+        username: &str,
+        actor: &Actor,
+        why: &str,
+        count: u32,
+    ) -> Result<(), GatewayError> {
         let now = self.now();
         let policy = &self.settings.lockout;
-        let count = self.kv.record_failure(&fail_key(tenant.as_str(), username), now, policy.window_secs).await?;
         let target = actor.subject.clone();
         self.audit_security(tenant, actor, SecurityKind::Login, false, Some(why), target.as_deref()).await;
         if let Some(secs) = policy.lock_secs(count) {
-            self.kv.set_lock(&lock_key(tenant.as_str(), username), now + secs).await?;
+            if count == policy.threshold {
+                self.kv.set_lock(&attempt_key(tenant, username), now + secs).await?;
+            }
             let desc = format!("locked for {secs} s after {count} failures");
             self.audit_security(tenant, actor, SecurityKind::Lockout, true, Some(&desc), target.as_deref()).await;
         }
         Ok(())
     }
 
-    /// Lifts a lockout (an administrator's action).
+    /// Lifts a lockout and forgets the failures (a successful login, or an administrator).
     pub async fn unlock(&self, tenant: &TenantId, username: &str) -> Result<(), GatewayError> {
-        self.kv.clear_lock(&lock_key(tenant.as_str(), username)).await?;
-        self.kv.clear_failures(&fail_key(tenant.as_str(), username)).await?;
+        let key = attempt_key(tenant, username);
+        self.kv.clear_lock(&key).await?;
+        self.kv.clear_failures(&key).await?;
+        Ok(())
+    }
+
+    /// Fails when the user's tokens were revoked after `since` (sessions ended, deactivation,
+    /// password or MFA reset).
+    async fn check_not_revoked(&self, tenant: &TenantId, user_id: &str, since: i64) -> Result<(), GatewayError> {
+        if let Some(before) = self.kv.tokens_revoked_before(tenant.as_str(), user_id, self.now()).await?
+            && since < before
+        {
+            return Err(GatewayError::LoginExpired);
+        }
         Ok(())
     }
 
@@ -448,6 +498,16 @@ impl Gateway {
             return Err(invalid("code_verifier does not match the code_challenge"));
         }
         let tenant = TenantId::parse(&grant.tenant).map_err(|_| invalid("unknown code"))?;
+        // Everything the code stands for must still hold: user, client and tenant active, and no
+        // revocation of the user's sessions since the code was issued.
+        let user_ok = self.user(&tenant, &grant.user_id).await?.is_some_and(|u| u.active);
+        let client_ok = self.client(&grant.client_id).await?.is_some_and(|c| c.active);
+        if !user_ok || !client_ok || self.tenant_active(&tenant).await? != Some(true) {
+            return Err(invalid("the account, client or tenant is no longer active"));
+        }
+        self.check_not_revoked(&tenant, &grant.user_id, grant.created_at)
+            .await
+            .map_err(|_| invalid("the session was ended"))?;
         let access_only = !grant.scope.split_whitespace().any(|s| s == "offline_access" || s == "online_access");
         let family = Family {
             id: random_token(16),
@@ -509,8 +569,11 @@ impl Gateway {
                 }
                 let tenant = TenantId::parse(&family.tenant).map_err(|_| invalid())?;
                 // Deactivation and role changes take effect at the next refresh at the latest
-                // (and at once for deactivation, which also revokes the family).
-                let user = self.user(&tenant, &family.subject).await?.filter(|u| u.active);
+                // (and at once for deactivation, which also revokes the family); so does the
+                // deactivation of the client or the tenant.
+                let client_ok = self.client(&family.client_id).await?.is_some_and(|c| c.active);
+                let tenant_ok = self.tenant_active(&tenant).await? == Some(true);
+                let user = self.user(&tenant, &family.subject).await?.filter(|u| u.active && client_ok && tenant_ok);
                 let Some(user) = user else {
                     self.kv.revoke_family(&family.id).await?;
                     return Err(invalid());
@@ -594,7 +657,16 @@ impl Gateway {
             return Err(invalid_client("client_assertion replayed (jti already used)"));
         }
         let requested = form.scope.unwrap_or_default();
-        let scope = narrow_scopes(&client.scope, &requested);
+        // A system client never gets the admin API's pseudo types, even when its registered
+        // wildcard (`system/*.rs`) would narrow to them.
+        let scope = narrow_scopes(&client.scope, &requested)
+            .split_whitespace()
+            .filter(|s| {
+                let ty = s.split_once('/').and_then(|(_, r)| r.split_once('.')).map(|(t, _)| t);
+                !ty.is_some_and(|t| crate::ADMIN_TYPES.contains(&t))
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
         if scope.is_empty() {
             return Err(GatewayError::oauth("invalid_scope", "none of the requested scopes is granted to this client"));
         }
@@ -723,6 +795,21 @@ impl Gateway {
         let user = tx.user_by_username(username).await?;
         tx.commit().await?;
         Ok(user)
+    }
+
+    /// Records an event that concerns the whole server (a tenant created or deactivated, a key
+    /// rotation) in the system tenant's chain too, whoever's chain records it first.
+    pub(crate) async fn audit_server_wide(
+        &self,
+        caller_tenant: &TenantId,
+        actor: &Actor,
+        kind: SecurityKind,
+        what: &str,
+    ) {
+        let system = TenantId::system();
+        if caller_tenant != &system {
+            self.audit_security(&system, actor, kind, true, Some(what), None).await;
+        }
     }
 
     pub(crate) async fn audit_security(

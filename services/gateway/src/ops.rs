@@ -59,7 +59,12 @@ pub async fn bootstrap_tenant(
         created_at: now,
     };
     match tx.create_client(&client).await {
-        Ok(()) | Err(StoreError::AlreadyExists) => {}
+        Ok(()) => {}
+        // Re-running the bootstrap is fine; a client of that name in another tenant is not.
+        Err(StoreError::AlreadyExists) if tx.client(&client_id).await?.is_some_and(|c| &c.tenant == tenant) => {}
+        Err(StoreError::AlreadyExists) => {
+            return Err(GatewayError::Conflict(format!("client id `{client_id}` belongs to another tenant")));
+        }
         Err(e) => return Err(e.into()),
     }
     tx.commit().await?;

@@ -27,8 +27,8 @@ use tower::ServiceExt;
 /// a response holds.
 pub const AUDIT_PATIENTS: &str = "x-ehr-audit-patients";
 
-/// Patients audited one by one per request at most (BALP: one event per patient); beyond, one
-/// event records the access without naming them all.
+/// Patients audited one event each per request at most (BALP: one event per patient); beyond,
+/// one event names them all.
 const MAX_PATIENT_EVENTS: usize = 50;
 
 /// A service behind the gateway.
@@ -266,7 +266,8 @@ async fn call(upstream: Upstream, parts: Parts, body: axum::body::Bytes) -> Resu
                 }
             }
             let resp = req.send().await.map_err(|e| {
-                tracing::warn!(error = %e, "upstream request failed");
+                // Without the URL: its query string carries patient data.
+                tracing::warn!(error = %e.without_url(), "upstream request failed");
                 GatewayError::Upstream
             })?;
             let mut out = Response::builder().status(resp.status().as_u16());
@@ -287,7 +288,11 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
     let segments: Vec<&str> = path.trim_start_matches("/fhir").split('/').filter(|s| !s.is_empty()).collect();
     let public = parts.method == axum::http::Method::GET && segments == ["metadata"];
     let mut actor = Actor {
-        address: client_address(&parts.headers, parts.extensions.get::<ConnectInfo<SocketAddr>>()),
+        address: client_address(
+            &parts.headers,
+            parts.extensions.get::<ConnectInfo<SocketAddr>>(),
+            st.gw.settings.trusted_proxies,
+        ),
         ..Actor::default()
     };
     let gw = &st.gw;
@@ -370,7 +375,8 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
 
     // The resource an instance-level interaction named, or the one a create made.
     let resource = match segments.as_slice() {
-        [t, id, ..] if !t.starts_with('_') => Some(format!("{t}/{id}")),
+        // `Patient/_search`, `Patient/_history`, `Patient/$op` name no resource.
+        [t, id, ..] if !t.starts_with('_') && !id.starts_with(['_', '$']) => Some(format!("{t}/{id}")),
         _ => resp
             .headers()
             .get(header::LOCATION)
@@ -383,7 +389,12 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
     let patients: Vec<String> = patients
         .as_ref()
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect())
+        .map(|v| {
+            v.split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     let now = gw.now_instant();
     let status = resp.status().as_u16();
@@ -392,13 +403,16 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
         query: query.as_deref(),
         resource_type: segments.first().copied(),
         request_id: request_id.as_deref(),
-        patient: None,
+        patients: &[],
     };
-    if patients.is_empty() || patients.len() > MAX_PATIENT_EVENTS {
+    if patients.len() <= 1 || patients.len() > MAX_PATIENT_EVENTS {
+        // No patient, one, or a broad search: one event naming every patient (never dropping
+        // one: `AuditEvent?patient=` must find every access).
+        access.patients = &patients;
         gw.audit.record(&tenant, rest_event(&now, &tenant, &actor, interaction, status, &access)).await;
     } else {
-        for p in &patients {
-            access.patient = Some(p);
+        for p in patients.chunks(1) {
+            access.patients = p;
             gw.audit.record(&tenant, rest_event(&now, &tenant, &actor, interaction, status, &access)).await;
         }
     }

@@ -29,6 +29,11 @@ pub struct GatewaySettings {
     pub password: PasswordPolicy,
     pub lockout: LockoutPolicy,
     pub rate_limit: RateLimitSettings,
+    /// Proxies in front of the gateway that append the client's address to `X-Forwarded-For`
+    /// (the ingress controller, a cloud load balancer): the client's address is the hop this
+    /// many places from the right. 0 (the default): the TCP peer, and the header is ignored —
+    /// a client can write anything into it.
+    pub trusted_proxies: usize,
     /// Origins allowed by CORS (`https://app.example-hospital.jp`); empty: no cross-origin access.
     pub cors_origins: Vec<String>,
     /// Redis for sessions, refresh families, revocations, lockout counters and rate limits;
@@ -90,6 +95,7 @@ impl Default for GatewaySettings {
             password: PasswordPolicy::default(),
             lockout: LockoutPolicy::default(),
             rate_limit: RateLimitSettings::default(),
+            trusted_proxies: 0,
             cors_origins: Vec::new(),
             redis_url: None,
             redis_url_file: None,

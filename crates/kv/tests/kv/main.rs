@@ -119,6 +119,7 @@ run_suite!(
     take_is_single_use_under_concurrency,
     insert_unique_guards_replays,
     failures_count_in_a_sliding_window,
+    attempts_are_counted_before_they_are_checked,
     locks_hold_until_their_end,
     rotation_moves_the_current_token,
     reuse_after_rotation_revokes_the_family,

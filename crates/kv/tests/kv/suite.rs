@@ -630,3 +630,35 @@ pub async fn admit_rejects_unusable_parameters_before_taking(s: Arc<dyn Security
     // The valid bucket before the bad one was not taken from.
     assert_eq!(s.take_token("good", 1.0, 1, ms(0, 0)).await.unwrap(), Bucket::Allowed { remaining: 0 });
 }
+
+pub async fn attempts_are_counted_before_they_are_checked(s: Arc<dyn SecurityState>) {
+    use ehr_kv::{Attempt, AttemptPolicy};
+    let p = AttemptPolicy { window_secs: 86_400, threshold: 5, base_secs: 60, max_secs: 3600 };
+    let now = T0;
+    // 60 concurrent guesses: only the threshold's worth, plus the one that locks, are counted.
+    let mut handles = Vec::new();
+    for _ in 0..60 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move { s.begin_attempt("h1:user", &p, now).await.unwrap() }));
+    }
+    let mut counted = 0;
+    for h in handles {
+        if let Attempt::Counted { .. } = h.await.unwrap() {
+            counted += 1;
+        }
+    }
+    assert_eq!(counted, 6, "five within the threshold and the one that set the lock");
+    assert_eq!(s.lock_until("h1:user", now).await.unwrap(), Some(now + 120));
+    // After the lock, one attempt is let through and locks again, for twice as long.
+    assert!(
+        matches!(s.begin_attempt("h1:user", &p, now + 119).await.unwrap(), Attempt::Locked { until } if until == now + 120)
+    );
+    assert_eq!(s.begin_attempt("h1:user", &p, now + 120).await.unwrap(), Attempt::Counted { count: 7 });
+    assert_eq!(s.lock_until("h1:user", now + 120).await.unwrap(), Some(now + 120 + 240));
+    // The back-off is capped; a success clears everything.
+    s.clear_lock("h1:user").await.unwrap();
+    s.clear_failures("h1:user").await.unwrap();
+    assert_eq!(s.begin_attempt("h1:user", &p, now + 500).await.unwrap(), Attempt::Counted { count: 1 });
+    // Another account of the tenant is untouched.
+    assert_eq!(s.begin_attempt("h1:other", &p, now).await.unwrap(), Attempt::Counted { count: 1 });
+}
