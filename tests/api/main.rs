@@ -14,6 +14,7 @@ mod concurrency;
 mod crud;
 mod errors;
 mod gateway;
+mod hardening;
 mod history;
 mod identity;
 mod postgres;

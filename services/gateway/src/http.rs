@@ -463,6 +463,7 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, GatewayError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Self(v)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(GatewayError::TooLarge),
             Err(e) => Err(GatewayError::Invalid(e.body_text())),
         }
     }
@@ -497,6 +498,7 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, GatewayError> {
         match Form::<T>::from_request(req, state).await {
             Ok(Form(v)) => Ok(Self(v)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(GatewayError::TooLarge),
             Err(e) => Err(GatewayError::Invalid(e.body_text())),
         }
     }
