@@ -158,8 +158,7 @@ async fn a_login_begun_before_the_sessions_were_ended_cannot_finish() {
 #[tokio::test]
 async fn the_development_key_is_refused_outside_loopback_and_for_the_gateway_target() {
     for (listen, target) in [("0.0.0.0:8080", ehr_app::Target::All), ("127.0.0.1:8080", ehr_app::Target::Gateway)] {
-        let mut config = ehr_app::Config::default();
-        config.listen = listen.into();
+        let mut config = ehr_app::Config { listen: listen.into(), ..Default::default() };
         config.database.url = Some("sqlite::memory:".to_owned().into());
         let clock: std::sync::Arc<dyn ehr_core::Clock> = std::sync::Arc::new(ehr_core::SystemClock);
         let err = ehr_app::build(&config, target, clock).await.err().expect("refused");
