@@ -187,3 +187,30 @@ async fn key_publication_delays_are_bounded() {
     let resp = app.as_user(Method::GET, "/Patient", &token).send().await.unwrap();
     outcome(resp, 403, "forbidden").await;
 }
+
+#[tokio::test]
+async fn login_forms_posted_from_another_site_are_refused() {
+    let app = TestApp::spawn().await;
+    let client = app.bootstrap().await;
+    let mut u = app.account("csrf", &["nurse"]).await;
+    app.login(&client, &mut u, "user/*.cruds").await;
+    let (_, challenge) = pkce();
+    let request = app.authorize(&client, "", &challenge).await;
+    let post = |origin: String| {
+        let (app, request) = (&app, request.clone());
+        async move {
+            app.client
+                .post(format!("{}/auth/login", app.address))
+                .header("origin", origin)
+                .form(&[("request", request.as_str()), ("username", "csrf"), ("password", PASSWORD)])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let foreign = post("https://evil.example".into()).await;
+    assert_eq!(foreign.status(), 403);
+    assert!(foreign.text().await.unwrap().contains("another site"));
+    // The gateway's own page posts with its own origin: accepted.
+    assert_eq!(post(app.address.clone()).await.status(), 200);
+}

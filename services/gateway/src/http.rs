@@ -227,7 +227,27 @@ struct LoginForm {
     password: String,
 }
 
+/// Login-CSRF guard: browsers name the page a form was posted from (`Origin`); a login step
+/// posted from another site is refused, so no site can drive a visitor's browser through the
+/// login forms (to lock accounts, or to spread password guesses). Clients that send no `Origin`
+/// (curl, native apps) are not browsers being misused and pass.
+fn cross_site(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
+    let origin = headers.get(header::ORIGIN)?.to_str().ok()?;
+    if origin.trim_end_matches('/') == base_url(gw, headers) {
+        return None;
+    }
+    let e = GatewayError::Forbidden("login steps cannot be posted from another site".into());
+    Some(if wants_json(headers) {
+        e.into_response()
+    } else {
+        html(StatusCode::FORBIDDEN, pages::error(&e.to_string()))
+    })
+}
+
 async fn login(State(st): State<GwState>, parts: RequestInfo, StepForm(f): StepForm<LoginForm>) -> Response {
+    if let Some(refused) = cross_site(&st.gw, &parts.headers) {
+        return refused;
+    }
     let actor = parts.actor.clone();
     match st.gw.password(&f.request, &f.username, &f.password, &actor).await {
         Ok(step) if wants_json(&parts.headers) => Json(step).into_response(),
@@ -247,6 +267,9 @@ struct MfaForm {
 }
 
 async fn mfa(State(st): State<GwState>, parts: RequestInfo, StepForm(f): StepForm<MfaForm>) -> Response {
+    if let Some(refused) = cross_site(&st.gw, &parts.headers) {
+        return refused;
+    }
     let actor = parts.actor.clone();
     let code = f.code.as_deref().filter(|c| !c.trim().is_empty());
     let recovery = f.recovery_code.as_deref().filter(|c| !c.trim().is_empty());
