@@ -270,9 +270,6 @@ fn init_tracing(config: &Config) {
 
 async fn serve(config: Config, target: Target) -> Result<(), String> {
     tracing::info!(config = %config.redacted(), ?target, "starting");
-    if target != Target::All && config.auth.development_key {
-        tracing::warn!("target {target:?} with auth.development_key = true: set it to false in production");
-    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = ehr_app::build(&config, target, clock).await.map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(&config.listen)

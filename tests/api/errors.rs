@@ -151,9 +151,14 @@ fn the_cli_fails_with_a_message_on_bad_input() {
     let (code, err, _) = run(&["dev-token", "--tenant", "t1"], &[("EHR_DATABSE__URL", "x")]);
     assert_eq!(code, Some(1));
     assert!(err.contains("unknown field"), "{err}");
+    // A service alone never trusts the public development key…
     let (code, err, _) = run(&["serve", "--target", "patient-record"], &[]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("database.url"), "{err}");
+    assert!(err.contains("development_key"), "{err}");
+    // …and needs its database named.
+    let (code, err, _) = run(&["serve", "--target", "patient-record"], &[("EHR_AUTH__DEVELOPMENT_KEY", "false")]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("database.url") || err.contains("auth.issuer"), "{err}");
     let (code, _, out) = run(&["dev-token", "--tenant", "t1"], &[]);
     assert_eq!(code, Some(0));
     assert_eq!(out.trim().split('.').count(), 3, "a compact JWS");

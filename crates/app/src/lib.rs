@@ -263,6 +263,15 @@ fn issuer(config: &Config) -> String {
 
 /// Builds everything `target` needs from the config.
 pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Result<App, AppError> {
+    if config.auth.development_key && (target != Target::All || !listens_on_loopback(&config.listen)) {
+        // The development key is public: anyone can sign any tenant's and any role's token with
+        // it. Only a process nobody else can reach may trust it.
+        return Err(ConfigError::Invalid(format!(
+            "auth.development_key = true is only allowed for target all listening on a loopback address (listen = {}); set EHR_AUTH__DEVELOPMENT_KEY=false",
+            config.listen
+        ))
+        .into());
+    }
     if target == Target::PatientRecord {
         // Keys first: a configuration the verifier refuses should not touch the database.
         let verifier = verifier(config, None).await?;
@@ -274,15 +283,7 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
     }
     // The gateway (alone, or with every service in-process).
     config.validate()?;
-    if config.auth.development_key && (target == Target::Gateway || !listens_on_loopback(&config.listen)) {
-        // The development key is public: anyone can sign any tenant's and any role's token with
-        // it. Only a process nobody else can reach may trust it.
-        return Err(ConfigError::Invalid(format!(
-            "auth.development_key = true is only allowed for target all listening on a loopback address (listen = {}); set EHR_AUTH__DEVELOPMENT_KEY=false",
-            config.listen
-        ))
-        .into());
-    }
+
     let kv = security_state(config, target).await?;
     let store = store(config, target).await?;
     let now = clock.now().timestamp();

@@ -128,7 +128,8 @@ const PASS_THROUGH: [&str; 5] = ["openid", "fhirUser", "offline_access", "online
 /// every granted type; a request beyond the grant is narrowed, not refused (SMART lets the server
 /// grant fewer scopes than asked). A `patient/` request is covered by a `user/` grant, being
 /// narrower; a `system/` request only by a `system/` grant. `openid`, `fhirUser`,
-/// `offline_access`, `launch` and `launch/…` pass through; anything else is dropped. The result
+/// `offline_access`, `online_access`, `launch` and `launch/…` pass through; anything else is
+/// dropped. The result
 /// uses v2 letters and keeps the order of the request.
 pub fn narrow_scopes(granted: &str, requested: &str) -> String {
     // The grant united per (context, type), in first-seen order; filtered grants are ignored.

@@ -145,7 +145,7 @@ impl crate::Gateway {
         tx.commit().await?;
         self.kv.revoke_subject(tenant.as_str(), id).await?;
         // `iat` has one-second resolution: tokens of this very second are void too.
-        self.kv.revoke_tokens_before(tenant.as_str(), id, now + 1, now + self.settings.access_secs() + 60).await?;
+        self.kv.revoke_tokens_before(tenant.as_str(), id, now + 1, self.settings.revocation_keep(now)).await?;
         self.audit_security(tenant, actor, SecurityKind::AccountDeactivated, true, None, Some(id)).await;
         self.user(tenant, id).await?.ok_or(GatewayError::NotFound("account"))
     }
@@ -303,7 +303,7 @@ pub async fn reset_mfa(State(st): State<GwState>, caller: Authed, Path(id): Path
     tx.commit().await?;
     // Sessions opened with the old authenticator end too.
     st.gw.kv.revoke_subject(tenant.as_str(), &id).await?;
-    st.gw.kv.revoke_tokens_before(tenant.as_str(), &id, now + 1, now + st.gw.settings.access_secs() + 60).await?;
+    st.gw.kv.revoke_tokens_before(tenant.as_str(), &id, now + 1, st.gw.settings.revocation_keep(now)).await?;
     st.gw.audit_security(tenant, caller.actor(), SecurityKind::MfaReset, true, None, Some(&id)).await;
     let user = st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
     Ok(Json(view(&user)))
@@ -333,7 +333,7 @@ pub async fn set_password(
     tx.commit().await?;
     // A password reset ends the sessions opened with the old password.
     st.gw.kv.revoke_subject(tenant.as_str(), &id).await?;
-    st.gw.kv.revoke_tokens_before(tenant.as_str(), &id, now + 1, now + st.gw.settings.access_secs() + 60).await?;
+    st.gw.kv.revoke_tokens_before(tenant.as_str(), &id, now + 1, st.gw.settings.revocation_keep(now)).await?;
     st.gw.audit_security(tenant, caller.actor(), SecurityKind::PasswordReset, true, None, Some(&id)).await;
     let user = st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
     Ok(Json(view(&user)))
@@ -456,7 +456,11 @@ pub async fn create_client(
     // with its id, so that no tenant can take a name another one will need (`<tenant>-cli`).
     let prefix = format!("{}-", caller.tenant().as_str());
     let client_id = match body.client_id {
-        Some(id) if id.starts_with(&prefix) && id.len() > prefix.len() && id.len() <= 128 => id,
+        // `<tenant>-cli` is the bootstrap's: reserved, so that no tenant (`hospital`) can take
+        // another's (`hospital-a-cli`), tenant ids being allowed to contain `-`.
+        Some(id) if id.starts_with(&prefix) && id.len() > prefix.len() && id.len() <= 128 && !id.ends_with("-cli") => {
+            id
+        }
         Some(_) => return Err(GatewayError::Invalid(format!("client_id must start with `{prefix}`"))),
         None => format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
     };
@@ -607,7 +611,7 @@ pub async fn end_sessions(State(st): State<GwState>, caller: Authed, Path(id): P
     st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
     let now = st.gw.now();
     let ended = st.gw.kv.revoke_subject(tenant.as_str(), &id).await?;
-    st.gw.kv.revoke_tokens_before(tenant.as_str(), &id, now + 1, now + st.gw.settings.access_secs() + 60).await?;
+    st.gw.kv.revoke_tokens_before(tenant.as_str(), &id, now + 1, st.gw.settings.revocation_keep(now)).await?;
     st.gw
         .audit_security(
             tenant,

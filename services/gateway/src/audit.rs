@@ -127,8 +127,8 @@ async fn retry_transient(
     }
 }
 
-/// What stands in the trail for an event the database refused: when, what kind, which
-/// patients, and that the full record is missing.
+/// What stands in the trail for an event the database refused: when, which patients, and that
+/// the full record is missing.
 fn failure_record(event: &Value) -> Value {
     let patients: Vec<Value> = event["entity"]
         .as_array()
@@ -178,7 +178,7 @@ pub struct Actor {
     pub roles: Vec<String>,
     /// The user's FHIR resource (SMART `fhirUser`, `Practitioner/123`), when the account is linked.
     pub fhir_user: Option<String>,
-    /// The client's network address (peer, or the first `X-Forwarded-For` hop).
+    /// The client's network address (the TCP peer, or the hop a trusted proxy reported).
     pub address: Option<String>,
 }
 

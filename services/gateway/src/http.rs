@@ -192,7 +192,7 @@ async fn smart_configuration(State(st): State<GwState>, headers: HeaderMap) -> J
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384", "ES256"],
-        "scopes_supported": ["openid", "fhirUser", "offline_access", "user/*.cruds", "user/*.rs", "system/*.cruds", "system/*.rs"],
+        "scopes_supported": ["openid", "fhirUser", "offline_access", "user/*.cruds", "user/*.rs", "system/*.crus", "system/*.rs"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "capabilities": ["launch-standalone", "client-public", "client-confidential-asymmetric", "permission-user", "permission-v1", "permission-v2", "sso-openid-connect"],
@@ -299,6 +299,7 @@ async fn token(
     let actor = parts.actor;
     let result = match form {
         Ok(Form(f)) => st.gw.token(f, &endpoint, &actor).await,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return GatewayError::TooLarge.into_response(),
         // RFC 6749 §3.2: the token endpoint takes application/x-www-form-urlencoded.
         Err(_) => Err(GatewayError::oauth(
             "invalid_request",

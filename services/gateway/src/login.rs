@@ -245,6 +245,10 @@ impl Gateway {
             }
         };
         let now = self.now();
+        // A correct password lifts the lock this attempt may have set for itself (beyond the
+        // threshold), but keeps the count: guesses of the code still add to it, and the
+        // completed login clears it.
+        self.kv.clear_lock(&attempt_key(&tenant, username)).await?;
         if self.settings.password.needs_rehash(&user.password_hash) {
             // The policy was raised since this password was set: upgrade the hash now, while
             // the password is at hand (it is never stored).
@@ -311,7 +315,9 @@ impl Gateway {
         // A login begun before the user's sessions were ended (deactivation, password or MFA
         // reset, "end sessions") cannot be finished: it was authorised by what was revoked.
         self.check_not_revoked(&tenant, &user.id, pending.created_at).await?;
-        if !self.client(&req.client_id).await?.is_some_and(|c| c.active) {
+        if !self.client(&req.client_id).await?.is_some_and(|c| c.active)
+            || self.tenant_active(&tenant).await? != Some(true)
+        {
             return Err(GatewayError::LoginExpired);
         }
         let tx = self.store.write(&ctx(&tenant)).await?;

@@ -108,6 +108,12 @@ impl Default for GatewaySettings {
 }
 
 impl GatewaySettings {
+    /// Until when a revocation of a user's tokens must be kept: past the life of every access
+    /// token, login in progress and authorization code issued before it.
+    pub fn revocation_keep(&self, now: i64) -> i64 {
+        now + self.access_secs().max(self.login_secs + self.code_secs) + 60
+    }
+
     /// The access-token lifetime actually used.
     pub fn access_secs(&self) -> i64 {
         self.access_token_secs.clamp(60, MAX_ACCESS_TOKEN_SECS)
