@@ -214,3 +214,29 @@ async fn login_forms_posted_from_another_site_are_refused() {
     // The gateway's own page posts with its own origin: accepted.
     assert_eq!(post(app.address.clone()).await.status(), 200);
 }
+
+#[tokio::test]
+async fn the_owner_gets_back_in_after_a_long_back_off() {
+    let app = TestApp::spawn().await;
+    let client = app.bootstrap().await;
+    let mut u = app.account("owner", &["nurse"]).await;
+    app.login(&client, &mut u, "user/*.cruds").await;
+    // Someone guesses eight times, waiting out each lock.
+    for _ in 0..8 {
+        let (_, challenge) = pkce();
+        let request = app.authorize(&client, "", &challenge).await;
+        let r = app
+            .form("/auth/login", &[("request", &request), ("username", "owner"), ("password", "Wrong-password-1")])
+            .await;
+        assert!(matches!(r.status().as_u16(), 401 | 429));
+        app.advance(3601);
+    }
+    // The owner, after the last lock: password and code both work, and the count is cleared.
+    app.login(&client, &mut u, "user/*.cruds").await;
+    let (_, challenge) = pkce();
+    let request = app.authorize(&client, "", &challenge).await;
+    let wrong = app
+        .form("/auth/login", &[("request", &request), ("username", "owner"), ("password", "Wrong-password-1")])
+        .await;
+    assert_eq!(wrong.status(), 401, "a fresh count after the successful login");
+}
