@@ -1,0 +1,139 @@
+//! The crate's error type, one variant per failure, each with a stable `EHR-HL7-nnn` code.
+//!
+//! Messages never echo field values (they may be PHI): they name positions, offsets and code
+//! points instead.
+
+use ehr_core::{Classify, IssueType};
+
+/// Everything that can go wrong while reading, writing or framing HL7 v2 messages.
+#[derive(Debug, thiserror::Error)]
+pub enum Hl7Error {
+    #[error("the message does not start with an MSH segment")]
+    NotAMessage,
+    #[error("invalid delimiters in MSH-1/MSH-2: {reason}")]
+    InvalidDelimiters { reason: &'static str },
+    #[error("segment {line} does not start with a valid segment id")]
+    InvalidSegment { line: usize },
+    #[error("segment id {id:?} is not three upper-case letters or digits")]
+    InvalidSegmentId { id: String },
+    #[error("MSH-1 and MSH-2 are written from the delimiters and cannot be set")]
+    HeaderFieldSet,
+    #[error("MSH-10 message control id must be 1 to 20 printable ascii characters")]
+    InvalidControlId,
+    #[error("MSH-9 message type is not code^trigger^structure")]
+    InvalidMessageType,
+    #[error("{field} is required but empty")]
+    MissingField { field: &'static str },
+    #[error("{field} is not an HL7 timestamp (YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ])")]
+    InvalidTimestamp { field: &'static str },
+    #[error("invalid location path (expected SEG[(n)]-field[(rep)][-component[-subcomponent]])")]
+    InvalidLocation,
+    #[error("the message has no {which} delimiter, so the value cannot be written")]
+    MissingDelimiter { which: &'static str },
+    #[error("character set {name:?} in MSH-18 is not supported")]
+    UnsupportedCharset { name: String },
+    #[error("the message is not valid {charset} at byte {offset}")]
+    MalformedText { charset: &'static str, offset: usize },
+    #[error("character U+{code_point:04X} at byte {offset} cannot be encoded in {charset}")]
+    Unmappable { charset: &'static str, code_point: u32, offset: usize },
+    #[error("mllp frame exceeds the maximum size of {limit} bytes")]
+    FrameTooLarge { limit: usize },
+    #[error("the connection closed in the middle of an mllp frame")]
+    TruncatedFrame,
+    #[error("the message contains an mllp framing byte at byte {offset}")]
+    FramingByteInPayload { offset: usize },
+    #[error("mllp connection i/o failed")]
+    Io(#[from] std::io::Error),
+}
+
+impl Classify for Hl7Error {
+    fn issue_type(&self) -> IssueType {
+        match self {
+            Self::NotAMessage | Self::InvalidDelimiters { .. } | Self::InvalidSegment { .. } | Self::TruncatedFrame => {
+                IssueType::Structure
+            }
+            Self::InvalidSegmentId { .. }
+            | Self::HeaderFieldSet
+            | Self::InvalidControlId
+            | Self::InvalidMessageType
+            | Self::InvalidTimestamp { .. }
+            | Self::InvalidLocation
+            | Self::MissingDelimiter { .. }
+            | Self::MalformedText { .. }
+            | Self::Unmappable { .. }
+            | Self::FramingByteInPayload { .. } => IssueType::Invalid,
+            Self::MissingField { .. } => IssueType::Required,
+            Self::UnsupportedCharset { .. } => IssueType::NotSupported,
+            // A frame over the configured limit is refused for its size, not its content.
+            Self::FrameTooLarge { .. } => IssueType::TooCostly,
+            Self::Io(_) => IssueType::Transient,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::NotAMessage => "EHR-HL7-001",
+            Self::InvalidDelimiters { .. } => "EHR-HL7-002",
+            Self::InvalidSegment { .. } => "EHR-HL7-003",
+            Self::InvalidSegmentId { .. } => "EHR-HL7-004",
+            Self::HeaderFieldSet => "EHR-HL7-005",
+            Self::InvalidControlId => "EHR-HL7-006",
+            Self::InvalidMessageType => "EHR-HL7-007",
+            Self::MissingField { .. } => "EHR-HL7-008",
+            Self::InvalidTimestamp { .. } => "EHR-HL7-009",
+            Self::InvalidLocation => "EHR-HL7-010",
+            Self::MissingDelimiter { .. } => "EHR-HL7-011",
+            Self::UnsupportedCharset { .. } => "EHR-HL7-012",
+            Self::MalformedText { .. } => "EHR-HL7-013",
+            Self::Unmappable { .. } => "EHR-HL7-014",
+            Self::FrameTooLarge { .. } => "EHR-HL7-015",
+            Self::TruncatedFrame => "EHR-HL7-016",
+            Self::FramingByteInPayload { .. } => "EHR-HL7-017",
+            Self::Io(_) => "EHR-HL7-018",
+        }
+    }
+}
+
+/// Shorthand for this crate's results.
+pub type Result<T, E = Hl7Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_prefixed() {
+        let all = [
+            Hl7Error::NotAMessage,
+            Hl7Error::InvalidDelimiters { reason: "x" },
+            Hl7Error::InvalidSegment { line: 1 },
+            Hl7Error::InvalidSegmentId { id: "x".into() },
+            Hl7Error::HeaderFieldSet,
+            Hl7Error::InvalidControlId,
+            Hl7Error::InvalidMessageType,
+            Hl7Error::MissingField { field: "MSH-10" },
+            Hl7Error::InvalidTimestamp { field: "MSH-7" },
+            Hl7Error::InvalidLocation,
+            Hl7Error::MissingDelimiter { which: "escape" },
+            Hl7Error::UnsupportedCharset { name: "x".into() },
+            Hl7Error::MalformedText { charset: "x", offset: 0 },
+            Hl7Error::Unmappable { charset: "x", code_point: 0, offset: 0 },
+            Hl7Error::FrameTooLarge { limit: 1 },
+            Hl7Error::TruncatedFrame,
+            Hl7Error::FramingByteInPayload { offset: 0 },
+            Hl7Error::Io(std::io::Error::other("x")),
+        ];
+        let mut codes: Vec<_> = all.iter().map(Classify::code).collect();
+        assert!(codes.iter().all(|c| c.starts_with("EHR-HL7-")));
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+    }
+
+    #[test]
+    fn io_errors_do_not_leak_their_text() {
+        let err = Hl7Error::from(std::io::Error::other("secret peer detail"));
+        assert!(!err.to_string().contains("secret"));
+        assert_eq!(err.issue_type(), IssueType::Transient);
+    }
+}
