@@ -92,6 +92,17 @@ impl MemoryState {
 }
 
 impl Inner {
+    /// Adds a failure at `now` to `key`'s sliding window and returns how many it holds.
+    fn count_failure(&mut self, key: &str, now: i64, window_secs: i64) -> u32 {
+        let failures =
+            self.failures.entry(key.to_owned()).or_insert_with(|| Failures { times: Vec::new(), window_secs });
+        failures.window_secs = window_secs;
+        let cutoff = now.saturating_sub(window_secs);
+        failures.times.retain(|t| *t > cutoff);
+        failures.times.push(now);
+        u32::try_from(failures.times.len()).unwrap_or(u32::MAX)
+    }
+
     fn sweep(&mut self, now: i64) {
         self.values.retain(|_, (_, exp)| now < *exp);
         self.unique.retain(|_, exp| now < *exp);
@@ -188,14 +199,7 @@ impl SecurityState for MemoryState {
     }
 
     async fn record_failure(&self, key: &str, now: i64, window_secs: i64) -> Result<u32, KvError> {
-        let mut inner = self.lock_at(now);
-        let failures =
-            inner.failures.entry(key.to_owned()).or_insert_with(|| Failures { times: Vec::new(), window_secs });
-        failures.window_secs = window_secs;
-        let cutoff = now.saturating_sub(window_secs);
-        failures.times.retain(|t| *t > cutoff);
-        failures.times.push(now);
-        Ok(u32::try_from(failures.times.len()).unwrap_or(u32::MAX))
+        Ok(self.lock_at(now).count_failure(key, now, window_secs))
     }
 
     async fn begin_attempt(&self, key: &str, policy: &AttemptPolicy, now: i64) -> Result<Attempt, KvError> {
@@ -203,14 +207,7 @@ impl SecurityState for MemoryState {
         if let Some(until) = inner.locks.get(key).copied().filter(|until| now < *until) {
             return Ok(Attempt::Locked { until });
         }
-        let window_secs = policy.window_secs;
-        let failures =
-            inner.failures.entry(key.to_owned()).or_insert_with(|| Failures { times: Vec::new(), window_secs });
-        failures.window_secs = window_secs;
-        let cutoff = now.saturating_sub(window_secs);
-        failures.times.retain(|t| *t > cutoff);
-        failures.times.push(now);
-        let count = u32::try_from(failures.times.len()).unwrap_or(u32::MAX);
+        let count = inner.count_failure(key, now, policy.window_secs);
         if policy.threshold > 0 && count > policy.threshold {
             let doublings = (count - policy.threshold).min(62);
             let secs = policy.base_secs.saturating_mul(1_i64 << doublings).min(policy.max_secs);
