@@ -53,6 +53,10 @@ pub(crate) async fn backends() -> Vec<Backend> {
             let _ = conn.close().await;
             vec![Backend::Sqlite, Backend::Postgres]
         }
+        // Under CI a missing PostgreSQL is a failure, not a skip (README, "Test").
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL is required under CI=true but unreachable at TEST_POSTGRES_URL: {e}")
+        }
         Err(e) => {
             eprintln!("PostgreSQL unreachable at TEST_POSTGRES_URL ({e}): testing SQLite only");
             vec![Backend::Sqlite]
