@@ -5,6 +5,9 @@
 
 use ehr_core::{Classify, IssueType};
 
+use crate::ack::{AckError, ErrorCode};
+use crate::types::Location;
+
 /// Everything that can go wrong while reading, writing or framing HL7 v2 messages.
 #[derive(Debug, thiserror::Error)]
 pub enum Hl7Error {
@@ -44,6 +47,52 @@ pub enum Hl7Error {
     FramingByteInPayload { offset: usize },
     #[error("mllp connection i/o failed")]
     Io(#[from] std::io::Error),
+    /// A segment or field a JAHIS message requires is absent or empty (ERR-3 101).
+    #[error("{location} is required but missing")]
+    RequiredMissing { location: Location },
+    /// A segment where the message structure does not allow it (ERR-3 100).
+    #[error("{location} is out of sequence: {expected}")]
+    SegmentOutOfOrder { location: Location, expected: &'static str },
+    /// A value of the wrong data type or not in its table (ERR-3 102/103).
+    #[error("{location} is not {expected}")]
+    InvalidValue { location: Location, expected: &'static str },
+    /// A message of a type this reader does not handle (ERR-3 200).
+    #[error("message type is not one of {expected}")]
+    UnexpectedMessageType { expected: &'static str },
+}
+
+impl Hl7Error {
+    /// Where in the message the error is, for ERR-2, when it is tied to a segment or field.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            Self::RequiredMissing { location }
+            | Self::SegmentOutOfOrder { location, .. }
+            | Self::InvalidValue { location, .. } => Some(location),
+            _ => None,
+        }
+    }
+
+    /// The ERR segment describing this error in an AE/AR acknowledgment (HL7 v2.5 §2.15.5,
+    /// table 0357 for ERR-3); ERR-7 carries this error's text, which never holds field values.
+    pub fn to_ack_error(&self) -> AckError {
+        let code = match self {
+            Self::RequiredMissing { .. } | Self::MissingField { .. } => ErrorCode::RequiredFieldMissing,
+            Self::SegmentOutOfOrder { .. } | Self::NotAMessage | Self::InvalidSegment { .. } => {
+                ErrorCode::SegmentSequenceError
+            }
+            Self::InvalidValue { .. }
+            | Self::InvalidTimestamp { .. }
+            | Self::InvalidControlId
+            | Self::InvalidMessageType => ErrorCode::DataTypeError,
+            Self::UnexpectedMessageType { .. } => ErrorCode::UnsupportedMessageType,
+            _ => ErrorCode::ApplicationInternalError,
+        };
+        let error = AckError::new(code).diagnostic(self.to_string());
+        match self.location() {
+            Some(location) => error.at(location.clone()),
+            None => error,
+        }
+    }
 }
 
 impl Classify for Hl7Error {
@@ -67,6 +116,10 @@ impl Classify for Hl7Error {
             // A frame over the configured limit is refused for its size, not its content.
             Self::FrameTooLarge { .. } => IssueType::TooCostly,
             Self::Io(_) => IssueType::Transient,
+            Self::RequiredMissing { .. } => IssueType::Required,
+            Self::SegmentOutOfOrder { .. } => IssueType::Structure,
+            Self::InvalidValue { .. } => IssueType::Invalid,
+            Self::UnexpectedMessageType { .. } => IssueType::NotSupported,
         }
     }
 
@@ -90,6 +143,10 @@ impl Classify for Hl7Error {
             Self::TruncatedFrame => "EHR-HL7-016",
             Self::FramingByteInPayload { .. } => "EHR-HL7-017",
             Self::Io(_) => "EHR-HL7-018",
+            Self::RequiredMissing { .. } => "EHR-HL7-019",
+            Self::SegmentOutOfOrder { .. } => "EHR-HL7-020",
+            Self::InvalidValue { .. } => "EHR-HL7-021",
+            Self::UnexpectedMessageType { .. } => "EHR-HL7-022",
         }
     }
 }
@@ -122,6 +179,10 @@ mod tests {
             Hl7Error::TruncatedFrame,
             Hl7Error::FramingByteInPayload { offset: 0 },
             Hl7Error::Io(std::io::Error::other("x")),
+            Hl7Error::RequiredMissing { location: Location::field("OBX", 3) },
+            Hl7Error::SegmentOutOfOrder { location: Location::segment("OBX"), expected: "x" },
+            Hl7Error::InvalidValue { location: Location::field("OBX", 5), expected: "x" },
+            Hl7Error::UnexpectedMessageType { expected: "x" },
         ];
         let mut codes: Vec<_> = all.iter().map(Classify::code).collect();
         assert!(codes.iter().all(|c| c.starts_with("EHR-HL7-")));

@@ -8,7 +8,8 @@
 //! - [`charset`]: the wire character set from MSH-18 — ISO-2022-JP (`~ISO IR87`, JAHIS) or UTF-8;
 //! - [`mllp`]: MLLP framing as a `tokio-util` codec;
 //! - [`ack`]: the ACK answering a message, with ERR segments;
-//! - [`types`]: control id, message type, timestamp and value locations, parsed once.
+//! - [`types`]: control id, message type, timestamp and value locations, parsed once;
+//! - [`jahis`]: the typed JAHIS lab messages: OML^O33 orders out, OUL^R22/ORU^R01 results in.
 //!
 //! The receiving path is bytes → [`mllp::MllpCodec`] frame → [`charset::decode`] →
 //! [`Message::parse`] → read fields; the sending path is [`MessageBuilder::build`] →
@@ -20,6 +21,7 @@ pub mod charset;
 mod delimiters;
 mod error;
 pub mod escape;
+pub mod jahis;
 pub mod message;
 pub mod mllp;
 pub mod types;
@@ -29,6 +31,10 @@ pub use builder::{MessageBuilder, SegmentBuilder};
 pub use charset::Charset;
 pub use delimiters::Delimiters;
 pub use error::{Hl7Error, Result};
+pub use jahis::{
+    CodedElement, Coding, LabOrder, LabResults, LabTest, MessageHeader, Observation, OrderResults, Patient, PersonName,
+    Provider, Sex, Specimen, build_oml_o33, parse_lab_results,
+};
 pub use message::{Component, Field, Message, Repetition, Segment, SubComponent};
 pub use mllp::MllpCodec;
 pub use types::{ControlId, Location, MessageType, Timestamp};
