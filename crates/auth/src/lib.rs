@@ -34,7 +34,7 @@ pub use matrix::AccessMatrix;
 pub use password::{MAX_PASSWORD_BYTES, PasswordPolicy, verify_password};
 pub use pkce::verify_pkce_s256;
 pub use recovery::{RecoveryCodes, find_recovery_code, hash_recovery_code};
-pub use scope::{Interaction, ScopeSet, narrow_scopes};
+pub use scope::{Interaction, ScopeSet, narrow_scopes, resource_scope};
 pub use signing::{KeyPair, SigningKeyRecord, TokenIssuer};
 pub use totp::{TotpCode, TotpSecret};
 pub use verify::{Claims, KeySource, Trust, VerifiedToken, Verifier};

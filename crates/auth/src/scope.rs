@@ -119,6 +119,13 @@ fn parse_resource_scope(scope: &str) -> Option<ResourceScope<'_>> {
     Some(ResourceScope { context, resource_type, letters: letters.to_owned(), query })
 }
 
+/// The parts of a resource scope (`system/Observation.rs`): context, resource type (`*` for all)
+/// and SMART v2 letters (v1 forms translated); `None` for other scopes and for filtered ones
+/// (`…?category=…`), which grant nothing here.
+pub fn resource_scope(scope: &str) -> Option<(&str, &str, String)> {
+    parse_resource_scope(scope).filter(|s| s.query.is_none()).map(|s| (s.context, s.resource_type, s.letters))
+}
+
 /// Scopes that are not about resources and pass through narrowing when the client asks for them.
 const PASS_THROUGH: [&str; 5] = ["openid", "fhirUser", "offline_access", "online_access", "launch"];
 

@@ -160,10 +160,6 @@ pub trait SecurityState: Send + Sync {
     /// present and unexpired.
     async fn insert_unique(&self, key: &str, expires_at: i64, now: i64) -> Result<bool, KvError>;
 
-    /// Records a failure and returns how many failures happened within the last `window_secs`,
-    /// this one included.
-    async fn record_failure(&self, key: &str, now: i64, window_secs: i64) -> Result<u32, KvError>;
-
     /// Forgets the failures of `key` (after a successful login).
     /// Counts one login attempt under `key` BEFORE it is checked (atomically with the lock
     /// check): while `key` is locked nothing is counted and the answer is `Locked`; an attempt

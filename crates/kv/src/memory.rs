@@ -198,10 +198,6 @@ impl SecurityState for MemoryState {
         Ok(true)
     }
 
-    async fn record_failure(&self, key: &str, now: i64, window_secs: i64) -> Result<u32, KvError> {
-        Ok(self.lock_at(now).count_failure(key, now, window_secs))
-    }
-
     async fn begin_attempt(&self, key: &str, policy: &AttemptPolicy, now: i64) -> Result<Attempt, KvError> {
         let mut inner = self.lock_at(now);
         if let Some(until) = inner.locks.get(key).copied().filter(|until| now < *until) {
@@ -363,7 +359,8 @@ mod tests {
             let key = format!("k{i}");
             s.put(&key, "v", 100, 0).await.unwrap();
             s.insert_unique(&key, 100, 0).await.unwrap();
-            s.record_failure(&key, 0, 60).await.unwrap();
+            let policy = AttemptPolicy { window_secs: 60, threshold: 0, base_secs: 60, max_secs: 60 };
+            s.begin_attempt(&key, &policy, 0).await.unwrap();
             s.set_lock(&key, 100).await.unwrap();
             s.revoke_jti(&key, 100).await.unwrap();
             s.revoke_tokens_before("t", &key, 0, 100).await.unwrap();

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `P:val:<key>` | hash `{v, exp}` | put / get / take / delete |
 //! | `P:once:<key>` | string: expires_at | insert_unique |
-//! | `P:fail:<key>` | sorted set, score = failure time | record_failure / clear_failures |
+//! | `P:fail:<key>` | sorted set, score = failure time | begin_attempt / clear_failures |
 //! | `P:lock:<key>` | string: until | set_lock / lock_until / clear_lock |
 //! | `P:fam:<family id>` | hash `{data: Family JSON, cur, exp, idx, u:<hash>: 1 …}` | refresh-token families |
 //! | `P:subj:<tenant>:<subject>` | set of family ids | revoke_subject / families_of |
@@ -63,7 +63,6 @@ impl std::fmt::Debug for RedisState {
 struct Scripts {
     take: Script,
     insert_unique: Script,
-    record_failure: Script,
     set_lock: Script,
     revoke_jti: Script,
     revoke_tokens_before: Script,
@@ -98,7 +97,6 @@ const CORRUPT_CODE: &str = "EHRCORRUPT";
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     take: Script::new(include_str!("lua/take.lua")),
     insert_unique: Script::new(include_str!("lua/insert_unique.lua")),
-    record_failure: Script::new(include_str!("lua/record_failure.lua")),
     set_lock: Script::new(with_gc!("lua/set_lock.lua")),
     revoke_jti: Script::new(with_gc!("lua/revoke_jti.lua")),
     revoke_tokens_before: Script::new(with_gc!("lua/revoke_tokens_before.lua")),
@@ -222,18 +220,6 @@ impl SecurityState for RedisState {
             .invoke_async(&mut self.conn())
             .await?;
         Ok(inserted == 1)
-    }
-
-    async fn record_failure(&self, key: &str, now: i64, window_secs: i64) -> Result<u32, KvError> {
-        let count: u32 = SCRIPTS
-            .record_failure
-            .key(self.key("fail", key))
-            .arg(now)
-            .arg(now.saturating_sub(window_secs))
-            .arg(window_secs.max(1))
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(count)
     }
 
     async fn begin_attempt(&self, key: &str, policy: &AttemptPolicy, now: i64) -> Result<Attempt, KvError> {

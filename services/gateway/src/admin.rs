@@ -119,6 +119,15 @@ pub(crate) async fn insert_account(
 }
 
 impl crate::Gateway {
+    /// Ends every session of a user at once: the refresh families die, and access tokens issued
+    /// up to this second are refused (`iat` has one-second resolution, hence `now + 1`). Returns
+    /// how many sessions ended.
+    pub async fn end_sessions(&self, tenant: &TenantId, user_id: &str, now: i64) -> Result<u32> {
+        let ended = self.kv.revoke_subject(tenant.as_str(), user_id).await?;
+        self.kv.revoke_tokens_before(tenant.as_str(), user_id, now + 1, self.settings.revocation_keep(now)).await?;
+        Ok(ended)
+    }
+
     /// Creates an account in `tenant` (the password is checked against the policy).
     pub async fn create_account(&self, tenant: &TenantId, new: NewAccount, actor: &Actor) -> Result<UserRecord> {
         let user = insert_account(&self.store, &self.settings.password, tenant, new, self.now()).await?;
@@ -143,9 +152,7 @@ impl crate::Gateway {
             return Err(GatewayError::NotFound("account"));
         }
         tx.commit().await?;
-        self.kv.revoke_subject(tenant.as_str(), id).await?;
-        // `iat` has one-second resolution: tokens of this very second are void too.
-        self.kv.revoke_tokens_before(tenant.as_str(), id, now + 1, self.settings.revocation_keep(now)).await?;
+        self.end_sessions(tenant, id, now).await?;
         self.audit_security(tenant, actor, SecurityKind::AccountDeactivated, true, None, Some(id)).await;
         self.user(tenant, id).await?.ok_or(GatewayError::NotFound("account"))
     }
@@ -302,8 +309,7 @@ pub async fn reset_mfa(State(st): State<GwState>, caller: Authed, Path(id): Path
     }
     tx.commit().await?;
     // Sessions opened with the old authenticator end too.
-    st.gw.kv.revoke_subject(tenant.as_str(), &id).await?;
-    st.gw.kv.revoke_tokens_before(tenant.as_str(), &id, now + 1, st.gw.settings.revocation_keep(now)).await?;
+    st.gw.end_sessions(tenant, &id, now).await?;
     st.gw.audit_security(tenant, caller.actor(), SecurityKind::MfaReset, true, None, Some(&id)).await;
     let user = st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
     Ok(Json(view(&user)))
@@ -332,8 +338,7 @@ pub async fn set_password(
     }
     tx.commit().await?;
     // A password reset ends the sessions opened with the old password.
-    st.gw.kv.revoke_subject(tenant.as_str(), &id).await?;
-    st.gw.kv.revoke_tokens_before(tenant.as_str(), &id, now + 1, st.gw.settings.revocation_keep(now)).await?;
+    st.gw.end_sessions(tenant, &id, now).await?;
     st.gw.audit_security(tenant, caller.actor(), SecurityKind::PasswordReset, true, None, Some(&id)).await;
     let user = st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
     Ok(Json(view(&user)))
@@ -421,15 +426,11 @@ pub async fn create_client(
         for scope in body.scope.split_whitespace() {
             // Letters a subset of `crus` in order: nobody deletes clinical records, not a system
             // either (docs/security/access-matrix.md); corrections are new versions.
-            let parsed = scope.strip_prefix("system/").and_then(|r| r.split_once('.'));
-            let valid = parsed.is_some_and(|(t, letters)| {
-                !crate::ADMIN_TYPES.contains(&t)
+            let valid = ehr_auth::resource_scope(scope).is_some_and(|(context, t, letters)| {
+                context == "system"
+                    && !crate::ADMIN_TYPES.contains(&t)
                     && (t == "*" || ehr_core::ResourceType::parse(t).is_ok())
-                    && !letters.is_empty()
-                    && {
-                        let mut rest = "crus".chars();
-                        letters.chars().all(|l| rest.by_ref().any(|a| a == l))
-                    }
+                    && !letters.contains('d')
             });
             if !valid {
                 return Err(GatewayError::Invalid(format!(
@@ -610,8 +611,7 @@ pub async fn end_sessions(State(st): State<GwState>, caller: Authed, Path(id): P
     let tenant = caller.tenant();
     st.gw.user(tenant, &id).await?.ok_or(GatewayError::NotFound("account"))?;
     let now = st.gw.now();
-    let ended = st.gw.kv.revoke_subject(tenant.as_str(), &id).await?;
-    st.gw.kv.revoke_tokens_before(tenant.as_str(), &id, now + 1, st.gw.settings.revocation_keep(now)).await?;
+    let ended = st.gw.end_sessions(tenant, &id, now).await?;
     st.gw
         .audit_security(
             tenant,

@@ -473,6 +473,11 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
+/// An unreadable request body: too large (413) or not what the endpoint takes (400).
+fn rejected(status: StatusCode, text: String) -> GatewayError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE { GatewayError::TooLarge } else { GatewayError::Invalid(text) }
+}
+
 /// A JSON request body of the admin API whose rejection (bad JSON, a missing field, a wrong
 /// content type) is an OperationOutcome like every other error.
 pub struct AdminJson<T>(pub T);
@@ -485,11 +490,8 @@ where
     type Rejection = GatewayError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, GatewayError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Self(v)),
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(GatewayError::TooLarge),
-            Err(e) => Err(GatewayError::Invalid(e.body_text())),
-        }
+        let Json(v) = Json::<T>::from_request(req, state).await.map_err(|e| rejected(e.status(), e.body_text()))?;
+        Ok(Self(v))
     }
 }
 
@@ -520,10 +522,7 @@ where
     type Rejection = GatewayError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, GatewayError> {
-        match Form::<T>::from_request(req, state).await {
-            Ok(Form(v)) => Ok(Self(v)),
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(GatewayError::TooLarge),
-            Err(e) => Err(GatewayError::Invalid(e.body_text())),
-        }
+        let Form(v) = Form::<T>::from_request(req, state).await.map_err(|e| rejected(e.status(), e.body_text()))?;
+        Ok(Self(v))
     }
 }

@@ -667,10 +667,7 @@ impl Gateway {
         // wildcard (`system/*.rs`) would narrow to them.
         let scope = narrow_scopes(&client.scope, &requested)
             .split_whitespace()
-            .filter(|s| {
-                let ty = s.split_once('/').and_then(|(_, r)| r.split_once('.')).map(|(t, _)| t);
-                !ty.is_some_and(|t| crate::ADMIN_TYPES.contains(&t))
-            })
+            .filter(|s| !ehr_auth::resource_scope(s).is_some_and(|(_, t, _)| crate::ADMIN_TYPES.contains(&t)))
             .collect::<Vec<_>>()
             .join(" ");
         if scope.is_empty() {

@@ -47,7 +47,8 @@ async fn every_key_is_under_the_prefix_and_expires() {
     };
     s.put("code", "v", t0 + 60, t0).await.unwrap();
     s.insert_unique("jti", t0 + 60, t0).await.unwrap();
-    s.record_failure("login", t0, 300).await.unwrap();
+    let counting = ehr_kv::AttemptPolicy { window_secs: 300, threshold: 0, base_secs: 60, max_secs: 60 };
+    s.begin_attempt("login", &counting, t0).await.unwrap();
     s.set_lock("login", t0 + 900).await.unwrap();
     s.create_family(&family, "h0", t0).await.unwrap();
     s.rotate("fam-1", "h0", "h1", t0 + 1).await.unwrap();

@@ -125,28 +125,34 @@ pub async fn insert_unique_guards_replays(s: Arc<dyn SecurityState>) {
 
 pub async fn failures_count_in_a_sliding_window(s: Arc<dyn SecurityState>) {
     let w = 60;
-    assert_eq!(s.record_failure("login:alice", T0, w).await.unwrap(), 1);
-    assert_eq!(s.record_failure("login:alice", T0 + 10, w).await.unwrap(), 2);
-    assert_eq!(s.record_failure("login:alice", T0 + 20, w).await.unwrap(), 3);
+    // Counting only (threshold 0: no lock), so every attempt is counted and nothing is refused.
+    let p = ehr_kv::AttemptPolicy { window_secs: w, threshold: 0, base_secs: 60, max_secs: 60 };
+    let count = |a: ehr_kv::Attempt| match a {
+        ehr_kv::Attempt::Counted { count } => count,
+        ehr_kv::Attempt::Locked { .. } => panic!("no lock without a threshold"),
+    };
+    assert_eq!(count(s.begin_attempt("login:alice", &p, T0).await.unwrap()), 1);
+    assert_eq!(count(s.begin_attempt("login:alice", &p, T0 + 10).await.unwrap()), 2);
+    assert_eq!(count(s.begin_attempt("login:alice", &p, T0 + 20).await.unwrap()), 3);
     // Same second: each failure counts.
-    assert_eq!(s.record_failure("login:alice", T0 + 20, w).await.unwrap(), 4);
+    assert_eq!(count(s.begin_attempt("login:alice", &p, T0 + 20).await.unwrap()), 4);
     // At T0+60 the failure at T0 is exactly window_secs old and no longer counts.
-    assert_eq!(s.record_failure("login:alice", T0 + 60, w).await.unwrap(), 4);
+    assert_eq!(count(s.begin_attempt("login:alice", &p, T0 + 60).await.unwrap()), 4);
     // At T0+75 the one at T0+10 has left too; T0+20 (twice), T0+60, T0+75 remain.
-    assert_eq!(s.record_failure("login:alice", T0 + 75, w).await.unwrap(), 4);
+    assert_eq!(count(s.begin_attempt("login:alice", &p, T0 + 75).await.unwrap()), 4);
     // Long after: only this one.
-    assert_eq!(s.record_failure("login:alice", T0 + 1000, w).await.unwrap(), 1);
+    assert_eq!(count(s.begin_attempt("login:alice", &p, T0 + 1000).await.unwrap()), 1);
 
-    assert_eq!(s.record_failure("login:bob", T0 + 1000, w).await.unwrap(), 1, "keys are independent");
+    assert_eq!(count(s.begin_attempt("login:bob", &p, T0 + 1000).await.unwrap()), 1, "keys are independent");
     s.clear_failures("login:alice").await.unwrap();
-    assert_eq!(s.record_failure("login:alice", T0 + 1001, w).await.unwrap(), 1);
-    assert_eq!(s.record_failure("login:bob", T0 + 1001, w).await.unwrap(), 2);
+    assert_eq!(count(s.begin_attempt("login:alice", &p, T0 + 1001).await.unwrap()), 1);
+    assert_eq!(count(s.begin_attempt("login:bob", &p, T0 + 1001).await.unwrap()), 2);
     s.clear_failures("never-failed").await.unwrap();
 
     let tasks: Vec<_> = (0..10)
         .map(|_| {
             let s = Arc::clone(&s);
-            tokio::spawn(async move { s.record_failure("login:carol", T0, w).await.unwrap() })
+            tokio::spawn(async move { count(s.begin_attempt("login:carol", &p, T0).await.unwrap()) })
         })
         .collect();
     let mut counts = Vec::new();
