@@ -80,6 +80,39 @@ enum Command {
         #[arg(long)]
         secret: String,
     },
+    /// List every external connection configured for the tenant of the token (labs, national
+    /// services) with its last activity. The token comes from EHR_TOKEN (`ehr login`'s
+    /// access_token; it needs the `Connection` read scope, which tenant administrators hold).
+    Connections {
+        /// The gateway's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Print the JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the outsourced-lab simulator: it takes OML^O33 orders over MLLP, checks them field by
+    /// field, answers ORL^O34, and sends OUL^R22 (or ORU^R01) results back over MLLP.
+    LabSim {
+        /// Where the simulator accepts orders.
+        #[arg(long, default_value = "127.0.0.1:2576")]
+        listen: String,
+        /// The EHR's MLLP listener for results (`lab.listen`).
+        #[arg(long, default_value = "127.0.0.1:2575")]
+        results_to: String,
+        /// `iso-ir-87` (ISO-2022-JP, the JAHIS default) or `utf-8`.
+        #[arg(long, default_value = "iso-ir-87")]
+        charset: String,
+        /// `oul-r22` or `oru-r01`.
+        #[arg(long, default_value = "oul-r22")]
+        results_as: String,
+        /// The lab's facility (MSH-4 of its messages).
+        #[arg(long, default_value = "LAB")]
+        facility: String,
+        /// Seconds between an accepted order and its results.
+        #[arg(long, default_value_t = 2)]
+        delay_secs: u64,
+    },
     /// Print a bearer token signed with the development key (refused when it is disabled).
     DevToken {
         #[arg(long)]
@@ -173,6 +206,10 @@ fn main() -> ExitCode {
                 println!("{}", secret.code_at(SystemClock.now().timestamp()));
                 Ok(())
             }
+            Command::Connections { url, json } => connections(&url, json).await,
+            Command::LabSim { listen, results_to, charset, results_as, facility, delay_secs } => {
+                lab_sim(listen, results_to, &charset, &results_as, facility, delay_secs).await
+            }
             Command::DevToken { tenant, scope, subject, ttl_secs } => {
                 dev_token(&config, &tenant, &scope, &subject, ttl_secs)
             }
@@ -190,7 +227,8 @@ fn fail(msg: &str) -> ExitCode {
 }
 
 fn parse_target(s: &str) -> Result<Target, String> {
-    Target::parse(s).ok_or_else(|| format!("unknown target `{s}` (expected all, gateway or patient-record)"))
+    Target::parse(s)
+        .ok_or_else(|| format!("unknown target `{s}` (expected all, gateway, patient-record, orders or lab-interface)"))
 }
 
 /// The gateway's database: the one of target `all` unless a URL is configured.
@@ -271,16 +309,19 @@ fn init_tracing(config: &Config) {
 async fn serve(config: Config, target: Target) -> Result<(), String> {
     tracing::info!(config = %config.redacted(), ?target, "starting");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let app = ehr_app::build(&config, target, clock).await.map_err(|e| e.to_string())?;
+    let mut app = ehr_app::build(&config, target, clock).await.map_err(|e| e.to_string())?;
+    let router = std::mem::replace(&mut app.router, axum::Router::new());
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(addr = %config.listen, backend = app.store.backend_name(), "listening; FHIR at /fhir");
-    let served = axum::serve(listener, app.router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+    let served = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"));
-    // Drained: every answered request's audit events are queued; write them before exiting.
+    // Drained: stop the workers (the relay publishes what is in the outbox, the lab sender and
+    // the consumers finish the item in hand), then write the queued audit events.
+    app.stop_workers(std::time::Duration::from_secs(15)).await;
     if let Some(gateway) = &app.gateway {
         // Bounded: with the database gone, the writer retries forever and shutdown must end.
         match tokio::time::timeout(std::time::Duration::from_secs(30), gateway.audit.flush()).await {
@@ -335,4 +376,87 @@ fn dev_token(config: &Config, tenant: &str, scope: &str, subject: &str, ttl_secs
 
 fn uuid_like(now: i64) -> String {
     format!("dev-{now}-{}", std::process::id())
+}
+
+/// `ehr connections`: the tenant's external connections as a table (or JSON).
+async fn connections(url: &str, json: bool) -> Result<(), String> {
+    let token =
+        std::env::var("EHR_TOKEN").map_err(|_| "set EHR_TOKEN to an access token (see `ehr login`)".to_owned())?;
+    let resp = reqwest::Client::new()
+        .get(format!("{}/admin/connections", url.trim_end_matches('/')))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.map_err(|e| format!("unreadable answer: {e}"))?;
+    if !status.is_success() {
+        let why = body["issue"][0]["diagnostics"].as_str().unwrap_or("request refused");
+        return Err(format!("{status}: {why}"));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    let list = body["connections"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{:<8} {:<9} {:<24} {:<22} {:<28} {:<8} LAST ACTIVITY",
+        "KIND", "DIRECTION", "NAME", "PROTOCOL", "ADDRESS", "ACTIVE"
+    );
+    for c in &list {
+        let last = c["lastActivityAt"].as_i64().and_then(chrono_millis).unwrap_or_else(|| "never".to_owned());
+        println!(
+            "{:<8} {:<9} {:<24} {:<22} {:<28} {:<8} {}",
+            c["kind"].as_str().unwrap_or(""),
+            c["direction"].as_str().unwrap_or(""),
+            c["name"].as_str().unwrap_or(""),
+            c["protocol"].as_str().unwrap_or(""),
+            c["address"].as_str().unwrap_or("-"),
+            c["active"].as_bool().unwrap_or(false),
+            last,
+        );
+    }
+    if list.is_empty() {
+        println!("(no external connections configured)");
+    }
+    Ok(())
+}
+
+fn chrono_millis(ms: i64) -> Option<String> {
+    let secs = ms.div_euclid(1000);
+    let t = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(u64::try_from(secs).ok()?))?;
+    Some(httpdate::fmt_http_date(t))
+}
+
+/// `ehr lab-sim`: the outsourced-lab simulator, until Ctrl-C.
+async fn lab_sim(
+    listen: String,
+    results_to: String,
+    charset: &str,
+    results_as: &str,
+    facility: String,
+    delay_secs: u64,
+) -> Result<(), String> {
+    let charset = match charset {
+        "iso-ir-87" | "iso-2022-jp" => ehr_lab_sim::LabCharset::IsoIr87,
+        "utf-8" => ehr_lab_sim::LabCharset::Utf8,
+        other => return Err(format!("--charset {other}: expected iso-ir-87 or utf-8")),
+    };
+    let result_message = match results_as {
+        "oul-r22" => ehr_lab_sim::ResultMessage::OulR22,
+        "oru-r01" => ehr_lab_sim::ResultMessage::OruR01,
+        other => return Err(format!("--results-as {other}: expected oul-r22 or oru-r01")),
+    };
+    let listen = listen.parse().map_err(|e| format!("--listen {listen}: {e}"))?;
+    let config = ehr_lab_sim::LabSimConfig {
+        listen,
+        results_to: Some(results_to),
+        charset,
+        result_message,
+        result_delay_ms: Some(delay_secs * 1000),
+        sending_facility: facility,
+        ..ehr_lab_sim::LabSimConfig::default()
+    };
+    println!("lab simulator: orders on {}, results to {}", config.listen, config.results_to.as_deref().unwrap_or("-"));
+    ehr_lab_sim::run(config).await.map_err(|e| e.to_string())
 }

@@ -17,6 +17,8 @@ mod gateway;
 mod hardening;
 mod history;
 mod identity;
+mod lab;
+mod orders;
 mod postgres;
 mod search;
 mod tenancy;

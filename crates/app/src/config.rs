@@ -19,6 +19,10 @@ pub enum Target {
     PatientRecord,
     /// The gateway alone: identity, tokens, audit, routing to the services over HTTP.
     Gateway,
+    /// The orders service alone (lab orders, prescriptions, reservations).
+    Orders,
+    /// The lab interface alone (HL7 v2 over MLLP, message log, admin API).
+    LabInterface,
 }
 
 impl Target {
@@ -28,6 +32,8 @@ impl Target {
             "all" => Some(Self::All),
             "patient-record" => Some(Self::PatientRecord),
             "gateway" => Some(Self::Gateway),
+            "orders" => Some(Self::Orders),
+            "lab-interface" => Some(Self::LabInterface),
             _ => None,
         }
     }
@@ -38,6 +44,8 @@ impl Target {
             Self::All => "all",
             Self::PatientRecord => "patient-record",
             Self::Gateway => "gateway",
+            Self::Orders => "orders",
+            Self::LabInterface => "lab-interface",
         }
     }
 }
@@ -59,6 +67,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub gateway: ehr_gateway::GatewaySettings,
+    /// The lab interface (MLLP listener, sender retries).
+    pub lab: ehr_lab_interface::LabSettings,
     pub log: LogConfig,
 }
 
@@ -120,6 +130,7 @@ impl Default for Config {
             },
             auth: AuthConfig { development_key: true, issuer: None, jwks_url: None, jwks_file: None },
             gateway: ehr_gateway::GatewaySettings::default(),
+            lab: ehr_lab_interface::LabSettings::default(),
             log: LogConfig { format: "text".into(), level: "info".into() },
         }
     }
@@ -225,9 +236,11 @@ impl Config {
 }
 
 /// Variables read by CLI commands, not configuration (`EHR_ADMIN_PASSWORD` of
-/// `ehr admin create-tenant`, `EHR_PASSWORD` of `ehr login`).
+/// `ehr admin create-tenant`, `EHR_PASSWORD` of `ehr login`, `EHR_TOKEN` of `ehr connections`).
 fn is_cli_input(key: &str) -> bool {
-    key.eq_ignore_ascii_case("admin_password") || key.eq_ignore_ascii_case("password")
+    key.eq_ignore_ascii_case("admin_password")
+        || key.eq_ignore_ascii_case("password")
+        || key.eq_ignore_ascii_case("token")
 }
 
 /// Kubernetes injects "service link" variables for every Service (`EHR_PORT`,

@@ -12,13 +12,18 @@ use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, Request};
 use ehr_auth::{DEV_ISSUER, KeySource, Trust, Verifier, dev_jwks};
 use ehr_core::{Classify, Clock, IssueType};
+use ehr_events::{Bus, BusConfig, CancellationToken, LocalBus, RedisBus, Relay, RelayConfig, spawn_consumer};
 use ehr_fhir::validate::Validator;
 use ehr_gateway::{AuditSink, Gateway, Inner as GatewayInner, KeyRing, Upstream, Upstreams};
 use ehr_http::{AuthState, Readiness, fallback, health_router};
 use ehr_kv::{MemoryState, RedisState, SecurityState};
+use ehr_lab_interface::{LabInterface, LabSettings};
 use ehr_rest::{BaseUrl, FhirService, RestState};
 use ehr_store::{Store, StoreConfig, StoreError};
+use ehr_terminology::Terminology;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::task::JoinHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -40,6 +45,12 @@ pub enum AppError {
     Gateway(#[from] ehr_gateway::GatewayError),
     #[error("redis: {0}")]
     Kv(#[from] ehr_kv::KvError),
+    #[error("terminology: {0}")]
+    Terminology(#[from] ehr_terminology::TerminologyError),
+    #[error("event bus: {0}")]
+    Events(#[from] ehr_events::EventsError),
+    #[error("cannot listen for lab results (MLLP) on {0}: {1}")]
+    LabListener(String, std::io::Error),
 }
 
 impl Classify for AppError {
@@ -51,11 +62,117 @@ impl Classify for AppError {
     }
 }
 
-/// A built application: its router, the store it runs on, and the gateway when it has one.
+/// A built application: its router, the store it runs on, the gateway when it has one, and its
+/// background workers (outbox relay, event consumers, lab sender and MLLP listener).
 pub struct App {
     pub router: Router,
     pub store: Store,
     pub gateway: Option<Gateway>,
+    /// The lab interface, in the targets that run it.
+    pub lab: Option<LabInterface>,
+    /// Where the MLLP listener for lab results accepts connections, when one runs.
+    pub lab_listener: Option<SocketAddr>,
+    /// Cancelling it stops the background workers; each finishes the item in hand (the relay
+    /// drains the outbox for a bounded time).
+    pub shutdown: CancellationToken,
+    pub workers: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    /// Stops the background workers and waits for them, at most `timeout`.
+    pub async fn stop_workers(&mut self, timeout: std::time::Duration) {
+        self.shutdown.cancel();
+        let all = futures_join(std::mem::take(&mut self.workers));
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            tracing::warn!("background workers did not stop in time");
+        }
+    }
+}
+
+async fn futures_join(workers: Vec<JoinHandle<()>>) {
+    for w in workers {
+        let _ = w.await;
+    }
+}
+
+/// The background side of the services of one process: the event bus, the outbox relay, the
+/// consumers and the lab interface's workers.
+struct Background {
+    bus: Arc<dyn Bus>,
+    relay: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    /// The bus (Redis Streams when Redis is configured, else in-process on SQLite) and a relay.
+    async fn start(config: &Config, store: &Store, clock: &Arc<dyn Clock>) -> Result<Self, AppError> {
+        let bus: Arc<dyn Bus> = match config.redis_url()? {
+            Some(url) => Arc::new(RedisBus::connect(&url, &config.gateway.redis_prefix, BusConfig::default()).await?),
+            None => Arc::new(LocalBus::new(store.clone(), clock.clone(), BusConfig::default())?),
+        };
+        let shutdown = CancellationToken::new();
+        let relay = Relay::new(RelayConfig::default());
+        let notifier = relay.notifier();
+        let workers = vec![relay.spawn(store.clone(), bus.clone(), clock.clone(), shutdown.clone())];
+        Ok(Self { bus, relay: notifier, shutdown, workers })
+    }
+
+    fn consume(
+        &mut self,
+        store: &Store,
+        clock: &Arc<dyn Clock>,
+        group: &'static str,
+        topics: &[&str],
+        handler: Arc<dyn ehr_events::Handler>,
+    ) {
+        self.workers.push(spawn_consumer(
+            self.bus.clone(),
+            store.clone(),
+            clock.clone(),
+            group,
+            topics.iter().map(|t| (*t).to_owned()).collect(),
+            handler,
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// The lab interface with its sender and (when configured) its MLLP listener.
+    async fn lab(
+        &mut self,
+        settings: &LabSettings,
+        store: &Store,
+        clock: &Arc<dyn Clock>,
+        validator: Arc<Validator>,
+        terminology: &Terminology,
+    ) -> Result<(LabInterface, Option<SocketAddr>), AppError> {
+        let lab = LabInterface::new(
+            store.clone(),
+            clock.clone(),
+            settings.clone(),
+            validator,
+            terminology.clone(),
+            Some(self.relay.clone()),
+        );
+        self.workers.push(lab.spawn_workers(self.shutdown.clone()));
+        let mut bound = None;
+        if let Some(addr) = &settings.listen {
+            let (addr_bound, task) = lab
+                .spawn_listener(addr, self.shutdown.clone())
+                .await
+                .map_err(|e| AppError::LabListener(addr.clone(), e))?;
+            bound = Some(addr_bound);
+            self.workers.push(task);
+        }
+        self.consume(
+            store,
+            clock,
+            ehr_lab_interface::outbound::GROUP,
+            &[ehr_lab_interface::ORDER_PLACED, ehr_lab_interface::ORDER_CANCELLED],
+            Arc::new(lab.clone()),
+        );
+        Ok((lab, bound))
+    }
 }
 
 /// Builds the token verifier the config asks for. `gateway` is the in-process gateway's key
@@ -153,12 +270,40 @@ fn base_url(config: &Config) -> BaseUrl {
     }
 }
 
-/// The patient-record service's routes, mounted at `/fhir`.
-fn patient_record(config: &Config, store: Store, auth: AuthState, validator: Arc<Validator>) -> Router {
-    let service =
-        FhirService { store, validator, clock: auth.clock.clone(), types: ehr_patient_record::RESOURCE_TYPES.to_vec() };
-    let rest = RestState { service: Arc::new(service), auth, base: base_url(config) };
-    Router::new().nest(FHIR_BASE, ehr_patient_record::router(rest))
+/// A FHIR REST router over `types`, with the orders service's rules when it serves order types,
+/// mounted at `/fhir`.
+fn fhir_router(
+    config: &Config,
+    store: Store,
+    auth: AuthState,
+    validator: Arc<Validator>,
+    types: Vec<&'static str>,
+    terminology: &Terminology,
+) -> Router {
+    let clock = auth.clock.clone();
+    let rules: Option<Arc<dyn ehr_rest::WriteRules>> = if types.iter().any(|t| ehr_orders::RESOURCE_TYPES.contains(t)) {
+        Some(Arc::new(ehr_orders::OrderRules { terminology: terminology.clone(), clock: clock.clone() }))
+    } else {
+        None
+    };
+    let service = FhirService { store, validator, clock, types, rules };
+    let rest = RestState { service: Arc::new(service), auth: auth.clone(), base: base_url(config) };
+    Router::new().nest(FHIR_BASE, ehr_rest::router(rest)).nest(
+        FHIR_BASE,
+        ehr_terminology::http::router(ehr_terminology::http::TerminologyState {
+            terminology: terminology.clone(),
+            auth,
+        }),
+    )
+}
+
+/// The resource types of patient-record and orders together (target `all` serves them from one
+/// engine, so a transaction Bundle may span both), sorted.
+fn all_types() -> Vec<&'static str> {
+    let mut types: Vec<&'static str> =
+        ehr_patient_record::RESOURCE_TYPES.iter().chain(ehr_orders::RESOURCE_TYPES).copied().collect();
+    types.sort_unstable();
+    types
 }
 
 /// The layers every target shares: body limit, request ids, tracing by matched route.
@@ -272,14 +417,49 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         ))
         .into());
     }
-    if target == Target::PatientRecord {
+    if matches!(target, Target::PatientRecord | Target::Orders | Target::LabInterface) {
         // Keys first: a configuration the verifier refuses should not touch the database.
         let verifier = verifier(config, None).await?;
         let store = store(config, target).await?;
-        let auth = AuthState { verifier, clock };
-        let router = patient_record(config, store.clone(), auth, Arc::new(Validator::new()));
+        let auth = AuthState { verifier, clock: clock.clone() };
+        let validator = Arc::new(Validator::new());
+        let terminology = Terminology::builtin()?;
+        let mut bg = Background::start(config, &store, &clock).await?;
+        let (router, lab, lab_listener) = match target {
+            Target::PatientRecord => {
+                bg.consume(
+                    &store,
+                    &clock,
+                    ehr_patient_record::consumer::GROUP,
+                    &[ehr_lab_interface::LAB_RESULT_RECEIVED],
+                    Arc::new(ehr_patient_record::LabResults { validator: validator.clone(), clock: clock.clone() }),
+                );
+                let types = ehr_patient_record::RESOURCE_TYPES.to_vec();
+                (fhir_router(config, store.clone(), auth, validator, types, &terminology), None, None)
+            }
+            Target::Orders => {
+                bg.consume(
+                    &store,
+                    &clock,
+                    ehr_orders::consumer::GROUP,
+                    &[ehr_lab_interface::LAB_RESULT_RECEIVED],
+                    Arc::new(ehr_orders::OrderResults { clock: clock.clone() }),
+                );
+                let types = ehr_orders::RESOURCE_TYPES.to_vec();
+                (fhir_router(config, store.clone(), auth, validator, types, &terminology), None, None)
+            }
+            _ => {
+                let (lab, bound) = bg.lab(&config.lab, &store, &clock, validator, &terminology).await?;
+                let state = ehr_lab_interface::http::LabState {
+                    lab: lab.clone(),
+                    auth,
+                    listener: bound.map(|a| a.to_string()),
+                };
+                (ehr_lab_interface::http::router(state), Some(lab), bound)
+            }
+        };
         let router = common_layers(router, config, vec![db_ready(&store)]);
-        return Ok(App { router, store, gateway: None });
+        return Ok(App { router, store, gateway: None, lab, lab_listener, shutdown: bg.shutdown, workers: bg.workers });
     }
     // The gateway (alone, or with every service in-process).
     config.validate()?;
@@ -300,26 +480,74 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
     .await?;
     let verifier = verifier(config, Some((keys.issuer(), keys.key_source(clock.clone())))).await?;
     let auth = AuthState { verifier: verifier.clone(), clock: clock.clone() };
+    let gateway_clock = clock.clone();
     let validator = Arc::new(Validator::new());
     let audit_service = FhirService {
         store: store.clone(),
         validator: validator.clone(),
         clock: clock.clone(),
         types: vec!["AuditEvent"],
+        rules: None,
     };
     let audit_rest = RestState { service: Arc::new(audit_service), auth: auth.clone(), base: base_url(config) };
     let audit_router = Router::new().nest(FHIR_BASE, ehr_rest::read_only_router(audit_rest));
+    let mut lab = None;
+    let mut lab_listener = None;
+    let mut background = None;
     let upstreams = if target == Target::All {
-        let pr = Upstream::Local(patient_record(config, store.clone(), auth, validator));
-        Upstreams::new(pr.clone(), audit_router).route(ehr_patient_record::RESOURCE_TYPES, pr)
+        let terminology = Terminology::builtin()?;
+        let mut bg = Background::start(config, &store, &clock).await?;
+        bg.consume(
+            &store,
+            &clock,
+            ehr_patient_record::consumer::GROUP,
+            &[ehr_lab_interface::LAB_RESULT_RECEIVED],
+            Arc::new(ehr_patient_record::LabResults { validator: validator.clone(), clock: clock.clone() }),
+        );
+        bg.consume(
+            &store,
+            &clock,
+            ehr_orders::consumer::GROUP,
+            &[ehr_lab_interface::LAB_RESULT_RECEIVED],
+            Arc::new(ehr_orders::OrderResults { clock: clock.clone() }),
+        );
+        let (lab_interface, bound) = bg.lab(&config.lab, &store, &clock, validator.clone(), &terminology).await?;
+        let lab_router = ehr_lab_interface::http::router(ehr_lab_interface::http::LabState {
+            lab: lab_interface.clone(),
+            auth: auth.clone(),
+            listener: bound.map(|a| a.to_string()),
+        });
+        lab = Some(lab_interface);
+        lab_listener = bound;
+        background = Some(bg);
+        let types = all_types();
+        let fhir = Upstream::Local(fhir_router(config, store.clone(), auth, validator, types.clone(), &terminology));
+        Upstreams::new(fhir.clone(), audit_router)
+            .route(&types, fhir.clone())
+            .route(&["CodeSystem", "ValueSet"], fhir)
+            .lab(Upstream::Local(lab_router))
     } else {
-        let base = config.gateway.upstreams.get("patient-record").cloned().ok_or_else(|| {
+        let remote = |name: &str| -> Result<Option<Upstream>, AppError> {
+            match config.gateway.upstreams.get(name) {
+                Some(base) => Ok(Some(Upstream::Remote { base: base.clone(), client: reqwest_client()? })),
+                None => Ok(None),
+            }
+        };
+        let pr = remote("patient-record")?.ok_or_else(|| {
             ConfigError::Invalid(
                 "gateway.upstreams.patient-record (its base URL) is required for target gateway".into(),
             )
         })?;
-        let pr = Upstream::Remote { base, client: reqwest_client()? };
-        Upstreams::new(pr.clone(), audit_router).route(ehr_patient_record::RESOURCE_TYPES, pr)
+        let mut up = Upstreams::new(pr.clone(), audit_router)
+            .route(ehr_patient_record::RESOURCE_TYPES, pr.clone())
+            .route(&["CodeSystem", "ValueSet"], pr);
+        if let Some(orders) = remote("orders")? {
+            up = up.route(ehr_orders::RESOURCE_TYPES, orders);
+        }
+        if let Some(lab) = remote("lab-interface")? {
+            up = up.lab(lab);
+        }
+        up
     };
     let gateway = Gateway::new(GatewayInner {
         store: store.clone(),
@@ -327,7 +555,7 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         clock: clock.clone(),
         settings,
         keys,
-        audit: AuditSink::start(store.clone(), clock),
+        audit: AuditSink::start(store.clone(), gateway_clock),
         verifier,
         public_url: config.public_url.clone(),
         tenants: ehr_gateway::TenantCache::default(),
@@ -336,7 +564,11 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
     gateway.spawn_maintenance();
     let router = ehr_gateway::router(gateway.clone(), upstreams, config.max_body_bytes);
     let router = common_layers(router, config, vec![db_ready(&store), kv_ready(&kv)]);
-    Ok(App { router, store, gateway: Some(gateway) })
+    let (shutdown, workers) = match background {
+        Some(bg) => (bg.shutdown, bg.workers),
+        None => (CancellationToken::new(), Vec::new()),
+    };
+    Ok(App { router, store, gateway: Some(gateway), lab, lab_listener, shutdown, workers })
 }
 
 /// The client of the gateway's calls to the services: bounded waits, so that a hung service

@@ -174,7 +174,7 @@ mod tests {
     fn the_embedded_document_is_valid() {
         let m = AccessMatrix::parse(DOCUMENT).unwrap_or_else(|e| panic!("access-matrix.md: {e}"));
         assert_eq!(m.roles(), ROLES);
-        assert_eq!(m.resource_types().len(), 19);
+        assert_eq!(m.resource_types().len(), 28);
         assert_eq!(AccessMatrix::get(), &m);
         assert!(ROLES.iter().all(|r| m.is_role(r)));
         assert!(!m.is_role("resource type") && !m.is_role("admin"));

@@ -34,6 +34,9 @@ pub enum IssueType {
     Deleted,
     Conflict,
     Duplicate,
+    /// `business-rule`: the content is valid but breaks a rule of the server's workflow (a
+    /// status transition, a slot already booked elsewhere): 422.
+    BusinessRule,
     NotSupported,
     TooCostly,
     Processing,
@@ -60,6 +63,7 @@ impl IssueType {
             Self::Deleted => "deleted",
             Self::Conflict => "conflict",
             Self::Duplicate => "duplicate",
+            Self::BusinessRule => "business-rule",
             Self::NotSupported => "not-supported",
             Self::TooCostly => "too-costly",
             Self::Processing => "processing",
@@ -86,6 +90,7 @@ impl IssueType {
             Self::NotFound => 404,
             Self::Deleted => 410,
             Self::Conflict | Self::Duplicate => 409,
+            Self::BusinessRule => 422,
             Self::Throttled => 429,
             Self::Transient | Self::Timeout => 503,
             Self::Processing | Self::Exception => 500,

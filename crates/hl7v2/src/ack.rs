@@ -10,7 +10,7 @@
 use crate::builder::{MessageBuilder, SegmentBuilder};
 use crate::error::Result;
 use crate::message::Message;
-use crate::types::{ControlId, Location, Timestamp};
+use crate::types::{ControlId, Location, MessageType, Timestamp};
 
 /// MSA-1 acknowledgment code (table 0008, original mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,6 +31,16 @@ impl AckCode {
             Self::Error => "AE",
             Self::Reject => "AR",
         }
+    }
+
+    /// Reads an original-mode code (`AA`, `AE`, `AR`).
+    pub fn from_code(code: &str) -> Option<Self> {
+        Some(match code {
+            "AA" => Self::Accept,
+            "AE" => Self::Error,
+            "AR" => Self::Reject,
+            _ => return None,
+        })
     }
 }
 
@@ -83,6 +93,26 @@ impl ErrorCode {
             Self::ApplicationRecordLocked => 206,
             Self::ApplicationInternalError => 207,
         }
+    }
+
+    /// Reads a numeric table 0357 code.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Some(match code {
+            0 => Self::MessageAccepted,
+            100 => Self::SegmentSequenceError,
+            101 => Self::RequiredFieldMissing,
+            102 => Self::DataTypeError,
+            103 => Self::TableValueNotFound,
+            200 => Self::UnsupportedMessageType,
+            201 => Self::UnsupportedEventCode,
+            202 => Self::UnsupportedProcessingId,
+            203 => Self::UnsupportedVersionId,
+            204 => Self::UnknownKeyIdentifier,
+            205 => Self::DuplicateKeyIdentifier,
+            206 => Self::ApplicationRecordLocked,
+            207 => Self::ApplicationInternalError,
+            _ => return None,
+        })
     }
 
     /// The description of table 0357.
@@ -184,12 +214,20 @@ pub struct AckBuilder<'m, 'a> {
     original: &'m Message<'a>,
     code: AckCode,
     errors: Vec<AckError>,
+    message_type: Option<MessageType>,
 }
 
 impl<'m, 'a> AckBuilder<'m, 'a> {
     /// An acknowledgment of `original` with this MSA-1 code.
     pub fn new(original: &'m Message<'a>, code: AckCode) -> Self {
-        Self { original, code, errors: Vec::new() }
+        Self { original, code, errors: Vec::new(), message_type: None }
+    }
+
+    /// Writes this MSH-9 instead of `ACK^<trigger>^ACK`: for the message-specific
+    /// acknowledgments such as ORL^O34 answering OML^O33 (§2.9.2, application acknowledgment).
+    pub fn message_type(mut self, message_type: MessageType) -> Self {
+        self.message_type = Some(message_type);
+        self
     }
 
     /// Adds an error; each becomes one ERR segment.
@@ -215,10 +253,13 @@ impl<'m, 'a> AckBuilder<'m, 'a> {
             .raw(12, field(12))
             .raw(18, field(18))
             .raw(20, field(20));
-        header = if trigger.is_empty() {
+        let component = self.original.delimiters().component();
+        header = if let Some(message_type) = &self.message_type {
+            header.raw(9, message_type.to_raw(component))
+        } else if trigger.is_empty() {
             header.field(9, "ACK")
         } else {
-            header.raw(9, format!("ACK{c}{trigger}{c}ACK", c = self.original.delimiters().component()))
+            header.raw(9, format!("ACK{component}{trigger}{component}ACK"))
         };
         let msa = SegmentBuilder::new("MSA").field(1, self.code.as_str()).raw(2, msh.field(10).raw());
         let mut message = MessageBuilder::new(*self.original.delimiters()).segment(header).segment(msa);

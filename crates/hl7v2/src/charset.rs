@@ -238,6 +238,15 @@ pub fn encode(text: &str, charset: Charset) -> Result<Cow<'_, [u8]>> {
     }
 }
 
+/// Encodes a message in the character set its own MSH-18 declares: the wire form of a
+/// [`crate::MessageBuilder`] output (a JAHIS message built with `~ISO IR87` goes out as
+/// ISO-2022-JP, one built with `UNICODE UTF-8` as UTF-8).
+pub fn encode_declared(text: &str) -> Result<Cow<'_, [u8]>> {
+    // `detect` reads MSH-18 from bytes; the UTF-8 bytes of kanji are all >= 0x80, so they are
+    // never mistaken for a delimiter.
+    encode(text, detect(text.as_bytes())?)
+}
+
 /// Unicode characters that the JIS X 0208 standard mapping (JIS X 0221, used by Java and
 /// Python, and by many lab systems) gives to a JIS code which the WHATWG index, following
 /// Windows-31J, gives to another character. Both name the same JIS character, so they are
@@ -400,6 +409,18 @@ mod tests {
         assert!(matches!(err, Hl7Error::MalformedText { offset: 4, .. }));
         let err = decode_as(b"MSH|\xE5\xB1", Charset::Utf8).unwrap_err();
         assert!(matches!(err, Hl7Error::MalformedText { offset: 4, .. }));
+    }
+
+    #[test]
+    fn encode_declared_follows_msh18() {
+        let iso = format!("{JAHIS_MSH}PID|1||1||山田^太郎\r");
+        let wire = encode_declared(&iso).unwrap();
+        assert!(wire.is_ascii() && wire.windows(3).any(|w| w == b"\x1B$B"));
+        assert_eq!(decode(&wire).unwrap(), iso);
+        let utf8 = "MSH|^~\\&|||||||ORU^R01^ORU_R01|1|P|2.5||||||UNICODE UTF-8\rPID|1||1||山田\r";
+        assert_eq!(&*encode_declared(utf8).unwrap(), utf8.as_bytes());
+        let ascii = "MSH|^~\\&|||||||ORU^R01^ORU_R01|1|P|2.5\rPID|1||1||山田\r";
+        assert!(matches!(encode_declared(ascii), Err(Hl7Error::Unmappable { .. })));
     }
 
     #[test]

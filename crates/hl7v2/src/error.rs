@@ -59,9 +59,32 @@ pub enum Hl7Error {
     /// A message of a type this reader does not handle (ERR-3 200).
     #[error("message type is not one of {expected}")]
     UnexpectedMessageType { expected: &'static str },
+    /// The MLLP peer could not be reached (refused, unreachable, name not resolved); the
+    /// operating system's error is the source, kept out of the text.
+    #[error("could not connect to the mllp peer")]
+    ConnectFailed(#[source] std::io::Error),
+    /// An MLLP step took longer than its timeout: `connect`, `write`, `reply` or `idle`.
+    #[error("mllp {phase} timed out")]
+    Timeout { phase: &'static str },
+    /// The peer closed the connection after our message and before a reply frame began.
+    #[error("the mllp peer closed the connection without replying")]
+    ClosedWithoutReply,
 }
 
 impl Hl7Error {
+    /// Whether the failure is the connection's, not the message's, so sending the same message
+    /// again later may succeed: connect failure, timeout, a connection closed or broken.
+    pub fn is_transport_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::ConnectFailed(_)
+                | Self::Timeout { .. }
+                | Self::ClosedWithoutReply
+                | Self::TruncatedFrame
+                | Self::Io(_)
+        )
+    }
+
     /// Where in the message the error is, for ERR-2, when it is tied to a segment or field.
     pub fn location(&self) -> Option<&Location> {
         match self {
@@ -120,6 +143,8 @@ impl Classify for Hl7Error {
             Self::SegmentOutOfOrder { .. } => IssueType::Structure,
             Self::InvalidValue { .. } => IssueType::Invalid,
             Self::UnexpectedMessageType { .. } => IssueType::NotSupported,
+            Self::ConnectFailed(_) | Self::ClosedWithoutReply => IssueType::Transient,
+            Self::Timeout { .. } => IssueType::Timeout,
         }
     }
 
@@ -147,6 +172,9 @@ impl Classify for Hl7Error {
             Self::SegmentOutOfOrder { .. } => "EHR-HL7-020",
             Self::InvalidValue { .. } => "EHR-HL7-021",
             Self::UnexpectedMessageType { .. } => "EHR-HL7-022",
+            Self::ConnectFailed(_) => "EHR-HL7-023",
+            Self::Timeout { .. } => "EHR-HL7-024",
+            Self::ClosedWithoutReply => "EHR-HL7-025",
         }
     }
 }
@@ -183,6 +211,9 @@ mod tests {
             Hl7Error::SegmentOutOfOrder { location: Location::segment("OBX"), expected: "x" },
             Hl7Error::InvalidValue { location: Location::field("OBX", 5), expected: "x" },
             Hl7Error::UnexpectedMessageType { expected: "x" },
+            Hl7Error::ConnectFailed(std::io::Error::other("x")),
+            Hl7Error::Timeout { phase: "reply" },
+            Hl7Error::ClosedWithoutReply,
         ];
         let mut codes: Vec<_> = all.iter().map(Classify::code).collect();
         assert!(codes.iter().all(|c| c.starts_with("EHR-HL7-")));
@@ -194,6 +225,9 @@ mod tests {
     #[test]
     fn io_errors_do_not_leak_their_text() {
         let err = Hl7Error::from(std::io::Error::other("secret peer detail"));
+        assert!(!err.to_string().contains("secret"));
+        assert_eq!(err.issue_type(), IssueType::Transient);
+        let err = Hl7Error::ConnectFailed(std::io::Error::other("secret host name"));
         assert!(!err.to_string().contains("secret"));
         assert_eq!(err.issue_type(), IssueType::Transient);
     }

@@ -9,9 +9,19 @@
 //!   HL7 v2.5 §7.3.1) into [`LabResults`]. A required element that is missing or malformed gives
 //!   an [`Hl7Error`] with the [`Location`] of the field (see [`Hl7Error::location`] and
 //!   [`Hl7Error::to_ack_error`]) so the receiver can answer AE with an ERR naming it.
+//! - Order acknowledgments: [`OrlBuilder`] writes ORL^O34 (the lab's answer to OML^O33),
+//!   [`parse_orl_o34`] reads it back for the order's sender.
+//! - Results out (the laboratory's side, for simulators and tests): [`build_oul_r22`] and
+//!   [`build_oru_r01`] write what [`parse_lab_results`] reads.
 //!
 //! Codes follow JAHIS: JLAC10 as coding system `JC10`, local systems as `99…`; Japanese names
 //! as PID-5 repetitions with XPN-8 `I` (漢字, ideographic) and `P` (カナ, phonetic).
+
+mod orl;
+mod results;
+
+pub use orl::{OrderControl, OrderResponse, OrlBuilder, OrlReply, OrlResponse, SpecimenResponse, parse_orl_o34};
+pub use results::{build_oru_r01, build_oul_r22};
 
 use crate::builder::{MessageBuilder, SegmentBuilder};
 use crate::charset::Charset;
@@ -537,13 +547,18 @@ fn required_code(segment: &Located<'_, '_>, n: usize) -> Result<CodedElement> {
     Ok(element)
 }
 
-fn parse_patient(pid: &Located<'_, '_>) -> Result<Patient> {
-    // PID-3 (§3.4.2.3): the repetition whose CX-5 identifier type is `PI`, else the first.
+/// PID-3 (§3.4.2.3): CX-1 of the repetition whose CX-5 identifier type is `PI`, else of the
+/// first; required.
+fn parse_patient_id(pid: &Located<'_, '_>) -> Result<String> {
     let ids = pid.field(3);
     let id_rep = ids.repetitions().find(|r| r.component(5).raw() == "PI").unwrap_or_else(|| ids.repetition(1));
     let id = text_of(id_rep.component(1));
     required(&id, pid.location(3).component(1))?;
+    Ok(id)
+}
 
+fn parse_patient(pid: &Located<'_, '_>) -> Result<Patient> {
+    let id = parse_patient_id(pid)?;
     let mut patient = Patient { id, ..Patient::default() };
     for rep in pid.field(5).repetitions() {
         let name = PersonName { family: text_of(rep.component(1)), given: text_of(rep.component(2)) };

@@ -16,7 +16,7 @@ pub use audit::AUDIT_PATIENTS;
 pub use capability::capability_statement;
 pub use error::RestError;
 pub use render::BaseUrl;
-pub use service::{FhirService, WriteOutcome};
+pub use service::{Change, FhirService, WriteOutcome, WriteRules};
 
 use axum::Router;
 use axum::extract::FromRef;

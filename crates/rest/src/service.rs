@@ -20,6 +20,35 @@ pub struct FhirService {
     pub clock: Arc<dyn Clock>,
     /// The resource types this service owns, sorted.
     pub types: Vec<&'static str>,
+    /// The service's own business rules (workflows, reservations, events), if it has any.
+    pub rules: Option<Arc<dyn WriteRules>>,
+}
+
+/// One write, as a service's [`WriteRules`] see it.
+#[derive(Debug)]
+pub struct Change<'a> {
+    pub resource_type: &'static str,
+    pub id: &'a str,
+    /// The version before the write; `None` for a creation (or a re-creation after a delete).
+    pub previous: Option<&'a Value>,
+    /// The version written (with its id and `meta`); `None` for a delete.
+    pub next: Option<&'a Value>,
+}
+
+/// Business rules a service adds to the generic interactions: checked on every create, update,
+/// patch and delete of its types — including each entry of a transaction Bundle — inside the
+/// write's own transaction, after the store wrote the new version.
+///
+/// An error rolls the whole transaction back, so a rule may also write other resources (a slot
+/// booked with its appointment) or emit events (the outbox): they commit with the change or not
+/// at all.
+#[async_trait::async_trait]
+pub trait WriteRules: Send + Sync {
+    async fn on_write(&self, tx: &Tx, change: &Change<'_>) -> Result<(), Problem>;
+}
+
+fn parse_stored(stored: &Stored) -> Result<Value, Problem> {
+    serde_json::from_str(&stored.content).map_err(|_| StoreError::Internal("stored json".into()).into())
 }
 
 /// The result of a write.
@@ -140,6 +169,7 @@ impl FhirService {
         }
         let warnings = self.validate(resource_type, &resource)?;
         let stored = tx.create(resource_type, assigned_id, resource, self.clock.now()).await?;
+        self.apply_rules(tx, resource_type, None, &stored).await?;
         Ok(WriteOutcome { stored, status: 201, warnings })
     }
 
@@ -159,7 +189,12 @@ impl FhirService {
             Some(_) => {}
         }
         let warnings = self.validate(resource_type, &resource)?;
+        let previous = match &self.rules {
+            Some(_) => tx.read_for_update(resource_type, id.as_str()).await?.filter(|s| !s.deleted),
+            None => None,
+        };
         let (stored, created) = tx.update(resource_type, &id, resource, if_match, "PUT", self.clock.now()).await?;
+        self.apply_rules(tx, resource_type, previous.as_ref(), &stored).await?;
         Ok(WriteOutcome { stored, status: if created { 201 } else { 200 }, warnings })
     }
 
@@ -245,6 +280,7 @@ impl FhirService {
         let id = ResourceId::parse(id).map_err(|_| RestError::InvalidId)?;
         let expected = if_match.or(Some(current.version));
         let (stored, _) = tx.update(resource_type, &id, resource, expected, "PATCH", self.clock.now()).await?;
+        self.apply_rules(tx, resource_type, Some(&current), &stored).await?;
         Ok(WriteOutcome { stored, status: 200, warnings })
     }
 
@@ -292,7 +328,31 @@ impl FhirService {
     /// `delete`; deleting what does not exist (or is already deleted) succeeds.
     pub async fn delete(&self, tx: &Tx, resource_type: &'static str, id: &str) -> Result<Option<Stored>, Problem> {
         ResourceId::parse(id).map_err(|_| RestError::InvalidId)?;
-        Ok(tx.delete(resource_type, id, self.clock.now()).await?)
+        let Some(rules) = &self.rules else {
+            return Ok(tx.delete(resource_type, id, self.clock.now()).await?);
+        };
+        let previous = tx.read_for_update(resource_type, id).await?.filter(|s| !s.deleted);
+        let deleted = tx.delete(resource_type, id, self.clock.now()).await?;
+        if let Some(previous) = &previous {
+            let previous = parse_stored(previous)?;
+            rules.on_write(tx, &Change { resource_type, id, previous: Some(&previous), next: None }).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Runs the service's rules on a write the store just made.
+    async fn apply_rules(
+        &self,
+        tx: &Tx,
+        resource_type: &'static str,
+        previous: Option<&Stored>,
+        stored: &Stored,
+    ) -> Result<(), Problem> {
+        let Some(rules) = &self.rules else { return Ok(()) };
+        let previous = previous.map(parse_stored).transpose()?;
+        let next = parse_stored(stored)?;
+        let change = Change { resource_type, id: &stored.id, previous: previous.as_ref(), next: Some(&next) };
+        rules.on_write(tx, &change).await
     }
 
     /// Conditional delete (single-match mode).

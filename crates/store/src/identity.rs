@@ -182,7 +182,7 @@ impl SysTx {
         Ok(self.txn.query_all_raw(Statement::from_sql_and_values(self.backend, sql, values)).await?)
     }
 
-    async fn exec(&self, sql: &str, values: Vec<Value>) -> Result<u64, StoreError> {
+    pub(crate) async fn exec(&self, sql: &str, values: Vec<Value>) -> Result<u64, StoreError> {
         Ok(self.txn.execute_raw(Statement::from_sql_and_values(self.backend, sql, values)).await?.rows_affected())
     }
 

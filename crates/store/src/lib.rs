@@ -9,18 +9,25 @@
 //! Beside the resources: the gateway's identity state ([`SysTx`] for tenants, OAuth clients and
 //! signing keys; the tenant's [`Tx`] for users and recovery codes) and the per-tenant hash chain
 //! over AuditEvents (`Tx::append_audit`, `Tx::verify_audit_chain`).
+//!
+//! Events leave through the transactional outbox ([`Tx::emit`], relayed by `ehr-events`);
+//! consumers deduplicate with receipts ([`Tx::record_receipt`]).
 
 mod audit;
 mod error;
 mod identity;
+mod lab;
 mod migration;
+mod outbox;
 mod repo;
 mod sql;
 
 pub use audit::{AuditProblem, AuditVerification};
 pub use error::StoreError;
 pub use identity::{ClientRecord, KeyRecord, NewUser, SysTx, TenantRecord, UserRecord};
-pub use migration::{APP_ROLE, Migrator};
+pub use lab::{Hl7Message, LabEndpoint, MessageFilter};
+pub use migration::{APP_ROLE, Migrator, RELAY_ROLE};
+pub use outbox::{DeadLetter, EventId, NewEvent, OutboxBatch, OutboxEvent, is_valid_topic};
 pub use repo::{HistoryScope, SearchPage, Store, StoreConfig, Stored, Tx};
 
 #[cfg(test)]

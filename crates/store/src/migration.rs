@@ -11,7 +11,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001ResourceStore), Box::new(M0002Identity)]
+        vec![Box::new(M0001ResourceStore), Box::new(M0002Identity), Box::new(M0003Outbox), Box::new(M0004Lab)]
     }
 }
 
@@ -298,6 +298,177 @@ impl MigrationTrait for M0002Identity {
                 db.execute_unprepared(&tenant_isolation(table)).await?;
             }
             for table in SYSTEM_TABLES {
+                db.execute_unprepared(&format!(
+                    "DO $$ BEGIN
+                       GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};
+                     EXCEPTION WHEN undefined_object THEN NULL;
+                     END $$"
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The role a relay transaction switches to on PostgreSQL (see m0003 and `crate::outbox`): it
+/// reads, marks and purges the outbox of every tenant, purges receipts, and nothing else.
+pub const RELAY_ROLE: &str = "ehr_relay";
+
+/// The outbox column that orders events: an identity column on PostgreSQL; on SQLite an
+/// AUTOINCREMENT rowid, which (unlike a plain rowid) is never reused after the newest rows are
+/// purged, so a consumer's cursor never sees a number twice.
+fn outbox_schema(backend: DbBackend) -> String {
+    let seq = match backend {
+        DbBackend::Postgres => "seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        _ => "seq INTEGER PRIMARY KEY AUTOINCREMENT",
+    };
+    format!(
+        r#"
+CREATE TABLE outbox (
+    {seq},
+    id           TEXT   NOT NULL UNIQUE,
+    tenant_id    TEXT   NOT NULL,
+    topic        TEXT   NOT NULL,
+    key          TEXT   NOT NULL,
+    payload      TEXT   NOT NULL,
+    trace        TEXT,
+    created_at   BIGINT NOT NULL,
+    published_at BIGINT
+);
+CREATE INDEX outbox_unpublished ON outbox (seq) WHERE published_at IS NULL;
+CREATE INDEX outbox_published ON outbox (published_at);
+
+CREATE TABLE event_receipts (
+    tenant_id    TEXT   NOT NULL,
+    consumer     TEXT   NOT NULL,
+    event_id     TEXT   NOT NULL,
+    processed_at BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, consumer, event_id)
+);
+CREATE INDEX event_receipts_processed ON event_receipts (processed_at);
+
+CREATE TABLE event_cursors (
+    consumer   TEXT   NOT NULL,
+    topic      TEXT   NOT NULL,
+    seq        BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (consumer, topic)
+);
+
+CREATE TABLE event_dead_letters (
+    consumer   TEXT    NOT NULL,
+    seq        BIGINT  NOT NULL,
+    event_id   TEXT    NOT NULL,
+    topic      TEXT    NOT NULL,
+    deliveries INTEGER NOT NULL,
+    dead_at    BIGINT  NOT NULL,
+    PRIMARY KEY (consumer, seq)
+)
+"#
+    )
+}
+
+struct M0003Outbox;
+
+impl MigrationName for M0003Outbox {
+    fn name(&self) -> &str {
+        "m0003_outbox"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0003Outbox {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        for statement in outbox_schema(backend).split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            db.execute_unprepared(statement).await?;
+        }
+        if backend == DbBackend::Postgres {
+            // Events and receipts are tenant data: the same two walls as every tenant table.
+            for table in ["outbox", "event_receipts"] {
+                db.execute_unprepared(&tenant_isolation(table)).await?;
+            }
+            // The LocalBus's cursors and dead-letter marks hold consumer names, topics, sequence
+            // numbers and event ids, no tenant data: system tables.
+            for table in ["event_cursors", "event_dead_letters"] {
+                db.execute_unprepared(&format!(
+                    "DO $$ BEGIN
+                       GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};
+                     EXCEPTION WHEN undefined_object THEN NULL;
+                     END $$"
+                ))
+                .await?;
+            }
+            // The relay's role (why a role and not a policy on the empty tenant: see
+            // `crate::outbox`). Created when the migrating user may create roles, and granted to
+            // it so that its pool can switch to it per transaction, like the application role.
+            db.execute_unprepared(&format!(
+                "DO $$ BEGIN
+                   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{RELAY_ROLE}') THEN
+                     CREATE ROLE {RELAY_ROLE} NOLOGIN NOBYPASSRLS;
+                   END IF;
+                 EXCEPTION
+                   WHEN insufficient_privilege THEN
+                     RAISE NOTICE 'cannot create role {RELAY_ROLE}; the outbox relay will fail';
+                   -- Another database of the cluster migrating at the same moment created it.
+                   WHEN duplicate_object OR unique_violation THEN NULL;
+                 END $$"
+            ))
+            .await?;
+            db.execute_unprepared(&format!(
+                "DO $$ BEGIN
+                   EXECUTE format('GRANT {RELAY_ROLE} TO %I', current_user);
+                 EXCEPTION WHEN insufficient_privilege OR undefined_object THEN
+                   RAISE NOTICE 'cannot grant role {RELAY_ROLE}; the outbox relay will fail';
+                 END $$"
+            ))
+            .await?;
+            // Permissive policies for that role only, OR-ed with `tenant_isolation`: every
+            // tenant's events may be read, marked published and purged. The column grant keeps
+            // an event's content immutable even for the relay; there is no INSERT grant, so the
+            // relay cannot forge an event.
+            db.execute_unprepared(&format!(
+                "DO $$ BEGIN
+                   CREATE POLICY relay_read ON outbox FOR SELECT TO {RELAY_ROLE} USING (true);
+                   CREATE POLICY relay_mark ON outbox FOR UPDATE TO {RELAY_ROLE} USING (true) WITH CHECK (true);
+                   CREATE POLICY relay_purge ON outbox FOR DELETE TO {RELAY_ROLE} USING (true);
+                   GRANT SELECT, DELETE ON outbox TO {RELAY_ROLE};
+                   GRANT UPDATE (published_at) ON outbox TO {RELAY_ROLE};
+                   CREATE POLICY relay_read ON event_receipts FOR SELECT TO {RELAY_ROLE} USING (true);
+                   CREATE POLICY relay_purge ON event_receipts FOR DELETE TO {RELAY_ROLE} USING (true);
+                   GRANT SELECT, DELETE ON event_receipts TO {RELAY_ROLE};
+                 EXCEPTION WHEN undefined_object THEN NULL;
+                 END $$"
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// m0004: the lab-interface service's endpoints and HL7 v2 message log (see `lab.rs`).
+struct M0004Lab;
+
+impl MigrationName for M0004Lab {
+    fn name(&self) -> &str {
+        "m0004_lab"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0004Lab {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        for statement in crate::lab::LAB_SCHEMA.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            db.execute_unprepared(statement).await?;
+        }
+        if db.get_database_backend() == DbBackend::Postgres {
+            for table in crate::lab::LAB_TENANT_TABLES {
+                db.execute_unprepared(&tenant_isolation(table)).await?;
+            }
+            for table in crate::lab::LAB_SYSTEM_TABLES {
                 db.execute_unprepared(&format!(
                     "DO $$ BEGIN
                        GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};

@@ -48,9 +48,25 @@ pub struct TestApp {
     pub clock: Arc<TestClock>,
     /// The gateway (its store and security state), for set-up a test does not do over HTTP.
     pub gateway: ehr_gateway::Gateway,
+    /// Where the lab interface's MLLP listener accepts results, when the test configured
+    /// `lab.listen`.
+    pub lab_mllp: Option<std::net::SocketAddr>,
+    /// The lab interface (to run a sender pass without waiting for its poll).
+    pub lab: Option<ehr_lab_interface::LabInterface>,
+    /// Stops the background workers when the test ends.
+    _workers: WorkerGuard,
     token: String,
     signer: DevSigner,
     _data_dir: Option<TempDir>,
+}
+
+/// Cancels an app's background workers when dropped.
+struct WorkerGuard(ehr_events::CancellationToken);
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 /// A directory removed when dropped.
@@ -103,6 +119,8 @@ impl TestApp {
         config.gateway.secret_key = Some(ehr_gateway::Sealer::generate_key().into());
         config.gateway.rate_limit.login_per_sec = 100_000.0;
         config.gateway.rate_limit.login_burst = 100_000;
+        // The lab sender polls often: tests wait on its effects.
+        config.lab.poll_interval_ms = 50;
         if std::env::var("TEST_KV").as_deref() != Ok("memory") {
             let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
             config.gateway.redis_url = Some(url.into());
@@ -126,6 +144,9 @@ impl TestApp {
             panic!("build app (is Redis running at TEST_REDIS_URL? TEST_KV=memory avoids it): {e}")
         });
         let gateway = app.gateway.clone().expect("target all has a gateway");
+        let lab_mllp = app.lab_listener;
+        let lab = app.lab.clone();
+        let workers = WorkerGuard(app.shutdown.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = format!("http://{}", listener.local_addr().expect("addr"));
         let router = app.router;
@@ -146,6 +167,9 @@ impl TestApp {
                 .expect("http client"),
             clock,
             gateway,
+            lab_mllp,
+            lab,
+            _workers: workers,
             token: String::new(),
             signer,
             _data_dir: data_dir,

@@ -412,6 +412,8 @@ pub fn router(gw: Gateway, upstreams: Upstreams, max_body: usize) -> Router {
         .route("/admin/clients/{id}/deactivate", post(admin::deactivate_client))
         .route("/admin/keys", get(admin::list_keys))
         .route("/admin/keys/rotate", post(admin::rotate_keys))
+        .route("/lab/{*rest}", any(proxy::forward_lab))
+        .route("/admin/connections", any(proxy::forward_lab))
         .route("/fhir", any(proxy::forward))
         .route("/fhir/", any(proxy::forward))
         .route("/fhir/{*rest}", any(proxy::forward))

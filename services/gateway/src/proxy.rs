@@ -40,9 +40,11 @@ pub enum Upstream {
     Remote { base: String, client: reqwest::Client },
 }
 
-/// Which service serves which resource type.
+/// Which service serves which resource type (and which one the non-FHIR service APIs).
 pub struct Upstreams {
     by_type: HashMap<String, Upstream>,
+    /// The lab interface's admin API (`/lab/…`, `/admin/connections`), when it runs.
+    lab: Option<Upstream>,
     /// The service answering system-level requests (`/metadata`, batch/transaction, `_history`).
     default: Upstream,
     /// The gateway's own FHIR router (AuditEvent, read-only), mounted at `/fhir`.
@@ -52,7 +54,13 @@ pub struct Upstreams {
 impl Upstreams {
     /// A routing table with `default` for system-level requests and `audit` for AuditEvent.
     pub fn new(default: Upstream, audit: Router) -> Self {
-        Self { by_type: HashMap::new(), default, audit }
+        Self { by_type: HashMap::new(), lab: None, default, audit }
+    }
+
+    /// Routes the lab interface's admin API to `upstream`.
+    pub fn lab(mut self, upstream: Upstream) -> Self {
+        self.lab = Some(upstream);
+        self
     }
 
     /// Routes `types` to `upstream`.
@@ -416,5 +424,65 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
             gw.audit.record(&tenant, rest_event(&now, &tenant, &actor, interaction, status, &access)).await;
         }
     }
+    resp
+}
+
+/// A service's own (non-FHIR) API behind the gateway — the lab interface's `/lab/…` and
+/// `/admin/connections`: the same token check, revocation and rate limits as FHIR requests, and
+/// an AuditEvent per request (the services check the scopes themselves).
+pub async fn forward_lab(State(st): State<GwState>, req: Request) -> Response {
+    let Some(upstream) = st.upstreams.lab.clone() else {
+        return ehr_http::Problem::from(ehr_http::HttpError::NoRoute).into_response();
+    };
+    let (mut parts, body) = req.into_parts();
+    let mut actor = Actor {
+        address: client_address(
+            &parts.headers,
+            parts.extensions.get::<ConnectInfo<SocketAddr>>(),
+            st.gw.settings.trusted_proxies,
+        ),
+        ..Actor::default()
+    };
+    let gw = &st.gw;
+    let verified = match gw.authenticate(&parts.headers, &actor).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let tenant = verified.principal.tenant.clone();
+    match gw.admit(&verified.claims, &tenant).await {
+        Ok(()) => actor = actor_from_claims(&verified.claims, actor),
+        Err(e @ GatewayError::RateLimited { .. }) => return e.into_response(),
+        Err(e) => return gw.token_rejected(&actor, e).await.into_response(),
+    }
+    let body = match axum::body::to_bytes(body, st.max_body).await {
+        Ok(b) => b,
+        Err(_) => return GatewayError::TooLarge.into_response(),
+    };
+    if !parts.headers.contains_key("traceparent")
+        && let Ok(v) = HeaderValue::from_str(&new_traceparent())
+    {
+        parts.headers.insert("traceparent", v);
+    }
+    let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let path = parts.uri.path().to_owned();
+    let action = match parts.method {
+        axum::http::Method::GET => "R",
+        axum::http::Method::POST if path.ends_with("/results") => "C",
+        _ => "U",
+    };
+    let interaction = crate::audit::RestInteraction { code: "operation", action };
+    let resp = match call(upstream, parts, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    // The path names endpoints and messages by opaque ids only; no PHI.
+    let access = Access {
+        resource: Some(path.trim_start_matches('/')),
+        resource_type: Some("LabInterface"),
+        request_id: request_id.as_deref(),
+        ..Access::default()
+    };
+    let event = rest_event(&gw.now_instant(), &tenant, &actor, interaction, resp.status().as_u16(), &access);
+    gw.audit.record(&tenant, event).await;
     resp
 }

@@ -3,6 +3,10 @@
 //! It owns the resource types below and serves them through the shared FHIR REST engine
 //! (`ehr-rest`); it has no tables of its own beyond the store's resource tables.
 
+pub mod consumer;
+
+pub use consumer::LabResults;
+
 use axum::Router;
 use ehr_rest::RestState;
 

@@ -236,7 +236,12 @@ pub fn split_reference(url: &str) -> Option<(&str, &str)> {
 }
 
 fn reference(node: &Value) -> Option<IndexValue> {
-    let url = node.get("reference").and_then(Value::as_str)?;
+    let url = match node {
+        // A canonical (`ServiceRequest.instantiatesCanonical`) is a plain URL string, searched
+        // as a reference parameter in R4.
+        Value::String(canonical) => canonical.as_str(),
+        _ => node.get("reference").and_then(Value::as_str)?,
+    };
     if url.starts_with('#') {
         return None; // contained resources are not separately searchable
     }
@@ -316,6 +321,62 @@ mod tests {
         assert!(patients_of("Observation", &grp).is_empty());
         assert_eq!(patients_of("Patient", &json!({"id": "p2"})), vec!["Patient/p2".to_owned()]);
         assert!(patients_of("Organization", &json!({"id": "o"})).is_empty());
+    }
+
+    #[test]
+    fn appointment_patient_is_the_patient_participant() {
+        let a = json!({"resourceType": "Appointment", "status": "booked",
+        "participant": [
+            {"actor": {"reference": "Patient/p1"}, "status": "accepted"},
+            {"actor": {"reference": "Practitioner/d1"}, "status": "accepted"},
+            {"actor": {"reference": "Location/room1"}, "status": "needs-action"}
+        ]});
+        let e = extract("Appointment", &a);
+        let ids = |param| -> Vec<Option<String>> {
+            values_of(&e, param)
+                .into_iter()
+                .map(|v| match v {
+                    IndexValue::Reference { target_id, .. } => target_id,
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(ids("patient"), vec![Some("p1".to_owned())]);
+        assert_eq!(ids("practitioner"), vec![Some("d1".to_owned())]);
+        assert_eq!(ids("location"), vec![Some("room1".to_owned())]);
+        assert_eq!(ids("actor").len(), 3);
+        assert_eq!(values_of(&e, "part-status").len(), 3);
+        assert_eq!(patients_of("Appointment", &a), vec!["Patient/p1".to_owned()]);
+    }
+
+    #[test]
+    fn canonical_references_are_indexed_by_url() {
+        let sr = json!({"resourceType": "ServiceRequest",
+            "instantiatesCanonical": ["http://example.org/fhir/PlanDefinition/cbc|1.0"],
+            "subject": {"reference": "Patient/p1"}});
+        assert_eq!(
+            values_of(&extract("ServiceRequest", &sr), "instantiates-canonical"),
+            vec![IndexValue::Reference {
+                target_type: None,
+                target_id: None,
+                url: "http://example.org/fhir/PlanDefinition/cbc|1.0".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn medication_request_dates_repeat_per_timing_event() {
+        let mr = json!({"resourceType": "MedicationRequest",
+        "medicationCodeableConcept": {"coding": [{"system": "urn:oid:1.2.392.100495.20.2.74", "code": "620000033"}]},
+        "authoredOn": "2024-04-01",
+        "dosageInstruction": [
+            {"timing": {"event": ["2024-04-01T08:00:00+09:00", "2024-04-01T20:00:00+09:00"]}},
+            {"timing": {"event": ["2024-04-02T08:00:00+09:00"]}}
+        ]});
+        let e = extract("MedicationRequest", &mr);
+        assert_eq!(values_of(&e, "date").len(), 3);
+        assert_eq!(values_of(&e, "authoredon").len(), 1);
+        assert_eq!(values_of(&e, "code").len(), 1);
     }
 
     #[test]

@@ -312,6 +312,194 @@ const COVERAGE: &[SearchParamDef] = &[
     r("payor", &["payor"], &["Organization", "Patient", "RelatedPerson"]),
 ];
 
+/// Lab and imaging orders (R4 `ServiceRequest`, request pattern).
+const SERVICE_REQUEST: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("status", Token, &["status"]),
+    p("intent", Token, &["intent"]),
+    p("priority", Token, &["priority"]),
+    p("category", Token, &["category"]),
+    p("code", Token, &["code"]),
+    p("body-site", Token, &["bodySite"]),
+    p("performer-type", Token, &["performerType"]),
+    p("requisition", Token, &["requisition"]),
+    p("instantiates-uri", Uri, &["instantiatesUri"]),
+    p("authored", Date, &["authoredOn"]),
+    // R4 `ServiceRequest.occurrence`: dateTime, Period or Timing. A Timing contributes its
+    // events and its bounding period, so the parameter repeats (see `is_single_valued_date`).
+    p(
+        "occurrence",
+        Date,
+        &["occurrenceDateTime", "occurrencePeriod", "occurrenceTiming.event", "occurrenceTiming.repeat.boundsPeriod"],
+    ),
+    r("patient", &["subject"], &["Patient"]),
+    r("subject", &["subject"], &["Patient", "Group", "Location", "Device"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+    r(
+        "requester",
+        &["requester"],
+        &["Practitioner", "PractitionerRole", "Organization", "Patient", "RelatedPerson", "Device"],
+    ),
+    r(
+        "performer",
+        &["performer"],
+        &[
+            "Practitioner",
+            "PractitionerRole",
+            "Organization",
+            "CareTeam",
+            "HealthcareService",
+            "Patient",
+            "Device",
+            "RelatedPerson",
+        ],
+    ),
+    r("based-on", &["basedOn"], &["CarePlan", "ServiceRequest", "MedicationRequest"]),
+    r("replaces", &["replaces"], &["ServiceRequest"]),
+    r("specimen", &["specimen"], &["Specimen"]),
+    // A canonical, not a Reference: indexed by URL (see `extract`).
+    r("instantiates-canonical", &["instantiatesCanonical"], &["PlanDefinition", "ActivityDefinition"]),
+];
+
+/// Prescriptions and medication orders (R4 `MedicationRequest`).
+const MEDICATION_REQUEST: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("status", Token, &["status"]),
+    p("intent", Token, &["intent"]),
+    p("priority", Token, &["priority"]),
+    p("category", Token, &["category"]),
+    p("code", Token, &["medicationCodeableConcept"]),
+    p("intended-performertype", Token, &["performerType"]),
+    p("authoredon", Date, &["authoredOn"]),
+    // One value per timing event of every dosage instruction: a repeating parameter.
+    p("date", Date, &["dosageInstruction.timing.event"]),
+    r("patient", &["subject"], &["Patient"]),
+    r("subject", &["subject"], &["Patient", "Group"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+    r("medication", &["medicationReference"], &["Medication"]),
+    r(
+        "requester",
+        &["requester"],
+        &["Practitioner", "PractitionerRole", "Organization", "Patient", "RelatedPerson", "Device"],
+    ),
+    r(
+        "intended-performer",
+        &["performer"],
+        &["Practitioner", "PractitionerRole", "Organization", "Patient", "Device", "RelatedPerson", "CareTeam"],
+    ),
+    r("intended-dispenser", &["dispenseRequest.performer"], &["Organization"]),
+];
+
+const SPECIMEN: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("accession", Token, &["accessionIdentifier"]),
+    p("status", Token, &["status"]),
+    p("type", Token, &["type"]),
+    p("bodysite", Token, &["collection.bodySite"]),
+    p("container", Token, &["container.type"]),
+    p("container-id", Token, &["container.identifier"]),
+    p("collected", Date, &["collection.collectedDateTime", "collection.collectedPeriod"]),
+    r("patient", &["subject"], &["Patient"]),
+    r("subject", &["subject"], &["Patient", "Group", "Device", "Substance", "Location"]),
+    r("collector", &["collection.collector"], &["Practitioner", "PractitionerRole"]),
+    r("parent", &["parent"], &["Specimen"]),
+];
+
+const TASK: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("group-identifier", Token, &["groupIdentifier"]),
+    p("status", Token, &["status"]),
+    p("business-status", Token, &["businessStatus"]),
+    p("intent", Token, &["intent"]),
+    p("priority", Token, &["priority"]),
+    p("code", Token, &["code"]),
+    // R4 `Task-performer` is a token on `performerType`, not a reference.
+    p("performer", Token, &["performerType"]),
+    p("authored-on", Date, &["authoredOn"]),
+    p("modified", Date, &["lastModified"]),
+    p("period", Date, &["executionPeriod"]),
+    r("patient", &["for"], &["Patient"]),
+    r("subject", &["for"], &[]),
+    r("focus", &["focus"], &[]),
+    r("based-on", &["basedOn"], &[]),
+    r("part-of", &["partOf"], &["Task"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+    r(
+        "owner",
+        &["owner"],
+        &[
+            "Practitioner",
+            "PractitionerRole",
+            "Organization",
+            "CareTeam",
+            "HealthcareService",
+            "Patient",
+            "Device",
+            "RelatedPerson",
+        ],
+    ),
+    r(
+        "requester",
+        &["requester"],
+        &["Practitioner", "PractitionerRole", "Organization", "Patient", "RelatedPerson", "Device"],
+    ),
+];
+
+const SCHEDULE: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("active", Token, &["active"]),
+    p("service-category", Token, &["serviceCategory"]),
+    p("service-type", Token, &["serviceType"]),
+    p("specialty", Token, &["specialty"]),
+    p("date", Date, &["planningHorizon"]),
+    r(
+        "actor",
+        &["actor"],
+        &["Patient", "Practitioner", "PractitionerRole", "RelatedPerson", "Device", "HealthcareService", "Location"],
+    ),
+];
+
+const SLOT: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("status", Token, &["status"]),
+    p("service-category", Token, &["serviceCategory"]),
+    p("service-type", Token, &["serviceType"]),
+    p("specialty", Token, &["specialty"]),
+    p("appointment-type", Token, &["appointmentType"]),
+    p("start", Date, &["start"]),
+    r("schedule", &["schedule"], &["Schedule"]),
+];
+
+const APPOINTMENT: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("status", Token, &["status"]),
+    p("service-category", Token, &["serviceCategory"]),
+    p("service-type", Token, &["serviceType"]),
+    p("specialty", Token, &["specialty"]),
+    p("appointment-type", Token, &["appointmentType"]),
+    p("reason-code", Token, &["reasonCode"]),
+    p("part-status", Token, &["participant.status"]),
+    p("date", Date, &["start"]),
+    r(
+        "actor",
+        &["participant.actor"],
+        &["Patient", "Practitioner", "PractitionerRole", "RelatedPerson", "Device", "HealthcareService", "Location"],
+    ),
+    // R4: `participant.actor.where(resolve() is Patient)` and likewise for the next two; only
+    // references to that type are indexed under them (see `extract`).
+    r("patient", &["participant.actor"], &["Patient"]),
+    r("practitioner", &["participant.actor"], &["Practitioner"]),
+    r("location", &["participant.actor"], &["Location"]),
+    r("slot", &["slot"], &["Slot"]),
+    r("based-on", &["basedOn"], &["ServiceRequest"]),
+    r(
+        "reason-reference",
+        &["reasonReference"],
+        &["Condition", "Procedure", "Observation", "ImmunizationRecommendation"],
+    ),
+    r("supporting-info", &["supportingInformation"], &[]),
+];
+
 /// The AuditEvent parameters an audit review needs (who, what, which patient, when, from where,
 /// outcome). The trail grows by one event per request, and every indexed value is an index row
 /// written with it: the R4 parameters on entity and agent roles and types, names and policies
@@ -351,6 +539,13 @@ pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchPa
         "Composition" => COMPOSITION,
         "Coverage" => COVERAGE,
         "AuditEvent" => AUDIT_EVENT,
+        "ServiceRequest" => SERVICE_REQUEST,
+        "MedicationRequest" => MEDICATION_REQUEST,
+        "Specimen" => SPECIMEN,
+        "Task" => TASK,
+        "Schedule" => SCHEDULE,
+        "Slot" => SLOT,
+        "Appointment" => APPOINTMENT,
         _ => &[],
     };
     specific.iter().chain(COMMON.iter())
@@ -359,10 +554,15 @@ pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchPa
 /// Whether every resource has at most one value for the date parameter `name` of
 /// `resource_type`. For those, `birthdate=ge1980&birthdate=lt1981` may be matched as one range
 /// on one value, which is what the criteria mean and lets one index range scan answer them.
-/// `AllergyIntolerance.onset` (one per reaction) is the one repeating date parameter here.
 pub fn is_single_valued_date(resource_type: &str, def: &SearchParamDef) -> bool {
-    def.kind == ParamKind::Date && !(resource_type == "AllergyIntolerance" && def.name == "onset")
+    def.kind == ParamKind::Date && !REPEATING_DATES.contains(&(resource_type, def.name))
 }
+
+/// The date parameters a resource may hold several values of: `AllergyIntolerance.onset` (one
+/// per reaction), `MedicationRequest.date` (one per timing event of every dosage instruction)
+/// and `ServiceRequest.occurrence` (a Timing's events and bounds).
+const REPEATING_DATES: &[(&str, &str)] =
+    &[("AllergyIntolerance", "onset"), ("MedicationRequest", "date"), ("ServiceRequest", "occurrence")];
 
 /// Looks up one parameter of a type by its code.
 pub fn find_param(resource_type: &str, name: &str) -> Option<&'static SearchParamDef> {
@@ -373,14 +573,127 @@ pub fn find_param(resource_type: &str, name: &str) -> Option<&'static SearchPara
 mod tests {
     use super::*;
 
+    /// Every type `params_for` knows.
+    const TYPES: &[&str] = &[
+        "Patient",
+        "Practitioner",
+        "PractitionerRole",
+        "Organization",
+        "Encounter",
+        "Condition",
+        "AllergyIntolerance",
+        "Observation",
+        "DiagnosticReport",
+        "Procedure",
+        "Immunization",
+        "DocumentReference",
+        "Composition",
+        "Coverage",
+        "AuditEvent",
+        "ServiceRequest",
+        "MedicationRequest",
+        "Specimen",
+        "Task",
+        "Schedule",
+        "Slot",
+        "Appointment",
+    ];
+
     #[test]
     fn parameter_codes_are_unique_per_type() {
-        for t in ["Patient", "Observation", "Encounter", "Condition", "Composition", "DocumentReference"] {
+        for t in TYPES {
             let names: Vec<_> = params_for(t).map(|d| d.name).collect();
             let mut dedup = names.clone();
             dedup.sort_unstable();
             dedup.dedup();
             assert_eq!(names.len(), dedup.len(), "{t}");
+        }
+    }
+
+    #[test]
+    fn definitions_are_well_formed() {
+        for t in TYPES {
+            assert!(params_for(t).count() > COMMON.len(), "{t} is not registered in params_for");
+            for d in params_for(t) {
+                assert!(!d.paths.is_empty() && d.paths.iter().all(|p| !p.is_empty()), "{t}.{}", d.name);
+                assert!(
+                    d.kind == ParamKind::Reference || d.targets.is_empty(),
+                    "{t}.{}: targets on a non-reference",
+                    d.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn orders_types_have_their_r4_parameters() {
+        // The R4 lists (http://hl7.org/fhir/R4/<type>.html#search), space-separated.
+        let expected = [
+            (
+                "ServiceRequest",
+                "identifier patient subject encounter status intent priority category code authored occurrence \
+                 requester performer based-on replaces requisition specimen instantiates-canonical \
+                 instantiates-uri body-site performer-type",
+            ),
+            (
+                "MedicationRequest",
+                "identifier patient subject encounter status intent priority category code medication authoredon \
+                 requester intended-performer date intended-performertype intended-dispenser",
+            ),
+            (
+                "Specimen",
+                "identifier patient subject accession type status collected collector parent bodysite \
+                 container-id container",
+            ),
+            (
+                "Task",
+                "identifier patient subject focus based-on status business-status intent priority code owner \
+                 requester authored-on modified period part-of group-identifier performer encounter",
+            ),
+            ("Schedule", "identifier actor active date service-type service-category specialty"),
+            ("Slot", "identifier schedule status start service-type service-category specialty appointment-type"),
+            (
+                "Appointment",
+                "identifier patient actor practitioner location status date slot based-on service-type \
+                 service-category specialty appointment-type reason-code reason-reference part-status \
+                 supporting-info",
+            ),
+        ];
+        for (t, names) in expected {
+            let names: Vec<&str> = names.split_whitespace().collect();
+            for name in &names {
+                assert!(find_param(t, name).is_some(), "{t}.{name}");
+            }
+            // Nothing beyond the R4 list (and the common parameters).
+            assert_eq!(params_for(t).count(), names.len() + COMMON.len(), "{t}");
+        }
+    }
+
+    #[test]
+    fn patient_parameters_only_index_patients() {
+        for t in ["ServiceRequest", "MedicationRequest", "Specimen", "Task", "Appointment", "AuditEvent"] {
+            let d = find_param(t, "patient").map(|d| (d.kind, d.targets));
+            assert_eq!(d, Some((ParamKind::Reference, &["Patient"][..])), "{t}");
+        }
+        assert_eq!(find_param("Appointment", "patient").map(|d| d.paths), Some(&["participant.actor"][..]));
+    }
+
+    #[test]
+    fn single_valued_dates() {
+        let single = |t: &str, n: &str| find_param(t, n).is_some_and(|d| is_single_valued_date(t, d));
+        assert!(single("Appointment", "date"));
+        assert!(single("Slot", "start"));
+        assert!(single("Schedule", "date"));
+        assert!(single("Task", "period"));
+        assert!(single("Specimen", "collected"));
+        assert!(single("MedicationRequest", "authoredon"));
+        assert!(!single("MedicationRequest", "date"));
+        assert!(!single("ServiceRequest", "occurrence"));
+        assert!(!single("AllergyIntolerance", "onset"));
+        // Not a date parameter at all.
+        assert!(!single("Appointment", "status"));
+        for (t, n) in REPEATING_DATES {
+            assert_eq!(find_param(t, n).map(|d| d.kind), Some(ParamKind::Date), "{t}.{n}");
         }
     }
 }

@@ -5,3 +5,5 @@
 mod fixtures;
 mod jahis;
 mod mllp_io;
+mod net;
+mod orl;

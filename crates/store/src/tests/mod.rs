@@ -15,6 +15,7 @@ use std::time::Duration;
 
 mod audit;
 mod identity;
+mod outbox;
 
 /// One database with the migrated store on it.
 pub(crate) struct TestDb {

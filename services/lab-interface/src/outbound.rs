@@ -1,0 +1,250 @@
+//! Orders out: `order.placed` / `order.cancelled` → an OML^O33 in the message log (the queue) →
+//! the sender delivers it over the endpoint's transport, with retries and a dead-letter state.
+
+use crate::error::LabError;
+use crate::mapping;
+use crate::transport::Delivery;
+use crate::{LabInterface, charset_of};
+use ehr_core::{TenantContext, TenantId};
+use ehr_events::{Event, Handler, HandlerError};
+use ehr_hl7v2::jahis::MessageHeader;
+use ehr_hl7v2::{ControlId, Timestamp, build_oml_o33};
+use ehr_store::{Hl7Message, LabEndpoint, StoreError, Tx};
+use std::collections::BTreeMap;
+
+/// The consumer group of the lab interface on the order topics.
+pub const GROUP: &str = "lab-interface";
+
+/// A fresh MSH-10: 20 characters (the v2.5 maximum), unique without coordination.
+pub(crate) fn new_control_id() -> Result<ControlId, LabError> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    Ok(ControlId::new(&id[..20])?)
+}
+
+/// HL7 DTM of a moment, in Japan Standard Time (JAHIS messages carry local time).
+pub(crate) fn hl7_now(now: chrono::DateTime<chrono::Utc>) -> Result<Timestamp, LabError> {
+    let jst = chrono::FixedOffset::east_opt(9 * 3600).ok_or(LabError::File("time zone".into()))?;
+    Ok(Timestamp::new(&now.with_timezone(&jst).format("%Y%m%d%H%M%S").to_string())?)
+}
+
+/// Picks the endpoint an order goes to: the one whose Organization is the order's performer,
+/// else the tenant's default.
+fn pick_endpoint<'e>(endpoints: &'e [LabEndpoint], performer: Option<&str>) -> Option<&'e LabEndpoint> {
+    let active = || endpoints.iter().filter(|e| e.active);
+    performer
+        .and_then(|p| active().find(|e| e.organization.as_deref() == Some(p)))
+        .or_else(|| active().find(|e| e.is_default))
+}
+
+#[async_trait::async_trait]
+impl Handler for LabInterface {
+    async fn handle(&self, event: &Event, tx: &Tx) -> Result<(), HandlerError> {
+        match self.enqueue_order(event, tx).await {
+            Ok(()) => Ok(()),
+            Err(LabError::Store(e)) => Err(HandlerError::Store(e)),
+            Err(e) => {
+                // An order the lab interface cannot send (no endpoint, no JLAC10 code) will not
+                // become sendable by retrying: it is dead-lettered for an operator, and logged
+                // by its key only.
+                tracing::warn!(event = %event.id.as_uuid(), key = %event.key, code = ehr_core::Classify::code(&e), "lab order not sent");
+                Err(HandlerError::Permanent("the order cannot be sent to a lab"))
+            }
+        }
+    }
+}
+
+impl LabInterface {
+    /// Turns an order event into a queued OML^O33 (in the consumer's transaction, so the message
+    /// exists exactly once per event).
+    async fn enqueue_order(&self, event: &Event, tx: &Tx) -> Result<(), LabError> {
+        let endpoints = self.endpoints_of(&event.tenant).await?;
+        let performer = event.payload["serviceRequest"]["performer"]
+            .as_array()
+            .and_then(|p| p.iter().find_map(|r| r["reference"].as_str()));
+        let endpoint = pick_endpoint(&endpoints, performer).ok_or(LabError::NoEndpoint)?;
+        let mut order = mapping::lab_order(&event.payload, &endpoint.our_facility, self.terminology())?;
+        let cancel = event.topic == crate::ORDER_CANCELLED;
+        let control_id = new_control_id()?;
+        let now = self.clock().now();
+        let header = MessageHeader::new(
+            (&endpoint.our_application, &endpoint.our_facility),
+            (&endpoint.lab_application, &endpoint.lab_facility),
+            control_id.clone(),
+            hl7_now(now)?,
+            charset_of(&endpoint.charset),
+        );
+        if cancel {
+            order.priority = None;
+        }
+        let mut text = build_oml_o33(&order, &header)?;
+        if cancel {
+            text = crate::cancel_order_controls(&text);
+        }
+        let message = Hl7Message {
+            id: uuid::Uuid::new_v4().to_string(),
+            endpoint_id: endpoint.id.clone(),
+            direction: "out".into(),
+            message_type: "OML^O33".into(),
+            control_id: control_id.as_str().to_owned(),
+            status: "pending".into(),
+            attempts: 0,
+            next_attempt_at: Some(now.timestamp_millis()),
+            last_error: None,
+            subject: Some(event.key.clone()),
+            payload: text,
+            reply: None,
+            created_at: now.timestamp_millis(),
+            updated_at: now.timestamp_millis(),
+        };
+        tx.insert_hl7_message(&message).await?;
+        self.wake_sender();
+        Ok(())
+    }
+
+    /// The tenant's endpoints.
+    pub(crate) async fn endpoints_of(&self, tenant: &TenantId) -> Result<Vec<LabEndpoint>, LabError> {
+        let sys = self.store().system_read().await?;
+        let endpoints = sys.lab_endpoints_of(tenant).await?;
+        sys.commit().await?;
+        Ok(endpoints)
+    }
+
+    /// One pass of the sender: every due outbound message of every tenant with an active
+    /// endpoint, delivered once. Returns how many were attempted.
+    pub async fn send_due(&self) -> Result<usize, LabError> {
+        let endpoints = {
+            let sys = self.store().system_read().await?;
+            let list = sys.active_lab_endpoints().await?;
+            sys.commit().await?;
+            list
+        };
+        let mut by_tenant: BTreeMap<String, Vec<LabEndpoint>> = BTreeMap::new();
+        for e in endpoints {
+            by_tenant.entry(e.tenant.as_str().to_owned()).or_default().push(e);
+        }
+        let mut attempted = 0;
+        for endpoints in by_tenant.values() {
+            let Some(first) = endpoints.first() else { continue };
+            let ctx = TenantContext::new(first.tenant.clone(), "lab-interface:sender");
+            let now = self.clock().now().timestamp_millis();
+            let lease = now + self.settings().lease_secs as i64 * 1000;
+            let claimed = {
+                let tx = self.store().write(&ctx).await?;
+                let claimed = tx.claim_due_hl7(now, lease, 50).await?;
+                tx.commit().await?;
+                claimed
+            };
+            for message in claimed {
+                let Some(endpoint) = endpoints.iter().find(|e| e.id == message.endpoint_id) else { continue };
+                attempted += 1;
+                let delivery = self.transport(endpoint).deliver(endpoint, &message).await;
+                self.record_delivery(&ctx, endpoint, &message, delivery).await?;
+            }
+        }
+        Ok(attempted)
+    }
+
+    /// Records one delivery's outcome: acknowledged, rejected by the lab (AE/AR: not retried —
+    /// the same message would be refused again), or failed in transport (retried with
+    /// exponential back-off until the endpoint's attempts are used up: dead letter).
+    async fn record_delivery(
+        &self,
+        ctx: &TenantContext,
+        endpoint: &LabEndpoint,
+        message: &Hl7Message,
+        delivery: Delivery,
+    ) -> Result<(), LabError> {
+        let now = self.clock().now().timestamp_millis();
+        let attempt = message.attempts + 1;
+        let (status, next, error, reply) = match &delivery {
+            Delivery::Accepted { reply } => ("acked", None, None, reply.as_deref()),
+            Delivery::Rejected { reply, reason } => ("rejected", None, Some(reason.clone()), Some(reply.as_str())),
+            Delivery::Failed { reason } if attempt >= endpoint.max_attempts => {
+                ("dead", None, Some(reason.clone()), None)
+            }
+            Delivery::Failed { reason } => {
+                let s = self.settings();
+                let backoff =
+                    s.retry_base_ms.saturating_mul(1u64 << (attempt - 1).clamp(0, 20) as u32).min(s.retry_max_ms);
+                ("pending", Some(now + backoff as i64), Some(reason.clone()), None)
+            }
+        };
+        let tx = self.store().write(ctx).await?;
+        tx.record_hl7_attempt(&message.id, status, next, error.as_deref(), reply, now).await?;
+        tx.commit().await?;
+        let sys = self.store().system_write().await?;
+        sys.touch_lab_endpoint(&endpoint.id, "out", now, error.as_deref()).await?;
+        sys.commit().await?;
+        match status {
+            "acked" => tracing::info!(control_id = %message.control_id, endpoint = %endpoint.id, "lab order delivered"),
+            "pending" => {
+                tracing::warn!(control_id = %message.control_id, endpoint = %endpoint.id, attempt, "lab order delivery failed; will retry")
+            }
+            _ => {
+                tracing::error!(control_id = %message.control_id, endpoint = %endpoint.id, status, "lab order not delivered: dead letter")
+            }
+        }
+        Ok(())
+    }
+
+    /// Replays an outbound message: back in the queue, due now, attempts reset.
+    pub async fn replay(&self, ctx: &TenantContext, id: &str) -> Result<Hl7Message, LabError> {
+        let tx = self.store().write(ctx).await?;
+        let message = tx.hl7_message(id).await?.ok_or(LabError::MessageNotFound)?;
+        if message.direction != "out" {
+            return Err(LabError::NotReplayable);
+        }
+        let now = self.clock().now().timestamp_millis();
+        if !tx.requeue_hl7(id, now).await? {
+            return Err(LabError::MessageNotFound);
+        }
+        let message = tx.hl7_message(id).await?.ok_or(LabError::Store(StoreError::NotFound))?;
+        tx.commit().await?;
+        self.wake_sender();
+        Ok(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(id: &str, org: Option<&str>, default: bool) -> LabEndpoint {
+        LabEndpoint {
+            id: id.into(),
+            tenant: TenantId::parse("t1").expect("tenant"),
+            name: id.into(),
+            lab_facility: format!("LAB-{id}"),
+            lab_application: "LIS".into(),
+            our_facility: "HOSP".into(),
+            our_application: "EHR".into(),
+            transport: "mllp".into(),
+            address: "127.0.0.1:1".into(),
+            charset: "iso-ir-87".into(),
+            organization: org.map(str::to_owned),
+            is_default: default,
+            max_attempts: 5,
+            active: true,
+            created_at: 0,
+            updated_at: 0,
+            last_outbound_at: None,
+            last_inbound_at: None,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn orders_go_to_their_performer_else_the_default() {
+        let list = [endpoint("a", Some("Organization/a"), false), endpoint("b", None, true)];
+        assert_eq!(pick_endpoint(&list, Some("Organization/a")).map(|e| e.id.as_str()), Some("a"));
+        assert_eq!(pick_endpoint(&list, Some("Organization/x")).map(|e| e.id.as_str()), Some("b"));
+        assert_eq!(pick_endpoint(&list, None).map(|e| e.id.as_str()), Some("b"));
+        assert!(pick_endpoint(&list[..1], None).is_none());
+    }
+
+    #[test]
+    fn control_ids_are_twenty_characters() {
+        let id = new_control_id().expect("id");
+        assert_eq!(id.as_str().len(), 20);
+    }
+}

@@ -1,0 +1,114 @@
+//! The orders service's write rules: status workflows, reservations, master-code checks and the
+//! events an order emits — all inside the write's own transaction (see [`ehr_rest::WriteRules`]).
+
+use crate::booking;
+use crate::error::OrdersError;
+use crate::workflow;
+use ehr_core::{Clock, Severity};
+use ehr_http::Problem;
+use ehr_rest::{Change, WriteRules};
+use ehr_store::{NewEvent, Tx};
+use ehr_terminology::Terminology;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Topic of a lab order that became active: the lab interface sends it to the lab.
+pub const ORDER_PLACED: &str = "order.placed";
+/// Topic of a lab order revoked after it was placed: the lab interface sends the cancellation.
+pub const ORDER_CANCELLED: &str = "order.cancelled";
+
+/// Codings of `ServiceRequest.category` that make an order a lab order (sent to a lab): SNOMED CT
+/// 108252007 "Laboratory procedure" (the R4 example value set) and the JP Core / JP-CLINS
+/// observation category `laboratory`.
+fn is_lab_order(sr: &Value) -> bool {
+    sr["category"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+        .any(|coding| matches!(coding["code"].as_str(), Some("108252007" | "laboratory")))
+}
+
+fn status(v: Option<&Value>) -> Option<&str> {
+    v.and_then(|v| v["status"].as_str())
+}
+
+/// The orders service's [`WriteRules`].
+pub struct OrderRules {
+    pub terminology: Terminology,
+    pub clock: Arc<dyn Clock>,
+}
+
+#[async_trait::async_trait]
+impl WriteRules for OrderRules {
+    async fn on_write(&self, tx: &Tx, change: &Change<'_>) -> Result<(), Problem> {
+        if let Some(next) = change.next {
+            workflow::check(change.resource_type, change.previous, next).map_err(OrdersError::from)?;
+            self.check_codes(next)?;
+        }
+        match change.resource_type {
+            "Appointment" => booking::apply(tx, change, self.clock.now()).await,
+            "ServiceRequest" => self.order_events(tx, change).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+impl OrderRules {
+    /// Codes from the master code systems (JLAC10, YJ, HOT, …) must have their system's shape;
+    /// a code missing from the loaded master is a warning only (the shipped masters are subsets).
+    fn check_codes(&self, resource: &Value) -> Result<(), Problem> {
+        let errors: Vec<_> = self
+            .terminology
+            .check_resource(resource)
+            .into_iter()
+            .filter(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
+            .collect();
+        if errors.is_empty() { Ok(()) } else { Err(Problem::new(422, errors)) }
+    }
+
+    /// `order.placed` when a lab order becomes active (created active, or draft → active);
+    /// `order.cancelled` when a placed one is revoked. The payload carries what the lab needs to
+    /// know (event-carried state): the order, its patient and its specimens as they are now.
+    async fn order_events(&self, tx: &Tx, change: &Change<'_>) -> Result<(), Problem> {
+        let Some(next) = change.next else { return Ok(()) };
+        if !is_lab_order(next) {
+            return Ok(());
+        }
+        let before = status(change.previous);
+        let topic = match (before, status(Some(next))) {
+            (None | Some("draft"), Some("active")) => ORDER_PLACED,
+            (Some("active" | "on-hold"), Some("revoked")) => ORDER_CANCELLED,
+            _ => return Ok(()),
+        };
+        let patient = match next["subject"]["reference"].as_str().and_then(|r| r.strip_prefix("Patient/")) {
+            Some(id) => read_json(tx, "Patient", id).await?,
+            None => None,
+        };
+        let Some(patient) = patient else {
+            return Err(OrdersError::OrderWithoutPatient.into());
+        };
+        let mut specimens = Vec::new();
+        for reference in next["specimen"].as_array().into_iter().flatten() {
+            if let Some(id) = reference["reference"].as_str().and_then(|r| r.strip_prefix("Specimen/"))
+                && let Some(specimen) = read_json(tx, "Specimen", id).await?
+            {
+                specimens.push(specimen);
+            }
+        }
+        let key = format!("ServiceRequest/{}", change.id);
+        let payload = json!({ "serviceRequest": next, "patient": patient, "specimens": specimens });
+        let event = NewEvent { topic: topic.to_owned(), key, payload, trace: None };
+        tx.emit(&event, self.clock.now()).await?;
+        Ok(())
+    }
+}
+
+/// The current, not deleted, version of a resource as JSON.
+pub(crate) async fn read_json(tx: &Tx, resource_type: &str, id: &str) -> Result<Option<Value>, Problem> {
+    let Some(stored) = tx.read(resource_type, id).await? else { return Ok(None) };
+    if stored.deleted {
+        return Ok(None);
+    }
+    serde_json::from_str(&stored.content).map(Some).map_err(|_| OrdersError::StoredJson.into())
+}
