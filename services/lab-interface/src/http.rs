@@ -289,7 +289,7 @@ async fn dead_letters(State(st): State<LabState>, caller: Caller) -> Result<Resp
         list.extend(tx.hl7_messages(&f).await.map_err(LabError::from)?);
     }
     tx.commit().await.map_err(LabError::from)?;
-    list.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+    list.sort_by_key(|m| std::cmp::Reverse(m.updated_at));
     Ok(Json(json!({"messages": list.iter().map(|m| message_json(m, false)).collect::<Vec<_>>()})).into_response())
 }
 

@@ -217,7 +217,7 @@ impl LabInterface {
                 Some(id) => crate::read_json(tx, "Patient", id).await.map_err(Refused::Internal)?,
                 None => None,
             };
-            let expected = patient.as_ref().map(|p| mapping::patient_id(p)).unwrap_or_default();
+            let expected = patient.as_ref().map(mapping::patient_id).unwrap_or_default();
             if expected.is_empty() || expected != results.patient.id {
                 return Err(Refused::Content(Refusal::new(
                     AckCode::Error,
