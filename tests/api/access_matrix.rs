@@ -38,6 +38,19 @@ fn resource(ty: &str, patient_id: &str) -> Value {
             "date": "2026-11-01", "author": [{"display": "医師 一郎"}], "title": "退院時サマリー", "subject": subject}),
         "Coverage" => json!({"resourceType": "Coverage", "status": "active", "beneficiary": subject,
             "payor": [{"display": "全国健康保険協会"}]}),
+        // Orders: none of these is a lab order (no laboratory category) or holds a slot, so
+        // the cells emit no events and book nothing.
+        "ServiceRequest" => json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+            "code": {"text": "血液検査"}, "subject": subject}),
+        "MedicationRequest" => json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+            "medicationCodeableConcept": {"text": "アムロジピン錠5mg"}, "subject": subject}),
+        "Specimen" => json!({"resourceType": "Specimen", "status": "available", "subject": subject}),
+        "Task" => json!({"resourceType": "Task", "status": "requested", "intent": "order", "for": subject}),
+        "Schedule" => json!({"resourceType": "Schedule", "active": true, "actor": [subject]}),
+        "Slot" => json!({"resourceType": "Slot", "schedule": {"reference": "Schedule/s1"}, "status": "free",
+            "start": "2026-12-01T09:00:00+09:00", "end": "2026-12-01T09:15:00+09:00"}),
+        "Appointment" => json!({"resourceType": "Appointment", "status": "proposed",
+            "participant": [{"actor": subject, "status": "needs-action"}]}),
         "AuditEvent" => {
             json!({"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded": "2026-11-01T00:00:00Z",
             "agent": [{"requestor": true}], "source": {"observer": {"display": "forged"}}})
@@ -112,6 +125,13 @@ async fn admin_cell(app: &TestApp, token: &str, ty: &str, letter: char, targets:
         ("Tenant", 's') => c.get(url("/admin/tenants")),
         ("SigningKey", 'c') => c.post(url("/admin/keys/rotate")).json(&json!({"publish_secs": 3600})),
         ("SigningKey", 'r') => c.get(url("/admin/keys")),
+        ("Connection", 'c') => c.post(url("/lab/endpoints")).json(&lab_endpoint(&format!("LAB-C{n}"))),
+        ("Connection", 'r') => c.get(url(&format!("/lab/endpoints/{}", targets.endpoint))),
+        ("Connection", 'u') => c.put(url(&format!("/lab/endpoints/{}", targets.endpoint))).json(&lab_endpoint(&format!("LAB-U{n}"))),
+        ("Connection", 's') => c.get(url("/lab/endpoints")),
+        ("LabMessage", 'r') => c.get(url(&format!("/lab/messages/{}", targets.message))),
+        ("LabMessage", 'u') => c.post(url(&format!("/lab/messages/{}/replay", targets.message))),
+        ("LabMessage", 's') => c.get(url("/lab/messages")),
         _ => return None,
     };
     let resp = req.bearer_auth(token).send().await.unwrap();
@@ -127,6 +147,65 @@ struct Targets {
     account: String,
     client: String,
     tenant: String,
+    /// A lab endpoint and an outbound message of the hospital tenant.
+    endpoint: String,
+    message: String,
+}
+
+fn lab_endpoint(facility: &str) -> Value {
+    json!({"name": "lab", "labFacility": facility, "labApplication": "LIS", "ourFacility": "HOSP",
+           "ourApplication": "HIS", "address": "127.0.0.1:9", "maxAttempts": 1})
+}
+
+/// A lab endpoint and a dead outbound message in `tenant`, made through the store.
+async fn lab_fixtures(app: &TestApp, tenant: &str) -> (String, String) {
+    let tenant = ehr_core::TenantId::parse(tenant).unwrap();
+    let endpoint = ehr_store::LabEndpoint {
+        id: uuid::Uuid::new_v4().to_string(),
+        tenant: tenant.clone(),
+        name: "lab".into(),
+        lab_facility: format!("LAB-{}", uuid::Uuid::new_v4().simple()),
+        lab_application: "LIS".into(),
+        our_facility: "HOSP".into(),
+        our_application: "HIS".into(),
+        transport: "mllp".into(),
+        address: "127.0.0.1:9".into(),
+        charset: "utf-8".into(),
+        organization: None,
+        is_default: false,
+        max_attempts: 1,
+        // Inactive: the sender leaves its messages alone.
+        active: false,
+        created_at: app.now(),
+        updated_at: app.now(),
+        last_outbound_at: None,
+        last_inbound_at: None,
+        last_error: None,
+    };
+    let sys = app.gateway.store.system_write().await.unwrap();
+    sys.create_lab_endpoint(&endpoint).await.unwrap();
+    sys.commit().await.unwrap();
+    let message = ehr_store::Hl7Message {
+        id: uuid::Uuid::new_v4().to_string(),
+        endpoint_id: endpoint.id.clone(),
+        direction: "out".into(),
+        message_type: "OML^O33".into(),
+        control_id: uuid::Uuid::new_v4().simple().to_string()[..20].to_owned(),
+        status: "dead".into(),
+        attempts: 1,
+        next_attempt_at: None,
+        last_error: Some("connection refused".into()),
+        subject: None,
+        payload: "MSH|^~\\&|HIS|HOSP|LIS|LAB|20261125||OML^O33^OML_O33|X|P|2.5\r".into(),
+        reply: None,
+        created_at: app.now(),
+        updated_at: app.now(),
+    };
+    let ctx = ehr_core::TenantContext::new(tenant, "test");
+    let tx = app.gateway.store.write(&ctx).await.unwrap();
+    tx.insert_hl7_message(&message).await.unwrap();
+    tx.commit().await.unwrap();
+    (endpoint.id, message.id)
 }
 
 #[tokio::test]
@@ -143,10 +222,11 @@ async fn every_cell_of_the_access_matrix_holds() {
     // Existing data, created with a development token.
     let patient_id = crate::id_of(&app.create(&patient("既存", "患者", "1960-05-05", "E-1")).await);
     let mut existing = std::collections::HashMap::new();
-    for ty in ehr_patient_record::RESOURCE_TYPES {
+    for ty in ehr_patient_record::RESOURCE_TYPES.iter().chain(ehr_orders::RESOURCE_TYPES) {
         let created = app.create(&resource(ty, &patient_id)).await;
         existing.insert(*ty, crate::id_of(&created));
     }
+    let (endpoint, message) = lab_fixtures(&app, &app.tenant).await;
 
     let (mut checked, mut allowed_seen, mut granted_total) = (0, 0, 0);
     for (n, role) in matrix.roles().iter().enumerate() {
@@ -170,8 +250,13 @@ async fn every_cell_of_the_access_matrix_holds() {
         )
         .await
         .unwrap();
-        let targets =
-            Targets { account: target_user.id, client: format!("{tenant}-cli-target-{n}"), tenant: target_tenant };
+        let targets = Targets {
+            account: target_user.id,
+            client: format!("{tenant}-cli-target-{n}"),
+            tenant: target_tenant,
+            endpoint: endpoint.clone(),
+            message: message.clone(),
+        };
         {
             // A client the `u` cell may deactivate without locking anyone out.
             let tx = app.gateway.store.system_write().await.unwrap();
@@ -193,7 +278,10 @@ async fn every_cell_of_the_access_matrix_holds() {
         for ty in matrix.resource_types() {
             let granted = matrix.letters(role, ty);
             for letter in LETTERS {
-                let outcome = if ehr_patient_record::RESOURCE_TYPES.contains(&ty.as_str()) || ty == "AuditEvent" {
+                let fhir = ehr_patient_record::RESOURCE_TYPES.contains(&ty.as_str())
+                    || ehr_orders::RESOURCE_TYPES.contains(&ty.as_str())
+                    || ty == "AuditEvent";
+                let outcome = if fhir {
                     let id = if ty == "AuditEvent" {
                         // An event of the role's own tenant (the system tenant's for a system admin).
                         app.gateway.audit.flush().await;

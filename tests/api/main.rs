@@ -22,6 +22,7 @@ mod orders;
 mod postgres;
 mod search;
 mod tenancy;
+mod terminology;
 mod validation;
 
 use serde_json::{Value, json};

@@ -42,6 +42,10 @@ pub struct OrderRules {
 #[async_trait::async_trait]
 impl WriteRules for OrderRules {
     async fn on_write(&self, tx: &Tx, change: &Change<'_>) -> Result<(), Problem> {
+        // Target `all` serves patient-record's types from the same engine: they are not ours.
+        if !crate::RESOURCE_TYPES.contains(&change.resource_type) {
+            return Ok(());
+        }
         if let Some(next) = change.next {
             workflow::check(change.resource_type, change.previous, next).map_err(OrdersError::from)?;
             self.check_codes(next)?;
