@@ -130,7 +130,14 @@ async fn admin_cell(app: &TestApp, token: &str, ty: &str, letter: char, targets:
         ("Connection", 'u') => c.put(url(&format!("/lab/endpoints/{}", targets.endpoint))).json(&lab_endpoint(&format!("LAB-U{n}"))),
         ("Connection", 's') => c.get(url("/lab/endpoints")),
         ("LabMessage", 'r') => c.get(url(&format!("/lab/messages/{}", targets.message))),
-        ("LabMessage", 'u') => c.post(url(&format!("/lab/messages/{}/replay", targets.message))),
+        ("LabMessage", 'u') => {
+            // Only a dead message can be replayed: make it dead again for each role.
+            let ctx = ehr_core::TenantContext::new(ehr_core::TenantId::parse(&app.tenant).unwrap(), "test");
+            let tx = app.gateway.store.write(&ctx).await.unwrap();
+            tx.set_hl7_status(&targets.message, "dead", None, app.now()).await.unwrap();
+            tx.commit().await.unwrap();
+            c.post(url(&format!("/lab/messages/{}/replay", targets.message)))
+        }
         ("LabMessage", 's') => c.get(url("/lab/messages")),
         _ => return None,
     };
@@ -174,6 +181,7 @@ async fn lab_fixtures(app: &TestApp, tenant: &str) -> (String, String) {
         organization: None,
         is_default: false,
         max_attempts: 1,
+        allowed_peers: Vec::new(),
         // Inactive: the sender leaves its messages alone.
         active: false,
         created_at: app.now(),

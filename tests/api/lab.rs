@@ -34,8 +34,13 @@ async fn admin(app: &TestApp, method: reqwest::Method, path: &str, body: Option<
 }
 
 async fn simulator(app: &TestApp, duplicate: bool) -> LabSimHandle {
+    simulator_with(app, duplicate, Some(0)).await
+}
+
+/// A simulator; `result_delay_ms` `None`: results only when the test asks for them.
+async fn simulator_with(app: &TestApp, duplicate: bool, result_delay_ms: Option<u64>) -> LabSimHandle {
     let mut config = LabSimConfig::for_tests(app.lab_mllp.map(|a| a.to_string()));
-    config.result_delay_ms = Some(0);
+    config.result_delay_ms = result_delay_ms;
     config.duplicate_results = duplicate;
     config.sending_facility = "LABCO".into();
     config.receiving_facility = "HOSP".into();
@@ -75,6 +80,12 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// Waits until the order's message is in the log (the event went through the bus).
+async fn queued(app: &TestApp, sr_id: &str) -> Value {
+    let subject = format!("?subject=ServiceRequest/{sr_id}");
+    wait_for("the queued order", || async { messages(app, &subject).await.into_iter().next() }).await
 }
 
 async fn messages(app: &TestApp, query: &str) -> Vec<Value> {
@@ -266,6 +277,7 @@ async fn malformed_results_are_refused_with_the_field_named_and_nothing_stored()
     sim.set_down(true).await.unwrap();
     let sr_id = id_of(&app.create(&lab_order(&pid)).await);
     let ast = format!("{AST}^AST^JC10");
+    queued(&app, &sr_id).await;
 
     // Missing PID-3.
     let ack = send(&app, &result_message(&sr_id, "", &ast)).await;
@@ -325,6 +337,7 @@ async fn a_lab_that_speaks_fhir_goes_through_the_same_path() {
     let endpoint = register_lab(&app, &sim, "utf-8").await;
     let pid = id_of(&app.create(&jp_patient()).await);
     let sr_id = id_of(&app.create(&lab_order(&pid)).await);
+    queued(&app, &sr_id).await;
     let bundle = json!({
         "resourceType": "Bundle", "type": "collection",
         "identifier": {"system": "urn:ehr:test", "value": "fhir-delivery-1"},
@@ -371,29 +384,170 @@ async fn a_lab_that_speaks_fhir_goes_through_the_same_path() {
     assert_eq!(json(app.get(&format!("/Observation?patient={pid}")).await, 200).await["total"], 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_endpoints_and_messages_are_isolated_between_tenants_and_need_their_scopes() {
     let app = lab_app().await;
     let sim = simulator(&app, false).await;
+    sim.set_down(true).await.unwrap();
     let endpoint = register_lab(&app, &sim, "utf-8").await;
     let id = endpoint["id"].as_str().unwrap();
+    // Data to leak: an order message in the log.
+    let pid = id_of(&app.create(&jp_patient()).await);
+    let sr_id = id_of(&app.create(&lab_order(&pid)).await);
+    let message = wait_for("the order message", || async { messages(&app, "").await.into_iter().next() }).await;
+    let message_id = message["id"].as_str().unwrap();
+
     let other = app.token_for("another-tenant", ADMIN);
-    for path in ["/lab/endpoints", "/lab/messages", "/admin/connections"] {
-        let resp = app.client.get(format!("{}{path}", app.address)).bearer_auth(&other).send().await.unwrap();
+    let url = |path: &str| format!("{}{path}", app.address);
+    for path in ["/lab/endpoints", "/lab/messages", "/lab/dead-letters", "/admin/connections"] {
+        let resp = app.client.get(url(path)).bearer_auth(&other).send().await.unwrap();
         let body = json(resp, 200).await;
         let list = body.as_object().unwrap().values().next().unwrap().as_array().unwrap().len();
         assert_eq!(list, 0, "{path} leaked across tenants: {body}");
     }
-    let resp = app.client.get(format!("{}/lab/endpoints/{id}", app.address)).bearer_auth(&other).send().await.unwrap();
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/lab/endpoints/{id}")),
+        (reqwest::Method::GET, format!("/lab/messages/{message_id}")),
+        (reqwest::Method::POST, format!("/lab/messages/{message_id}/replay")),
+    ] {
+        let resp = app.client.request(method, url(&path)).bearer_auth(&other).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 404, "{path} across tenants");
+    }
+    let mut body = endpoint.clone();
+    for k in ["id", "createdAt", "updatedAt", "lastOutboundAt", "lastInboundAt", "lastError"] {
+        body.as_object_mut().unwrap().remove(k);
+    }
+    body["name"] = json!("hijacked");
+    let resp =
+        app.client.put(url(&format!("/lab/endpoints/{id}"))).bearer_auth(&other).json(&body).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 404);
-    // A clinical wildcard does not reach the connection settings.
+    let bundle = json!({"resourceType": "Bundle", "type": "collection", "id": "x", "entry": [{"resource": {
+        "resourceType": "DiagnosticReport", "status": "final", "code": {"text": "x"},
+        "basedOn": [{"reference": format!("ServiceRequest/{sr_id}")}], "subject": {"reference": format!("Patient/{pid}")}}}]});
+    let resp = app
+        .client
+        .post(url(&format!("/lab/endpoints/{id}/results")))
+        .bearer_auth(&other)
+        .json(&bundle)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert_eq!(
+        json(admin(&app, reqwest::Method::GET, &format!("/lab/endpoints/{id}"), None).await, 200).await["name"],
+        "検査センターA"
+    );
+
+    // A clinical wildcard does not reach the connection settings or the message log.
     let clinician = app.token("user/*.cruds");
-    let resp = app.client.get(format!("{}/lab/endpoints", app.address)).bearer_auth(&clinician).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 403);
-    // Bad settings are refused with the field named.
-    let bad = json!({"name": "x", "labFacility": "A|B", "labApplication": "L", "ourFacility": "H",
-                     "ourApplication": "E", "address": "127.0.0.1:1"});
-    let resp = admin(&app, reqwest::Method::POST, "/lab/endpoints", Some(&bad)).await;
-    let oo = json(resp, 400).await;
-    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("labFacility"), "{oo}");
+    for path in ["/lab/endpoints", "/lab/messages", "/admin/connections"] {
+        let resp = app.client.get(url(path)).bearer_auth(&clinician).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 403, "{path}");
+    }
+    // Bad settings are refused with the field named; file endpoints name no paths.
+    for (field, value, named) in [
+        ("labFacility", json!("A|B"), "labFacility"),
+        ("address", json!("../../etc"), "plain name"),
+        ("allowedPeers", json!(["not-an-ip"]), "allowedPeers"),
+    ] {
+        let mut bad = json!({"name": "x", "labFacility": "LAB-X", "labApplication": "L", "ourFacility": "H",
+                             "ourApplication": "E", "address": "127.0.0.1:1"});
+        bad[field] = value;
+        if field == "address" {
+            bad["transport"] = json!("file");
+        }
+        let oo = json(admin(&app, reqwest::Method::POST, "/lab/endpoints", Some(&bad)).await, 400).await;
+        assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains(named), "{oo}");
+    }
+    // The routing pair of another endpoint is not available (and says nothing about whose).
+    let clash = json!({"name": "x", "labFacility": "LABCO", "labApplication": "L", "ourFacility": "HOSP",
+                       "ourApplication": "E", "address": "127.0.0.1:1"});
+    let resp = app.client.post(url("/lab/endpoints")).bearer_auth(&other).json(&clash).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_order_is_cancelled_at_the_lab_or_never_sent() {
+    let app = lab_app().await;
+    let sim = simulator_with(&app, false, None).await;
+    register_lab(&app, &sim, "iso-ir-87").await;
+    let pid = id_of(&app.create(&jp_patient()).await);
+
+    // Delivered, then revoked: the lab gets ORC-1 CA for the same placer number.
+    let sr = app.create(&lab_order(&pid)).await;
+    let sr_id = id_of(&sr);
+    let subject = format!("?subject=ServiceRequest/{sr_id}");
+    wait_for("the order to be acknowledged", || async {
+        messages(&app, &subject).await.into_iter().find(|m| m["status"] == "acked")
+    })
+    .await;
+    // An active order is not re-sent when it is updated, and its test cannot change.
+    let mut same = sr.clone();
+    same["note"] = json!([{"text": "空腹時"}]);
+    json(app.put(&format!("/ServiceRequest/{sr_id}"), &same).await, 200).await;
+    let mut changed = sr.clone();
+    changed["code"]["coding"][0]["code"] = json!("3B045000002327201");
+    ehr_testkit::outcome(app.put(&format!("/ServiceRequest/{sr_id}"), &changed).await, 422, "business-rule").await;
+    let mut revoked = same.clone();
+    revoked["status"] = json!("revoked");
+    json(app.put(&format!("/ServiceRequest/{sr_id}"), &revoked).await, 200).await;
+    let received = sim.wait_for_received(2, Duration::from_secs(10)).await;
+    let cancel = &received[1];
+    assert!(cancel.tests.iter().all(|t| t.order_control == "CA"), "{:?}", cancel.tests);
+    assert_eq!(cancel.placer_order_number.as_deref(), Some(sr_id.as_str()));
+    assert!(cancel.problems.is_empty(), "{:?}", cancel.problems);
+    let log = messages(&app, &subject).await;
+    assert_eq!(log.len(), 2, "one order, one cancellation: {log:?}");
+
+    // Placed while the lab is down, revoked before delivery: never sent at all.
+    sim.set_down(true).await.unwrap();
+    let sr2 = app.create(&lab_order(&pid)).await;
+    let sr2_id = id_of(&sr2);
+    let subject2 = format!("?subject=ServiceRequest/{sr2_id}");
+    wait_for("the queued order", || async { messages(&app, &subject2).await.into_iter().next() }).await;
+    let mut revoked2 = sr2.clone();
+    revoked2["status"] = json!("entered-in-error");
+    json(app.put(&format!("/ServiceRequest/{sr2_id}"), &revoked2).await, 200).await;
+    let cancelled = wait_for("the queued order to be cancelled", || async {
+        messages(&app, &subject2).await.into_iter().find(|m| m["status"] == "cancelled")
+    })
+    .await;
+    assert_eq!(cancelled["messageType"], "OML^O33");
+    sim.set_down(false).await.unwrap();
+    app.advance(60);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sim.received().len(), 2, "nothing more reached the lab");
+    // Its results are refused: the order was entered in error.
+    let ack = send(&app, &result_message(&sr2_id, "P-12345", &format!("{AST}^AST^JC10"))).await;
+    assert!(ack.contains("MSA|AE"), "{ack}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_messages_and_strangers_are_refused() {
+    let app = lab_app().await;
+    let sim = simulator(&app, false).await;
+    sim.set_down(true).await.unwrap();
+    let endpoint = register_lab(&app, &sim, "iso-ir-87").await;
+    let pid = id_of(&app.create(&jp_patient()).await);
+    let sr_id = id_of(&app.create(&lab_order(&pid)).await);
+    let ast = format!("{AST}^AST^JC10");
+    queued(&app, &sr_id).await;
+    // MSH-11 T: a test message never reaches a patient's record.
+    let ack = send(&app, &result_message(&sr_id, "P-12345", &ast).replace("|RES0001|P|", "|RES0001|T|")).await;
+    assert!(ack.contains("MSA|AR"), "{ack}");
+    assert!(err_locations(&ack).iter().any(|l| l.starts_with("MSH^1^11")), "{ack}");
+    // Results only from the lab's own addresses, when it has any.
+    let mut body = endpoint.clone();
+    for k in ["id", "createdAt", "updatedAt", "lastOutboundAt", "lastInboundAt", "lastError"] {
+        body.as_object_mut().unwrap().remove(k);
+    }
+    body["allowedPeers"] = json!(["192.0.2.10"]);
+    let path = format!("/lab/endpoints/{}", endpoint["id"].as_str().unwrap());
+    json(admin(&app, reqwest::Method::PUT, &path, Some(&body)).await, 200).await;
+    let ack = send(&app, &result_message(&sr_id, "P-12345", &ast)).await;
+    assert!(ack.contains("MSA|AR"), "{ack}");
+    body["allowedPeers"] = json!(["127.0.0.1"]);
+    json(admin(&app, reqwest::Method::PUT, &path, Some(&body)).await, 200).await;
+    let ack = send(&app, &result_message(&sr_id, "P-12345", &ast)).await;
+    assert!(ack.contains("MSA|AA"), "{ack}");
 }

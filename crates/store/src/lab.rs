@@ -39,6 +39,8 @@ pub struct LabEndpoint {
     pub is_default: bool,
     /// Attempts before an outbound message is dead-lettered.
     pub max_attempts: i32,
+    /// The addresses results from this lab may come from over MLLP (IP addresses); empty: any.
+    pub allowed_peers: Vec<String>,
     pub active: bool,
     pub created_at: i64,
     pub updated_at: i64,
@@ -58,8 +60,8 @@ pub struct Hl7Message {
     pub message_type: String,
     /// MSH-10.
     pub control_id: String,
-    /// out: `pending`, `acked`, `rejected` (AE/AR), `dead` (attempts exhausted);
-    /// in: `accepted`, `refused`.
+    /// out: `pending`, `acked`, `rejected` (AE), `dead` (attempts exhausted or not sendable),
+    /// `cancelled` (its order was cancelled before it was delivered); in: `accepted`.
     pub status: String,
     pub attempts: i32,
     pub next_attempt_at: Option<i64>,
@@ -85,8 +87,8 @@ pub struct MessageFilter<'a> {
 }
 
 const ENDPOINT_COLUMNS: &str = "id, tenant_id, name, lab_facility, lab_application, our_facility, our_application, \
-     transport, address, charset, organization, is_default, max_attempts, active, created_at, updated_at, \
-     last_outbound_at, last_inbound_at, last_error";
+     transport, address, charset, organization, is_default, max_attempts, allowed_peers, active, created_at, \
+     updated_at, last_outbound_at, last_inbound_at, last_error";
 const MESSAGE_COLUMNS: &str = "id, endpoint_id, direction, message_type, control_id, status, attempts, \
      next_attempt_at, last_error, subject, payload, reply, created_at, updated_at";
 
@@ -110,6 +112,12 @@ fn row_to_endpoint(row: &QueryResult) -> Result<LabEndpoint, StoreError> {
         organization: row.try_get("", "organization")?,
         is_default: flag(row, "is_default")?,
         max_attempts: row.try_get("", "max_attempts")?,
+        allowed_peers: row
+            .try_get::<String>("", "allowed_peers")?
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
         active: flag(row, "active")?,
         created_at: row.try_get("", "created_at")?,
         updated_at: row.try_get("", "updated_at")?,
@@ -146,7 +154,7 @@ impl SysTx {
             .exec(
                 &format!(
                     "INSERT INTO lab_endpoints ({ENDPOINT_COLUMNS}) VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
                      ON CONFLICT DO NOTHING"
                 ),
                 endpoint_values(e),
@@ -162,7 +170,7 @@ impl SysTx {
             .exec(
                 "UPDATE lab_endpoints SET name = $3, lab_facility = $4, lab_application = $5, our_facility = $6, \
                  our_application = $7, transport = $8, address = $9, charset = $10, organization = $11, \
-                 is_default = $12, max_attempts = $13, active = $14, updated_at = $15 \
+                 is_default = $12, max_attempts = $13, active = $14, updated_at = $15, allowed_peers = $16 \
                  WHERE id = $1 AND tenant_id = $2",
                 vec![
                     e.id.as_str().into(),
@@ -180,6 +188,7 @@ impl SysTx {
                     e.max_attempts.into(),
                     i32::from(e.active).into(),
                     e.updated_at.into(),
+                    e.allowed_peers.join(",").into(),
                 ],
             )
             .await?;
@@ -238,6 +247,7 @@ impl SysTx {
     /// Stamps an endpoint's last activity (`out` or `in`) and its last error (cleared on success).
     pub async fn touch_lab_endpoint(
         &self,
+        tenant: &TenantId,
         id: &str,
         direction: &str,
         at: i64,
@@ -245,8 +255,8 @@ impl SysTx {
     ) -> Result<(), StoreError> {
         let column = if direction == "in" { "last_inbound_at" } else { "last_outbound_at" };
         self.exec(
-            &format!("UPDATE lab_endpoints SET {column} = $2, last_error = $3 WHERE id = $1"),
-            vec![id.into(), at.into(), error.map(str::to_owned).into()],
+            &format!("UPDATE lab_endpoints SET {column} = $3, last_error = $4 WHERE tenant_id = $1 AND id = $2"),
+            vec![tenant.as_str().into(), id.into(), at.into(), error.map(str::to_owned).into()],
         )
         .await?;
         Ok(())
@@ -268,6 +278,7 @@ fn endpoint_values(e: &LabEndpoint) -> Vec<Value> {
         e.organization.clone().into(),
         i32::from(e.is_default).into(),
         e.max_attempts.into(),
+        e.allowed_peers.join(",").into(),
         i32::from(e.active).into(),
         e.created_at.into(),
         e.updated_at.into(),
@@ -383,10 +394,14 @@ impl Tx {
         Ok(messages)
     }
 
-    /// Records the outcome of a delivery attempt.
+    /// Records the outcome of a delivery attempt — only while the message is still `pending` and
+    /// held by this claim (`claimed_until`, the lease its claim set): false when the claim ran out
+    /// and another sender took it, or the message was cancelled meanwhile.
+    #[allow(clippy::too_many_arguments)]
     pub async fn record_hl7_attempt(
         &self,
         id: &str,
+        claimed_until: i64,
         status: &str,
         next_attempt_at: Option<i64>,
         error: Option<&str>,
@@ -396,7 +411,8 @@ impl Tx {
         let changed = self
             .exec(
                 "UPDATE hl7_messages SET status = $3, attempts = attempts + 1, next_attempt_at = $4, last_error = $5, \
-                 reply = COALESCE($6, reply), updated_at = $7 WHERE tenant_id = $1 AND id = $2",
+                 reply = COALESCE($6, reply), updated_at = $7 WHERE tenant_id = $1 AND id = $2 \
+                 AND status = 'pending' AND next_attempt_at = $8",
                 vec![
                     self.tenant.as_str().into(),
                     id.into(),
@@ -405,18 +421,47 @@ impl Tx {
                     error.map(str::to_owned).into(),
                     reply.map(str::to_owned).into(),
                     now.into(),
+                    claimed_until.into(),
                 ],
             )
             .await?;
         Ok(changed == 1)
     }
 
-    /// Puts a message back in the queue (replay): pending, due now, attempts reset.
+    /// Sets a message's status (and error) without an attempt: `cancelled` for an order message
+    /// not yet delivered when its order was cancelled, `dead` for one that cannot be built.
+    pub async fn set_hl7_status(
+        &self,
+        id: &str,
+        status: &str,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let changed = self
+            .exec(
+                "UPDATE hl7_messages SET status = $3, last_error = COALESCE($4, last_error), next_attempt_at = NULL, \
+                 updated_at = $5 WHERE tenant_id = $1 AND id = $2",
+                vec![
+                    self.tenant.as_str().into(),
+                    id.into(),
+                    status.into(),
+                    error.map(str::to_owned).into(),
+                    now.into(),
+                ],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    /// Puts a dead or rejected outbound message back in the queue (replay): pending, due now,
+    /// attempts reset. Acknowledged, cancelled and pending messages are not replayed: a second
+    /// copy of an order the lab has would be performed twice.
     pub async fn requeue_hl7(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         let changed = self
             .exec(
                 "UPDATE hl7_messages SET status = 'pending', attempts = 0, next_attempt_at = $3, last_error = NULL, \
-                 updated_at = $3 WHERE tenant_id = $1 AND id = $2 AND direction = 'out'",
+                 updated_at = $3 WHERE tenant_id = $1 AND id = $2 AND direction = 'out' \
+                 AND status IN ('dead', 'rejected')",
                 vec![self.tenant.as_str().into(), id.into(), now.into()],
             )
             .await?;
@@ -455,6 +500,7 @@ CREATE TABLE lab_endpoints (
     organization     TEXT,
     is_default       INTEGER NOT NULL,
     max_attempts     INTEGER NOT NULL,
+    allowed_peers    TEXT    NOT NULL,
     active           INTEGER NOT NULL,
     created_at       BIGINT  NOT NULL,
     updated_at       BIGINT  NOT NULL,

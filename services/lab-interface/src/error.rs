@@ -16,11 +16,13 @@ pub enum LabError {
     EndpointNotFound,
     #[error("invalid lab endpoint: {0}")]
     InvalidEndpoint(String),
-    #[error("another lab endpoint already routes this pair of facilities (lab facility, our facility)")]
+    #[error("this pair of facilities (lab facility, our facility) is not available; ask the system administrator")]
     EndpointClash,
     #[error("no such message")]
     MessageNotFound,
-    #[error("only outbound messages can be replayed this way; inbound ones are replayed by the lab resending")]
+    #[error(
+        "only dead or rejected outbound messages can be replayed (an acknowledged order would be performed twice; inbound messages are replayed by the lab resending)"
+    )]
     NotReplayable,
     #[error("HL7 v2: {0}")]
     Hl7(#[from] ehr_hl7v2::Hl7Error),
@@ -40,7 +42,7 @@ impl Classify for LabError {
             Self::EndpointNotFound | Self::MessageNotFound => IssueType::NotFound,
             Self::InvalidEndpoint(_) | Self::InvalidBundle(_) | Self::Hl7(_) => IssueType::Invalid,
             Self::EndpointClash => IssueType::Duplicate,
-            Self::NotReplayable => IssueType::NotSupported,
+            Self::NotReplayable => IssueType::BusinessRule,
             Self::File(_) => IssueType::Exception,
         }
     }

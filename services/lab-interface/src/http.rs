@@ -85,6 +85,9 @@ pub struct EndpointBody {
     pub is_default: bool,
     #[serde(default = "default_attempts")]
     pub max_attempts: i32,
+    /// IP addresses results may come from over MLLP; empty: any.
+    #[serde(default)]
+    pub allowed_peers: Vec<String>,
     #[serde(default = "yes")]
     pub active: bool,
 }
@@ -107,12 +110,12 @@ fn endpoint_json(e: &LabEndpoint) -> Value {
         "id": e.id, "name": e.name, "labFacility": e.lab_facility, "labApplication": e.lab_application,
         "ourFacility": e.our_facility, "ourApplication": e.our_application, "transport": e.transport,
         "address": e.address, "charset": e.charset, "organization": e.organization, "isDefault": e.is_default,
-        "maxAttempts": e.max_attempts, "active": e.active, "createdAt": e.created_at, "updatedAt": e.updated_at,
+        "maxAttempts": e.max_attempts, "allowedPeers": e.allowed_peers, "active": e.active, "createdAt": e.created_at, "updatedAt": e.updated_at,
         "lastOutboundAt": e.last_outbound_at, "lastInboundAt": e.last_inbound_at, "lastError": e.last_error,
     })
 }
 
-fn check_body(b: &EndpointBody) -> Result<(), LabError> {
+fn check_body(b: &EndpointBody, settings: &crate::LabSettings) -> Result<(), LabError> {
     let bad = |why: &str| Err(LabError::InvalidEndpoint(why.to_owned()));
     for (name, value) in [
         ("name", &b.name),
@@ -138,6 +141,21 @@ fn check_body(b: &EndpointBody) -> Result<(), LabError> {
     }
     if b.transport == "mllp" && b.address.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
         return bad("address must be host:port for mllp");
+    }
+    if b.transport == "mllp"
+        && !settings.allowed_destinations.is_empty()
+        && !settings.allowed_destinations.contains(&b.address)
+    {
+        return bad("address is not one of the server's allowed lab destinations (lab.allowed_destinations)");
+    }
+    // A file endpoint's directory is `<lab.file_root>/<tenant>/<address>`: the address is a
+    // plain name, never a path that could reach another tenant's files or the server's.
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if b.transport == "file" && (b.address.starts_with('.') || !b.address.chars().all(plain) || b.address.len() > 64) {
+        return bad("address of a file endpoint must be a plain name (letters, digits, - _ .), not a path");
+    }
+    if b.allowed_peers.len() > 32 || b.allowed_peers.iter().any(|p| p.parse::<std::net::IpAddr>().is_err()) {
+        return bad("allowedPeers must be at most 32 IP addresses");
     }
     if !(1..=100).contains(&b.max_attempts) {
         return bad("maxAttempts must be 1 to 100");
@@ -178,7 +196,7 @@ async fn create_endpoint(
 ) -> Result<Response, Problem> {
     require(&caller, "Connection", Interaction::Create)?;
     let b = body_json(body)?;
-    check_body(&b)?;
+    check_body(&b, st.lab.settings())?;
     let now = st.lab.clock().now().timestamp_millis();
     let e = LabEndpoint {
         id: uuid::Uuid::new_v4().to_string(),
@@ -194,6 +212,7 @@ async fn create_endpoint(
         organization: b.organization,
         is_default: b.is_default,
         max_attempts: b.max_attempts,
+        allowed_peers: b.allowed_peers,
         active: b.active,
         created_at: now,
         updated_at: now,
@@ -220,7 +239,7 @@ async fn update_endpoint(
 ) -> Result<Response, Problem> {
     require(&caller, "Connection", Interaction::Update)?;
     let b = body_json(body)?;
-    check_body(&b)?;
+    check_body(&b, st.lab.settings())?;
     let sys = st.lab.store().system_write().await.map_err(LabError::from)?;
     let mut e =
         sys.lab_endpoint(caller.ctx.tenant(), &id).await.map_err(LabError::from)?.ok_or(LabError::EndpointNotFound)?;
@@ -235,8 +254,19 @@ async fn update_endpoint(
     e.organization = b.organization;
     e.is_default = b.is_default;
     e.max_attempts = b.max_attempts;
+    e.allowed_peers = b.allowed_peers;
     e.active = b.active;
     e.updated_at = st.lab.clock().now().timestamp_millis();
+    // The routing pair is unique across tenants; checked first so that the clash is an answer,
+    // not a constraint violation.
+    if sys
+        .lab_endpoint_by_facility(&e.lab_facility, &e.our_facility)
+        .await
+        .map_err(LabError::from)?
+        .is_some_and(|other| other.id != e.id)
+    {
+        return Err(LabError::EndpointClash.into());
+    }
     match sys.update_lab_endpoint(&e).await {
         Ok(true) => {}
         Ok(false) => return Err(LabError::EndpointNotFound.into()),

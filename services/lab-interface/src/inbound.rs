@@ -64,7 +64,7 @@ fn bare_reject(why: &str, now: &ehr_hl7v2::Timestamp) -> Vec<u8> {
 
 impl LabInterface {
     /// Answers one inbound frame: the reply bytes (ACK), in the message's own character set.
-    pub async fn ingest_frame(&self, frame: &[u8]) -> Vec<u8> {
+    pub async fn ingest_frame(&self, frame: &[u8], peer: Option<std::net::IpAddr>) -> Vec<u8> {
         let now = self.clock().now();
         let Ok(ts) = crate::outbound::hl7_now(now) else { return Vec::new() };
         let text = match charset::decode(frame) {
@@ -75,7 +75,7 @@ impl LabInterface {
             Ok(m) => m,
             Err(e) => return bare_reject(&format!("not an HL7 v2 message: {e}"), &ts),
         };
-        let (code, errors) = match self.ingest(&message, &text, None).await {
+        let (code, errors) = match self.ingest(&message, &text, None, peer).await {
             Ok(()) => (AckCode::Accept, Vec::new()),
             Err(r) => (r.code, vec![r.error]),
         };
@@ -92,8 +92,15 @@ impl LabInterface {
 
     /// Checks and stores one result message. `endpoint` is given for batch files (the directory
     /// names the lab); MLLP messages are routed by MSH-4 (the lab) and MSH-6 (us).
-    async fn ingest(&self, message: &Message<'_>, text: &str, endpoint: Option<&LabEndpoint>) -> Result<(), Refusal> {
-        let internal = |why: &str| Refusal::new(AckCode::Error, ErrorCode::ApplicationInternalError, None, why);
+    async fn ingest(
+        &self,
+        message: &Message<'_>,
+        text: &str,
+        endpoint: Option<&LabEndpoint>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<(), Refusal> {
+        // Not the message's fault: AR (the lab resends), never AE (which tells it not to).
+        let internal = |why: &str| Refusal::new(AckCode::Reject, ErrorCode::ApplicationInternalError, None, why);
         let message_type = message.message_type().map_err(|e| {
             Refusal::new(
                 AckCode::Reject,
@@ -109,6 +116,15 @@ impl LabInterface {
                 ErrorCode::UnsupportedMessageType,
                 Some(Location::field("MSH", 9)),
                 "only OUL^R22 and ORU^R01 results are accepted here",
+            ));
+        }
+        // Test (`T`) and debugging (`D`) messages never reach a patient's record.
+        if message.msh().field(11).component(1).raw() != "P" {
+            return Err(Refusal::new(
+                AckCode::Reject,
+                ErrorCode::UnsupportedProcessingId,
+                Some(Location::field("MSH", 11)),
+                "only production messages (MSH-11 P) are accepted",
             ));
         }
         let endpoint = match endpoint {
@@ -134,6 +150,18 @@ impl LabInterface {
                 })?
             }
         };
+        if let Some(ip) = peer
+            && !endpoint.allowed_peers.is_empty()
+            && !endpoint.allowed_peers.iter().any(|p| p.parse::<std::net::IpAddr>().is_ok_and(|a| a == ip))
+        {
+            // Answered like an unknown facility: a stranger learns nothing about endpoints.
+            return Err(Refusal::new(
+                AckCode::Reject,
+                ErrorCode::UnknownKeyIdentifier,
+                Some(Location::field("MSH", 4)),
+                "no active lab endpoint for this sending facility (MSH-4) and receiving facility (MSH-6)",
+            ));
+        }
         let results = parse_lab_results(message).map_err(|e| Refusal {
             code: AckCode::Error,
             error: e.to_ack_error(),
@@ -154,7 +182,7 @@ impl LabInterface {
             Err(Refused::Internal(e)) => Some(e.to_string()),
         };
         if let Ok(sys) = self.store().system_write().await
-            && sys.touch_lab_endpoint(&endpoint.id, "in", now, error_text.as_deref()).await.is_ok()
+            && sys.touch_lab_endpoint(&endpoint.tenant, &endpoint.id, "in", now, error_text.as_deref()).await.is_ok()
         {
             let _ = sys.commit().await;
         }
@@ -198,6 +226,11 @@ impl LabInterface {
         let received_at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let local_system = format!("urn:ehr:lab:{}:codes", endpoint.id);
         let mut events = Vec::new();
+        let content = |code: ErrorCode, location: Location, why: &str| {
+            Refused::Content(Refusal::new(AckCode::Error, code, Some(location), why))
+        };
+        // ERR-2 counts segments across the whole message.
+        let mut obx_before = 0;
         for (n, order) in results.orders.iter().enumerate() {
             let obr = Location::field("OBR", 2).occurrence(n + 1);
             let sr_id = order.placer_order_number.as_str();
@@ -210,6 +243,25 @@ impl LabInterface {
                         "the placer order number names no order of this hospital",
                     ))
                 })?;
+            // Results for an order cancelled or entered in error (a wrong-patient order, often)
+            // are held back for a person to reconcile, not filed.
+            if matches!(sr["status"].as_str(), Some("revoked" | "entered-in-error")) {
+                return Err(content(
+                    ErrorCode::UnknownKeyIdentifier,
+                    obr,
+                    "the order was cancelled or entered in error",
+                ));
+            }
+            // …and only the lab the order went to reports on it.
+            let subject = format!("ServiceRequest/{sr_id}");
+            let sent = self.order_message(tx, &subject).await.map_err(Refused::Internal)?;
+            if !sent.is_some_and(|m| m.endpoint_id == endpoint.id && m.status != "cancelled") {
+                return Err(content(
+                    ErrorCode::UnknownKeyIdentifier,
+                    obr,
+                    "this order was not sent to this laboratory",
+                ));
+            }
             let patient_ref = sr["subject"]["reference"].as_str().unwrap_or_default().to_owned();
             // Results filed under the wrong patient are among the worst errors a lab interface
             // can make: PID-3 must be the ordering patient's id, as the order sent it.
@@ -226,20 +278,39 @@ impl LabInterface {
                     "the patient id does not match the patient the order was placed for",
                 )));
             }
+            let mut seen = std::collections::HashSet::new();
             for (i, obx) in order.observations.iter().enumerate() {
+                let occurrence = obx_before + i + 1;
                 for coding in std::iter::once(&obx.code.primary).chain(obx.code.alternate.iter()) {
                     if coding.is_jlac10()
                         && ehr_terminology::shape::check(ehr_terminology::SystemId::Jlac10, &coding.code).is_err()
                     {
-                        return Err(Refused::Content(Refusal::new(
-                            AckCode::Error,
+                        return Err(content(
                             ErrorCode::DataTypeError,
-                            Some(Location::field("OBX", 3).occurrence(i + 1)),
+                            Location::field("OBX", 3).occurrence(occurrence),
                             "not a JLAC10 code (17 characters: analyte, identification, material, method, result)",
-                        )));
+                        ));
                     }
                 }
+                // One result per test and sub-id: the result's identity (see `mapping`).
+                if !seen.insert((obx.code.primary.code.clone(), obx.sub_id.clone())) {
+                    return Err(content(
+                        ErrorCode::DuplicateKeyIdentifier,
+                        Location::field("OBX", 3).occurrence(occurrence),
+                        "the same test and sub-id (OBX-3, OBX-4) twice in one order",
+                    ));
+                }
+                if obx.value_type == "NM"
+                    && obx.values.iter().any(|v| v.trim().parse::<f64>().is_ok_and(|f| !f.is_finite()))
+                {
+                    return Err(content(
+                        ErrorCode::DataTypeError,
+                        Location::field("OBX", 5).occurrence(occurrence),
+                        "a numeric result must be a finite number",
+                    ));
+                }
             }
+            obx_before += order.observations.len();
             let service_request = format!("ServiceRequest/{sr_id}");
             let cx = ResultContext {
                 endpoint_id: &endpoint.id,
@@ -251,6 +322,22 @@ impl LabInterface {
                 received_at: &received_at,
             };
             let (report, observations) = mapping::report(order, &cx);
+            // What patient-record will file must be valid before the lab hears AA: a result
+            // acknowledged and then refused by the consumer would be lost.
+            for r in observations.iter().chain(std::iter::once(&report)) {
+                let invalid = self
+                    .validator()
+                    .validate(r)
+                    .into_iter()
+                    .any(|i| matches!(i.severity, ehr_core::Severity::Error | ehr_core::Severity::Fatal));
+                if invalid {
+                    return Err(content(
+                        ErrorCode::DataTypeError,
+                        Location::segment("OBR").occurrence(n + 1),
+                        "the results do not make valid JP Core lab resources",
+                    ));
+                }
+            }
             events.push(NewEvent {
                 topic: LAB_RESULT_RECEIVED.to_owned(),
                 key: service_request.clone(),
@@ -304,7 +391,7 @@ impl LabInterface {
             let sys = self.store().system_read().await?;
             let e = sys.lab_endpoint(ctx.tenant(), endpoint_id).await?;
             sys.commit().await?;
-            e.ok_or(LabError::EndpointNotFound)?
+            e.filter(|e| e.active).ok_or(LabError::EndpointNotFound)?
         };
         if bundle["resourceType"] != "Bundle" {
             return Err(LabError::InvalidBundle("expected a Bundle".into()));
@@ -359,7 +446,6 @@ impl LabInterface {
             if report["subject"]["reference"].as_str() != Some(patient.as_str()) {
                 return Err(LabError::InvalidBundle("DiagnosticReport.subject is not the ordering patient".into()));
             }
-            let filler = report["identifier"][0]["value"].as_str().unwrap_or(sr_id).to_owned();
             let mut observations = Vec::new();
             let mut refs = Vec::new();
             for (i, r) in report["result"].as_array().into_iter().flatten().enumerate() {
@@ -375,7 +461,8 @@ impl LabInterface {
                 if o["subject"]["reference"].as_str() != Some(patient.as_str()) {
                     return Err(LabError::InvalidBundle("Observation.subject is not the ordering patient".into()));
                 }
-                let id = mapping::derived_id(&[&endpoint.id, &filler, &i.to_string(), "fhir"]);
+                let code = o["code"]["coding"][0]["code"].as_str().unwrap_or_default().to_owned();
+                let id = mapping::derived_id(&[&endpoint.id, sr_ref, &code, &i.to_string(), "fhir"]);
                 o["id"] = Value::String(id.clone());
                 o["basedOn"] = json!([{"reference": sr_ref}]);
                 refs.push(json!({"reference": format!("Observation/{id}")}));
@@ -383,7 +470,7 @@ impl LabInterface {
             }
             let final_ = matches!(report["status"].as_str(), Some("final" | "corrected" | "amended"));
             let mut report = report.clone();
-            report["id"] = Value::String(mapping::derived_id(&[&endpoint.id, &filler, "report", "fhir"]));
+            report["id"] = Value::String(mapping::derived_id(&[&endpoint.id, sr_ref, "report", "fhir"]));
             report["result"] = Value::Array(refs);
             events.push(NewEvent {
                 topic: LAB_RESULT_RECEIVED.to_owned(),
@@ -417,7 +504,7 @@ impl LabInterface {
         }
         tx.commit().await?;
         let sys = self.store().system_write().await?;
-        sys.touch_lab_endpoint(&endpoint.id, "in", now.timestamp_millis(), None).await?;
+        sys.touch_lab_endpoint(&endpoint.tenant, &endpoint.id, "in", now.timestamp_millis(), None).await?;
         sys.commit().await?;
         self.wake_relay();
         Ok(events.len())
@@ -435,21 +522,33 @@ impl LabInterface {
         };
         let mut handled = 0;
         for endpoint in endpoints.iter().filter(|e| e.transport == "file") {
-            let inbox = crate::transport::FileBatch::in_dir(endpoint);
-            let Ok(mut dir) = tokio::fs::read_dir(&inbox).await else { continue };
+            let base = self.endpoint_dir(endpoint);
+            let Ok(mut dir) = tokio::fs::read_dir(base.join("in")).await else { continue };
             let mut files = Vec::new();
             while let Ok(Some(entry)) = dir.next_entry().await {
                 let path = entry.path();
-                if path.extension().is_some_and(|e| e == "hl7") {
+                // Only settled files: one modified in the last two seconds may still be arriving.
+                let settled = entry
+                    .metadata()
+                    .await
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= std::time::Duration::from_secs(2));
+                if settled && path.extension().is_some_and(|e| e == "hl7") {
                     files.push(path);
                 }
             }
             files.sort();
-            let base = std::path::PathBuf::from(&endpoint.address);
             for path in files {
                 let bytes = tokio::fs::read(&path).await.map_err(|e| LabError::File(e.kind().to_string()))?;
                 let reply = self.ingest_file(endpoint, &bytes).await;
-                let accepted = String::from_utf8_lossy(&reply).contains("MSA|AA");
+                let code = reply_code(&reply);
+                if code.as_deref() == Some("RETRY") {
+                    // Not processed (the database was unavailable): left for the next pass.
+                    continue;
+                }
+                let accepted = code.as_deref() == Some("AA");
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let moves = async {
                     tokio::fs::create_dir_all(base.join("ack")).await?;
@@ -478,7 +577,7 @@ impl LabInterface {
             Ok(m) => m,
             Err(e) => return bare_reject(&format!("not an HL7 v2 message: {e}"), &ts),
         };
-        let (code, errors) = match self.ingest(&message, &text, Some(endpoint)).await {
+        let (code, errors) = match self.ingest(&message, &text, Some(endpoint), None).await {
             Ok(()) => (AckCode::Accept, Vec::new()),
             Err(r) => (r.code, vec![r.error]),
         };
@@ -491,7 +590,17 @@ impl LabInterface {
     }
 }
 
-/// A refusal of the content (answered AE/AR) or an internal failure (answered AE, "resend later").
+/// MSA-1 of a reply we built, or `RETRY` for an internal failure (ERR-3 207: resend later).
+fn reply_code(reply: &[u8]) -> Option<String> {
+    let text = charset::decode(reply).ok()?;
+    let msg = Message::parse(&text).ok()?;
+    if msg.segments_named("ERR").any(|e| e.field(3).component(1).raw() == "207") {
+        return Some("RETRY".into());
+    }
+    msg.field("MSA", 1).map(|f| f.raw().to_owned())
+}
+
+/// A refusal of the content (answered AE/AR) or an internal failure (answered AR 207, "resend later").
 enum Refused {
     Content(Refusal),
     Internal(LabError),

@@ -58,6 +58,12 @@ pub struct LabSettings {
     pub connect_timeout_ms: u64,
     /// How long to wait for the lab's ACK after sending.
     pub reply_timeout_ms: u64,
+    /// The directory under which file-batch endpoints live: `<file_root>/<tenant>/<address>`
+    /// (an endpoint's `address` is a plain name there, never a path of its own).
+    pub file_root: std::path::PathBuf,
+    /// The `host:port` destinations MLLP endpoints may name; empty: any. Set it in production,
+    /// so that a tenant administrator cannot make the server connect to internal services.
+    pub allowed_destinations: Vec<String>,
 }
 
 impl Default for LabSettings {
@@ -70,6 +76,8 @@ impl Default for LabSettings {
             retry_max_ms: 300_000,
             connect_timeout_ms: 5000,
             reply_timeout_ms: 30_000,
+            file_root: std::path::PathBuf::from("./data/lab-files"),
+            allowed_destinations: Vec::new(),
         }
     }
 }
@@ -134,11 +142,17 @@ impl LabInterface {
         }
     }
 
+    /// The directory of a file-batch endpoint: `<file_root>/<tenant>/<address>`.
+    pub(crate) fn endpoint_dir(&self, endpoint: &ehr_store::LabEndpoint) -> std::path::PathBuf {
+        self.inner.settings.file_root.join(endpoint.tenant.as_str()).join(&endpoint.address)
+    }
+
     pub(crate) fn transport(&self, endpoint: &ehr_store::LabEndpoint) -> Box<dyn Transport> {
         let s = &self.inner.settings;
         match endpoint.transport.as_str() {
-            "file" => Box::new(FileBatch),
+            "file" => Box::new(FileBatch { dir: self.endpoint_dir(endpoint) }),
             _ => Box::new(Mllp {
+                allowed: s.allowed_destinations.clone(),
                 timeouts: MllpTimeouts {
                     connect: Duration::from_millis(s.connect_timeout_ms),
                     write: Duration::from_millis(s.reply_timeout_ms),
@@ -193,9 +207,9 @@ impl LabInterface {
 struct Listener(LabInterface);
 
 impl MllpHandler for Listener {
-    fn handle(&self, frame: Vec<u8>, _peer: SocketAddr) -> impl Future<Output = Option<Vec<u8>>> + Send {
+    fn handle(&self, frame: Vec<u8>, peer: SocketAddr) -> impl Future<Output = Option<Vec<u8>>> + Send {
         let lab = self.0.clone();
-        async move { Some(lab.ingest_frame(&frame).await) }
+        async move { Some(lab.ingest_frame(&frame, Some(peer.ip())).await) }
     }
 }
 
@@ -224,6 +238,17 @@ pub(crate) fn cancel_order_controls(text: &str) -> String {
         .join("\r")
 }
 
+/// A message with another MSH-10 (the tenth field of its first segment).
+pub(crate) fn replace_control_id(text: &str, control_id: &str) -> String {
+    let Some((msh, rest)) = text.split_once('\r') else { return text.to_owned() };
+    let separator = msh.chars().nth(3).unwrap_or('|');
+    let mut fields: Vec<&str> = msh.split(separator).collect();
+    if fields.len() > 9 {
+        fields[9] = control_id;
+    }
+    format!("{}\r{rest}", fields.join(&separator.to_string()))
+}
+
 /// The current, not deleted, version of a resource as JSON.
 pub(crate) async fn read_json(tx: &Tx, resource_type: &str, id: &str) -> Result<Option<Value>, LabError> {
     if ehr_core::ResourceId::parse(id).is_err() {
@@ -240,6 +265,15 @@ pub(crate) async fn read_json(tx: &Tx, resource_type: &str, id: &str) -> Result<
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_ids_are_replaced_in_msh_10() {
+        let m = "MSH|^~\\&|A|B|C|D|20261125||OML^O33^OML_O33|OLD|P|2.5\rPID|1\r";
+        assert_eq!(
+            super::replace_control_id(m, "NEW"),
+            "MSH|^~\\&|A|B|C|D|20261125||OML^O33^OML_O33|NEW|P|2.5\rPID|1\r"
+        );
+    }
+
     #[test]
     fn cancellation_rewrites_order_control_only() {
         let oml = "MSH|^~\\&|A\rORC|NW|123\rOBR|1|123\rORC|NW|124\r";

@@ -3,10 +3,10 @@
 //! (`JP_Observation_LabResult`, `JP_DiagnosticReport_LabResult`) with the JP-CLINS coding
 //! pattern: the laboratory's local code always, plus the JLAC10 code when the lab sent one.
 //!
-//! Resource ids of results are derived from (endpoint, filler order number, OBX position, code),
-//! so a result delivered twice — the same message resent, or a correction under a new control
-//! id — lands on the same resources: the second delivery is a no-op or a new version, never a
-//! duplicate.
+//! Resource ids of results are derived from (endpoint, order, test code, sub-id), so a result
+//! delivered twice — the same message resent, or a correction under a new control id — lands on
+//! the same resources: the second delivery is a no-op or a new version, never a duplicate; and a
+//! result of another order (a recycled filler number) can never overwrite it.
 
 use crate::error::LabError;
 use ehr_hl7v2::jahis::{CodedElement, LabOrder, LabTest, OrderResults, Patient, PersonName, Provider, Sex, Specimen};
@@ -288,9 +288,13 @@ pub fn report(order: &OrderResults, cx: &ResultContext<'_>) -> (Value, Vec<Value
         .and_then(|t| fhir_time(t.as_str()));
     let identifier_system = format!("urn:ehr:lab:{}:result", cx.endpoint_id);
     let mut observations = Vec::new();
-    for (i, obx) in order.observations.iter().enumerate() {
+    for obx in &order.observations {
         let code = obx.code.primary.code.as_str();
-        let id = derived_id(&[cx.endpoint_id, filler, &obx.set_id, code, &i.to_string()]);
+        // The result's identity: this lab, this order, this test (and sub-id). Not the filler
+        // number (labs recycle accession numbers) nor the OBX position (a corrected message
+        // may add results): a resend or correction lands on the same Observation, a result
+        // of another order never does.
+        let id = derived_id(&[cx.endpoint_id, cx.service_request, code, &obx.sub_id]);
         let mut o = json!({
             "resourceType": "Observation",
             "id": id,
@@ -376,7 +380,7 @@ pub fn report(order: &OrderResults, cx: &ResultContext<'_>) -> (Value, Vec<Value
     let corrected = order.observations.iter().any(|o| o.status == "C");
     let mut dr = json!({
         "resourceType": "DiagnosticReport",
-        "id": derived_id(&[cx.endpoint_id, filler, "report"]),
+        "id": derived_id(&[cx.endpoint_id, cx.service_request, "report"]),
         "meta": {"profile": [REPORT_PROFILE]},
         "identifier": [{"system": identifier_system, "value": filler}],
         "basedOn": [{"reference": cx.service_request}],

@@ -9,8 +9,11 @@ use ehr_core::{TenantContext, TenantId};
 use ehr_events::{Event, Handler, HandlerError};
 use ehr_hl7v2::jahis::MessageHeader;
 use ehr_hl7v2::{ControlId, Timestamp, build_oml_o33};
-use ehr_store::{Hl7Message, LabEndpoint, StoreError, Tx};
+use ehr_store::{Hl7Message, LabEndpoint, MessageFilter, StoreError, Tx};
 use std::collections::BTreeMap;
+
+/// Messages claimed per tenant and pass.
+const CLAIM_BATCH: u64 = 5;
 
 /// The consumer group of the lab interface on the order topics.
 pub const GROUP: &str = "lab-interface";
@@ -53,17 +56,101 @@ impl Handler for LabInterface {
     }
 }
 
+/// `message_type` of an order (ORC-1 `NW`) in the message log.
+pub const NEW_ORDER: &str = "OML^O33";
+/// `message_type` of a cancellation (ORC-1 `CA`) in the message log.
+pub const CANCEL_ORDER: &str = "OML^O33 CA";
+
 impl LabInterface {
     /// Turns an order event into a queued OML^O33 (in the consumer's transaction, so the message
     /// exists exactly once per event).
+    ///
+    /// - `order.placed`: one new-order message per order, ever — a second event for the same
+    ///   order (a concurrent update-as-create, a re-creation) finds it and sends nothing.
+    /// - `order.cancelled`: the lab only hears of orders it acknowledged. An order message not yet
+    ///   delivered is cancelled in the queue instead (and a delivery in flight that succeeds
+    ///   anyway is followed by a cancellation, see [`record_delivery`](Self::record_delivery));
+    ///   a delivered one is followed by a cancellation to the same lab.
     async fn enqueue_order(&self, event: &Event, tx: &Tx) -> Result<(), LabError> {
+        let now = self.clock().now();
+        let sent = self.order_message(tx, &event.key).await?;
+        if event.topic == crate::ORDER_CANCELLED {
+            let Some(nw) = sent else { return Ok(()) };
+            match nw.status.as_str() {
+                "pending" | "dead" => {
+                    tx.set_hl7_status(
+                        &nw.id,
+                        "cancelled",
+                        Some("the order was cancelled before delivery"),
+                        now.timestamp_millis(),
+                    )
+                    .await?;
+                    return Ok(());
+                }
+                "acked" => {}
+                // Refused by the lab, or already cancelled: nothing to cancel there.
+                _ => return Ok(()),
+            }
+            let endpoints = self.endpoints_of(&event.tenant).await?;
+            let endpoint = endpoints.iter().find(|e| e.id == nw.endpoint_id).ok_or(LabError::NoEndpoint)?;
+            return self.queue_cancel_of(tx, endpoint, &nw).await;
+        }
+        if sent.is_some() {
+            return Ok(());
+        }
         let endpoints = self.endpoints_of(&event.tenant).await?;
         let performer = event.payload["serviceRequest"]["performer"]
             .as_array()
             .and_then(|p| p.iter().find_map(|r| r["reference"].as_str()));
-        let endpoint = pick_endpoint(&endpoints, performer).ok_or(LabError::NoEndpoint)?;
-        let mut order = mapping::lab_order(&event.payload, &endpoint.our_facility, self.terminology())?;
-        let cancel = event.topic == crate::ORDER_CANCELLED;
+        let queued = match pick_endpoint(&endpoints, performer) {
+            Some(endpoint) => self.queue(tx, endpoint, &event.payload, &event.key).await,
+            None => Err(LabError::NoEndpoint),
+        };
+        match queued {
+            Err(LabError::Store(e)) => Err(LabError::Store(e)),
+            // An order that cannot be sent (no lab for it, no JLAC10 code, no patient id) is a
+            // dead letter in the message log, where operators look (and the order stays active).
+            Err(e) => {
+                tracing::warn!(key = %event.key, code = ehr_core::Classify::code(&e), "lab order not sendable");
+                let message = Hl7Message {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    endpoint_id: String::new(),
+                    direction: "out".into(),
+                    message_type: NEW_ORDER.into(),
+                    control_id: new_control_id()?.as_str().to_owned(),
+                    status: "dead".into(),
+                    attempts: 0,
+                    next_attempt_at: None,
+                    last_error: Some(e.to_string()),
+                    subject: Some(event.key.clone()),
+                    payload: String::new(),
+                    reply: None,
+                    created_at: now.timestamp_millis(),
+                    updated_at: now.timestamp_millis(),
+                };
+                tx.insert_hl7_message(&message).await?;
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// The new-order message of an order (`ServiceRequest/<id>`), if one was queued.
+    pub(crate) async fn order_message(&self, tx: &Tx, subject: &str) -> Result<Option<Hl7Message>, LabError> {
+        let filter =
+            MessageFilter { direction: Some("out"), subject: Some(subject), limit: 50, ..MessageFilter::default() };
+        Ok(tx.hl7_messages(&filter).await?.into_iter().find(|m| m.message_type == NEW_ORDER))
+    }
+
+    /// Builds and queues the new-order message of an order for `endpoint`.
+    async fn queue(
+        &self,
+        tx: &Tx,
+        endpoint: &LabEndpoint,
+        payload: &serde_json::Value,
+        subject: &str,
+    ) -> Result<(), LabError> {
+        let order = mapping::lab_order(payload, &endpoint.our_facility, self.terminology())?;
         let control_id = new_control_id()?;
         let now = self.clock().now();
         let header = MessageHeader::new(
@@ -73,24 +160,18 @@ impl LabInterface {
             hl7_now(now)?,
             charset_of(&endpoint.charset),
         );
-        if cancel {
-            order.priority = None;
-        }
-        let mut text = build_oml_o33(&order, &header)?;
-        if cancel {
-            text = crate::cancel_order_controls(&text);
-        }
+        let text = build_oml_o33(&order, &header)?;
         let message = Hl7Message {
             id: uuid::Uuid::new_v4().to_string(),
             endpoint_id: endpoint.id.clone(),
             direction: "out".into(),
-            message_type: "OML^O33".into(),
+            message_type: NEW_ORDER.into(),
             control_id: control_id.as_str().to_owned(),
             status: "pending".into(),
             attempts: 0,
             next_attempt_at: Some(now.timestamp_millis()),
             last_error: None,
-            subject: Some(event.key.clone()),
+            subject: Some(subject.to_owned()),
             payload: text,
             reply: None,
             created_at: now.timestamp_millis(),
@@ -127,10 +208,14 @@ impl LabInterface {
             let Some(first) = endpoints.first() else { continue };
             let ctx = TenantContext::new(first.tenant.clone(), "lab-interface:sender");
             let now = self.clock().now().timestamp_millis();
-            let lease = now + self.settings().lease_secs as i64 * 1000;
+            // A few at a time, with a lease long enough for all of them to time out in turn: a
+            // claim that ran out could be taken (and sent) by another replica.
+            let s = self.settings();
+            let per_message = (s.connect_timeout_ms + 2 * s.reply_timeout_ms) as i64;
+            let lease = now + (s.lease_secs as i64 * 1000).max(CLAIM_BATCH as i64 * per_message + 10_000);
             let claimed = {
                 let tx = self.store().write(&ctx).await?;
-                let claimed = tx.claim_due_hl7(now, lease, 50).await?;
+                let claimed = tx.claim_due_hl7(now, lease, CLAIM_BATCH).await?;
                 tx.commit().await?;
                 claimed
             };
@@ -138,7 +223,7 @@ impl LabInterface {
                 let Some(endpoint) = endpoints.iter().find(|e| e.id == message.endpoint_id) else { continue };
                 attempted += 1;
                 let delivery = self.transport(endpoint).deliver(endpoint, &message).await;
-                self.record_delivery(&ctx, endpoint, &message, delivery).await?;
+                self.record_delivery(&ctx, endpoint, &message, lease, delivery).await?;
             }
         }
         Ok(attempted)
@@ -152,6 +237,7 @@ impl LabInterface {
         ctx: &TenantContext,
         endpoint: &LabEndpoint,
         message: &Hl7Message,
+        claimed_until: i64,
         delivery: Delivery,
     ) -> Result<(), LabError> {
         let now = self.clock().now().timestamp_millis();
@@ -170,10 +256,27 @@ impl LabInterface {
             }
         };
         let tx = self.store().write(ctx).await?;
-        tx.record_hl7_attempt(&message.id, status, next, error.as_deref(), reply, now).await?;
+        if !tx.record_hl7_attempt(&message.id, claimed_until, status, next, error.as_deref(), reply, now).await? {
+            // The order was cancelled while its message was on the wire: if the lab took it,
+            // it must now hear of the cancellation.
+            let current = tx.hl7_message(&message.id).await?;
+            if status == "acked"
+                && message.message_type == NEW_ORDER
+                && current.as_ref().is_some_and(|m| m.status == "cancelled")
+            {
+                tx.set_hl7_status(
+                    &message.id,
+                    "acked",
+                    Some("acknowledged after its order was cancelled; cancellation sent"),
+                    now,
+                )
+                .await?;
+                self.queue_cancel_of(&tx, endpoint, message).await?;
+            }
+        }
         tx.commit().await?;
         let sys = self.store().system_write().await?;
-        sys.touch_lab_endpoint(&endpoint.id, "out", now, error.as_deref()).await?;
+        sys.touch_lab_endpoint(&endpoint.tenant, &endpoint.id, "out", now, error.as_deref()).await?;
         sys.commit().await?;
         match status {
             "acked" => tracing::info!(control_id = %message.control_id, endpoint = %endpoint.id, "lab order delivered"),
@@ -187,6 +290,33 @@ impl LabInterface {
         Ok(())
     }
 
+    /// Queues the cancellation of a delivered new-order message (its own text with ORC-1 `CA`,
+    /// under a new control id).
+    async fn queue_cancel_of(&self, tx: &Tx, endpoint: &LabEndpoint, nw: &Hl7Message) -> Result<(), LabError> {
+        let control_id = new_control_id()?;
+        let now = self.clock().now().timestamp_millis();
+        let text = crate::cancel_order_controls(&crate::replace_control_id(&nw.payload, control_id.as_str()));
+        let message = Hl7Message {
+            id: uuid::Uuid::new_v4().to_string(),
+            endpoint_id: endpoint.id.clone(),
+            direction: "out".into(),
+            message_type: CANCEL_ORDER.into(),
+            control_id: control_id.as_str().to_owned(),
+            status: "pending".into(),
+            attempts: 0,
+            next_attempt_at: Some(now),
+            last_error: None,
+            subject: nw.subject.clone(),
+            payload: text,
+            reply: None,
+            created_at: now,
+            updated_at: now,
+        };
+        tx.insert_hl7_message(&message).await?;
+        self.wake_sender();
+        Ok(())
+    }
+
     /// Replays an outbound message: back in the queue, due now, attempts reset.
     pub async fn replay(&self, ctx: &TenantContext, id: &str) -> Result<Hl7Message, LabError> {
         let tx = self.store().write(ctx).await?;
@@ -196,7 +326,7 @@ impl LabInterface {
         }
         let now = self.clock().now().timestamp_millis();
         if !tx.requeue_hl7(id, now).await? {
-            return Err(LabError::MessageNotFound);
+            return Err(LabError::NotReplayable);
         }
         let message = tx.hl7_message(id).await?.ok_or(LabError::Store(StoreError::NotFound))?;
         tx.commit().await?;

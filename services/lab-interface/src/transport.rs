@@ -15,9 +15,9 @@ use std::time::Duration;
 pub enum Delivery {
     /// The lab accepted the message (AA/CA), or — file batches — it was written for pickup.
     Accepted { reply: Option<String> },
-    /// The lab answered AE/AR (CE/CR): the message itself is wrong; resending will not help.
+    /// The lab answered AE (CE): the message itself is wrong; resending will not help.
     Rejected { reply: String, reason: String },
-    /// No answer (connection refused, timeout, garbled reply): worth retrying.
+    /// No answer (connection refused, timeout, garbled reply), or AR / CR: worth retrying.
     Failed { reason: String },
 }
 
@@ -31,11 +31,16 @@ pub trait Transport: Send + Sync {
 /// awaited within the timeouts.
 pub struct Mllp {
     pub timeouts: MllpTimeouts,
+    /// Destinations allowed (`lab.allowed_destinations`); empty: any.
+    pub allowed: Vec<String>,
 }
 
 #[async_trait::async_trait]
 impl Transport for Mllp {
     async fn deliver(&self, endpoint: &LabEndpoint, message: &Hl7Message) -> Delivery {
+        if !self.allowed.is_empty() && !self.allowed.iter().any(|a| a == &endpoint.address) {
+            return Delivery::Failed { reason: "the destination is not in lab.allowed_destinations".into() };
+        }
         let bytes = match charset::encode(&message.payload, charset_of(&endpoint.charset)) {
             Ok(b) => b.into_owned(),
             Err(e) => return Delivery::Failed { reason: format!("encoding: {e}") },
@@ -62,12 +67,16 @@ pub fn classify_reply(reply: &[u8], control_id: &str) -> Delivery {
         Ok(a) => a,
         Err(e) => return Delivery::Failed { reason: format!("reply without a valid MSA: {e}") },
     };
-    if ack.acknowledged.as_ref().is_some_and(|c| c.as_str() != control_id) {
-        return Delivery::Failed { reason: "the reply acknowledges another message".into() };
+    if ack.acknowledged.as_ref().is_none_or(|c| c.as_str() != control_id) {
+        return Delivery::Failed { reason: "the reply does not acknowledge this message (MSA-2)".into() };
     }
     if ack.code.is_accept() {
         return Delivery::Accepted { reply: Some(text) };
     }
+    // AR / CR: the receiving system could not process the message (it may be unavailable, or
+    // refuse it for good): retried within the endpoint's attempts. AE / CE: the content is
+    // wrong; the same message would be refused again.
+    let retry = ack.code.is_reject();
     let mut reason = format!("the lab answered {}", ack.code.as_str());
     for e in &ack.errors {
         reason.push_str(&format!(
@@ -76,22 +85,15 @@ pub fn classify_reply(reply: &[u8], control_id: &str) -> Delivery {
             if e.code_text.is_empty() { e.code.as_str() } else { e.code_text.as_str() }
         ));
     }
-    Delivery::Rejected { reply: text, reason }
+    if retry { Delivery::Failed { reason } } else { Delivery::Rejected { reply: text, reason } }
 }
 
-/// File batches: each message is written to `<address>/out/<control id>.hl7` (in the endpoint's
+/// File batches: each message is written to `<dir>/out/<control id>.hl7` (in the endpoint's
 /// character set, segments ending in CR), atomically (written under a temporary name, then
-/// renamed), for the lab or a transfer job to pick up. Results come back in `<address>/in`.
-pub struct FileBatch;
-
-impl FileBatch {
-    pub fn out_dir(endpoint: &LabEndpoint) -> PathBuf {
-        PathBuf::from(&endpoint.address).join("out")
-    }
-
-    pub fn in_dir(endpoint: &LabEndpoint) -> PathBuf {
-        PathBuf::from(&endpoint.address).join("in")
-    }
+/// renamed), for the lab or a transfer job to pick up. Results come back in `<dir>/in`. `dir` is
+/// `<lab.file_root>/<tenant>/<address>`.
+pub struct FileBatch {
+    pub dir: PathBuf,
 }
 
 #[async_trait::async_trait]
@@ -101,7 +103,7 @@ impl Transport for FileBatch {
             Ok(b) => b.into_owned(),
             Err(e) => return Delivery::Failed { reason: format!("encoding: {e}") },
         };
-        let dir = Self::out_dir(endpoint);
+        let dir = self.dir.join("out");
         // The control id is 20 alphanumerics of ours: safe as a file name.
         let name = format!("{}.hl7", message.control_id);
         let write = async {

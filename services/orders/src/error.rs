@@ -18,13 +18,18 @@ pub enum OrdersError {
     OrderWithoutPatient,
     #[error("a stored resource does not parse")]
     StoredJson,
+    #[error("ServiceRequest.{0} of an order placed with a lab cannot change: revoke it and place a new order")]
+    PlacedOrderChanged(&'static str),
 }
 
 impl Classify for OrdersError {
     fn issue_type(&self) -> IssueType {
         match self {
             Self::Workflow(e) => e.issue_type(),
-            Self::SlotReference(_) | Self::SlotNotFound(_) | Self::OrderWithoutPatient => IssueType::BusinessRule,
+            Self::SlotReference(_)
+            | Self::SlotNotFound(_)
+            | Self::OrderWithoutPatient
+            | Self::PlacedOrderChanged(_) => IssueType::BusinessRule,
             Self::SlotTaken(_) => IssueType::Conflict,
             Self::StoredJson => IssueType::Exception,
         }
@@ -38,6 +43,7 @@ impl Classify for OrdersError {
             Self::SlotTaken(_) => "EHR-ORD-103",
             Self::OrderWithoutPatient => "EHR-ORD-104",
             Self::StoredJson => "EHR-ORD-105",
+            Self::PlacedOrderChanged(_) => "EHR-ORD-106",
         }
     }
 

@@ -29,6 +29,20 @@ fn is_lab_order(sr: &Value) -> bool {
         .any(|coding| matches!(coding["code"].as_str(), Some("108252007" | "laboratory")))
 }
 
+/// Whether a lab order is one the lab must perform: an order intent (not a proposal or plan) and
+/// not `doNotPerform`.
+fn to_perform(sr: &Value) -> bool {
+    matches!(
+        sr["intent"].as_str(),
+        Some("order" | "original-order" | "instance-order" | "filler-order" | "reflex-order")
+    ) && sr["doNotPerform"] != Value::Bool(true)
+}
+
+/// Statuses of a lab order the lab knows about.
+fn placed(v: Option<&Value>) -> bool {
+    matches!(status(v), Some("active" | "on-hold"))
+}
+
 fn status(v: Option<&Value>) -> Option<&str> {
     v.and_then(|v| v["status"].as_str())
 }
@@ -71,20 +85,46 @@ impl OrderRules {
         if errors.is_empty() { Ok(()) } else { Err(Problem::new(422, errors)) }
     }
 
-    /// `order.placed` when a lab order becomes active (created active, or draft → active);
-    /// `order.cancelled` when a placed one is revoked. The payload carries what the lab needs to
+    /// `order.placed` when a lab order to perform becomes active (created active, or draft /
+    /// unknown → active); `order.cancelled` when a placed one (active, on-hold) is revoked,
+    /// entered in error or deleted. The lab interface sends each order once, and a cancellation
+    /// only for an order the lab acknowledged. The payload carries what the lab needs to
     /// know (event-carried state): the order, its patient and its specimens as they are now.
     async fn order_events(&self, tx: &Tx, change: &Change<'_>) -> Result<(), Problem> {
-        let Some(next) = change.next else { return Ok(()) };
-        if !is_lab_order(next) {
-            return Ok(());
-        }
-        let before = status(change.previous);
-        let topic = match (before, status(Some(next))) {
-            (None | Some("draft"), Some("active")) => ORDER_PLACED,
-            (Some("active" | "on-hold"), Some("revoked")) => ORDER_CANCELLED,
+        let lab = |v: Option<&Value>| v.is_some_and(|v| is_lab_order(v) && to_perform(v));
+        let (topic, next) = match (change.previous, change.next) {
+            // Deleted: cancelled at the lab if it was placed.
+            (Some(previous), None) if lab(Some(previous)) && placed(Some(previous)) => (ORDER_CANCELLED, previous),
+            (_, Some(next)) if lab(Some(next)) || lab(change.previous) => {
+                let before = status(change.previous);
+                match (before, status(Some(next))) {
+                    (None | Some("draft" | "unknown"), Some("active")) if lab(Some(next)) => (ORDER_PLACED, next),
+                    (Some("active" | "on-hold"), Some("revoked" | "entered-in-error")) => (ORDER_CANCELLED, next),
+                    (Some("active" | "on-hold"), _) if placed(Some(next)) => {
+                        // The lab performs what it was sent: a placed order's test, specimen,
+                        // lab and intent stay as they were (cancel and order anew instead).
+                        if let Some(previous) = change.previous {
+                            for field in ["code", "specimen", "performer", "doNotPerform", "category"] {
+                                if previous[field] != next[field] {
+                                    return Err(OrdersError::PlacedOrderChanged(field).into());
+                                }
+                            }
+                        }
+                        return Ok(());
+                    }
+                    _ => return Ok(()),
+                }
+            }
             _ => return Ok(()),
         };
+        let key = format!("ServiceRequest/{}", change.id);
+        if topic == ORDER_CANCELLED {
+            // The lab interface cancels the message it sent, as it was sent.
+            let event =
+                NewEvent { topic: topic.to_owned(), key, payload: json!({ "serviceRequest": next }), trace: None };
+            tx.emit(&event, self.clock.now()).await?;
+            return Ok(());
+        }
         let patient = match next["subject"]["reference"].as_str().and_then(|r| r.strip_prefix("Patient/")) {
             Some(id) => read_json(tx, "Patient", id).await?,
             None => None,
@@ -100,7 +140,6 @@ impl OrderRules {
                 specimens.push(specimen);
             }
         }
-        let key = format!("ServiceRequest/{}", change.id);
         let payload = json!({ "serviceRequest": next, "patient": patient, "specimens": specimens });
         let event = NewEvent { topic: topic.to_owned(), key, payload, trace: None };
         tx.emit(&event, self.clock.now()).await?;

@@ -53,6 +53,15 @@ impl LabResults {
         if let Some(current) = tx.read_for_update(ty, id.as_str()).await?.filter(|s| !s.deleted) {
             let stored: Value =
                 serde_json::from_str(&current.content).map_err(|_| HandlerError::Permanent("stored json"))?;
+            // A result never moves to another patient or order.
+            if stored["subject"] != resource["subject"] || stored["basedOn"] != resource["basedOn"] {
+                return Err(HandlerError::Permanent("a lab result would change its patient or its order"));
+            }
+            // Nor back from final to preliminary: a late preliminary after the final is stale.
+            let settled = |v: &Value| matches!(v["status"].as_str(), Some("final" | "corrected" | "amended"));
+            if settled(&stored) && !settled(resource) {
+                return Ok(());
+            }
             if comparable(stored) == comparable(resource.clone()) {
                 return Ok(());
             }
