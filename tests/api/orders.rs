@@ -169,6 +169,10 @@ async fn concurrent_bookings_of_one_slot_have_exactly_one_winner() {
     assert_eq!(json(app.get("/Appointment").await, 200).await["total"], 1);
     let slot = json(app.get(&format!("/Slot/{slot_id}")).await, 200).await;
     assert_eq!(slot["status"], "busy");
+    // Nobody frees a held slot by hand (that would let a second booking in).
+    let mut freed = slot.clone();
+    freed["status"] = json!("free");
+    outcome(app.put(&format!("/Slot/{slot_id}"), &freed).await, 409, "conflict").await;
     let by_slot = json(app.get(&format!("/Appointment?slot=Slot/{slot_id}")).await, 200).await;
     assert_eq!(by_slot["total"], 1);
 

@@ -354,6 +354,7 @@ mod tests {
             organization: org.map(str::to_owned),
             is_default: default,
             max_attempts: 5,
+            allowed_peers: Vec::new(),
             active: true,
             created_at: 0,
             updated_at: 0,

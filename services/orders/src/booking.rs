@@ -74,3 +74,22 @@ async fn set_status(tx: &Tx, id: &str, from: &str, to: &str, now: DateTime<Utc>)
     tx.update("Slot", &rid, slot, Some(current.version), "PUT", now).await?;
     Ok(true)
 }
+
+/// A Slot write must not free a slot an Appointment holds: giving it back is the Appointment's
+/// (cancel it). Otherwise a second Appointment could book it — a double booking without any race.
+pub(crate) async fn check_slot_change(tx: &Tx, change: &Change<'_>) -> Result<(), Problem> {
+    let busy = |v: Option<&Value>| v.is_some_and(|v| v["status"] == "busy");
+    if !busy(change.previous) || busy(change.next) {
+        return Ok(());
+    }
+    let pairs = vec![("slot".to_owned(), format!("Slot/{}", change.id)), ("status".to_owned(), HOLDING.join(","))];
+    let query = ehr_fhir::search::parse_search("Appointment", &pairs, true, |t| {
+        ehr_core::ResourceType::parse(t).ok().map(ehr_core::ResourceType::as_str)
+    })
+    .map_err(|_| OrdersError::StoredJson)?;
+    if tx.matching_ids(&query, 1).await?.is_empty() {
+        Ok(())
+    } else {
+        Err(OrdersError::SlotHeld(change.id.to_owned()).into())
+    }
+}

@@ -14,6 +14,8 @@ pub enum OrdersError {
     SlotNotFound(String),
     #[error("Slot/{0} is not free: it was booked by another appointment")]
     SlotTaken(String),
+    #[error("Slot/{0} is held by an appointment: cancel the appointment to free it")]
+    SlotHeld(String),
     #[error("a lab order needs a subject that is a Patient of this server")]
     OrderWithoutPatient,
     #[error("a stored resource does not parse")]
@@ -30,7 +32,7 @@ impl Classify for OrdersError {
             | Self::SlotNotFound(_)
             | Self::OrderWithoutPatient
             | Self::PlacedOrderChanged(_) => IssueType::BusinessRule,
-            Self::SlotTaken(_) => IssueType::Conflict,
+            Self::SlotTaken(_) | Self::SlotHeld(_) => IssueType::Conflict,
             Self::StoredJson => IssueType::Exception,
         }
     }
@@ -44,6 +46,7 @@ impl Classify for OrdersError {
             Self::OrderWithoutPatient => "EHR-ORD-104",
             Self::StoredJson => "EHR-ORD-105",
             Self::PlacedOrderChanged(_) => "EHR-ORD-106",
+            Self::SlotHeld(_) => "EHR-ORD-107",
         }
     }
 

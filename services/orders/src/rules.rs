@@ -66,6 +66,7 @@ impl WriteRules for OrderRules {
         }
         match change.resource_type {
             "Appointment" => booking::apply(tx, change, self.clock.now()).await,
+            "Slot" => booking::check_slot_change(tx, change).await,
             "ServiceRequest" => self.order_events(tx, change).await,
             _ => Ok(()),
         }
