@@ -95,6 +95,30 @@ async fn futures_join(workers: Vec<JoinHandle<()>>) {
     }
 }
 
+/// Published outbox rows are kept this long (for investigation), receipts longer than any
+/// redelivery could come.
+const OUTBOX_KEEP_DAYS: i64 = 7;
+const RECEIPTS_KEEP_DAYS: i64 = 30;
+
+/// Hourly: deletes published outbox rows and old event receipts.
+fn spawn_purge(store: Store, clock: Arc<dyn Clock>, shutdown: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            }
+            let now = clock.now();
+            let outbox = store.outbox_purge_published(now - chrono::Duration::days(OUTBOX_KEEP_DAYS)).await;
+            let receipts = store.event_receipts_purge(now - chrono::Duration::days(RECEIPTS_KEEP_DAYS)).await;
+            match (outbox, receipts) {
+                (Ok(o), Ok(r)) => tracing::info!(outbox = o, receipts = r, "purged published events and old receipts"),
+                _ => tracing::warn!("purging published events failed; retried in an hour"),
+            }
+        }
+    })
+}
+
 /// The background side of the services of one process: the event bus, the outbox relay, the
 /// consumers and the lab interface's workers.
 struct Background {
@@ -108,13 +132,26 @@ impl Background {
     /// The bus (Redis Streams when Redis is configured, else in-process on SQLite) and a relay.
     async fn start(config: &Config, store: &Store, clock: &Arc<dyn Clock>) -> Result<Self, AppError> {
         let bus: Arc<dyn Bus> = match config.redis_url()? {
-            Some(url) => Arc::new(RedisBus::connect(&url, &config.gateway.redis_prefix, BusConfig::default()).await?),
+            // The same prefix as the security state's keys (`<prefix>:…`): `ehr:events:<topic>`.
+            Some(url) => {
+                let prefix = format!("{}:", config.gateway.redis_prefix.trim_end_matches(':'));
+                Arc::new(RedisBus::connect(&url, &prefix, BusConfig::default()).await?)
+            }
+            None if store.backend_name() != "sqlite" => {
+                return Err(ConfigError::Invalid(
+                    "PostgreSQL needs Redis for the event bus: set gateway.redis_url (EHR_GATEWAY__REDIS_URL)".into(),
+                )
+                .into());
+            }
             None => Arc::new(LocalBus::new(store.clone(), clock.clone(), BusConfig::default())?),
         };
         let shutdown = CancellationToken::new();
         let relay = Relay::new(RelayConfig::default());
         let notifier = relay.notifier();
-        let workers = vec![relay.spawn(store.clone(), bus.clone(), clock.clone(), shutdown.clone())];
+        let workers = vec![
+            relay.spawn(store.clone(), bus.clone(), clock.clone(), shutdown.clone()),
+            spawn_purge(store.clone(), clock.clone(), shutdown.clone()),
+        ];
         Ok(Self { bus, relay: notifier, shutdown, workers })
     }
 

@@ -461,7 +461,7 @@ impl Tx {
             .exec(
                 "UPDATE hl7_messages SET status = 'pending', attempts = 0, next_attempt_at = $3, last_error = NULL, \
                  updated_at = $3 WHERE tenant_id = $1 AND id = $2 AND direction = 'out' \
-                 AND status IN ('dead', 'rejected')",
+                 AND status IN ('dead', 'rejected') AND endpoint_id <> ''",
                 vec![self.tenant.as_str().into(), id.into(), now.into()],
             )
             .await?;

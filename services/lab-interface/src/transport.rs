@@ -43,7 +43,8 @@ impl Transport for Mllp {
         }
         let bytes = match charset::encode(&message.payload, charset_of(&endpoint.charset)) {
             Ok(b) => b.into_owned(),
-            Err(e) => return Delivery::Failed { reason: format!("encoding: {e}") },
+            // A character the lab's character set lacks (髙, ①) will be lacking on every attempt.
+            Err(e) => return Delivery::Rejected { reply: String::new(), reason: format!("encoding: {e}") },
         };
         let reply = match send_message(endpoint.address.as_str(), &bytes, self.timeouts).await {
             Ok(r) => r,
@@ -101,7 +102,7 @@ impl Transport for FileBatch {
     async fn deliver(&self, endpoint: &LabEndpoint, message: &Hl7Message) -> Delivery {
         let bytes = match charset::encode(&message.payload, charset_of(&endpoint.charset)) {
             Ok(b) => b.into_owned(),
-            Err(e) => return Delivery::Failed { reason: format!("encoding: {e}") },
+            Err(e) => return Delivery::Rejected { reply: String::new(), reason: format!("encoding: {e}") },
         };
         let dir = self.dir.join("out");
         // The control id is 20 alphanumerics of ours: safe as a file name.
