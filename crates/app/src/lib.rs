@@ -95,6 +95,9 @@ async fn futures_join(workers: Vec<JoinHandle<()>>) {
     }
 }
 
+/// Consumers per group and process on PostgreSQL (each handles one event at a time).
+const CONSUMERS_PER_GROUP: usize = 4;
+
 /// Published outbox rows are kept this long (for investigation), receipts longer than any
 /// redelivery could come.
 const OUTBOX_KEEP_DAYS: i64 = 7;
@@ -123,6 +126,7 @@ fn spawn_purge(store: Store, clock: Arc<dyn Clock>, shutdown: CancellationToken)
 /// consumers and the lab interface's workers.
 struct Background {
     bus: Arc<dyn Bus>,
+    consumers_per_group: usize,
     relay: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
     workers: Vec<JoinHandle<()>>,
@@ -152,7 +156,8 @@ impl Background {
             relay.spawn(store.clone(), bus.clone(), clock.clone(), shutdown.clone()),
             spawn_purge(store.clone(), clock.clone(), shutdown.clone()),
         ];
-        Ok(Self { bus, relay: notifier, shutdown, workers })
+        let consumers_per_group = if store.backend_name() == "sqlite" { 1 } else { CONSUMERS_PER_GROUP };
+        Ok(Self { bus, consumers_per_group, relay: notifier, shutdown, workers })
     }
 
     fn consume(
@@ -163,15 +168,19 @@ impl Background {
         topics: &[&str],
         handler: Arc<dyn ehr_events::Handler>,
     ) {
-        self.workers.push(spawn_consumer(
-            self.bus.clone(),
-            store.clone(),
-            clock.clone(),
-            group,
-            topics.iter().map(|t| (*t).to_owned()).collect(),
-            handler,
-            self.shutdown.clone(),
-        ));
+        // Several consumers of the group in this process when the bus shares work among them
+        // (Redis Streams) and the database takes concurrent writers (PostgreSQL); one otherwise.
+        for _ in 0..self.consumers_per_group {
+            self.workers.push(spawn_consumer(
+                self.bus.clone(),
+                store.clone(),
+                clock.clone(),
+                group,
+                topics.iter().map(|t| (*t).to_owned()).collect(),
+                handler.clone(),
+                self.shutdown.clone(),
+            ));
+        }
     }
 
     /// The lab interface with its sender and (when configured) its MLLP listener.

@@ -221,6 +221,7 @@ async fn create_endpoint(
         last_error: None,
     };
     let sys = st.lab.store().system_write().await.map_err(LabError::from)?;
+    one_default(&sys, &e).await?;
     match sys.create_lab_endpoint(&e).await {
         Ok(()) => {}
         Err(StoreError::AlreadyExists) => return Err(LabError::EndpointClash.into()),
@@ -257,6 +258,7 @@ async fn update_endpoint(
     e.allowed_peers = b.allowed_peers;
     e.active = b.active;
     e.updated_at = st.lab.clock().now().timestamp_millis();
+    one_default(&sys, &e).await?;
     // The routing pair is unique across tenants; checked first so that the clash is an answer,
     // not a constraint violation.
     if sys
@@ -275,6 +277,19 @@ async fn update_endpoint(
     }
     sys.commit().await.map_err(LabError::from)?;
     Ok(Json(endpoint_json(&e)).into_response())
+}
+
+/// At most one default lab per tenant: which of two would get an order is not a thing to leave to
+/// the order of names.
+async fn one_default(sys: &ehr_store::SysTx, e: &LabEndpoint) -> Result<(), LabError> {
+    if !e.is_default {
+        return Ok(());
+    }
+    let others = sys.lab_endpoints_of(&e.tenant).await?;
+    if others.iter().any(|o| o.id != e.id && o.is_default) {
+        return Err(LabError::InvalidEndpoint("isDefault: another endpoint of this tenant is the default".into()));
+    }
+    Ok(())
 }
 
 fn message_json(m: &Hl7Message, with_payload: bool) -> Value {

@@ -176,9 +176,12 @@ async fn ingest_bench(args: &Args) -> Result<(), String> {
     config.gateway.rate_limit.tenant_burst = 1_000_000;
     config.gateway.secret_key = Some(ehr_gateway_key().into());
     config.lab.listen = Some("127.0.0.1:0".into());
+    config.lab.poll_interval_ms = 50;
     let dir = std::env::temp_dir().join(format!("ehr-bench-lab-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     config.data_dir = dir.clone();
+    // Orders go out as batch files (instant, always accepted): the benchmark measures results.
+    config.lab.file_root = dir.join("lab-files");
     let mut pg_name = None;
     match args.backend {
         Backend::Sqlite => {
@@ -219,7 +222,7 @@ async fn ingest_bench(args: &Args) -> Result<(), String> {
     let resp = post(
         "/lab/endpoints",
         json!({"name": "bench lab", "labFacility": "LABCO", "labApplication": "LABSYS", "ourFacility": "HOSP",
-               "ourApplication": "HIS", "address": "127.0.0.1:9", "isDefault": true}),
+               "ourApplication": "HIS", "transport": "file", "address": "bench", "isDefault": true}),
     )
     .await
     .map_err(|e| e.to_string())?;
@@ -231,17 +234,31 @@ async fn ingest_bench(args: &Args) -> Result<(), String> {
         "name": [{"family": "山田", "given": ["花子"]}], "gender": "female", "birthDate": "1970-01-02"});
     let resp = post("/fhir/Patient", patient).await.map_err(|e| e.to_string())?;
     let pid = resp.json::<Value>().await.map_err(|e| e.to_string())?["id"].as_str().unwrap_or_default().to_owned();
-    // Draft orders: nothing is sent to the (absent) lab, results may still answer them.
-    println!("ingest ({:?}): creating {} orders…", args.backend, args.messages);
+    // Active lab orders, sent to the lab (as files) before their results arrive.
+    println!("ingest ({:?}): placing {} orders…", args.backend, args.messages);
     let mut orders = Vec::with_capacity(args.messages);
     for _ in 0..args.messages {
-        let sr = json!({"resourceType": "ServiceRequest", "status": "draft", "intent": "order",
+        let sr = json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+            "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "108252007"}]}],
             "code": {"coding": [{"system": "http://medis.or.jp/CodeSystem/master-JLAC10-17digits", "code": "3B035000002327201"}]},
             "subject": {"reference": format!("Patient/{pid}")}});
         let resp = post("/fhir/ServiceRequest", sr).await.map_err(|e| e.to_string())?;
         orders
             .push(resp.json::<Value>().await.map_err(|e| e.to_string())?["id"].as_str().unwrap_or_default().to_owned());
     }
+    let sent_at = Instant::now();
+    loop {
+        let out = dir.join("lab-files").join("bench").join("bench").join("out");
+        let n = std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0);
+        if n >= orders.len() {
+            break;
+        }
+        if sent_at.elapsed() > Duration::from_secs(300) {
+            return Err(format!("only {n} of {} orders reached the lab", orders.len()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("  orders sent to the lab in {:.1} s", sent_at.elapsed().as_secs_f64());
     let mut frames = Vec::with_capacity(orders.len());
     for (i, placer) in orders.iter().enumerate() {
         let text = results_message(placer, "P-0001", args.results, &format!("C{i:08}"))?;
@@ -271,6 +288,9 @@ async fn ingest_bench(args: &Args) -> Result<(), String> {
     }
     let acked = start.elapsed();
     let expected = args.messages;
+    if refused > 0 {
+        return Err(format!("{refused} of {expected} result messages refused"));
+    }
     let mut filed = 0u64;
     let deadline = Instant::now() + Duration::from_secs(600);
     while Instant::now() < deadline {
