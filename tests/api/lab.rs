@@ -251,6 +251,7 @@ fn result_message(placer: &str, pid_3: &str, obx3: &str) -> String {
         "SPM|1|||023^血清^JC10|||||||||||||20261125091000",
         &format!("OBR|1|{placer}|F-1|{obx3}|||20261125091000"),
         &format!("OBX|1|NM|{obx3}||31|U/L^U/L^99LAB|13-30|H|||F|||20261125110000"),
+        "NTE|1||溶血あり",
     ]
     .join("\r")
         + "\r"
@@ -319,14 +320,15 @@ async fn malformed_results_are_refused_with_the_field_named_and_nothing_stored()
     assert_eq!(json(app.get(&format!("/ServiceRequest/{sr_id}")).await, 200).await["status"], "active");
     assert!(messages(&app, "?direction=in").await.is_empty());
 
-    // The well-formed message is accepted.
+    // The well-formed message is accepted, the lab's comment (NTE) kept with the result.
     let ack = send(&app, &result_message(&sr_id, "P-12345", &ast)).await;
     assert!(ack.contains("MSA|AA|RES0001"), "{ack}");
-    wait_for("the Observation", || async {
+    let obs = wait_for("the Observation", || async {
         let b = json(app.get(&format!("/Observation?patient={pid}")).await, 200).await;
         (b["total"] == 1).then_some(b)
     })
     .await;
+    assert_eq!(obs["entry"][0]["resource"]["note"][0]["text"], "溶血あり", "{obs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,7 @@ fn results_message(placer: &str, patient_id: &str, n: usize, control: &str) -> R
                 abnormal_flags: Vec::new(),
                 status: "F".into(),
                 observed_at: Timestamp::new("20261125110000").ok(),
+                notes: Vec::new(),
             }
         })
         .collect();

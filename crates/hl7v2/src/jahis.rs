@@ -433,6 +433,9 @@ pub struct Observation {
     pub status: String,
     /// OBX-14 observation time.
     pub observed_at: Option<Timestamp>,
+    /// Comments on the result (NTE-3 of the NTE segments after this OBX), escapes decoded —
+    /// e.g. 溶血あり (haemolysed: read with care).
+    pub notes: Vec<String>,
 }
 
 /// One order with its results (OBR, optional ORC, its OBX and its specimen).
@@ -454,6 +457,8 @@ pub struct OrderResults {
     pub specimen: Option<Specimen>,
     /// The observations, in order.
     pub observations: Vec<Observation>,
+    /// Comments on the order (NTE after the OBR, before its first OBX).
+    pub notes: Vec<String>,
 }
 
 /// The content of an OUL^R22 or ORU^R01 result message.
@@ -636,6 +641,7 @@ fn parse_observation(obx: &Located<'_, '_>) -> Result<Observation> {
         abnormal_flags: obx.field(8).repetitions().map(|r| r.unescape().into_owned()).collect(),
         status,
         observed_at: obx.timestamp(14, None)?,
+        notes: Vec::new(),
     })
 }
 
@@ -744,6 +750,19 @@ pub fn parse_lab_results(msg: &Message<'_>) -> Result<LabResults> {
             "OBX" => {
                 let order = orders.last_mut().ok_or_else(|| out_of_order("OBX after an OBR"))?;
                 order.observations.push(parse_observation(&seg)?);
+            }
+            // A comment belongs to the OBX before it; one before any OBX of an order, to the order.
+            "NTE" => {
+                if let Some(order) = orders.last_mut() {
+                    let text: Vec<String> = seg.field(3).repetitions().map(|r| r.unescape().into_owned()).collect();
+                    let text = text.join("\n");
+                    if !text.trim().is_empty() {
+                        match order.observations.last_mut() {
+                            Some(obx) => obx.notes.push(text),
+                            None => order.notes.push(text),
+                        }
+                    }
+                }
             }
             _ => {}
         }

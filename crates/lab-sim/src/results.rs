@@ -68,6 +68,7 @@ pub(crate) fn build(
             abnormal_flags: value.abnormal_flag.into_iter().map(str::to_owned).collect(),
             status: "F".to_owned(),
             observed_at: Some(now.clone()),
+            notes: Vec::new(),
         };
         orders.push(OrderResults {
             placer_order_number: placer.to_owned(),
@@ -78,6 +79,7 @@ pub(crate) fn build(
             result_status: Some("F".to_owned()),
             specimen,
             observations: vec![observation],
+            notes: Vec::new(),
         });
     }
     let header = MessageHeader::new(

@@ -373,6 +373,10 @@ pub fn report(order: &OrderResults, cx: &ResultContext<'_>) -> (Value, Vec<Value
         if let Some(p) = cx.performer {
             o["performer"] = json!([{"reference": p}]);
         }
+        // The lab's comments (NTE): 溶血あり and the like change how a value is read.
+        if !obx.notes.is_empty() {
+            o["note"] = Value::Array(obx.notes.iter().map(|n| json!({"text": n})).collect());
+        }
         observations.push(o);
     }
     let all_final =
@@ -398,6 +402,9 @@ pub fn report(order: &OrderResults, cx: &ResultContext<'_>) -> (Value, Vec<Value
     });
     if let Some(t) = effective {
         dr["effectiveDateTime"] = Value::String(t);
+    }
+    if !order.notes.is_empty() {
+        dr["conclusion"] = Value::String(order.notes.join("\n"));
     }
     if let Some(p) = cx.performer {
         dr["performer"] = json!([{"reference": p}]);
@@ -488,6 +495,7 @@ mod validity {
                 abnormal_flags: vec!["H".into()],
                 status: "F".into(),
                 observed_at: Timestamp::new("20261125110000").ok(),
+                notes: vec!["溶血あり".into()],
                 ..Observation::default()
             }],
             ..OrderResults::default()
@@ -502,6 +510,7 @@ mod validity {
             received_at: "2026-11-25T02:00:00.000Z",
         };
         let (report, observations) = report(&order, &cx);
+        assert_eq!(observations[0]["note"][0]["text"], "溶血あり");
         let validator = ehr_fhir::validate::Validator::new();
         for r in observations.iter().chain(std::iter::once(&report)) {
             let errors: Vec<_> = validator

@@ -163,11 +163,24 @@ fn orc(order: &OrderResults, header: &MessageHeader) -> SegmentBuilder {
 }
 
 fn push_observations(message: &mut MessageBuilder, order: &OrderResults, counts: &mut Counts) -> Result<()> {
+    push_notes(message, &order.notes);
     for (i, observation) in order.observations.iter().enumerate() {
         counts.obx += 1;
         message.push(obx(observation, i + 1, counts.obx)?);
+        push_notes(message, &observation.notes);
     }
     Ok(())
+}
+
+/// One NTE per note (NTE-1 numbered from 1, NTE-3 the text, one repetition per line).
+fn push_notes(message: &mut MessageBuilder, notes: &[String]) {
+    for (i, note) in notes.iter().enumerate() {
+        let mut nte = SegmentBuilder::new("NTE").field(1, (i + 1).to_string());
+        for line in note.split('\n') {
+            nte = nte.repetition(3, [line]);
+        }
+        message.push(nte);
+    }
 }
 
 fn obx(observation: &Observation, set_id: usize, occurrence: usize) -> Result<SegmentBuilder> {
