@@ -123,6 +123,17 @@ fn tenant_isolation(table: &str) -> String {
     )
 }
 
+/// The application role's grant on a table (tolerating a missing role, which the first
+/// migration reports).
+fn app_grant(table: &str) -> String {
+    format!(
+        "DO $$ BEGIN
+           GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};
+         EXCEPTION WHEN undefined_object THEN NULL;
+         END $$"
+    )
+}
+
 /// The role the application switches to in every PostgreSQL transaction (see `Store`). It is
 /// not a superuser and does not bypass row-level security, whatever role the pool logs in as.
 pub const APP_ROLE: &str = "ehr_app";
@@ -298,13 +309,7 @@ impl MigrationTrait for M0002Identity {
                 db.execute_unprepared(&tenant_isolation(table)).await?;
             }
             for table in SYSTEM_TABLES {
-                db.execute_unprepared(&format!(
-                    "DO $$ BEGIN
-                       GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};
-                     EXCEPTION WHEN undefined_object THEN NULL;
-                     END $$"
-                ))
-                .await?;
+                db.execute_unprepared(&app_grant(table)).await?;
             }
         }
         Ok(())
@@ -393,13 +398,7 @@ impl MigrationTrait for M0003Outbox {
             // The LocalBus's cursors and dead-letter marks hold consumer names, topics, sequence
             // numbers and event ids, no tenant data: system tables.
             for table in ["event_cursors", "event_dead_letters"] {
-                db.execute_unprepared(&format!(
-                    "DO $$ BEGIN
-                       GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};
-                     EXCEPTION WHEN undefined_object THEN NULL;
-                     END $$"
-                ))
-                .await?;
+                db.execute_unprepared(&app_grant(table)).await?;
             }
             // The relay's role (why a role and not a policy on the empty tenant: see
             // `crate::outbox`). Created when the migrating user may create roles, and granted to
@@ -469,13 +468,7 @@ impl MigrationTrait for M0004Lab {
                 db.execute_unprepared(&tenant_isolation(table)).await?;
             }
             for table in crate::lab::LAB_SYSTEM_TABLES {
-                db.execute_unprepared(&format!(
-                    "DO $$ BEGIN
-                       GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE};
-                     EXCEPTION WHEN undefined_object THEN NULL;
-                     END $$"
-                ))
-                .await?;
+                db.execute_unprepared(&app_grant(table)).await?;
             }
         }
         Ok(())
