@@ -175,6 +175,19 @@ async fn lab_order_round_trip_survives_an_outage_and_a_duplicate() {
     assert_eq!(inbound.len(), 1, "{inbound:?}");
     let outbound = messages(&app, &subject).await;
     assert_eq!(outbound[0]["status"], "acked");
+    // Reading a message's text (patient data) is audited under the patient.
+    let path = format!("/lab/messages/{}", outbound[0]["id"].as_str().unwrap());
+    let full = json(admin(&app, reqwest::Method::GET, &path, None).await, 200).await;
+    assert!(full["payload"].as_str().unwrap().contains("OML^O33"));
+    let events = app.audit_events(&format!("patient=Patient/{pid}")).await;
+    assert!(
+        events.iter().any(|e| e["entity"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| x["what"]["reference"].as_str() == Some(&path[1..]))),
+        "no audit event names the message read under the patient: {events:?}"
+    );
     // Still exactly one of each after everything settled.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(json(app.get(&format!("/Observation?patient={pid}")).await, 200).await["total"], 1);

@@ -12,7 +12,7 @@ mod render;
 mod service;
 mod transaction;
 
-pub use audit::AUDIT_PATIENTS;
+pub use audit::{AUDIT_PATIENTS, Patients};
 pub use capability::capability_statement;
 pub use error::RestError;
 pub use render::BaseUrl;

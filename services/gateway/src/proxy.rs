@@ -471,15 +471,30 @@ pub async fn forward_lab(State(st): State<GwState>, req: Request) -> Response {
         _ => "U",
     };
     let interaction = crate::audit::RestInteraction { code: "operation", action };
-    let resp = match call(upstream, parts, body).await {
+    let mut resp = match call(upstream, parts, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    // The lab interface names the patients whose data a response holds (a message's text, the
+    // results a lab posted), as the FHIR services do.
+    let patients: Vec<String> = resp
+        .headers_mut()
+        .remove(AUDIT_PATIENTS)
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
     // The path names endpoints and messages by opaque ids only; no PHI.
     let access = Access {
         resource: Some(path.trim_start_matches('/')),
         resource_type: Some("LabInterface"),
         request_id: request_id.as_deref(),
+        patients: &patients,
         ..Access::default()
     };
     let event = rest_event(&gw.now_instant(), &tenant, &actor, interaction, resp.status().as_u16(), &access);

@@ -341,10 +341,18 @@ async fn dead_letters(State(st): State<LabState>, caller: Caller) -> Result<Resp
 async fn get_message(State(st): State<LabState>, caller: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
     require(&caller, "LabMessage", Interaction::Read)?;
     let tx = st.lab.store().read(&caller.ctx).await.map_err(LabError::from)?;
-    let m = tx.hl7_message(&id).await.map_err(LabError::from)?;
+    let m = tx.hl7_message(&id).await.map_err(LabError::from)?.ok_or(LabError::MessageNotFound)?;
+    // The message text is patient data: the gateway audits the read under the order's patient.
+    let mut patients = ehr_rest::Patients::default();
+    if let Some(sr) = m.subject.as_deref().and_then(|s| s.strip_prefix("ServiceRequest/"))
+        && let Some(stored) = tx.read("ServiceRequest", sr).await.map_err(LabError::from)?
+    {
+        patients.add("ServiceRequest", &stored.content);
+    }
     tx.commit().await.map_err(LabError::from)?;
-    let m = m.ok_or(LabError::MessageNotFound)?;
-    Ok(Json(message_json(&m, true)).into_response())
+    let mut resp = Json(message_json(&m, true)).into_response();
+    patients.apply(&mut resp);
+    Ok(resp)
 }
 
 async fn replay(State(st): State<LabState>, caller: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
@@ -364,7 +372,15 @@ async fn fhir_results(
     caller.require("Observation", Interaction::Create)?;
     let Json(bundle) = body.map_err(|e| LabError::InvalidBundle(e.body_text()))?;
     let orders = st.lab.ingest_bundle(&caller.ctx, &id, &bundle).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"orders": orders, "duplicate": orders == 0}))).into_response())
+    let mut patients = ehr_rest::Patients::default();
+    for entry in bundle["entry"].as_array().into_iter().flatten() {
+        if entry["resource"]["resourceType"] == "DiagnosticReport" {
+            patients.add("DiagnosticReport", &entry["resource"].to_string());
+        }
+    }
+    let mut resp = (StatusCode::ACCEPTED, Json(json!({"orders": orders, "duplicate": orders == 0}))).into_response();
+    patients.apply(&mut resp);
+    Ok(resp)
 }
 
 /// Every external connection of the tenant: the labs (orders out, results in) and the MLLP
