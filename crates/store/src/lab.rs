@@ -369,18 +369,25 @@ impl Tx {
         rows.iter().map(row_to_message).collect()
     }
 
-    /// Claims up to `limit` outbound messages due at `now` for sending: pushes their due time to
-    /// `lease_until` and returns them. On PostgreSQL, rows another sender holds are skipped.
-    pub async fn claim_due_hl7(&self, now: i64, lease_until: i64, limit: u64) -> Result<Vec<Hl7Message>, StoreError> {
+    /// Claims up to `limit` outbound messages of one endpoint due at `now` for sending: pushes
+    /// their due time to `lease_until` and returns them. On PostgreSQL, rows another sender holds
+    /// are skipped.
+    pub async fn claim_due_hl7(
+        &self,
+        endpoint_id: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u64,
+    ) -> Result<Vec<Hl7Message>, StoreError> {
         let lock = if self.backend == sea_orm::DbBackend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
         let rows = self
             .query(
                 &format!(
                     "SELECT {MESSAGE_COLUMNS} FROM hl7_messages WHERE tenant_id = $1 AND direction = 'out' \
-                     AND status = 'pending' AND next_attempt_at <= $2 ORDER BY next_attempt_at, created_at \
-                     LIMIT {limit}{lock}"
+                     AND status = 'pending' AND next_attempt_at <= $2 AND endpoint_id = $3 \
+                     ORDER BY next_attempt_at, created_at LIMIT {limit}{lock}"
                 ),
-                vec![self.tenant.as_str().into(), now.into()],
+                vec![self.tenant.as_str().into(), now.into(), endpoint_id.into()],
             )
             .await?;
         let messages: Vec<Hl7Message> = rows.iter().map(row_to_message).collect::<Result<_, _>>()?;

@@ -10,9 +10,8 @@ use ehr_events::{Event, Handler, HandlerError};
 use ehr_hl7v2::jahis::MessageHeader;
 use ehr_hl7v2::{ControlId, Timestamp, build_oml_o33};
 use ehr_store::{Hl7Message, LabEndpoint, MessageFilter, StoreError, Tx};
-use std::collections::BTreeMap;
 
-/// Messages claimed per tenant and pass.
+/// Messages claimed per lab and pass.
 const CLAIM_BATCH: u64 = 5;
 
 /// The consumer group of the lab interface on the order topics.
@@ -199,32 +198,45 @@ impl LabInterface {
             sys.commit().await?;
             list
         };
-        let mut by_tenant: BTreeMap<String, Vec<LabEndpoint>> = BTreeMap::new();
-        for e in endpoints {
-            by_tenant.entry(e.tenant.as_str().to_owned()).or_default().push(e);
+        // Every lab on its own: one lab that does not answer (each attempt waiting for its
+        // timeouts) delays no other lab's orders, of this tenant or another.
+        let mut tasks = tokio::task::JoinSet::new();
+        for endpoint in endpoints {
+            let me = self.clone();
+            tasks.spawn(async move { me.send_due_to(&endpoint).await });
         }
-        let mut attempted = 0;
-        for endpoints in by_tenant.values() {
-            let Some(first) = endpoints.first() else { continue };
-            let ctx = TenantContext::new(first.tenant.clone(), "lab-interface:sender");
-            let now = self.clock().now().timestamp_millis();
-            // A few at a time, with a lease long enough for all of them to time out in turn: a
-            // claim that ran out could be taken (and sent) by another replica.
-            let s = self.settings();
-            let per_message = (s.connect_timeout_ms + 2 * s.reply_timeout_ms) as i64;
-            let lease = now + (s.lease_secs as i64 * 1000).max(CLAIM_BATCH as i64 * per_message + 10_000);
-            let claimed = {
-                let tx = self.store().write(&ctx).await?;
-                let claimed = tx.claim_due_hl7(now, lease, CLAIM_BATCH).await?;
-                tx.commit().await?;
-                claimed
-            };
-            for message in claimed {
-                let Some(endpoint) = endpoints.iter().find(|e| e.id == message.endpoint_id) else { continue };
-                attempted += 1;
-                let delivery = self.transport(endpoint).deliver(endpoint, &message).await;
-                self.record_delivery(&ctx, endpoint, &message, lease, delivery).await?;
+        let (mut attempted, mut failure) = (0, None);
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(n)) => attempted += n,
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(_) => tracing::error!("a lab sender task panicked"),
             }
+        }
+        failure.map_or(Ok(attempted), Err)
+    }
+
+    /// One pass for one lab: its due messages, a few at a time.
+    async fn send_due_to(&self, endpoint: &LabEndpoint) -> Result<usize, LabError> {
+        let ctx = TenantContext::new(endpoint.tenant.clone(), "lab-interface:sender");
+        let now = self.clock().now().timestamp_millis();
+        // A lease long enough for all of them to time out in turn: a claim that ran out could be
+        // taken (and sent) by another replica.
+        let s = self.settings();
+        let per_message = (s.connect_timeout_ms + 2 * s.reply_timeout_ms) as i64;
+        let lease = now + (s.lease_secs as i64 * 1000).max(CLAIM_BATCH as i64 * per_message + 10_000);
+        let claimed = {
+            let tx = self.store().write(&ctx).await?;
+            let claimed = tx.claim_due_hl7(&endpoint.id, now, lease, CLAIM_BATCH).await?;
+            tx.commit().await?;
+            claimed
+        };
+        let attempted = claimed.len();
+        for message in claimed {
+            let delivery = self.transport(endpoint).deliver(endpoint, &message).await;
+            self.record_delivery(&ctx, endpoint, &message, lease, delivery).await?;
         }
         Ok(attempted)
     }
