@@ -435,8 +435,38 @@ impl Tx {
         Ok(changed == 1)
     }
 
-    /// Sets a message's status (and error) without an attempt: `cancelled` for an order message
-    /// not yet delivered when its order was cancelled, `dead` for one that cannot be built.
+    /// Moves a message to `status` only from one of `from` (in one statement, so a sender
+    /// recording `acked` at the same moment is either before — and this changes nothing — or
+    /// after, and finds the message no longer pending). False when it was in none of them.
+    pub async fn change_hl7_status(
+        &self,
+        id: &str,
+        from: &[&str],
+        status: &str,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut values: Vec<Value> =
+            vec![self.tenant.as_str().into(), id.into(), status.into(), error.map(str::to_owned).into(), now.into()];
+        let mut placeholders = Vec::new();
+        for f in from {
+            values.push((*f).into());
+            placeholders.push(format!("${}", values.len()));
+        }
+        let changed = self
+            .exec(
+                &format!(
+                    "UPDATE hl7_messages SET status = $3, last_error = COALESCE($4, last_error), next_attempt_at = NULL, \
+                     updated_at = $5 WHERE tenant_id = $1 AND id = $2 AND status IN ({})",
+                    placeholders.join(", ")
+                ),
+                values,
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    /// Sets a message's status (and error) without an attempt, whatever it was.
     pub async fn set_hl7_status(
         &self,
         id: &str,
@@ -538,5 +568,7 @@ CREATE TABLE hl7_messages (
 );
 CREATE UNIQUE INDEX hl7_messages_control ON hl7_messages (tenant_id, endpoint_id, direction, control_id);
 CREATE INDEX hl7_messages_due ON hl7_messages (tenant_id, status, next_attempt_at);
-CREATE INDEX hl7_messages_subject ON hl7_messages (tenant_id, subject)
+CREATE INDEX hl7_messages_subject ON hl7_messages (tenant_id, subject);
+CREATE UNIQUE INDEX hl7_messages_one_order ON hl7_messages (tenant_id, subject)
+    WHERE direction = 'out' AND message_type = 'OML^O33'
 "#;

@@ -255,7 +255,7 @@ impl LabInterface {
             // …and only the lab the order went to reports on it.
             let subject = format!("ServiceRequest/{sr_id}");
             let sent = self.order_message(tx, &subject).await.map_err(Refused::Internal)?;
-            if !sent.is_some_and(|m| m.endpoint_id == endpoint.id && m.status != "cancelled") {
+            if !sent.is_some_and(|m| was_sent_to(&m, &endpoint.id)) {
                 return Err(content(
                     ErrorCode::UnknownKeyIdentifier,
                     obr,
@@ -439,9 +439,16 @@ impl LabInterface {
                     LabError::InvalidBundle("DiagnosticReport.basedOn must name the ServiceRequest".into())
                 })?;
             let sr_id = sr_ref.trim_start_matches("ServiceRequest/");
+            // The same checks as for HL7 results: an order of this tenant, not cancelled or
+            // entered in error, sent to this lab.
             let sr = crate::read_json(&tx, "ServiceRequest", sr_id)
                 .await?
+                .filter(|sr| !matches!(sr["status"].as_str(), Some("revoked" | "entered-in-error")))
                 .ok_or_else(|| LabError::UnknownOrder(sr_ref.to_owned()))?;
+            let sent = self.order_message(&tx, sr_ref).await?;
+            if !sent.is_some_and(|m| was_sent_to(&m, &endpoint.id)) {
+                return Err(LabError::UnknownOrder(format!("{sr_ref} was not sent to this laboratory")));
+            }
             let patient = sr["subject"]["reference"].as_str().unwrap_or_default().to_owned();
             if report["subject"]["reference"].as_str() != Some(patient.as_str()) {
                 return Err(LabError::InvalidBundle("DiagnosticReport.subject is not the ordering patient".into()));
@@ -461,8 +468,10 @@ impl LabInterface {
                 if o["subject"]["reference"].as_str() != Some(patient.as_str()) {
                     return Err(LabError::InvalidBundle("Observation.subject is not the ordering patient".into()));
                 }
+                // As for HL7 results: the lab, the order and the test — not the position.
+                let system = o["code"]["coding"][0]["system"].as_str().unwrap_or_default().to_owned();
                 let code = o["code"]["coding"][0]["code"].as_str().unwrap_or_default().to_owned();
-                let id = mapping::derived_id(&[&endpoint.id, sr_ref, &code, &i.to_string(), "fhir"]);
+                let id = mapping::derived_id(&[&endpoint.id, sr_ref, &system, &code, "fhir"]);
                 o["id"] = Value::String(id.clone());
                 o["basedOn"] = json!([{"reference": sr_ref}]);
                 refs.push(json!({"reference": format!("Observation/{id}")}));
@@ -588,6 +597,13 @@ impl LabInterface {
         }
         ack.build(&control_id, &ts).map(String::into_bytes).unwrap_or_default()
     }
+}
+
+/// Whether the order message went to this lab: acknowledged, or sent at least once (the answer
+/// may have been lost) and not refused.
+fn was_sent_to(m: &Hl7Message, endpoint_id: &str) -> bool {
+    m.endpoint_id == endpoint_id
+        && (m.status == "acked" || (matches!(m.status.as_str(), "pending" | "dead") && m.attempts > 0))
 }
 
 /// MSA-1 of a reply we built, or `RETRY` for an internal failure (ERR-3 207: resend later).

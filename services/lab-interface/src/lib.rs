@@ -95,6 +95,8 @@ struct Inner {
     validator: Arc<Validator>,
     terminology: ehr_terminology::Terminology,
     sender: Notify,
+    /// Labs with a sending pass in progress.
+    busy: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Pokes the outbox relay after results were stored, for low latency.
     relay: Option<Arc<Notify>>,
 }
@@ -108,7 +110,18 @@ impl LabInterface {
         terminology: ehr_terminology::Terminology,
         relay: Option<Arc<Notify>>,
     ) -> Self {
-        Self { inner: Arc::new(Inner { store, clock, settings, validator, terminology, sender: Notify::new(), relay }) }
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                settings,
+                validator,
+                terminology,
+                sender: Notify::new(),
+                busy: Default::default(),
+                relay,
+            }),
+        }
     }
 
     pub(crate) fn terminology(&self) -> &ehr_terminology::Terminology {
@@ -164,16 +177,27 @@ impl LabInterface {
 
     /// Runs the sender and the batch-file poller until `shutdown`.
     pub fn spawn_workers(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let interval = Duration::from_millis(self.inner.settings.poll_interval_ms.max(10));
+        // The batch-file inboxes on their own loop: a slow lab's sending never holds them up.
+        let files = self.clone();
+        let files_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = files.poll_files().await {
+                    tracing::warn!(code = ehr_core::Classify::code(&e), "lab batch-file poll failed");
+                }
+                tokio::select! {
+                    _ = files_shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
         let me = self.clone();
         tokio::spawn(async move {
-            let interval = Duration::from_millis(me.inner.settings.poll_interval_ms.max(10));
             loop {
-                match me.send_due().await {
-                    Ok(_) => {}
+                match me.active_endpoints().await {
+                    Ok(endpoints) => me.kick_senders(endpoints),
                     Err(e) => tracing::warn!(code = ehr_core::Classify::code(&e), "lab sender pass failed"),
-                }
-                if let Err(e) = me.poll_files().await {
-                    tracing::warn!(code = ehr_core::Classify::code(&e), "lab batch-file poll failed");
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -182,6 +206,26 @@ impl LabInterface {
                 }
             }
         })
+    }
+
+    /// Starts a sending pass for each lab not already in one, without waiting for it: a lab
+    /// that does not answer (each attempt waiting for its timeouts) holds up nothing else.
+    fn kick_senders(&self, endpoints: Vec<ehr_store::LabEndpoint>) {
+        for endpoint in endpoints {
+            let free = self.inner.busy.lock().map(|mut busy| busy.insert(endpoint.id.clone())).unwrap_or(false);
+            if !free {
+                continue;
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.send_due_to(&endpoint).await {
+                    tracing::warn!(endpoint = %endpoint.id, code = ehr_core::Classify::code(&e), "lab sender pass failed");
+                }
+                if let Ok(mut busy) = me.inner.busy.lock() {
+                    busy.remove(&endpoint.id);
+                }
+            });
+        }
     }
 
     /// Starts the MLLP listener for results on `settings.listen` (or the given address); returns

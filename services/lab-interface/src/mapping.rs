@@ -225,12 +225,15 @@ fn result_codings(ce: &CodedElement, local_system: &str) -> Vec<Value> {
     out
 }
 
+/// FHIR Observation.status of OBX-11 (HL7 table 0085, as the v2-to-FHIR mapping has it).
 fn status_of(obx_status: &str) -> &'static str {
     match obx_status {
         "F" => "final",
         "C" => "corrected",
         "P" | "R" | "S" | "I" => "preliminary",
-        "X" | "D" | "W" => "cancelled",
+        // Posted as wrong (W) or deleted (D): the value must leave the record.
+        "W" | "D" => "entered-in-error",
+        "X" => "cancelled",
         _ => "final",
     }
 }

@@ -11,6 +11,26 @@ use ehr_hl7v2::jahis::MessageHeader;
 use ehr_hl7v2::{ControlId, Timestamp, build_oml_o33};
 use ehr_store::{Hl7Message, LabEndpoint, MessageFilter, StoreError, Tx};
 
+/// A pending outbound message for `endpoint_id` about `subject`, due now, with a fresh MSH-10.
+fn new_message(endpoint_id: &str, message_type: &str, subject: &str, now_ms: i64) -> Result<Hl7Message, LabError> {
+    Ok(Hl7Message {
+        id: uuid::Uuid::new_v4().to_string(),
+        endpoint_id: endpoint_id.to_owned(),
+        direction: "out".into(),
+        message_type: message_type.to_owned(),
+        control_id: new_control_id()?.as_str().to_owned(),
+        status: "pending".into(),
+        attempts: 0,
+        next_attempt_at: Some(now_ms),
+        last_error: None,
+        subject: Some(subject.to_owned()),
+        payload: String::new(),
+        reply: None,
+        created_at: now_ms,
+        updated_at: now_ms,
+    })
+}
+
 /// Messages claimed per lab and pass.
 const CLAIM_BATCH: u64 = 5;
 
@@ -72,29 +92,45 @@ impl LabInterface {
     ///   a delivered one is followed by a cancellation to the same lab.
     async fn enqueue_order(&self, event: &Event, tx: &Tx) -> Result<(), LabError> {
         let now = self.clock().now();
+        let now_ms = now.timestamp_millis();
         let sent = self.order_message(tx, &event.key).await?;
         if event.topic == crate::ORDER_CANCELLED {
-            let Some(nw) = sent else { return Ok(()) };
-            match nw.status.as_str() {
-                "pending" | "dead" => {
-                    tx.set_hl7_status(
-                        &nw.id,
-                        "cancelled",
-                        Some("the order was cancelled before delivery"),
-                        now.timestamp_millis(),
-                    )
-                    .await?;
-                    return Ok(());
-                }
-                "acked" => {}
-                // Refused by the lab, or already cancelled: nothing to cancel there.
-                _ => return Ok(()),
+            let Some(nw) = sent else {
+                // Cancelled before its order message exists (the placed event is late, or
+                // failed and will be retried): a tombstone keeps it from ever being sent.
+                let tombstone = Hl7Message {
+                    status: "cancelled".into(),
+                    last_error: Some("the order was cancelled before it was sent".into()),
+                    next_attempt_at: None,
+                    payload: String::new(),
+                    ..new_message("", NEW_ORDER, &event.key, now_ms)?
+                };
+                tx.insert_hl7_message(&tombstone).await?;
+                return Ok(());
+            };
+            // Not yet sent: cancelled in the queue. A message with attempts behind it may have
+            // reached the lab even though no ACK came back: the lab hears the cancellation too.
+            let unsent = tx
+                .change_hl7_status(&nw.id, &["pending", "dead"], "cancelled", Some("the order was cancelled"), now_ms)
+                .await?;
+            let current = tx.hl7_message(&nw.id).await?.unwrap_or(nw);
+            let lab_may_have_it = if unsent { current.attempts > 0 } else { current.status == "acked" };
+            if !lab_may_have_it || current.endpoint_id.is_empty() {
+                return Ok(());
             }
             let endpoints = self.endpoints_of(&event.tenant).await?;
-            let endpoint = endpoints.iter().find(|e| e.id == nw.endpoint_id).ok_or(LabError::NoEndpoint)?;
-            return self.queue_cancel_of(tx, endpoint, &nw).await;
+            let endpoint = endpoints.iter().find(|e| e.id == current.endpoint_id).ok_or(LabError::NoEndpoint)?;
+            return self.queue_cancel_of(tx, endpoint, &current).await;
         }
         if sent.is_some() {
+            return Ok(());
+        }
+        // The order as it is now, not as the event saw it: one revoked since is not sent.
+        let id = event.key.trim_start_matches("ServiceRequest/");
+        let still_placed = crate::read_json(tx, "ServiceRequest", id)
+            .await?
+            .is_some_and(|sr| matches!(sr["status"].as_str(), Some("active" | "on-hold")));
+        if !still_placed {
             return Ok(());
         }
         let endpoints = self.endpoints_of(&event.tenant).await?;
@@ -112,20 +148,11 @@ impl LabInterface {
             Err(e) => {
                 tracing::warn!(key = %event.key, code = ehr_core::Classify::code(&e), "lab order not sendable");
                 let message = Hl7Message {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    endpoint_id: String::new(),
-                    direction: "out".into(),
-                    message_type: NEW_ORDER.into(),
-                    control_id: new_control_id()?.as_str().to_owned(),
                     status: "dead".into(),
-                    attempts: 0,
                     next_attempt_at: None,
                     last_error: Some(e.to_string()),
-                    subject: Some(event.key.clone()),
                     payload: String::new(),
-                    reply: None,
-                    created_at: now.timestamp_millis(),
-                    updated_at: now.timestamp_millis(),
+                    ..new_message("", NEW_ORDER, &event.key, now_ms)?
                 };
                 tx.insert_hl7_message(&message).await?;
                 Ok(())
@@ -192,12 +219,7 @@ impl LabInterface {
     /// One pass of the sender: every due outbound message of every tenant with an active
     /// endpoint, delivered once. Returns how many were attempted.
     pub async fn send_due(&self) -> Result<usize, LabError> {
-        let endpoints = {
-            let sys = self.store().system_read().await?;
-            let list = sys.active_lab_endpoints().await?;
-            sys.commit().await?;
-            list
-        };
+        let endpoints = self.active_endpoints().await?;
         // Every lab on its own: one lab that does not answer (each attempt waiting for its
         // timeouts) delays no other lab's orders, of this tenant or another.
         let mut tasks = tokio::task::JoinSet::new();
@@ -218,8 +240,16 @@ impl LabInterface {
         failure.map_or(Ok(attempted), Err)
     }
 
+    /// Every active lab endpoint of every tenant (the sender's work list).
+    pub(crate) async fn active_endpoints(&self) -> Result<Vec<LabEndpoint>, LabError> {
+        let sys = self.store().system_read().await?;
+        let list = sys.active_lab_endpoints().await?;
+        sys.commit().await?;
+        Ok(list)
+    }
+
     /// One pass for one lab: its due messages, a few at a time.
-    async fn send_due_to(&self, endpoint: &LabEndpoint) -> Result<usize, LabError> {
+    pub(crate) async fn send_due_to(&self, endpoint: &LabEndpoint) -> Result<usize, LabError> {
         let ctx = TenantContext::new(endpoint.tenant.clone(), "lab-interface:sender");
         let now = self.clock().now().timestamp_millis();
         // A lease long enough for all of them to time out in turn: a claim that ran out could be

@@ -87,7 +87,7 @@ impl OrderRules {
     }
 
     /// `order.placed` when a lab order to perform becomes active (created active, or draft /
-    /// unknown → active); `order.cancelled` when a placed one (active, on-hold) is revoked,
+    /// unknown / on-hold → active); `order.cancelled` when a placed one (active, on-hold) is revoked,
     /// entered in error or deleted. The lab interface sends each order once, and a cancellation
     /// only for an order the lab acknowledged. The payload carries what the lab needs to
     /// know (event-carried state): the order, its patient and its specimens as they are now.
@@ -97,22 +97,26 @@ impl OrderRules {
             // Deleted: cancelled at the lab if it was placed.
             (Some(previous), None) if lab(Some(previous)) && placed(Some(previous)) => (ORDER_CANCELLED, previous),
             (_, Some(next)) if lab(Some(next)) || lab(change.previous) => {
-                let before = status(change.previous);
-                match (before, status(Some(next))) {
-                    (None | Some("draft" | "unknown"), Some("active")) if lab(Some(next)) => (ORDER_PLACED, next),
-                    (Some("active" | "on-hold"), Some("revoked" | "entered-in-error")) => (ORDER_CANCELLED, next),
-                    (Some("active" | "on-hold"), _) if placed(Some(next)) => {
-                        // The lab performs what it was sent: a placed order's test, specimen,
-                        // lab and intent stay as they were (cancel and order anew instead).
-                        if let Some(previous) = change.previous {
-                            for field in ["code", "specimen", "performer", "doNotPerform", "category"] {
-                                if previous[field] != next[field] {
-                                    return Err(OrdersError::PlacedOrderChanged(field).into());
-                                }
-                            }
+                // The lab performs what it was sent: a placed order's test, specimen, lab and
+                // intent stay as they were (cancel and order anew instead).
+                if let Some(previous) = change.previous
+                    && placed(Some(previous))
+                    && placed(Some(next))
+                {
+                    for field in ["code", "specimen", "performer", "doNotPerform", "category"] {
+                        if previous[field] != next[field] {
+                            return Err(OrdersError::PlacedOrderChanged(field).into());
                         }
-                        return Ok(());
                     }
+                }
+                match (status(change.previous), status(Some(next))) {
+                    // Becoming active sends it — also from on-hold (held until the specimen is
+                    // drawn): the lab interface sends each order once, so a re-activation after
+                    // a hold is not a second order.
+                    (None | Some("draft" | "unknown" | "on-hold"), Some("active")) if lab(Some(next)) => {
+                        (ORDER_PLACED, next)
+                    }
+                    (Some("active" | "on-hold"), Some("revoked" | "entered-in-error")) => (ORDER_CANCELLED, next),
                     _ => return Ok(()),
                 }
             }

@@ -1,8 +1,8 @@
 //! The patient-record service's consumer of `lab.result.received`: the lab interface's
 //! DiagnosticReport and Observations (JP Core lab profiles, `basedOn` the order) are filed.
 //!
-//! Their ids are derived from the lab's filler order number and result position, so a redelivered
-//! or resent result updates the same resources — and when nothing changed, writes nothing.
+//! Their ids are derived from the lab, the order and the test (and sub-id), so a redelivered or
+//! resent result updates the same resources — and when nothing changed, writes nothing.
 
 use ehr_core::{Clock, ResourceId, Severity};
 use ehr_events::{Event, Handler, HandlerError};
@@ -57,9 +57,11 @@ impl LabResults {
             if stored["subject"] != resource["subject"] || stored["basedOn"] != resource["basedOn"] {
                 return Err(HandlerError::Permanent("a lab result would change its patient or its order"));
             }
-            // Nor back from final to preliminary: a late preliminary after the final is stale.
+            // Nor back from final to preliminary: a late preliminary after the final is stale. A
+            // final can still be corrected, withdrawn (entered-in-error) or cancelled.
             let settled = |v: &Value| matches!(v["status"].as_str(), Some("final" | "corrected" | "amended"));
-            if settled(&stored) && !settled(resource) {
+            let preliminary = |v: &Value| matches!(v["status"].as_str(), Some("preliminary" | "registered"));
+            if settled(&stored) && preliminary(resource) {
                 return Ok(());
             }
             if comparable(stored) == comparable(resource.clone()) {
