@@ -56,6 +56,16 @@ async fn register_lab(app: &TestApp, sim: &LabSimHandle, charset: &str) -> Value
     json(admin(app, reqwest::Method::POST, "/lab/endpoints", Some(&body)).await, 201).await
 }
 
+/// The settings of an endpoint as the API shows it, as a body to `PUT` back (without the fields
+/// the server manages).
+fn settings_of(endpoint: &Value) -> Value {
+    let mut body = endpoint.clone();
+    for k in ["id", "createdAt", "updatedAt", "lastOutboundAt", "lastInboundAt", "lastError"] {
+        body.as_object_mut().unwrap().remove(k);
+    }
+    body
+}
+
 /// A patient as JP Core writes one: local patient id, kanji and kana names.
 fn jp_patient() -> Value {
     let mut p = patient("山田", "花子", "1970-01-02", "P-12345");
@@ -216,10 +226,7 @@ async fn an_unreachable_lab_dead_letters_the_order_and_replay_sends_it() {
     // This lab exchanges UTF-8 (MSH-18 `UNICODE UTF-8`).
     sim.set_charset(ehr_lab_sim::LabCharset::Utf8);
     let endpoint = register_lab(&app, &sim, "utf-8").await;
-    let mut update = endpoint.clone();
-    for k in ["id", "createdAt", "updatedAt", "lastOutboundAt", "lastInboundAt", "lastError"] {
-        update.as_object_mut().unwrap().remove(k);
-    }
+    let mut update = settings_of(&endpoint);
     update["maxAttempts"] = json!(2);
     json(
         admin(
@@ -432,10 +439,7 @@ async fn lab_endpoints_and_messages_are_isolated_between_tenants_and_need_their_
         let resp = app.client.request(method, url(&path)).bearer_auth(&other).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 404, "{path} across tenants");
     }
-    let mut body = endpoint.clone();
-    for k in ["id", "createdAt", "updatedAt", "lastOutboundAt", "lastInboundAt", "lastError"] {
-        body.as_object_mut().unwrap().remove(k);
-    }
+    let mut body = settings_of(&endpoint);
     body["name"] = json!("hijacked");
     let resp =
         app.client.put(url(&format!("/lab/endpoints/{id}"))).bearer_auth(&other).json(&body).send().await.unwrap();
@@ -566,10 +570,7 @@ async fn test_messages_and_strangers_are_refused() {
     assert!(ack.contains("MSA|AR"), "{ack}");
     assert!(err_locations(&ack).iter().any(|l| l.starts_with("MSH^1^11")), "{ack}");
     // Results only from the lab's own addresses, when it has any.
-    let mut body = endpoint.clone();
-    for k in ["id", "createdAt", "updatedAt", "lastOutboundAt", "lastInboundAt", "lastError"] {
-        body.as_object_mut().unwrap().remove(k);
-    }
+    let mut body = settings_of(&endpoint);
     body["allowedPeers"] = json!(["192.0.2.10"]);
     let path = format!("/lab/endpoints/{}", endpoint["id"].as_str().unwrap());
     json(admin(&app, reqwest::Method::PUT, &path, Some(&body)).await, 200).await;
@@ -579,4 +580,53 @@ async fn test_messages_and_strangers_are_refused() {
     json(admin(&app, reqwest::Method::PUT, &path, Some(&body)).await, 200).await;
     let ack = send(&app, &result_message(&sr_id, "P-12345", &ast)).await;
     assert!(ack.contains("MSA|AA"), "{ack}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lab_on_batch_files_gets_orders_and_returns_results() {
+    let root = std::env::temp_dir().join(format!("ehr-lab-files-{}", uuid::Uuid::new_v4().simple()));
+    let file_root = root.clone();
+    let app = TestApp::spawn_with(move |c| c.lab.file_root = file_root).await;
+    let body = json!({"name": "ファイル連携ラボ", "labFacility": "LABCO", "labApplication": "LABSYS",
+                      "ourFacility": "HOSP", "ourApplication": "HIS", "transport": "file", "address": "lab-f",
+                      "isDefault": true});
+    json(admin(&app, reqwest::Method::POST, "/lab/endpoints", Some(&body)).await, 201).await;
+    let pid = id_of(&app.create(&jp_patient()).await);
+    let sr_id = id_of(&app.create(&lab_order(&pid)).await);
+    let dir = root.join(&app.tenant).join("lab-f");
+
+    // The order is written to out/, in ISO-2022-JP, and counts as delivered.
+    let written = wait_for("the order file", || async {
+        let entry = std::fs::read_dir(dir.join("out")).ok()?.flatten().next()?;
+        Some(json!(entry.path().to_string_lossy()))
+    })
+    .await;
+    let bytes = std::fs::read(written.as_str().unwrap()).unwrap();
+    assert!(bytes.contains(&0x1B), "ISO-2022-JP on disk");
+    let text = ehr_hl7v2::charset::decode(&bytes).unwrap().into_owned();
+    assert!(text.contains("OML^O33") && text.contains(&sr_id), "{text}");
+    queued(&app, &sr_id).await;
+
+    // The lab's result file (LF line endings) is read once settled, acknowledged and moved.
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    let result = result_message(&sr_id, "P-12345", &format!("{AST}^AST^JC10")).replace('\r', "\n");
+    let bytes = ehr_hl7v2::charset::encode_declared(&result).unwrap().into_owned();
+    std::fs::write(dir.join("in").join("r1.hl7"), bytes).unwrap();
+    wait_for("the Observation", || async {
+        let b = json(app.get(&format!("/Observation?patient={pid}")).await, 200).await;
+        (b["total"] == 1).then_some(b)
+    })
+    .await;
+    let ack = wait_for("the ACK file", || async {
+        std::fs::read(dir.join("ack").join("r1.hl7.ack"))
+            .ok()
+            .map(|b| json!(ehr_hl7v2::charset::decode(&b).unwrap().into_owned()))
+    })
+    .await;
+    assert!(ack.as_str().unwrap().contains("MSA|AA|RES0001"), "{ack}");
+    wait_for("the file moved to done/", || async {
+        (dir.join("done").join("r1.hl7").exists() && !dir.join("in").join("r1.hl7").exists()).then_some(json!(true))
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&root);
 }

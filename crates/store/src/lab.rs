@@ -504,17 +504,6 @@ impl Tx {
             .await?;
         Ok(changed == 1)
     }
-
-    /// Number of outbound messages waiting (pending), for the queue-depth metric and tests.
-    pub async fn pending_hl7_count(&self) -> Result<i64, StoreError> {
-        let rows = self
-            .query(
-                "SELECT COUNT(*) AS n FROM hl7_messages WHERE tenant_id = $1 AND direction = 'out' AND status = 'pending'",
-                vec![self.tenant.as_str().into()],
-            )
-            .await?;
-        Ok(rows.first().map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0))
-    }
 }
 
 /// Tables of m0004: the message log is tenant-scoped (row-level security); endpoints are read

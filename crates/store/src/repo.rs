@@ -321,6 +321,13 @@ impl Tx {
         self.read_current(resource_type, id, false).await
     }
 
+    /// The current version of a resource as JSON, or `None` when it does not exist or was
+    /// deleted — what services read to check a reference (an order's patient, a result's order).
+    pub async fn read_json(&self, resource_type: &str, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let Some(stored) = self.read(resource_type, id).await?.filter(|s| !s.deleted) else { return Ok(None) };
+        serde_json::from_str(&stored.content).map(Some).map_err(|_| StoreError::corrupt("resources.content"))
+    }
+
     /// As [`Tx::read`], and locks the row until the transaction ends (PostgreSQL; SQLite's
     /// single writer connection already excludes concurrent writers).
     pub async fn read_for_update(&self, resource_type: &str, id: &str) -> Result<Option<Stored>, StoreError> {

@@ -63,8 +63,14 @@ fn bare_reject(why: &str, now: &ehr_hl7v2::Timestamp) -> Vec<u8> {
 }
 
 impl LabInterface {
-    /// Answers one inbound frame: the reply bytes (ACK), in the message's own character set.
+    /// Answers one inbound MLLP frame: the reply bytes (ACK), in the message's own character set.
     pub async fn ingest_frame(&self, frame: &[u8], peer: Option<std::net::IpAddr>) -> Vec<u8> {
+        self.answer(frame, None, peer).await
+    }
+
+    /// Checks and stores one inbound message (an MLLP frame, or a batch file of `endpoint`) and
+    /// builds its ACK, in the message's own character set.
+    async fn answer(&self, frame: &[u8], endpoint: Option<&LabEndpoint>, peer: Option<std::net::IpAddr>) -> Vec<u8> {
         let now = self.clock().now();
         let Ok(ts) = crate::outbound::hl7_now(now) else { return Vec::new() };
         let text = match charset::decode(frame) {
@@ -75,7 +81,7 @@ impl LabInterface {
             Ok(m) => m,
             Err(e) => return bare_reject(&format!("not an HL7 v2 message: {e}"), &ts),
         };
-        let (code, errors) = match self.ingest(&message, &text, None, peer).await {
+        let (code, errors) = match self.ingest(&message, &text, endpoint, peer).await {
             Ok(()) => (AckCode::Accept, Vec::new()),
             Err(r) => (r.code, vec![r.error]),
         };
@@ -234,15 +240,16 @@ impl LabInterface {
         for (n, order) in results.orders.iter().enumerate() {
             let obr = Location::field("OBR", 2).occurrence(n + 1);
             let sr_id = order.placer_order_number.as_str();
-            let sr =
-                crate::read_json(tx, "ServiceRequest", sr_id).await.map_err(Refused::Internal)?.ok_or_else(|| {
+            let sr = tx.read_json("ServiceRequest", sr_id).await.map_err(|e| Refused::Internal(e.into()))?.ok_or_else(
+                || {
                     Refused::Content(Refusal::new(
                         AckCode::Error,
                         ErrorCode::UnknownKeyIdentifier,
                         Some(obr.clone()),
                         "the placer order number names no order of this hospital",
                     ))
-                })?;
+                },
+            )?;
             // Results for an order cancelled or entered in error (a wrong-patient order, often)
             // are held back for a person to reconcile, not filed.
             if matches!(sr["status"].as_str(), Some("revoked" | "entered-in-error")) {
@@ -266,7 +273,7 @@ impl LabInterface {
             // Results filed under the wrong patient are among the worst errors a lab interface
             // can make: PID-3 must be the ordering patient's id, as the order sent it.
             let patient = match patient_ref.strip_prefix("Patient/") {
-                Some(id) => crate::read_json(tx, "Patient", id).await.map_err(Refused::Internal)?,
+                Some(id) => tx.read_json("Patient", id).await.map_err(|e| Refused::Internal(e.into()))?,
                 None => None,
             };
             let expected = patient.as_ref().map(mapping::patient_id).unwrap_or_default();
@@ -441,7 +448,8 @@ impl LabInterface {
             let sr_id = sr_ref.trim_start_matches("ServiceRequest/");
             // The same checks as for HL7 results: an order of this tenant, not cancelled or
             // entered in error, sent to this lab.
-            let sr = crate::read_json(&tx, "ServiceRequest", sr_id)
+            let sr = tx
+                .read_json("ServiceRequest", sr_id)
                 .await?
                 .filter(|sr| !matches!(sr["status"].as_str(), Some("revoked" | "entered-in-error")))
                 .ok_or_else(|| LabError::UnknownOrder(sr_ref.to_owned()))?;
@@ -551,7 +559,7 @@ impl LabInterface {
             files.sort();
             for path in files {
                 let bytes = tokio::fs::read(&path).await.map_err(|e| LabError::File(e.kind().to_string()))?;
-                let reply = self.ingest_file(endpoint, &bytes).await;
+                let reply = self.answer(&bytes, Some(endpoint), None).await;
                 let code = reply_code(&reply);
                 if code.as_deref() == Some("RETRY") {
                     // Not processed (the database was unavailable): left for the next pass.
@@ -571,31 +579,6 @@ impl LabInterface {
             }
         }
         Ok(handled)
-    }
-
-    async fn ingest_file(&self, endpoint: &LabEndpoint, bytes: &[u8]) -> Vec<u8> {
-        let now = self.clock().now();
-        let Ok(ts) = crate::outbound::hl7_now(now) else { return Vec::new() };
-        let text = match charset::decode(bytes) {
-            Ok(t) => t.into_owned(),
-            Err(e) => return bare_reject(&format!("undecodable message: {e}"), &ts),
-        };
-        // Batch files may end segments with CR LF or LF.
-        let text = text.replace("\r\n", "\r").replace('\n', "\r");
-        let message = match Message::parse(&text) {
-            Ok(m) => m,
-            Err(e) => return bare_reject(&format!("not an HL7 v2 message: {e}"), &ts),
-        };
-        let (code, errors) = match self.ingest(&message, &text, Some(endpoint), None).await {
-            Ok(()) => (AckCode::Accept, Vec::new()),
-            Err(r) => (r.code, vec![r.error]),
-        };
-        let Ok(control_id) = crate::outbound::new_control_id() else { return Vec::new() };
-        let mut ack = AckBuilder::new(&message, code);
-        for e in errors {
-            ack = ack.error(e);
-        }
-        ack.build(&control_id, &ts).map(String::into_bytes).unwrap_or_default()
     }
 }
 

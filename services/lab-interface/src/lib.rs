@@ -27,9 +27,8 @@ use ehr_events::CancellationToken;
 use ehr_fhir::validate::Validator;
 use ehr_hl7v2::Charset;
 use ehr_hl7v2::net::{MllpHandler, MllpServerOptions, MllpTimeouts};
-use ehr_store::{Store, Tx};
+use ehr_store::Store;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -291,20 +290,6 @@ pub(crate) fn replace_control_id(text: &str, control_id: &str) -> String {
         fields[9] = control_id;
     }
     format!("{}\r{rest}", fields.join(&separator.to_string()))
-}
-
-/// The current, not deleted, version of a resource as JSON.
-pub(crate) async fn read_json(tx: &Tx, resource_type: &str, id: &str) -> Result<Option<Value>, LabError> {
-    if ehr_core::ResourceId::parse(id).is_err() {
-        return Ok(None);
-    }
-    let Some(stored) = tx.read(resource_type, id).await? else { return Ok(None) };
-    if stored.deleted {
-        return Ok(None);
-    }
-    serde_json::from_str(&stored.content)
-        .map(Some)
-        .map_err(|_| LabError::Store(ehr_store::StoreError::Internal("stored json".into())))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 
 use crate::error::LabError;
 use ehr_hl7v2::jahis::{CodedElement, LabOrder, LabTest, OrderResults, Patient, PersonName, Provider, Sex, Specimen};
-use ehr_hl7v2::{Coding, LabResults, Timestamp};
+use ehr_hl7v2::{Coding, Timestamp};
 use ehr_terminology::{SystemId, Terminology, systems};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -429,11 +429,6 @@ fn reference_range(range: &str) -> Value {
 /// Whether every order of the message has final (or corrected) results.
 pub fn order_is_final(order: &OrderResults) -> bool {
     !order.observations.is_empty() && order.observations.iter().all(|o| matches!(o.status.as_str(), "F" | "C"))
-}
-
-/// The placer order numbers of a result message (one per order).
-pub fn placers(results: &LabResults) -> impl Iterator<Item = &str> {
-    results.orders.iter().map(|o| o.placer_order_number.as_str())
 }
 
 #[cfg(test)]

@@ -127,7 +127,8 @@ impl LabInterface {
         }
         // The order as it is now, not as the event saw it: one revoked since is not sent.
         let id = event.key.trim_start_matches("ServiceRequest/");
-        let still_placed = crate::read_json(tx, "ServiceRequest", id)
+        let still_placed = tx
+            .read_json("ServiceRequest", id)
             .await?
             .is_some_and(|sr| matches!(sr["status"].as_str(), Some("active" | "on-hold")));
         if !still_placed {
@@ -188,20 +189,9 @@ impl LabInterface {
         );
         let text = build_oml_o33(&order, &header)?;
         let message = Hl7Message {
-            id: uuid::Uuid::new_v4().to_string(),
-            endpoint_id: endpoint.id.clone(),
-            direction: "out".into(),
-            message_type: NEW_ORDER.into(),
             control_id: control_id.as_str().to_owned(),
-            status: "pending".into(),
-            attempts: 0,
-            next_attempt_at: Some(now.timestamp_millis()),
-            last_error: None,
-            subject: Some(subject.to_owned()),
             payload: text,
-            reply: None,
-            created_at: now.timestamp_millis(),
-            updated_at: now.timestamp_millis(),
+            ..new_message(&endpoint.id, NEW_ORDER, subject, now.timestamp_millis())?
         };
         tx.insert_hl7_message(&message).await?;
         self.wake_sender();
@@ -339,20 +329,10 @@ impl LabInterface {
         let now = self.clock().now().timestamp_millis();
         let text = crate::cancel_order_controls(&crate::replace_control_id(&nw.payload, control_id.as_str()));
         let message = Hl7Message {
-            id: uuid::Uuid::new_v4().to_string(),
-            endpoint_id: endpoint.id.clone(),
-            direction: "out".into(),
-            message_type: CANCEL_ORDER.into(),
             control_id: control_id.as_str().to_owned(),
-            status: "pending".into(),
-            attempts: 0,
-            next_attempt_at: Some(now),
-            last_error: None,
             subject: nw.subject.clone(),
             payload: text,
-            reply: None,
-            created_at: now,
-            updated_at: now,
+            ..new_message(&endpoint.id, CANCEL_ORDER, "", now)?
         };
         tx.insert_hl7_message(&message).await?;
         self.wake_sender();

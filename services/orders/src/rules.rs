@@ -131,7 +131,7 @@ impl OrderRules {
             return Ok(());
         }
         let patient = match next["subject"]["reference"].as_str().and_then(|r| r.strip_prefix("Patient/")) {
-            Some(id) => read_json(tx, "Patient", id).await?,
+            Some(id) => tx.read_json("Patient", id).await?,
             None => None,
         };
         let Some(patient) = patient else {
@@ -140,7 +140,7 @@ impl OrderRules {
         let mut specimens = Vec::new();
         for reference in next["specimen"].as_array().into_iter().flatten() {
             if let Some(id) = reference["reference"].as_str().and_then(|r| r.strip_prefix("Specimen/"))
-                && let Some(specimen) = read_json(tx, "Specimen", id).await?
+                && let Some(specimen) = tx.read_json("Specimen", id).await?
             {
                 specimens.push(specimen);
             }
@@ -150,13 +150,4 @@ impl OrderRules {
         tx.emit(&event, self.clock.now()).await?;
         Ok(())
     }
-}
-
-/// The current, not deleted, version of a resource as JSON.
-pub(crate) async fn read_json(tx: &Tx, resource_type: &str, id: &str) -> Result<Option<Value>, Problem> {
-    let Some(stored) = tx.read(resource_type, id).await? else { return Ok(None) };
-    if stored.deleted {
-        return Ok(None);
-    }
-    serde_json::from_str(&stored.content).map(Some).map_err(|_| OrdersError::StoredJson.into())
 }
