@@ -9,14 +9,17 @@
 mod access_matrix;
 mod audit;
 mod auth;
+mod bulk;
 mod bundle;
 mod concurrency;
 mod crud;
 mod errors;
+mod everything;
 mod gateway;
 mod hardening;
 mod history;
 mod identity;
+mod import;
 mod lab;
 mod orders;
 mod postgres;
@@ -24,6 +27,7 @@ mod search;
 mod tenancy;
 mod terminology;
 mod validation;
+mod xml;
 
 use serde_json::{Value, json};
 

@@ -11,12 +11,20 @@ pub enum FhirError {
     InvalidSearchValue { param: String, reason: String },
     #[error("{0}")]
     Unsupported(String),
+    /// Malformed or non-FHIR XML; the message names the line/element, never element content.
+    #[error("FHIR XML: {0}")]
+    Xml(String),
+    /// A CSV table that does not follow the documented layout (docs/formats/csv.md).
+    #[error("CSV: {0}")]
+    Csv(String),
 }
 
 impl Classify for FhirError {
     fn issue_type(&self) -> IssueType {
         match self {
-            Self::UnknownParameter(_) | Self::InvalidSearchValue { .. } => IssueType::Invalid,
+            Self::UnknownParameter(_) | Self::InvalidSearchValue { .. } | Self::Xml(_) | Self::Csv(_) => {
+                IssueType::Invalid
+            }
             Self::Unsupported(_) => IssueType::NotSupported,
         }
     }
@@ -26,6 +34,8 @@ impl Classify for FhirError {
             Self::UnknownParameter(_) => "EHR-FHIR-001",
             Self::InvalidSearchValue { .. } => "EHR-FHIR-002",
             Self::Unsupported(_) => "EHR-FHIR-003",
+            Self::Xml(_) => "EHR-FHIR-004",
+            Self::Csv(_) => "EHR-FHIR-005",
         }
     }
 }

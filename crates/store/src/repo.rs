@@ -700,6 +700,24 @@ impl Tx {
         Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
     }
 
+    /// Current resources matching `query`'s filters (its paging, sorting and includes are
+    /// ignored), in id order after `after` (exclusive), at most `limit` of them: keyset paging
+    /// for exports, which walk a whole type in constant memory and can resume from the last id
+    /// they wrote.
+    pub async fn scan(&self, query: &SearchQuery, after: Option<&str>, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        let mut sql = Sql::new(&self.tenant);
+        sql.push("SELECT r.id, r.version_id, r.last_updated, r.deleted, r.content FROM resources r WHERE ");
+        sql::where_clause(&mut sql, query);
+        if let Some(after) = after {
+            let after = sql.bind(after);
+            sql.push(&format!(" AND r.id > {after}"));
+        }
+        let limit = sql.bind(limit as i64);
+        sql.push(&format!(" ORDER BY r.id LIMIT {limit}"));
+        let rows = self.query(&sql.text, sql.values).await?;
+        rows.iter().map(|r| row_to_stored(r, Some(query.resource_type))).collect()
+    }
+
     /// Ids of the resources matching `query`, at most `limit` of them (for conditional
     /// create/update/delete, which only need to know whether there are 0, 1 or more).
     pub async fn matching_ids(&self, query: &SearchQuery, limit: usize) -> Result<Vec<String>, StoreError> {

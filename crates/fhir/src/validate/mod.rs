@@ -38,7 +38,7 @@
 //! | EHR-VAL-019 | structure | resources nested too deeply |
 
 mod fhirpath;
-mod model;
+pub(crate) mod model;
 mod primitive;
 
 use std::collections::HashSet;
@@ -75,11 +75,17 @@ pub struct Validator {
 
 static DEFS: OnceLock<Definitions> = OnceLock::new();
 
+/// The embedded definitions (element trees in definition order), parsed once per process; the
+/// XML and CSV codecs read the element order, cardinalities and types from them.
+pub(crate) fn definitions() -> &'static Definitions {
+    DEFS.get_or_init(Definitions::load)
+}
+
 impl Validator {
     /// Loads the embedded definitions. Cheap enough to call once at start-up.
     pub fn new() -> Self {
         // Parsed once per process: every Validator shares the same read-only definitions.
-        Self { defs: DEFS.get_or_init(Definitions::load) }
+        Self { defs: definitions() }
     }
 
     /// Validates a resource. Returns all issues (errors and warnings); the caller rejects the write if any has Severity::Error or Fatal.

@@ -1,0 +1,1 @@
+//! The FHIR R4 XML representation: JSON ⇄ XML (being written; see issue #5).
