@@ -1,15 +1,18 @@
 //! `ehr` — one binary, many targets.
 //!
 //! ```text
-//! ehr serve [--target all|gateway|patient-record] [--listen ADDR] [--data-dir DIR] [--config FILE]
+//! ehr serve [--target all|gateway|patient-record|orders|lab-interface|data-export] [--listen ADDR] [--data-dir DIR] [--config FILE]
 //! ehr admin create-tenant --id T --name N [--admin-user U] [--role tenant-admin]   (password: EHR_ADMIN_PASSWORD or stdin)
 //! ehr audit verify [--tenant T]
 //! ehr login --client C --user U [--url http://127.0.0.1:8080] [--scope …]   (password: EHR_PASSWORD or prompt)
 //! ehr totp --secret BASE32
 //! ehr dev-token --tenant T --scope "user/*.cruds" [--subject S] [--ttl-secs N]
+//! ehr export --out DIR [--format ndjson|bundle-json|bundle-xml|csv] [--type T,…] [--patient | --group ID]   (EHR_TOKEN)
+//! ehr import [--atomic] FILE_OR_DIR…   (EHR_TOKEN)
 //! ehr migrate [--target …]
 //! ```
 
+mod handover;
 mod login;
 
 use clap::{Parser, Subcommand};
@@ -113,6 +116,54 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         delay_secs: u64,
     },
+    /// Export the tenant's data (FHIR Bulk Data `$export`) into a directory: NDJSON per type, one
+    /// Bundle per patient (JSON or XML), or the CSV layouts of docs/formats/csv.md. Shows the
+    /// job's progress; the token comes from EHR_TOKEN (it needs read scopes, e.g.
+    /// `system/*.rs` of a backend client).
+    Export {
+        /// The gateway's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The directory the files (and manifest.json) are written to.
+        #[arg(long)]
+        out: PathBuf,
+        /// `ndjson`, `bundle-json`, `bundle-xml` or `csv`.
+        #[arg(long, default_value = "ndjson")]
+        format: String,
+        /// Only these resource types (comma-separated).
+        #[arg(long = "type")]
+        types: Option<String>,
+        /// Only resources changed after this instant (`2026-01-01T00:00:00+09:00`).
+        #[arg(long)]
+        since: Option<String>,
+        /// A search restricting one type (`Observation?category=laboratory`); repeatable.
+        #[arg(long = "type-filter")]
+        type_filters: Vec<String>,
+        /// Patient-level export: only resources in some patient's compartment.
+        #[arg(long)]
+        patient: bool,
+        /// Group-level export: the patients of this Group.
+        #[arg(long)]
+        group: Option<String>,
+        /// CSV: start every file with a UTF-8 byte order mark (for spreadsheet software).
+        #[arg(long)]
+        bom: bool,
+    },
+    /// Import files (NDJSON, Bundle JSON/XML, CSV tables; directories are expanded) through
+    /// `$import`: each file — each type's CSV tables together — is imported whole or not at all,
+    /// and the server's report is printed. The token comes from EHR_TOKEN (create and update
+    /// scopes on the imported types).
+    Import {
+        /// The gateway's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Send every file in one request: all of them are imported, or none.
+        #[arg(long)]
+        atomic: bool,
+        /// Files or directories (e.g. the output directory of `ehr export`).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Print a bearer token signed with the development key (refused when it is disabled).
     DevToken {
         #[arg(long)]
@@ -210,6 +261,12 @@ fn main() -> ExitCode {
             Command::LabSim { listen, results_to, charset, results_as, facility, delay_secs } => {
                 lab_sim(listen, results_to, &charset, &results_as, facility, delay_secs).await
             }
+            Command::Export { url, out, format, types, since, type_filters, patient, group, bom } => {
+                let args =
+                    handover::ExportArgs { url, out, format, types, since, type_filters, patient, group, bom };
+                handover::export(args).await
+            }
+            Command::Import { url, atomic, paths } => handover::import(&url, &paths, atomic).await,
             Command::DevToken { tenant, scope, subject, ttl_secs } => {
                 dev_token(&config, &tenant, &scope, &subject, ttl_secs)
             }
@@ -228,7 +285,7 @@ fn fail(msg: &str) -> ExitCode {
 
 fn parse_target(s: &str) -> Result<Target, String> {
     Target::parse(s)
-        .ok_or_else(|| format!("unknown target `{s}` (expected all, gateway, patient-record, orders or lab-interface)"))
+        .ok_or_else(|| format!("unknown target `{s}` (expected all, gateway, patient-record, orders, lab-interface or data-export)"))
 }
 
 /// The gateway's database: the one of target `all` unless a URL is configured.

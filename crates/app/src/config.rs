@@ -23,6 +23,8 @@ pub enum Target {
     Orders,
     /// The lab interface alone (HL7 v2 over MLLP, message log, admin API).
     LabInterface,
+    /// The data-export service alone (Bulk Data export jobs, import, `$everything`).
+    DataExport,
 }
 
 impl Target {
@@ -34,6 +36,7 @@ impl Target {
             "gateway" => Some(Self::Gateway),
             "orders" => Some(Self::Orders),
             "lab-interface" => Some(Self::LabInterface),
+            "data-export" => Some(Self::DataExport),
             _ => None,
         }
     }
@@ -46,6 +49,7 @@ impl Target {
             Self::Gateway => "gateway",
             Self::Orders => "orders",
             Self::LabInterface => "lab-interface",
+            Self::DataExport => "data-export",
         }
     }
 }
@@ -69,6 +73,8 @@ pub struct Config {
     pub gateway: ehr_gateway::GatewaySettings,
     /// The lab interface (MLLP listener, sender retries).
     pub lab: ehr_lab_interface::LabSettings,
+    /// Export jobs, their files, import limits.
+    pub export: ehr_data_export::ExportSettings,
     pub log: LogConfig,
 }
 
@@ -131,6 +137,7 @@ impl Default for Config {
             auth: AuthConfig { development_key: true, issuer: None, jwks_url: None, jwks_file: None },
             gateway: ehr_gateway::GatewaySettings::default(),
             lab: ehr_lab_interface::LabSettings::default(),
+            export: ehr_data_export::ExportSettings::default(),
             log: LogConfig { format: "text".into(), level: "info".into() },
         }
     }

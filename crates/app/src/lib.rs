@@ -343,6 +343,28 @@ fn fhir_router(
     )
 }
 
+/// The data-export service's routes mounted at `/fhir`, with its workers started in `bg`.
+fn data_export_router(
+    config: &Config,
+    store: &Store,
+    auth: AuthState,
+    validator: Arc<Validator>,
+    types: Vec<&'static str>,
+    bg: &mut Background,
+) -> Router {
+    let service = ehr_data_export::DataExport {
+        store: store.clone(),
+        validator,
+        clock: auth.clock.clone(),
+        types,
+        settings: config.export.clone(),
+        kick: Arc::new(tokio::sync::Notify::new()),
+    };
+    bg.workers.extend(ehr_data_export::worker::spawn_workers(&service, bg.shutdown.clone()));
+    let state = ehr_data_export::ExportState { service, auth, base: base_url(config) };
+    Router::new().nest(FHIR_BASE, ehr_data_export::router(state))
+}
+
 /// The resource types of patient-record and orders together (target `all` serves them from one
 /// engine, so a transaction Bundle may span both), sorted.
 fn all_types() -> Vec<&'static str> {
@@ -463,7 +485,7 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         ))
         .into());
     }
-    if matches!(target, Target::PatientRecord | Target::Orders | Target::LabInterface) {
+    if matches!(target, Target::PatientRecord | Target::Orders | Target::LabInterface | Target::DataExport) {
         // Keys first: a configuration the verifier refuses should not touch the database.
         let verifier = verifier(config, None).await?;
         let store = store(config, target).await?;
@@ -493,6 +515,10 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
                 );
                 let types = ehr_orders::RESOURCE_TYPES.to_vec();
                 (fhir_router(config, store.clone(), auth, validator, types, &terminology), None, None)
+            }
+            Target::DataExport => {
+                let router = data_export_router(config, &store, auth, validator, all_types(), &mut bg);
+                (router, None, None)
             }
             _ => {
                 let (lab, bound) = bg.lab(&config.lab, &store, &clock, validator, &terminology).await?;
@@ -565,13 +591,17 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         });
         lab = Some(lab_interface);
         lab_listener = bound;
-        background = Some(bg);
         let types = all_types();
-        let fhir = Upstream::Local(fhir_router(config, store.clone(), auth, validator, types.clone(), &terminology));
+        let export = data_export_router(config, &store, auth.clone(), validator.clone(), types.clone(), &mut bg);
+        background = Some(bg);
+        let fhir = Upstream::Local(
+            fhir_router(config, store.clone(), auth, validator, types.clone(), &terminology).merge(export),
+        );
         Upstreams::new(fhir.clone(), audit_router)
             .route(&types, fhir.clone())
-            .route(&["CodeSystem", "ValueSet"], fhir)
+            .route(&["CodeSystem", "ValueSet"], fhir.clone())
             .lab(Upstream::Local(lab_router))
+            .operations(fhir, config.export.max_import_bytes)
     } else {
         let remote = |name: &str| -> Result<Option<Upstream>, AppError> {
             match config.gateway.upstreams.get(name) {
@@ -592,6 +622,9 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         }
         if let Some(lab) = remote("lab-interface")? {
             up = up.lab(lab);
+        }
+        if let Some(export) = remote("data-export")? {
+            up = up.operations(export, config.export.max_import_bytes);
         }
         up
     };

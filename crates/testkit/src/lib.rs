@@ -58,6 +58,7 @@ pub struct TestApp {
     token: String,
     signer: DevSigner,
     _data_dir: Option<TempDir>,
+    _files_dir: TempDir,
 }
 
 /// Cancels an app's background workers when dropped.
@@ -119,8 +120,14 @@ impl TestApp {
         config.gateway.secret_key = Some(ehr_gateway::Sealer::generate_key().into());
         config.gateway.rate_limit.login_per_sec = 100_000.0;
         config.gateway.rate_limit.login_burst = 100_000;
-        // The lab sender polls often: tests wait on its effects.
+        // The lab sender and the export workers poll often: tests wait on their effects.
         config.lab.poll_interval_ms = 50;
+        config.export.poll_interval_ms = 50;
+        // Export files in a directory of the test's own (removed with it), on either backend.
+        let files_dir = std::env::temp_dir().join(format!("ehr-test-files-{}", unique()));
+        std::fs::create_dir_all(&files_dir).expect("temp dir");
+        config.export.root = files_dir.join("exports");
+        let files_dir = TempDir(files_dir);
         if std::env::var("TEST_KV").as_deref() != Ok("memory") {
             let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
             config.gateway.redis_url = Some(url.into());
@@ -173,6 +180,7 @@ impl TestApp {
             token: String::new(),
             signer,
             _data_dir: data_dir,
+            _files_dir: files_dir,
         };
         me.token = me.token_for(&tenant, ALL_SCOPES);
         me

@@ -204,6 +204,10 @@ pub struct RestInteraction {
 pub fn classify(method: &axum::http::Method, segments: &[&str]) -> RestInteraction {
     use axum::http::Method;
     let i = |code, action| RestInteraction { code, action };
+    if segments.iter().any(|s| s.starts_with('$')) {
+        // `$export`, `Patient/$export`, `$import`, `Patient/1/$everything`, `$export-status/…`.
+        return i("operation", "E");
+    }
     match (method, segments) {
         (&Method::GET, [] | [""]) => i("history-system", "R"),
         (&Method::GET, ["metadata"]) => i("capabilities", "R"),

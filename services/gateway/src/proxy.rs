@@ -49,12 +49,31 @@ pub struct Upstreams {
     default: Upstream,
     /// The gateway's own FHIR router (AuditEvent, read-only), mounted at `/fhir`.
     audit: Router,
+    /// The data-export service (`$export`, `$export-status`, `$export-file`, `$import`,
+    /// `$everything`), when it runs, and the largest `$import` body it takes.
+    operations: Option<(Upstream, usize)>,
 }
+
+/// The operations the data-export service answers: a request path with one of these segments
+/// goes there (`/$export`, `/Patient/$export`, `/Group/1/$export`, `/Patient/1/$everything`…).
+pub const DATA_EXPORT_OPERATIONS: &[&str] = &["$export", "$export-status", "$export-file", "$import", "$everything"];
 
 impl Upstreams {
     /// A routing table with `default` for system-level requests and `audit` for AuditEvent.
     pub fn new(default: Upstream, audit: Router) -> Self {
-        Self { by_type: HashMap::new(), lab: None, default, audit }
+        Self { by_type: HashMap::new(), lab: None, default, audit, operations: None }
+    }
+
+    /// Routes the data-export operations to `upstream`, with its `$import` body limit (larger
+    /// than the gateway's general one: an import carries whole files).
+    pub fn operations(mut self, upstream: Upstream, max_import_bytes: usize) -> Self {
+        self.operations = Some((upstream, max_import_bytes));
+        self
+    }
+
+    /// The data-export service, if `segments` name one of its operations.
+    fn operation(&self, segments: &[&str]) -> Option<&(Upstream, usize)> {
+        if segments.iter().any(|s| DATA_EXPORT_OPERATIONS.contains(s)) { self.operations.as_ref() } else { None }
     }
 
     /// Routes the lab interface's admin API to `upstream`.
@@ -336,7 +355,12 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
     };
     let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
 
-    let body = match axum::body::to_bytes(body, st.max_body).await {
+    let operation = st.upstreams.operation(&segments).cloned();
+    let max_body = match &operation {
+        Some((_, max_import)) if segments.contains(&"$import") => (*max_import).max(st.max_body),
+        _ => st.max_body,
+    };
+    let body = match axum::body::to_bytes(body, max_body).await {
         Ok(b) => b,
         Err(_) => {
             if let Some(tenant) = &tenant {
@@ -357,7 +381,10 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
         parts.headers.insert("traceparent", v);
     }
     let first = segments.first().copied().filter(|s| !s.starts_with('_') && *s != "metadata");
-    let upstream = st.upstreams.pick(first);
+    let upstream = match operation {
+        Some((upstream, _)) => upstream,
+        None => st.upstreams.pick(first),
+    };
     if first == Some("AuditEvent") {
         // Read-your-writes for the audit trail: everything before this query is in it.
         gw.audit.flush().await;
@@ -384,7 +411,7 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
     // The resource an instance-level interaction named, or the one a create made.
     let resource = match segments.as_slice() {
         // `Patient/_search`, `Patient/_history`, `Patient/$op` name no resource.
-        [t, id, ..] if !t.starts_with('_') && !id.starts_with(['_', '$']) => Some(format!("{t}/{id}")),
+        [t, id, ..] if !t.starts_with(['_', '$']) && !id.starts_with(['_', '$']) => Some(format!("{t}/{id}")),
         _ => resp
             .headers()
             .get(header::LOCATION)
