@@ -51,6 +51,8 @@ fn resource(ty: &str, patient_id: &str) -> Value {
             "start": "2026-12-01T09:00:00+09:00", "end": "2026-12-01T09:15:00+09:00"}),
         "Appointment" => json!({"resourceType": "Appointment", "status": "proposed",
             "participant": [{"actor": subject, "status": "needs-action"}]}),
+        "Group" => json!({"resourceType": "Group", "type": "person", "actual": true, "name": "3病棟入院患者",
+            "member": [{"entity": subject}]}),
         "AuditEvent" => {
             json!({"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded": "2026-11-01T00:00:00Z",
             "agent": [{"requestor": true}], "source": {"observer": {"display": "forged"}}})

@@ -106,11 +106,15 @@ async fn capability_statement_states_what_is_implemented() {
 }
 
 #[tokio::test]
-async fn xml_is_not_acceptable_yet_and_wrong_methods_are_405() {
+async fn unsupported_formats_are_not_acceptable_and_wrong_methods_are_405() {
     let app = TestApp::spawn().await;
-    outcome(app.get("/Patient?_format=xml").await, 406, "not-supported").await;
-    let resp = app.req(reqwest::Method::GET, "/Patient").header("accept", "application/fhir+xml").send().await.unwrap();
+    outcome(app.get("/Patient?_format=text/turtle").await, 406, "not-supported").await;
+    let resp = app.req(reqwest::Method::GET, "/Patient").header("accept", "text/turtle").send().await.unwrap();
     outcome(resp, 406, "not-supported").await;
+    // XML is a format of this server now: answered, not refused.
+    let resp = app.req(reqwest::Method::GET, "/Patient").header("accept", "application/fhir+xml").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/fhir+xml"));
     let resp = app
         .req(reqwest::Method::GET, "/Patient")
         .header("accept", "application/fhir+json, */*;q=0.1")
@@ -118,6 +122,7 @@ async fn xml_is_not_acceptable_yet_and_wrong_methods_are_405() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/fhir+json"));
     outcome(app.req(reqwest::Method::POST, "/metadata").send().await.unwrap(), 405, "not-supported").await;
     outcome(app.req(reqwest::Method::DELETE, "/_history").send().await.unwrap(), 405, "not-supported").await;
 }
@@ -185,23 +190,30 @@ async fn operation_outcome_shape_is_stable() {
 }
 
 #[tokio::test]
-async fn format_in_a_search_form_and_refused_json_are_not_acceptable() {
+async fn format_in_a_search_form_and_refused_formats_are_not_acceptable() {
     let app = TestApp::spawn().await;
     let resp = app
         .req(reqwest::Method::POST, "/Patient/_search")
         .header("content-type", "application/x-www-form-urlencoded")
-        .body("_format=xml")
+        .body("_format=text/turtle")
         .send()
         .await
         .unwrap();
     outcome(resp, 406, "not-supported").await;
     let resp = app
         .req(reqwest::Method::GET, "/Patient")
-        .header("accept", "application/fhir+json;q=0, application/fhir+xml")
+        .header("accept", "application/fhir+json;q=0, application/fhir+xml;q=0, text/html")
         .send()
         .await
         .unwrap();
     outcome(resp, 406, "not-supported").await;
+    // The gateway's CapabilityStatement in XML keeps what the gateway adds (OAuth endpoints).
+    let resp = app.client.get(app.fhir("/metadata?_format=xml")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/fhir+xml"));
+    let xml = resp.text().await.unwrap();
+    assert!(xml.starts_with("<?xml") && xml.contains("<CapabilityStatement xmlns=\"http://hl7.org/fhir\">"), "{xml}");
+    assert!(xml.contains("/auth/token") && xml.contains("AuditEvent"), "the gateway's additions are in the XML");
 }
 
 #[test]

@@ -17,6 +17,7 @@ mod errors;
 mod everything;
 mod gateway;
 mod hardening;
+mod handover;
 mod history;
 mod identity;
 mod import;

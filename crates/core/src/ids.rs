@@ -106,6 +106,7 @@ const KNOWN_TYPES: &[&str] = &[
     "DiagnosticReport",
     "DocumentReference",
     "Encounter",
+    "Group",
     "Immunization",
     "MedicationRequest",
     "Observation",

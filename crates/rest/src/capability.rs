@@ -57,7 +57,7 @@ pub fn capability_statement(types: &[&'static str], base: &str, now: DateTime<Ut
         "software": {"name": "ehr", "version": env!("CARGO_PKG_VERSION")},
         "implementation": {"description": "MHLW standard-spec cloud-native hospital EHR reference implementation", "url": base},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json"],
+        "format": ["application/fhir+json", "application/fhir+xml"],
         "patchFormat": ["application/json-patch+json"],
         "implementationGuide": ["http://jpfhir.jp/fhir/core/ImplementationGuide/jpfhir.jp.core"],
         "rest": [{

@@ -37,7 +37,7 @@ pub enum RestError {
     BundleEntry { index: usize, reason: String },
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("this server answers in application/fhir+json only; XML arrives with issue #5")]
+    #[error("this server answers in application/fhir+json or application/fhir+xml (`_format=json` or `_format=xml`)")]
     NotAcceptable,
 }
 

@@ -2,11 +2,13 @@
 //!
 //! A service hands over the resource types it owns; this crate serves the R4 interactions on
 //! them (create, read, vread, update, patch, delete, history, search, batch/transaction,
-//! capabilities) with the same validation, tenancy and scope rules everywhere.
+//! capabilities) with the same validation, tenancy and scope rules everywhere, in FHIR JSON and
+//! (converted at the boundary by [`negotiate`]) FHIR XML.
 
 mod audit;
 mod capability;
 mod error;
+mod format;
 mod handlers;
 mod render;
 mod service;
@@ -15,6 +17,7 @@ mod transaction;
 pub use audit::{AUDIT_PATIENTS, Patients};
 pub use capability::capability_statement;
 pub use error::RestError;
+pub use format::{FHIR_XML, negotiate};
 pub use render::BaseUrl;
 pub use service::{Change, FhirService, WriteOutcome, WriteRules};
 
@@ -59,7 +62,7 @@ pub fn router(state: RestState) -> Router {
         .route("/{ty}/{id}", get(h::read).put(h::update).patch(h::patch).delete(h::delete).fallback(method_not_allowed))
         .route("/{ty}/{id}/_history", get(h::history_instance).fallback(method_not_allowed))
         .route("/{ty}/{id}/_history/{vid}", get(h::vread).fallback(method_not_allowed))
-        .layer(axum::middleware::from_fn(h::negotiate))
+        .layer(axum::middleware::from_fn(negotiate))
         .with_state(state)
 }
 
@@ -71,6 +74,6 @@ pub fn read_only_router(state: RestState) -> Router {
         .route("/{ty}", get(h::search_get).fallback(method_not_allowed))
         .route("/{ty}/_search", post(h::search_post).fallback(method_not_allowed))
         .route("/{ty}/{id}", get(h::read).fallback(method_not_allowed))
-        .layer(axum::middleware::from_fn(h::negotiate))
+        .layer(axum::middleware::from_fn(negotiate))
         .with_state(state)
 }

@@ -15,6 +15,7 @@
 
 mod audit;
 mod error;
+mod export;
 mod identity;
 mod lab;
 mod migration;
@@ -24,6 +25,7 @@ mod sql;
 
 pub use audit::{AuditProblem, AuditVerification};
 pub use error::StoreError;
+pub use export::{ExportEnd, ExportJob, ExportKind, ExportState, NewExportJob};
 pub use identity::{ClientRecord, KeyRecord, NewUser, SysTx, TenantRecord, UserRecord};
 pub use lab::{Hl7Message, LabEndpoint, MessageFilter};
 pub use migration::{APP_ROLE, Migrator, RELAY_ROLE};

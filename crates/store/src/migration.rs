@@ -11,7 +11,13 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001ResourceStore), Box::new(M0002Identity), Box::new(M0003Outbox), Box::new(M0004Lab)]
+        vec![
+            Box::new(M0001ResourceStore),
+            Box::new(M0002Identity),
+            Box::new(M0003Outbox),
+            Box::new(M0004Lab),
+            Box::new(M0005Export),
+        ]
     }
 }
 
@@ -468,6 +474,34 @@ impl MigrationTrait for M0004Lab {
                 db.execute_unprepared(&tenant_isolation(table)).await?;
             }
             for table in crate::lab::LAB_SYSTEM_TABLES {
+                db.execute_unprepared(&app_grant(table)).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// m0005: the data-export service's jobs and the queue its workers poll (see `export.rs`).
+struct M0005Export;
+
+impl MigrationName for M0005Export {
+    fn name(&self) -> &str {
+        "m0005_export"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0005Export {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        for statement in crate::export::EXPORT_SCHEMA.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            db.execute_unprepared(statement).await?;
+        }
+        if db.get_database_backend() == DbBackend::Postgres {
+            for table in crate::export::EXPORT_TENANT_TABLES {
+                db.execute_unprepared(&tenant_isolation(table)).await?;
+            }
+            for table in crate::export::EXPORT_SYSTEM_TABLES {
                 db.execute_unprepared(&app_grant(table)).await?;
             }
         }

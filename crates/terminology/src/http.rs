@@ -40,6 +40,7 @@ pub fn router(state: TerminologyState) -> Router {
     Router::new()
         .route("/CodeSystem/$lookup", get(lookup_get).post(lookup_post).fallback(method_not_allowed))
         .route("/ValueSet/$validate-code", get(validate_get).post(validate_post).fallback(method_not_allowed))
+        .layer(axum::middleware::from_fn(ehr_rest::negotiate))
         .with_state(state)
 }
 

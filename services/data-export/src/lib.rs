@@ -7,7 +7,7 @@
 //!   patient, or the CSV layouts of docs/formats/csv.md.
 //! - Import ([`import`]): the same three formats back in, validated, all-or-nothing per file,
 //!   ids preserved, references rewritten consistently, idempotent.
-//! - [`everything`]: `Patient/[id]/$everything`.
+//! - `Patient/[id]/$everything` ([`everything`]).
 
 pub mod error;
 pub mod everything;
@@ -45,6 +45,9 @@ pub struct ExportSettings {
     pub page_size: usize,
     /// Resources per output file before a new file of the same type is started.
     pub max_file_resources: u64,
+    /// A pause between two pages of an export, sparing the database the full speed of a
+    /// worker (0: none).
+    pub page_pause_ms: u64,
     /// Completed and cancelled jobs (and their files) are deleted after this many hours.
     pub retention_hours: u64,
     /// The largest request body `$import` accepts.
@@ -59,6 +62,7 @@ impl Default for ExportSettings {
             lease_secs: 60,
             page_size: 500,
             max_file_resources: 100_000,
+            page_pause_ms: 0,
             retention_hours: 24,
             max_import_bytes: 256 * 1024 * 1024,
         }

@@ -414,6 +414,9 @@ pub fn router(gw: Gateway, upstreams: Upstreams, max_body: usize) -> Router {
         .route("/admin/keys/rotate", post(admin::rotate_keys))
         .route("/lab/{*rest}", any(proxy::forward_lab))
         .route("/admin/connections", any(proxy::forward_lab))
+        // The one public FHIR route: the gateway augments the CapabilityStatement as JSON, then
+        // represents it as negotiated (every other FHIR response is negotiated by the service).
+        .route("/fhir/metadata", any(proxy::forward).layer(axum::middleware::from_fn(ehr_rest::negotiate)))
         .route("/fhir", any(proxy::forward))
         .route("/fhir/", any(proxy::forward))
         .route("/fhir/{*rest}", any(proxy::forward))

@@ -385,6 +385,24 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
         Some((upstream, _)) => upstream,
         None => st.upstreams.pick(first),
     };
+    if public {
+        // The CapabilityStatement is fetched as JSON, augmented, and only then put into the
+        // format the client negotiated (`ehr_rest::negotiate` wraps this route).
+        parts.headers.remove(header::ACCEPT);
+        let query: Vec<(String, String)> = parts
+            .uri
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().filter(|(k, _)| k != "_format").collect())
+            .unwrap_or_default();
+        let path_and_query = if query.is_empty() {
+            parts.uri.path().to_owned()
+        } else {
+            format!("{}?{}", parts.uri.path(), form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish())
+        };
+        if let Ok(uri) = path_and_query.parse() {
+            parts.uri = uri;
+        }
+    }
     if first == Some("AuditEvent") {
         // Read-your-writes for the audit trail: everything before this query is in it.
         gw.audit.flush().await;

@@ -11,6 +11,8 @@ use axum::Router;
 use ehr_rest::RestState;
 
 /// The resource types this service owns (design.md, "Services and what each owns"), sorted.
+/// `Group` (issue #5) holds the patient lists that `Group/[id]/$export` exports; it is not in
+/// the Patient compartment.
 pub const RESOURCE_TYPES: &[&str] = &[
     "AllergyIntolerance",
     "Composition",
@@ -19,6 +21,7 @@ pub const RESOURCE_TYPES: &[&str] = &[
     "DiagnosticReport",
     "DocumentReference",
     "Encounter",
+    "Group",
     "Immunization",
     "Observation",
     "Organization",

@@ -500,6 +500,25 @@ const APPOINTMENT: &[SearchParamDef] = &[
     r("supporting-info", &["supportingInformation"], &[]),
 ];
 
+/// R4 `Group` (a list of patients and other members, e.g. the cohort of a `Group/[id]/$export`).
+/// `characteristic-value` is a composite parameter, which the index does not support.
+const GROUP: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("type", Token, &["type"]),
+    p("code", Token, &["code"]),
+    p("actual", Token, &["actual"]),
+    p("characteristic", Token, &["characteristic.code"]),
+    // R4 `Group.characteristic.value`, restricted to the choices a token can index.
+    p("value", Token, &["characteristic.valueCodeableConcept", "characteristic.valueBoolean"]),
+    p("exclude", Token, &["characteristic.exclude"]),
+    r(
+        "member",
+        &["member.entity"],
+        &["Patient", "Practitioner", "PractitionerRole", "Device", "Medication", "Substance", "Group"],
+    ),
+    r("managing-entity", &["managingEntity"], &["Organization", "RelatedPerson", "Practitioner", "PractitionerRole"]),
+];
+
 /// The AuditEvent parameters an audit review needs (who, what, which patient, when, from where,
 /// outcome). The trail grows by one event per request, and every indexed value is an index row
 /// written with it: the R4 parameters on entity and agent roles and types, names and policies
@@ -546,6 +565,7 @@ pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchPa
         "Schedule" => SCHEDULE,
         "Slot" => SLOT,
         "Appointment" => APPOINTMENT,
+        "Group" => GROUP,
         _ => &[],
     };
     specific.iter().chain(COMMON.iter())
@@ -597,6 +617,7 @@ mod tests {
         "Schedule",
         "Slot",
         "Appointment",
+        "Group",
     ];
 
     #[test]
@@ -676,6 +697,51 @@ mod tests {
             assert_eq!(d, Some((ParamKind::Reference, &["Patient"][..])), "{t}");
         }
         assert_eq!(find_param("Appointment", "patient").map(|d| d.paths), Some(&["participant.actor"][..]));
+    }
+
+    #[test]
+    fn group_has_its_r4_parameters() {
+        // http://hl7.org/fhir/R4/group.html#search, without the composite `characteristic-value`.
+        let names = "identifier type code actual characteristic value exclude member managing-entity";
+        for name in names.split_whitespace() {
+            assert!(find_param("Group", name).is_some(), "Group.{name}");
+        }
+        assert_eq!(params_for("Group").count(), names.split_whitespace().count() + COMMON.len());
+        let member = find_param("Group", "member").map(|d| (d.kind, d.paths));
+        assert_eq!(member, Some((ParamKind::Reference, &["member.entity"][..])));
+
+        let group = serde_json::json!({
+            "resourceType": "Group", "type": "person", "actual": true,
+            "code": {"coding": [{"system": "urn:example:cohort", "code": "ward-3"}]},
+            "characteristic": [{"code": {"text": "in-patient"}, "valueBoolean": true, "exclude": false}],
+            "managingEntity": {"reference": "Organization/o1"},
+            "member": [
+                {"entity": {"reference": "Patient/p1"}},
+                {"entity": {"reference": "Patient/p2"}, "inactive": true},
+                {"entity": {"reference": "Location/l1"}}
+            ]
+        });
+        let entries = crate::search::extract("Group", &group);
+        let refs = |param: &str| -> Vec<String> {
+            entries
+                .iter()
+                .filter(|e| e.param == param)
+                .filter_map(|e| match &e.value {
+                    crate::search::IndexValue::Reference { target_type: Some(t), target_id: Some(i), .. } => {
+                        Some(format!("{t}/{i}"))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        // A Location is not a possible member: not indexed under `member`.
+        assert_eq!(refs("member"), ["Patient/p1", "Patient/p2"]);
+        assert_eq!(refs("managing-entity"), ["Organization/o1"]);
+        let tokens = |param: &str| entries.iter().filter(|e| e.param == param).count();
+        assert_eq!(
+            (tokens("type"), tokens("actual"), tokens("code"), tokens("value"), tokens("exclude")),
+            (1, 1, 1, 1, 1)
+        );
     }
 
     #[test]

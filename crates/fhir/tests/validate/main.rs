@@ -2,6 +2,8 @@
 //! targeted mutations of them.
 #![allow(clippy::unwrap_used)]
 
+mod xml;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

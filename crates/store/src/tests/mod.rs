@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod audit;
+mod export;
 mod identity;
 mod outbox;
 
