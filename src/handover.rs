@@ -225,7 +225,16 @@ pub async fn export(args: ExportArgs) -> Result<(), String> {
         total_bytes += bytes;
     }
     progress.done();
-    let resources: u64 = outputs.iter().filter_map(|o| o["count"].as_u64()).sum();
+    // CSV child tables count their rows, not resources: only main tables (`<Type>.csv`,
+    // `<Type>-<n>.csv`) count.
+    let resources: u64 = outputs
+        .iter()
+        .filter(|o| {
+            let name = o["url"].as_str().and_then(|u| u.rsplit('/').next()).unwrap_or_default();
+            !name.ends_with(".csv") || !name.trim_end_matches(".csv").contains('.')
+        })
+        .filter_map(|o| o["count"].as_u64())
+        .sum();
     println!(
         "exported {resources} resources in {} files ({} KiB) to {}",
         outputs.len(),

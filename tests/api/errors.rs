@@ -214,6 +214,18 @@ async fn format_in_a_search_form_and_refused_formats_are_not_acceptable() {
     let xml = resp.text().await.unwrap();
     assert!(xml.starts_with("<?xml") && xml.contains("<CapabilityStatement xmlns=\"http://hl7.org/fhir\">"), "{xml}");
     assert!(xml.contains("/auth/token") && xml.contains("AuditEvent"), "the gateway's additions are in the XML");
+    // The data-export operations are declared (Bulk Data export at three levels, import, $everything).
+    let cs: serde_json::Value = app.client.get(app.fhir("/metadata")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cs["instantiates"][0], "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data");
+    let names = |ops: &serde_json::Value| -> Vec<String> {
+        ops.as_array().into_iter().flatten().map(|o| o["name"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(names(&cs["rest"][0]["operation"]), ["export", "import"]);
+    let resource = |ty: &str| {
+        cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == ty).unwrap().clone()
+    };
+    assert_eq!(names(&resource("Patient")["operation"]), ["export", "everything"]);
+    assert_eq!(names(&resource("Group")["operation"]), ["export"]);
 }
 
 #[test]

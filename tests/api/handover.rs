@@ -227,3 +227,61 @@ async fn per_patient_xml_bundles_round_trip_between_tenants() {
 async fn csv_round_trip_between_tenants_is_lossless() {
     round_trip("text/csv").await;
 }
+
+/// Runs the built `ehr` binary with `EHR_TOKEN` (off the async runtime) → (exit code, stdout, stderr).
+async fn ehr(args: Vec<String>, token: String) -> (Option<i32>, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ehr"))
+            .args(&args)
+            .env("EHR_TOKEN", token)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn ehr_export_and_ehr_import_move_a_tenant_from_the_command_line() {
+    let app = TestApp::spawn().await;
+    let patient = app.create(&ehr_testkit::patient("山田", "太郎", "1970-01-01", "12345")).await;
+    let pid = crate::id_of(&patient);
+    app.create(&crate::observation(&pid, "3D010000001926101", 95.0, "2026-11-01")).await;
+    let dir = std::env::temp_dir().join(format!("ehr-cli-export-{}", uuid::Uuid::new_v4().simple()));
+    let out = dir.to_str().unwrap().to_owned();
+
+    for format in ["ndjson", "csv", "bundle-xml"] {
+        let target = format!("{out}/{format}");
+        let (code, stdout, stderr) = ehr(
+            vec!["export".into(), "--url".into(), app.address.clone(), "--out".into(), target.clone(), "--format".into(), format.into()],
+            app.token("system/*.rs"),
+        )
+        .await;
+        assert_eq!(code, Some(0), "export {format}: {stderr}");
+        assert!(stdout.contains("exported 2 resources"), "{format}: {stdout}");
+        assert!(std::path::Path::new(&target).join("manifest.json").exists());
+
+        let tenant_b = format!("{}-{format}", app.tenant);
+        let (code, stdout, stderr) =
+            ehr(vec!["import".into(), "--url".into(), app.address.clone(), target], app.token_for(&tenant_b, "system/*.cruds")).await;
+        assert_eq!(code, Some(0), "import {format}: {stdout} {stderr}");
+        assert!(stdout.contains("created"), "{format}: {stdout}");
+        let resp = app.client.get(app.fhir(&format!("/Patient/{pid}"))).bearer_auth(app.token_for(&tenant_b, "system/*.rs")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{format}: the patient arrived in the other tenant");
+    }
+
+    // A truncated NDJSON file is refused as a whole, with the line named, and the CLI fails.
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("Patient.ndjson"), "{\"resourceType\":\"Patient\",\"id\":\"ok-1\"}\n{\"resourceType\":\"Patient\",\"id\":\"tr").unwrap();
+    let tenant_c = format!("{}-c", app.tenant);
+    let (code, stdout, stderr) =
+        ehr(vec!["import".into(), "--url".into(), app.address.clone(), bad.to_str().unwrap().into()], app.token_for(&tenant_c, "system/*.cruds")).await;
+    assert_eq!(code, Some(1), "{stdout} {stderr}");
+    assert!(stdout.contains("REFUSED") && stdout.contains("line 2"), "{stdout}");
+    assert!(stderr.contains("1 of 1 imports refused"), "{stderr}");
+    let resp = app.client.get(app.fhir("/Patient/ok-1")).bearer_auth(app.token_for(&tenant_c, "system/*.rs")).send().await.unwrap();
+    assert_eq!(resp.status(), 404, "nothing from the refused file was stored");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -196,9 +196,45 @@ impl Gateway {
     }
 }
 
+/// Declares the data-export operations in a CapabilityStatement's `rest[0]`: `$export` and
+/// `$import` at system level, `$export` and `$everything` on Patient, `$export` on Group.
+fn add_data_export_operations(rest: &mut serde_json::Value) {
+    use serde_json::json;
+    const BULK: &str = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition";
+    let op = |name: &str, definition: String| json!({"name": name, "definition": definition});
+    let mut system = rest.get("operation").and_then(|o| o.as_array()).cloned().unwrap_or_default();
+    system.push(op("export", format!("{BULK}/export")));
+    // This server's synchronous import (docs/import.md); not the Bulk Data IG's draft $import.
+    system.push(json!({"name": "import", "definition": "urn:ehr:OperationDefinition/import",
+        "documentation": "POST NDJSON, a Bundle (JSON or XML) or CSV tables (multipart); all records or none"}));
+    rest["operation"] = json!(system);
+    if let Some(resources) = rest.get_mut("resource").and_then(|r| r.as_array_mut()) {
+        for entry in resources {
+            let ops = match entry["type"].as_str() {
+                Some("Patient") => vec![
+                    op("export", format!("{BULK}/patient-export")),
+                    op("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything".to_owned()),
+                ],
+                Some("Group") => vec![op("export", format!("{BULK}/group-export"))],
+                _ => continue,
+            };
+            let mut list = entry.get("operation").and_then(|o| o.as_array()).cloned().unwrap_or_default();
+            list.extend(ops);
+            entry["operation"] = json!(list);
+        }
+    }
+}
+
 /// Adds what the gateway contributes to the service's CapabilityStatement: the OAuth endpoints
-/// (SMART `oauth-uris` extension), CORS, and the read-only AuditEvent resource it serves.
-async fn augment_capabilities(resp: Response, public_url: Option<&str>, host_base: &str) -> Response {
+/// (SMART `oauth-uris` extension), CORS, the read-only AuditEvent resource it serves, and, when
+/// the data-export service is routed, its operations (Bulk Data `$export` at system, Patient and
+/// Group level, `$import`, `Patient/$everything`).
+async fn augment_capabilities(
+    resp: Response,
+    public_url: Option<&str>,
+    host_base: &str,
+    data_export: bool,
+) -> Response {
     let (mut parts, body) = resp.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, 4 * 1024 * 1024).await else {
         return GatewayError::Upstream.into_response();
@@ -240,6 +276,12 @@ async fn augment_capabilities(resp: Response, public_url: Option<&str>, host_bas
             }
             list.push(entry);
         }
+        if data_export {
+            add_data_export_operations(rest);
+        }
+    }
+    if data_export {
+        cs["instantiates"] = serde_json::json!(["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"]);
     }
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(cs.to_string()))
@@ -421,7 +463,8 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
     let patients = resp.headers_mut().remove(AUDIT_PATIENTS);
     let Some(tenant) = tenant else {
         if public && resp.status() == axum::http::StatusCode::OK {
-            return augment_capabilities(resp, gw.public_url.as_deref(), &host_base).await;
+            let data_export = st.upstreams.operations.is_some();
+            return augment_capabilities(resp, gw.public_url.as_deref(), &host_base, data_export).await;
         }
         return resp;
     };
