@@ -313,3 +313,30 @@ async fn tampering_with_one_audit_row_is_detected_by_ehr_audit_verify() {
     let stdout = String::from_utf8_lossy(&verify().stdout).into_owned();
     assert!(stdout.contains("HeadMismatch") || stdout.contains("SeqGap"), "{stdout}");
 }
+
+#[tokio::test]
+async fn the_audit_trail_reads_as_xml_and_every_event_is_valid_r4() {
+    let app = TestApp::spawn().await;
+    // Reads, a search with a query (entity.query), a refused token (security event).
+    let patient = app.create(&patient("山田", "花子", "1980-02-03", "A-1")).await;
+    app.get(&format!("/Patient/{}", patient["id"].as_str().unwrap())).await;
+    app.get("/Patient?family=山田").await;
+    app.client.get(app.fhir("/Patient")).bearer_auth("not-a-token").send().await.unwrap();
+    let events = app.audit_events("").await;
+    assert!(events.len() >= 3, "{events:?}");
+    let validator = ehr_fhir::validate::Validator::new();
+    for e in &events {
+        let errors: Vec<_> =
+            validator.validate(e).into_iter().filter(|i| matches!(i.severity, ehr_core::Severity::Error)).collect();
+        assert!(errors.is_empty(), "an AuditEvent the gateway wrote is not valid R4: {errors:?}\n{e}");
+    }
+    let token = app.token("user/AuditEvent.rs");
+    let resp = app.client.get(app.fhir("/AuditEvent?_count=1000&_format=xml")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let bundle = ehr_fhir::xml::from_xml(&resp.text().await.unwrap()).unwrap();
+    let from_xml: Vec<Value> = bundle["entry"].as_array().unwrap().iter().map(|e| e["resource"].clone()).collect();
+    for e in &events {
+        let same = from_xml.iter().find(|x| x["id"] == e["id"]).expect("the event is in the XML search");
+        assert_eq!(same, e, "the XML reads back as the JSON");
+    }
+}

@@ -601,3 +601,27 @@ fn every_element_of_every_defined_resource_round_trips() {
     eprintln!("{checked} documents, {bytes} bytes");
     assert!(checked > 150, "{checked}");
 }
+
+#[test]
+fn zz_scratch() {
+    for n in [2000usize, 4000, 8000, 16000] {
+        let attrs: String = (0..n).map(|i| format!(" xmlns:p{i}=\"u\"")).collect();
+        let doc = format!("<Patient xmlns=\"http://hl7.org/fhir\"{attrs}><active value=\"true\"/></Patient>");
+        let t = std::time::Instant::now();
+        let r = from_xml(&doc);
+        eprintln!("ns n={n} ok={} {:?}", r.is_ok(), t.elapsed());
+    }
+    for n in [2000usize, 4000, 8000] {
+        let attrs: String = (0..n).map(|i| format!(" a{i}=\"u\"")).collect();
+        let doc = format!("<Patient xmlns=\"http://hl7.org/fhir\"><text><status value=\"generated\"/><div xmlns=\"http://www.w3.org/1999/xhtml\"><p{attrs}/></div></text></Patient>");
+        let t = std::time::Instant::now();
+        let r = from_xml(&doc);
+        eprintln!("div attrs n={n} ok={} {:?}", r.is_ok(), t.elapsed());
+    }
+    for div in ["<div xmlns=\"http://www.w3.org/1999/xhtml\"/></text><x/>", "<div xmlns=\"http://www.w3.org/1999/xhtml\">a</div></text>", "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p a=\"1\" a=\"2\">x</p></div>"] {
+        let v = json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}});
+        eprintln!("{div}: {:?}", to_xml(&v));
+    }
+    let p = json!({"resourceType": "Patient", "name": [{"family": "a"}], "extension": [{"url": "u", "valueString": "x"}], "contained": [{"resourceType": "Patient", "id": "c"}], "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">a</div>"}, "language": "ja", "implicitRules": "http://x", "meta": {"versionId": "1"}, "id": "p", "modifierExtension": [{"url": "m", "valueBoolean": true}], "active": true});
+    eprintln!("{}", to_xml(&p).unwrap());
+}
