@@ -88,6 +88,23 @@ fn resources_of(files: &[(String, Vec<u8>)]) -> BTreeMap<(String, String), Value
     out
 }
 
+/// Every CSV file opens in a plain RFC 4180 reader (the `csv` crate, nothing of ours) with the
+/// columns docs/formats/csv.md lists for its table, in that order, and rows of that width.
+fn csv_files_have_the_documented_columns(files: &[(String, Vec<u8>)]) {
+    for (name, bytes) in files {
+        let ty = name.split('.').next().unwrap();
+        let table = name.trim_end_matches(".csv");
+        let layout = ehr_fhir::csv::tables(ty).unwrap();
+        let documented = layout.iter().find(|t| t.name == table).unwrap_or_else(|| panic!("{name} is no documented table"));
+        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes.as_slice());
+        let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
+        assert_eq!(header, documented.columns, "{name}: the header is the documented column list");
+        for record in reader.records() {
+            assert_eq!(record.unwrap().len(), header.len(), "{name}: every row has the header's width");
+        }
+    }
+}
+
 /// Runs a system-level export for `token` in `format` and downloads every file.
 async fn export(app: &TestApp, token: &str, format: &str) -> Vec<(String, Vec<u8>)> {
     let resp = app
@@ -165,6 +182,9 @@ async fn round_trip(format: &str) {
     let b = app.token_for(&tenant_b, "system/*.cruds");
 
     let first = export(&app, &a, format).await;
+    if format == "text/csv" {
+        csv_files_have_the_documented_columns(&first);
+    }
     let exported_a = resources_of(&first);
     // Everything loaded is exported (the per-patient layout carries what is in some patient's
     // compartment and the resources they reference), as stored.
