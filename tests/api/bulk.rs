@@ -426,6 +426,22 @@ fn job_dir(root: &Path, app: &TestApp, status_url: &str) -> PathBuf {
     root.join(&app.tenant).join(job_of(status_url))
 }
 
+/// The newest copy of `name` in a job's directory: every claim of the job writes in a
+/// directory of its own, `a<attempt>`.
+fn claim_file(job_dir: &Path, name: &str) -> Option<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(job_dir)
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let attempt = e.file_name().to_str()?.strip_prefix('a')?.parse().ok()?;
+            let path = e.path().join(name);
+            path.exists().then_some((attempt, path))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
+}
+
 /// Polls the status until `X-Progress` says some resources were written.
 async fn wait_for_progress(app: &TestApp, url: &str, token: &str, at_least: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -458,7 +474,7 @@ async fn delete_cancels_a_running_export_and_removes_its_files() {
     let url = start(&app, "/$export?_type=Patient", &token).await;
     wait_for_progress(&app, &url, &token, 2).await;
     let dir = job_dir(&root, &app, &url);
-    assert!(dir.join("Patient-1.ndjson").exists());
+    assert!(claim_file(&dir, "Patient-1.ndjson").is_some());
     assert_eq!(app.client.delete(url.as_str()).bearer_auth(&token).send().await.unwrap().status(), 202);
     outcome(app.client.get(url.as_str()).bearer_auth(&token).send().await.unwrap(), 404, "not-found").await;
     outcome(app.client.delete(url.as_str()).bearer_auth(&token).send().await.unwrap(), 404, "not-found").await;
@@ -592,6 +608,39 @@ async fn bundle_layouts_hold_one_patient_each_in_json_and_xml() {
 }
 
 #[tokio::test]
+async fn a_system_bundle_export_keeps_the_resources_that_name_no_patient() {
+    let app = TestApp::spawn().await;
+    let (patients, observations) = dataset(&app, 2, 1).await;
+    // An Observation about a Group of patients: in no patient's compartment.
+    let group = id_of(&app.create(&json!({"resourceType": "Group", "type": "person", "actual": false})).await);
+    let mut about_group = observation(patients.iter().next().unwrap(), "3B035000002327201", 9.0, "2024-05-02");
+    about_group["subject"] = json!({"reference": format!("Group/{group}")});
+    let about_group = id_of(&app.create(&about_group).await);
+    let token = app.token(READ);
+    let path = format!("/$export?_type=Patient,Observation&_outputFormat={}", enc("application/fhir+json"));
+    let manifest = export(&app, &path, &token).await;
+    let mut in_bundles = BTreeSet::new();
+    let mut on_their_own = BTreeSet::new();
+    for o in manifest["output"].as_array().unwrap() {
+        let (_, body) = download(&app, o["url"].as_str().unwrap(), &token).await;
+        let bundle: Value = serde_json::from_slice(&body).unwrap();
+        let ids = bundle["entry"].as_array().unwrap().iter().map(|e| id_of(&e["resource"]));
+        match o["type"].as_str().unwrap() {
+            "Bundle" => in_bundles.extend(ids),
+            "Observation" => on_their_own.extend(ids),
+            other => panic!("unexpected output type {other}"),
+        }
+    }
+    assert_eq!(on_their_own, BTreeSet::from([about_group.clone()]), "in a Bundle of its type");
+    let expected: BTreeSet<String> = patients.iter().cloned().chain(all(&observations)).collect();
+    assert_eq!(in_bundles, expected, "the patients' Bundles hold the rest, once");
+    // A Patient-level export covers the compartment only: not that Observation.
+    let path = format!("/Patient/$export?_type=Patient,Observation&_outputFormat={}", enc("application/fhir+json"));
+    let manifest = export(&app, &path, &token).await;
+    assert!(manifest["output"].as_array().unwrap().iter().all(|o| o["type"] == "Bundle"), "{manifest}");
+}
+
+#[tokio::test]
 async fn the_csv_layout_writes_one_file_per_table_that_reads_back() {
     let app = TestApp::spawn().await;
     let (patients, observations) = dataset(&app, 2, 2).await;
@@ -623,6 +672,154 @@ async fn the_csv_layout_writes_one_file_per_table_that_reads_back() {
         }
         assert_eq!(seen, expected, "{ty}");
     }
+}
+
+// ── Workers that lose their lease, limits, scopes at download ──────────────────────────────
+
+/// Patients `<prefix>-00`… with ids of our choosing (so that their order, which pages follow,
+/// is known).
+async fn patients_with_ids(app: &TestApp, prefix: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let id = format!("{prefix}-{i:02}");
+        let mut p = patient("遅延", &format!("{i}"), "1980-01-01", &format!("{prefix}-{i}"));
+        p["id"] = json!(id);
+        let resp = app.put(&format!("/Patient/{id}"), &p).await;
+        assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+        ids.push(id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_never_writes_into_the_files_of_the_new_owner() {
+    // Every pause between pages outlasts the lease: after each page the other worker of the
+    // process takes the job over, while the first one, only slow, wakes up and writes its next
+    // page before its checkpoint tells it that it lost the job.
+    let app = TestApp::spawn_with(|c| {
+        c.export.page_size = 2;
+        c.export.page_pause_ms = 1_500;
+        c.export.lease_secs = 1;
+        c.export.poll_interval_ms = 50;
+    })
+    .await;
+    let ids = patients_with_ids(&app, "st", 10).await;
+    let token = app.token(READ);
+    let url = start(&app, "/$export?_type=Patient", &token).await;
+    // The second claim has written the second page (st-02, st-03) while the first sleeps; the
+    // first will read that page again when it wakes. Make its copy differ: st-02 grows.
+    wait_for_progress(&app, &url, &token, 4).await;
+    let mut changed = patient("遅延", "二郎という長い名前に変わった", "1980-01-01", "st-2");
+    changed["id"] = json!("st-02");
+    assert_eq!(app.put("/Patient/st-02", &changed).await.status(), 200);
+
+    let manifest = finish(&app, &url, &token).await;
+    // Every line parses and every patient is there once: no file was written by two workers.
+    let files = ndjson(&app, &manifest, &token).await;
+    let mut got: Vec<String> = files["Patient"].iter().map(id_of).collect();
+    got.sort();
+    assert_eq!(got, ids);
+}
+
+#[tokio::test]
+async fn a_requester_with_too_many_jobs_in_progress_is_told_to_retry_later() {
+    let app = TestApp::spawn_with(|c| {
+        c.export.page_size = 1;
+        c.export.page_pause_ms = 5_000;
+    })
+    .await;
+    dataset(&app, 3, 0).await;
+    let token = app.token(READ);
+    let mut urls = Vec::new();
+    for _ in 0..5 {
+        urls.push(start(&app, "/$export?_type=Patient", &token).await);
+    }
+    let resp = kick(&app, Method::GET, "/$export?_type=Patient", &token).send().await.unwrap();
+    assert_eq!(resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()).as_deref(), Some("30"));
+    outcome(resp, 429, "throttled").await;
+    // Another client of the tenant is not held back by this one's jobs.
+    let mut claims = app.claims(&app.tenant, READ);
+    claims.sub = "another-client".into();
+    let other = app.sign_claims(&claims);
+    let theirs = start(&app, "/$export?_type=Patient", &other).await;
+    // Once one of its jobs is cancelled, the requester may start another.
+    assert_eq!(app.client.delete(urls[0].as_str()).bearer_auth(&token).send().await.unwrap().status(), 202);
+    urls[0] = start(&app, "/$export?_type=Patient", &token).await;
+    for u in &urls {
+        assert_eq!(app.client.delete(u.as_str()).bearer_auth(&token).send().await.unwrap().status(), 202);
+    }
+    assert_eq!(app.client.delete(theirs.as_str()).bearer_auth(&other).send().await.unwrap().status(), 202);
+}
+
+#[tokio::test]
+async fn a_file_is_served_only_while_the_token_may_read_what_it_holds() {
+    let app = TestApp::spawn().await;
+    dataset(&app, 2, 1).await;
+    let token = app.token(READ);
+    // The same requester later holds a token for Patient only (its role changed, or it asked
+    // for less): the Observation file and the patient Bundles, which hold Observations, are
+    // no longer its to read.
+    let patients_only = app.token("system/Patient.read");
+    let manifest = export(&app, "/$export?_type=Patient,Observation", &token).await;
+    for o in manifest["output"].as_array().unwrap() {
+        let resp = app.client.get(o["url"].as_str().unwrap()).bearer_auth(&patients_only).send().await.unwrap();
+        match o["type"].as_str().unwrap() {
+            "Patient" => assert_eq!(resp.status(), 200),
+            _ => {
+                outcome(resp, 403, "forbidden").await;
+            }
+        }
+    }
+    let path = format!("/$export?_type=Patient,Observation&_outputFormat={}", enc("application/fhir+json"));
+    let manifest = export(&app, &path, &token).await;
+    let bundle = manifest["output"][0]["url"].as_str().unwrap();
+    outcome(app.client.get(bundle).bearer_auth(&patients_only).send().await.unwrap(), 403, "forbidden").await;
+    assert_eq!(app.client.get(bundle).bearer_auth(&token).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn the_checkpoint_of_a_bundle_export_does_not_grow_with_the_patients() {
+    let app = TestApp::spawn().await;
+    let (patients, _) = dataset(&app, 12, 1).await;
+    let token = app.token(READ);
+    let path = format!("/$export?_type=Patient,Observation&_outputFormat={}", enc("application/fhir+json"));
+    let url = start(&app, &path, &token).await;
+    let manifest = finish(&app, &url, &token).await;
+    let outputs = manifest["output"].as_array().unwrap();
+    assert_eq!(outputs.len(), patients.len(), "one Bundle per patient");
+    let names: BTreeSet<&str> =
+        outputs.iter().map(|o| o["url"].as_str().unwrap().rsplit('/').next().unwrap()).collect();
+    assert_eq!(names.len(), patients.len(), "each listed once");
+    // The finished files are stored beside the checkpoint, not in it: a checkpoint listing
+    // them would be rewritten, one patient longer, after every patient.
+    use sea_orm::ConnectionTrait;
+    let db = sea_orm::Database::connect(app.database_url.as_str()).await.unwrap();
+    let sql =
+        format!("SELECT checkpoint FROM export_jobs WHERE tenant_id = '{}' AND id = '{}'", app.tenant, job_of(&url));
+    let row = db.query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql)).await.unwrap().unwrap();
+    let checkpoint: String = row.try_get("", "checkpoint").unwrap();
+    assert!(!checkpoint.contains("Bundle-"), "{checkpoint}");
+    assert!(checkpoint.len() < 512, "{checkpoint}");
+}
+
+#[tokio::test]
+async fn status_and_file_urls_follow_the_public_url() {
+    let app = TestApp::spawn_with(|c| c.public_url = Some("https://ehr.example-hospital.jp/".into())).await;
+    dataset(&app, 1, 0).await;
+    let token = app.token(READ);
+    let public = "https://ehr.example-hospital.jp/fhir";
+    let resp = kick(&app, Method::GET, "/$export?_type=Patient", &token).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["content-location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&format!("{public}/$export-status/")), "{location}");
+    // The client reaches the server at its own address here; the URLs it is given are public.
+    let local = location.replace(public, &app.fhir(""));
+    let manifest = finish(&app, &local, &token).await;
+    assert_eq!(manifest["request"], format!("{public}/$export?_type=Patient"));
+    let file = manifest["output"][0]["url"].as_str().unwrap();
+    assert!(file.starts_with(&format!("{public}/$export-file/{}/", job_of(&local))), "{file}");
+    let (_, body) = download(&app, &file.replace(public, &app.fhir("")), &token).await;
+    assert_eq!(String::from_utf8(body).unwrap().lines().count(), 1);
 }
 
 // ── A job killed midway ─────────────────────────────────────────────────────────────────────
@@ -750,7 +947,7 @@ async fn an_export_killed_midway_resumes_from_its_checkpoint_after_a_restart() {
 
     // What a dying writer leaves after its last checkpoint: half a line.
     let job_dir = dir.join("exports").join(tenant).join(job_of(&url));
-    let open = job_dir.join("Patient-1.ndjson");
+    let open = claim_file(&job_dir, "Patient-1.ndjson").expect("the open file");
     let before = std::fs::read_to_string(&open).unwrap();
     assert!(before.lines().count() as u64 >= at_kill, "the checkpointed lines are on disk");
     std::fs::write(&open, format!("{before}{{\"resourceType\":\"Patient\",\"id\":\"half-writ")).unwrap();

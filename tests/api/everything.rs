@@ -258,3 +258,74 @@ async fn groups_are_stored_searched_by_member_and_kept_per_tenant() {
     let group = group.expect("Group in /metadata");
     assert!(group["searchParam"].as_array().unwrap().iter().any(|p| p["name"] == "member"), "{group}");
 }
+
+#[tokio::test]
+async fn listing_the_compartment_needs_the_search_scope_as_a_search_would() {
+    let app = TestApp::spawn().await;
+    let r = record(&app).await;
+    let path = format!("/Patient/{}/$everything", r.patient);
+    // Observations may be read by id but not searched: `GET /Observation?patient=` is 403, and
+    // `$everything` does not list them either, nor what only they reference (the performer).
+    let token =
+        app.token("user/Patient.rs user/Observation.r user/Condition.rs user/Practitioner.r user/Organization.r");
+    let resp =
+        app.client.get(app.fhir(&format!("/Observation?patient={}", r.patient))).bearer_auth(&token).send().await;
+    outcome(resp.unwrap(), 403, "forbidden").await;
+    let (m, i) = entries(&pages(&app, &token, &path).await);
+    assert!(m.iter().all(|k| k.starts_with("Patient/") || k.starts_with("Condition/")), "{m:?}");
+    assert_eq!(m.len(), 3, "{m:?}");
+    assert!(i.iter().all(|k| k.starts_with("Organization/")) && i.len() == 1, "{i:?}");
+    let resp = app.client.get(app.fhir(&format!("{path}?_type=Observation"))).bearer_auth(&token).send().await;
+    outcome(resp.unwrap(), 403, "forbidden").await;
+    // Referenced types need read only, as `_include` targets do.
+    let (_, i) = entries(&pages(&app, &token, &format!("{path}?_type=Organization")).await);
+    assert_eq!(i.len(), 1, "{i:?}");
+}
+
+#[tokio::test]
+async fn a_cursor_never_reaches_beyond_the_patient_and_tenant_of_the_request() {
+    let app = TestApp::spawn().await;
+    let a = record(&app).await;
+    // Patient B: a record of its own.
+    let b = id_of(&app.create(&patient("乙", "患者", "1980-01-01", "EV-B")).await);
+    for i in 0..3 {
+        app.create(&observation(&b, "3B035000002327201", f64::from(i), "2026-11-02")).await;
+    }
+    let token = app.token(ALL_SCOPES);
+    let first = pages(&app, &token, &format!("/Patient/{}/$everything?_count=2", a.patient)).await;
+    let next = first[0]["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let query = next.split_once('?').unwrap().1.to_owned();
+
+    // A's cursor on B's path pages through B's record only.
+    let pages_b = pages(&app, &token, &format!("/Patient/{b}/$everything?{query}")).await;
+    for e in pages_b.iter().flat_map(|p| p["entry"].as_array().cloned().unwrap_or_default()) {
+        let res = &e["resource"];
+        let own = res["resourceType"] == "Patient" && res["id"] == b.as_str()
+            || res["subject"]["reference"] == format!("Patient/{b}").as_str();
+        assert!(own || e["search"]["mode"] == "include", "not B's: {e}");
+        assert!(!a.matches.contains(&key(res)) || key(res) == format!("Patient/{b}"), "A's data on B's pages: {e}");
+    }
+    // Another tenant with A's link: A is not found there.
+    let other = app.token_for("other-hospital", ALL_SCOPES);
+    outcome(app.client.get(&next).bearer_auth(&other).send().await.unwrap(), 404, "not-found").await;
+    // A forged cursor naming a type outside the request's plan (one not stored, one the token
+    // cannot list): refused.
+    use base64::Engine as _;
+    for forged in ["AuditEvent/x", "Observation/zzz"] {
+        let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged);
+        let url = app.fhir(&format!("/Patient/{}/$everything?_cursor={cursor}", a.patient));
+        let token = app.token("user/Patient.rs user/Condition.rs");
+        outcome(app.client.get(&url).bearer_auth(&token).send().await.unwrap(), 400, "invalid").await;
+    }
+}
+
+#[tokio::test]
+async fn everything_of_a_deleted_patient_is_gone() {
+    let app = TestApp::spawn().await;
+    let p = id_of(&app.create(&patient("削", "除", "1970-01-01", "EV-D")).await);
+    assert_eq!(app.delete(&format!("/Patient/{p}")).await.status(), 204);
+    outcome(app.get(&format!("/Patient/{p}/$everything")).await, 410, "deleted").await;
+}

@@ -489,3 +489,141 @@ async fn an_import_is_audited_with_its_patients() {
         assert_eq!(events.len(), 1, "{p}: {events:?}");
     }
 }
+
+/// Makes the database refuse to insert a resource with id `id` (a trigger), as a constraint or
+/// a full disk would: a failure found only while the import writes.
+async fn refuse_insert_of(app: &TestApp, id: &str) {
+    use sea_orm::{ConnectionTrait, Database};
+    let db = Database::connect(app.database_url.as_str()).await.unwrap();
+    let statements = if ehr_testkit::backend() == "postgres" {
+        vec![
+            format!(
+                "CREATE FUNCTION refuse_import() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.id = '{id}' THEN RAISE EXCEPTION 'refused by test'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+            ),
+            "CREATE TRIGGER refuse_import BEFORE INSERT ON resources FOR EACH ROW EXECUTE FUNCTION refuse_import()"
+                .to_owned(),
+        ]
+    } else {
+        vec![format!(
+            "CREATE TRIGGER refuse_import BEFORE INSERT ON resources WHEN NEW.id = '{id}' \
+             BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+        )]
+    };
+    for sql in statements {
+        db.execute_unprepared(&sql).await.unwrap();
+    }
+    let _ = db.close().await;
+}
+
+#[tokio::test]
+async fn a_record_the_store_refuses_while_writing_rolls_back_the_whole_import() {
+    let app = TestApp::spawn().await;
+    // A Patient that the import will update before it reaches the refused record.
+    let before =
+        json(app.put("/Patient/wr-old", &with_id(patient("前", "版", "1970-01-01", "WR-0"), "wr-old")).await, 201)
+            .await;
+    refuse_insert_of(&app, "wr-boom").await;
+    let mut changed = with_id(patient("前", "版", "1970-01-01", "WR-0"), "wr-old");
+    changed["gender"] = json!("male");
+    let body = ndjson(&[
+        with_id(patient("新", "一", "1970-01-01", "WR-1"), "wr-new"),
+        changed,
+        practitioner("wr-dr"),
+        with_id(patient("拒", "否", "1970-01-01", "WR-2"), "wr-boom"),
+    ]);
+    let resp = post_import(&app, "", "application/fhir+ndjson", body.clone()).await;
+    assert_eq!(resp.status(), 500);
+    let oo = json(resp, 500).await;
+    let d = diagnostics(&oo);
+    assert_eq!(d.len(), 1, "{oo}");
+    assert!(d[0].starts_with("request body line 4: Patient/wr-boom: the record could not be written"), "{}", d[0]);
+    assert!(d[0].ends_with("nothing was stored"), "{}", d[0]);
+    assert!(!d[0].contains("refused by test") && !d[0].contains("拒"), "database text and data stay out: {}", d[0]);
+    assert_eq!(oo["issue"][0]["details"]["coding"][0]["code"], "EHR-STO-006", "{oo}");
+    // Nothing of what was written before the failure remains.
+    outcome(app.get("/Patient/wr-new").await, 404, "not-found").await;
+    outcome(app.get("/Practitioner/wr-dr").await, 404, "not-found").await;
+    assert_eq!(read(&app, "/Patient/wr-old").await, before);
+    assert_eq!(json(app.get("/Patient/wr-old/_history").await, 200).await["total"], 1);
+    assert_eq!(count(&app, "Patient").await, 1);
+}
+
+#[tokio::test]
+async fn csv_file_sets_of_a_large_export_and_bundle_files_are_imported() {
+    let app = TestApp::spawn().await;
+    // The export writes a type's CSV tables in sets of `max_file_resources`: `Patient.csv`,
+    // `Patient.name.csv`, … then `Patient-2.csv`, `Patient.name-2.csv`, …
+    let first = csv_files(&[with_id(patient("一", "組", "1960-06-06", "SET-1"), "set-p1")]);
+    let second: BTreeMap<String, Vec<u8>> = csv_files(&[with_id(patient("二", "組", "1962-02-02", "SET-2"), "set-p2")])
+        .into_iter()
+        .map(|(name, bytes)| (name.replace(".csv", "-2.csv"), bytes))
+        .collect();
+    assert!(second.contains_key("Patient-2.csv") && second.contains_key("Patient.name-2.csv"), "{second:?}");
+    let mut parts: Vec<(&str, Vec<u8>)> = first.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    parts.extend(second.iter().map(|(n, b)| (n.as_str(), b.clone())));
+    let oo = json(post_files(&app, &parts).await, 200).await;
+    assert_counts(&oo, "Patient.csv", 1, 1, 0, 0);
+    assert_counts(&oo, "Patient-2.csv", 1, 1, 0, 0);
+    assert_eq!(read(&app, "/Patient/set-p2").await["name"][0]["family"], "二");
+    // A row failure in a later set is reported against that set's file names.
+    let mut broken = second.clone();
+    let name_table = broken.get_mut("Patient.name-2.csv").unwrap();
+    name_table.extend_from_slice(b"no-such-patient\n");
+    let parts: Vec<(&str, Vec<u8>)> = broken.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let oo = json(post_files(&app, &parts).await, 400).await;
+    let d = diagnostics(&oo);
+    assert!(d[0].starts_with("Patient-2.csv") && d[0].contains("Patient.name-2.csv"), "{oo}");
+
+    // A file named `Bundle.json` (or `.xml`) is a Bundle of any types, not a file of "Bundle"s.
+    let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": with_id(patient("束", "一", "1970-01-01", "BF-1"), "bf-p1")},
+        {"resource": practitioner("bf-dr")}
+    ]});
+    let oo = json(post_files(&app, &[("Bundle.json", bundle.to_string().into_bytes())]).await, 200).await;
+    assert_counts(&oo, "Bundle.json", 2, 2, 0, 0);
+    let oo = json(post_files(&app, &[("Bundle.xml", XML_BUNDLE.as_bytes().to_vec())]).await, 200).await;
+    assert_counts(&oo, "Bundle.xml", 2, 2, 0, 0);
+}
+
+#[tokio::test]
+async fn multipart_bodies_are_bounded_in_parts_and_audit_events_are_never_imported() {
+    let app = TestApp::spawn().await;
+    // Many tiny parts: refused once past the limit, quickly (no quadratic name checks).
+    let mut form = Form::new();
+    for i in 0..10_001 {
+        form = form.part("file", Part::bytes(b"{}".to_vec()).file_name(format!("f{i}.ndjson")));
+    }
+    let started = std::time::Instant::now();
+    let resp = app.req(Method::POST, "/$import").multipart(form).send().await.unwrap();
+    let oo = outcome(resp, 400, "structure").await;
+    assert_eq!(oo["issue"][0]["details"]["coding"][0]["code"], "EHR-EXP-105", "{oo}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+
+    // The audit trail is the gateway's: neither `_type` nor a record can write an AuditEvent.
+    outcome(post_import(&app, "?_type=AuditEvent", "application/fhir+ndjson", "{}\n").await, 400, "invalid").await;
+    let event = json!({"resourceType": "AuditEvent", "id": "forged", "recorded": "2026-01-01T00:00:00Z",
+        "type": {"code": "rest"}, "agent": [{"requestor": true}], "source": {"observer": {"display": "x"}}});
+    let oo = json(post_import(&app, "", "application/fhir+ndjson", ndjson(&[event])).await, 400).await;
+    assert!(diagnostics(&oo)[0].contains("AuditEvent is never imported"), "{oo}");
+}
+
+#[tokio::test]
+async fn another_servers_version_stamps_are_dropped_and_the_rest_of_meta_is_kept() {
+    let app = TestApp::spawn().await;
+    let mut p = with_id(patient("メ", "タ", "1970-01-01", "META-1"), "meta-p");
+    p["meta"] = json!({"versionId": "42", "lastUpdated": "2001-01-01T00:00:00Z", "source": "urn:old-vendor",
+        "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}],
+        "tag": [{"system": "urn:example:tag", "code": "migrated"}]});
+    json(post_import(&app, "", "application/fhir+ndjson", ndjson(std::slice::from_ref(&p))).await, 200).await;
+    let stored = read(&app, "/Patient/meta-p").await;
+    assert_eq!(stored["meta"]["versionId"], "1", "{stored}");
+    assert_ne!(stored["meta"]["lastUpdated"], "2001-01-01T00:00:00Z", "{stored}");
+    for k in ["source", "security", "tag"] {
+        assert_eq!(stored["meta"][k], p["meta"][k], "{k}");
+    }
+    // Sent again with other stamps: the same content, unchanged.
+    p["meta"]["versionId"] = json!("43");
+    let oo = json(post_import(&app, "", "application/fhir+ndjson", ndjson(&[p])).await, 200).await;
+    assert_counts(&oo, "request body", 1, 0, 0, 1);
+}

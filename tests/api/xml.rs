@@ -307,3 +307,52 @@ async fn another_tenant_reading_by_id_in_xml_gets_404() {
     assert_eq!(b["total"], 0, "{text}");
     assert!(!text.contains("中村"), "{text}");
 }
+
+#[tokio::test]
+async fn a_wildcard_does_not_bring_back_a_refused_json_and_empty_answers_pass_untouched() {
+    let app = TestApp::spawn().await;
+    let created = app.create(&patient("木村", "七郎", "1977-07-07", "XML9")).await;
+    let path = format!("/Patient/{}", created["id"].as_str().unwrap());
+    // JSON refused by name, anything else welcome: XML (RFC 9110 §12.5.1).
+    let resp = get_accept(&app, &path, "application/fhir+json;q=0, application/json;q=0, */*").await;
+    assert_eq!(resp.headers()["etag"], "W/\"1\"");
+    let (_, v) = xml(resp, 200).await;
+    assert_eq!(v, created);
+    // A conditional read answered 304 in XML: no body, its headers kept.
+    let resp =
+        app.req(Method::GET, &path).header("accept", FHIR_XML).header("if-none-match", "W/\"1\"").send().await.unwrap();
+    assert_eq!(resp.status(), 304);
+    assert_eq!(resp.headers()["etag"], "W/\"1\"");
+    assert_eq!(resp.headers()["vary"], "accept");
+    assert!(resp.text().await.unwrap().is_empty());
+    // A refused XML body is answered in the negotiated format, also varying by Accept.
+    let resp = send_xml(&app, Method::POST, "/Patient", "<Patient/>".to_owned(), Some(FHIR_XML)).await;
+    assert_eq!(resp.headers()["vary"], "accept");
+    xml_outcome(resp, 400, "invalid").await;
+}
+
+#[tokio::test]
+async fn a_committed_write_whose_answer_xml_cannot_carry_is_answered_in_json_not_500() {
+    let app = TestApp::spawn().await;
+    // The validator takes any narrative starting with `<div`; this one repeats an attribute, so
+    // no XML document may carry it.
+    let mut p = patient("林", "八郎", "1988-08-08", "XML10");
+    p["text"] = json!({"status": "generated",
+        "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p class=\"a\" class=\"b\">x</p></div>"});
+    let resp = app
+        .req(Method::POST, "/Patient")
+        .header("content-type", "application/fhir+json")
+        .header("accept", FHIR_XML)
+        .body(p.to_string())
+        .send()
+        .await
+        .unwrap();
+    // Created, and said so: a 500 would invite a retry creating it twice.
+    assert!(resp.headers().contains_key("location"));
+    assert_eq!(resp.headers()["etag"], "W/\"1\"");
+    let created = json(resp, 201).await;
+    let path = format!("/Patient/{}", created["id"].as_str().unwrap());
+    let read = json(get_accept(&app, &path, FHIR_XML).await, 200).await;
+    assert_eq!(read, created);
+    assert_eq!(json(app.get(&by_identifier("XML10")).await, 200).await["total"], 1);
+}

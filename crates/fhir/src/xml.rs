@@ -32,6 +32,7 @@ mod write;
 #[cfg(test)]
 mod tests;
 
+use quick_xml::events::BytesStart;
 use serde_json::Value;
 
 use crate::FhirError;
@@ -46,6 +47,14 @@ pub const XHTML_NS: &str = "http://www.w3.org/1999/xhtml";
 const MAX_RESOURCE_DEPTH: usize = 12;
 /// Nesting limit for elements (a deeply nested document must not exhaust the stack).
 const MAX_ELEMENT_DEPTH: usize = 128;
+/// Attributes of one element. FHIR elements carry `id`, `value` or `url` and a few namespace
+/// declarations, XHTML elements of a narrative a handful more. Without a bound, one start tag
+/// with a million attributes costs quadratic time (quick-xml's duplicate check compares each
+/// attribute with every earlier one).
+const MAX_ATTRIBUTES: usize = 64;
+/// Namespace declarations in scope at once (on an element and its ancestors): every element
+/// name is resolved against them, so their number multiplies the cost of every element.
+const MAX_NAMESPACES: usize = 64;
 
 /// Writes a FHIR JSON resource as an R4 XML document (with the XML declaration).
 pub fn to_xml(resource: &Value) -> Result<String, FhirError> {
@@ -122,4 +131,32 @@ fn is_xml_name(s: &str) -> bool {
 /// Whether a character may appear in an XML 1.0 document at all (even as a reference).
 fn is_xml_char(c: char) -> bool {
     !matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}')
+}
+
+/// Checks the attributes of a start tag — well-formed, none given twice, values without `<` and
+/// with defined entities and allowed characters only, at most [`MAX_ATTRIBUTES`] — and returns
+/// how many of them are namespace declarations.
+fn check_attributes(e: &BytesStart<'_>) -> Result<usize, &'static str> {
+    let mut count = 0;
+    let mut declarations = 0;
+    for a in e.attributes() {
+        let a = a.map_err(|_| "an attribute is malformed or given twice")?;
+        count += 1;
+        if count > MAX_ATTRIBUTES {
+            return Err("an element has more than 64 attributes");
+        }
+        if a.key.as_namespace_binding().is_some() {
+            declarations += 1;
+        }
+        let raw = std::str::from_utf8(&a.value).map_err(|_| "an attribute value is not UTF-8")?;
+        if raw.contains('<') {
+            return Err("'<' is not allowed in attribute values");
+        }
+        let value = quick_xml::escape::unescape(raw)
+            .map_err(|_| "an attribute value uses an undefined entity or a bad character reference")?;
+        if !value.chars().all(is_xml_char) {
+            return Err("an attribute value refers to a character that XML does not allow");
+        }
+    }
+    Ok(declarations)
 }

@@ -3,9 +3,9 @@
 //!
 //! | step | rule |
 //! |---|---|
-//! | response format | `_format` (query string, or the form body of `POST …/_search`) if given: `json`, `application/json`, `application/fhir+json`, `xml`, `text/xml`, `application/xml`, `application/fhir+xml`, anything else → 406; otherwise `Accept` by q-value and specificity (`*/*`, `application/*` or none → JSON; XML types, `text/*` → XML; only unsupported types → 406) |
+//! | response format | `_format` (query string, or the form body of `POST …/_search`) if given: `json`, `application/json`, `application/fhir+json`, `xml`, `text/xml`, `application/xml`, `application/fhir+xml`, anything else → 406; otherwise `Accept`: each format takes the q of the most specific range covering it (`application/fhir+json;q=0, */*` → XML), the highest q wins, then specificity, then order, then JSON (`*/*`, `application/*` or none → JSON; XML types, `text/*` → XML; only unsupported or refused types → 406) |
 //! | request body | `POST`/`PUT` with `application/fhir+xml`, `application/xml` or `text/xml` → converted to FHIR JSON before the handler runs; malformed or non-FHIR XML → 400 (EHR-FHIR-004) in the negotiated format. JSON Patch and form bodies are left alone |
-//! | response body | when XML was negotiated, every `application/fhir+json` body (resources, Bundles, OperationOutcomes of errors, the CapabilityStatement) becomes `application/fhir+xml; charset=utf-8`; status and all other headers are kept; other bodies pass through |
+//! | response body | when XML was negotiated, every `application/fhir+json` body (resources, Bundles, OperationOutcomes of errors, the CapabilityStatement) becomes `application/fhir+xml; charset=utf-8`; status and all other headers are kept; other bodies pass through, and so does a FHIR body the XML definitions cannot carry (sent as JSON, logged) |
 
 use axum::RequestExt;
 use axum::body::{Body, Bytes};
@@ -59,8 +59,24 @@ fn format_in(form: &[u8]) -> Result<Option<Format>, ()> {
     }
 }
 
-/// The best format the `Accept` header allows: highest q, then the most specific range, then
-/// the first listed. No header (or an empty one) means JSON; `Err` if nothing acceptable.
+/// How specifically `media` (a lowercase media range) names `format`: 2 for a type of it, 1 for
+/// a `type/*` range covering one of its types, 0 for `*/*`; `None` if it does not cover it.
+fn range_matches(media: &str, format: Format) -> Option<u8> {
+    match (media, format) {
+        ("application/fhir+json" | "application/json" | "application/json+fhir", Format::Json) => Some(2),
+        (m, Format::Xml) if is_xml_media(m) => Some(2),
+        // `application/fhir+xml` is an `application/*` type too; `text/xml` a `text/*` one.
+        ("application/*", _) | ("text/*", Format::Xml) => Some(1),
+        ("*/*", _) => Some(0),
+        _ => None,
+    }
+}
+
+/// The best format the `Accept` header allows (RFC 9110 §12.5.1). Each format gets the q of the
+/// most specific media range that covers it — so `application/fhir+json;q=0` refuses JSON even
+/// next to `*/*` — then the format with the highest q wins, then the one named more
+/// specifically, then the one listed first, then JSON. No header (or an empty one) means JSON;
+/// `Err` if neither format is acceptable.
 fn accept_format(headers: &HeaderMap) -> Result<Format, ()> {
     let ranges: Vec<&str> = headers
         .get_all(header::ACCEPT)
@@ -73,29 +89,40 @@ fn accept_format(headers: &HeaderMap) -> Result<Format, ()> {
     if ranges.is_empty() {
         return Ok(Format::Json);
     }
-    let mut best: Option<(f32, u8, Format)> = None;
-    for range in ranges {
+    const FORMATS: [Format; 2] = [Format::Json, Format::Xml];
+    // Per format: (specificity, q, position) of the range that decides it.
+    let mut decided: [Option<(u8, f32, usize)>; 2] = [None, None];
+    for (position, range) in ranges.iter().enumerate() {
         let mut parts = range.split(';');
         let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        // Parameter names are case-insensitive (`Q=0.5`); an unreadable q makes the range
+        // unreadable, and it is skipped.
         let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q="))
-            .next()
-            .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q)));
-        // `q=0` means "not acceptable" (RFC 9110 §12.4.2); an unreadable q is ignored.
-        let Some(q) = q.filter(|q| *q > 0.0) else { continue };
-        let (format, specificity) = match media.as_str() {
-            "application/fhir+json" | "application/json" | "application/json+fhir" => (Format::Json, 2),
-            m if is_xml_media(m) => (Format::Xml, 2),
-            "application/*" => (Format::Json, 1),
-            "text/*" => (Format::Xml, 1),
-            "*/*" => (Format::Json, 0),
-            _ => continue,
-        };
-        if best.is_none_or(|(bq, bs, _)| q > bq || (q == bq && specificity > bs)) {
-            best = Some((q, specificity, format));
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1.0), |(_, q)| q.trim().parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q)));
+        let Some(q) = q else { continue };
+        for (slot, format) in decided.iter_mut().zip(FORMATS) {
+            let Some(specificity) = range_matches(&media, format) else { continue };
+            // The most specific range decides; of equally specific ones (`application/json`
+            // and `application/fhir+json` both name JSON) the most favourable.
+            if slot.is_none_or(|(s, sq, _)| specificity > s || (specificity == s && q > sq)) {
+                *slot = Some((specificity, q, position));
+            }
         }
     }
-    best.map(|(_, _, f)| f).ok_or(())
+    let mut best: Option<(f32, u8, usize, Format)> = None;
+    for (slot, format) in decided.iter().zip(FORMATS) {
+        // `q=0` means "not acceptable" (RFC 9110 §12.4.2).
+        let Some((specificity, q, position)) = slot.filter(|(_, q, _)| *q > 0.0) else { continue };
+        let better = best.is_none_or(|(bq, bs, bp, _)| {
+            q > bq || (q == bq && (specificity > bs || (specificity == bs && position < bp)))
+        });
+        if better {
+            best = Some((q, specificity, position, format));
+        }
+    }
+    best.map(|(_, _, _, f)| f).ok_or(())
 }
 
 /// 406 `EHR-REST-016` (in JSON: no acceptable format was named).
@@ -145,12 +172,15 @@ pub async fn negotiate(req: Request, next: Next) -> Response {
                 parts.headers.remove(header::CONTENT_LENGTH);
                 body = Body::from(v.to_string());
             }
-            Err(p) => return represent(p.into_response(), format).await,
+            Err(p) => return vary(represent(p.into_response(), format).await),
         }
     }
     let resp = next.run(Request::from_parts(parts, body)).await;
-    let mut resp = represent(resp, format).await;
-    // The representation depends on Accept: caches must not serve one for the other.
+    vary(represent(resp, format).await)
+}
+
+/// The representation depends on `Accept`: caches must not serve one for the other.
+fn vary(mut resp: Response) -> Response {
     resp.headers_mut().append(header::VARY, HeaderValue::from_static("accept"));
     resp
 }
@@ -177,15 +207,19 @@ async fn represent(resp: Response, format: Format) -> Response {
             Response::from_parts(parts, Body::from(xml))
         }
         Err(e) => {
+            // A resource the XML definitions cannot carry (a stored narrative that is not
+            // well-formed XHTML, …). The answer goes out as the JSON it is, with its status and
+            // headers (RFC 9110 §12.5.1 lets a server disregard Accept): a 500 instead would
+            // report a committed create or transaction as failed, and a retry would repeat it.
             // The message names element paths only (no content).
-            tracing::error!(error = %e, "a response could not be written as XML");
-            xml_failure()
+            tracing::error!(error = %e, "a response could not be written as XML; sent as JSON");
+            Response::from_parts(parts, Body::from(bytes))
         }
     }
 }
 
-/// 500 when a response cannot be written as XML (a stored resource the XML definitions do not
-/// cover); the OperationOutcome itself is always representable.
+/// 500 when a response body cannot be read to be written as XML; the OperationOutcome itself is
+/// always representable.
 fn xml_failure() -> Response {
     let issues = vec![Issue::error(
         IssueType::Exception,
@@ -229,6 +263,28 @@ mod tests {
         assert_eq!(accept("text/turtle"), Err(()));
         assert_eq!(accept("application/fhir+json;q=0"), Err(()));
         assert_eq!(accept("application/fhir+xml;q=abc"), Err(()));
+    }
+
+    #[test]
+    fn a_refused_type_is_not_brought_back_by_a_wildcard() {
+        // The most specific range decides a format's q (RFC 9110 §12.5.1).
+        assert_eq!(accept("application/fhir+json;q=0, application/json;q=0, */*"), Ok(Format::Xml));
+        assert_eq!(accept("application/fhir+xml;q=0, */*"), Ok(Format::Json));
+        assert_eq!(accept("application/fhir+json;q=0, application/*"), Ok(Format::Xml));
+        assert_eq!(accept("*/*;q=0"), Err(()));
+        assert_eq!(accept("*/*;q=0.1, application/fhir+xml;q=0"), Ok(Format::Json));
+        // Aliases of one format: the most favourable of equally specific ranges.
+        assert_eq!(accept("application/json;q=0, application/fhir+json"), Ok(Format::Json));
+        // `application/*` and `text/*` cover the XML types too; JSON wins a tie.
+        assert_eq!(accept("application/*"), Ok(Format::Json));
+        assert_eq!(accept("text/*"), Ok(Format::Xml));
+        assert_eq!(accept("application/*;q=0.5, text/*"), Ok(Format::Xml));
+        // Parameter names are case-insensitive.
+        assert_eq!(accept("Application/FHIR+XML;Q=0.5, application/fhir+json;q=0.4"), Ok(Format::Xml));
+        assert_eq!(
+            accept("application/fhir+xml; fhirVersion=4.0; q=0.9, application/fhir+json;q=0.8"),
+            Ok(Format::Xml)
+        );
     }
 
     #[test]

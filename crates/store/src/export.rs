@@ -17,8 +17,21 @@
 //! takes the job with a new token, and a write of the old worker — one that was only slow —
 //! changes nothing (`false`): it must stop. A cancelled job fails that condition too.
 //!
+//! # Outputs
+//!
+//! The files a job has finished are rows of `export_outputs` (tenant table), added in the
+//! transaction of the checkpoint (or completion) that covers them — never inside the checkpoint
+//! itself: a job writing one file per patient would otherwise rewrite a checkpoint holding every
+//! file so far after each patient, quadratic in the number of patients.
+//!
+//! # Fairness
+//!
+//! `export_queue` mirrors each active job's `lease_until`, so that [`SysTx::export_tenants`] can
+//! list only tenants with a job to claim, those running the fewest jobs first: a tenant that
+//! queued a thousand jobs does not keep every worker while another tenant's single job waits.
+//!
 //! Times are epoch milliseconds chosen by the caller; nothing here reads the clock. The checkpoint
-//! and manifest are opaque JSON text to the store; their shape belongs to the service.
+//! and outputs are opaque JSON text to the store; their shape belongs to the service.
 
 use crate::error::StoreError;
 use crate::identity::{SysTx, parse_tenant};
@@ -150,8 +163,6 @@ pub struct ExportJob {
     pub attempts: i32,
     /// The last checkpoint (JSON), written after every page.
     pub checkpoint: Option<String>,
-    /// The outputs of a completed job (JSON).
-    pub manifest: Option<String>,
     /// Why a failed job failed (no patient data).
     pub error: Option<String>,
     pub created_at: i64,
@@ -190,15 +201,16 @@ impl fmt::Debug for NewExportJob {
 /// How a worker ends a job it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportEnd<'a> {
-    /// Every file written: the outputs (JSON).
-    Completed { manifest: &'a str },
+    /// Every file written (the last outputs are added with [`Tx::add_export_outputs`] in the
+    /// same transaction).
+    Completed,
     /// Given up: why (no patient data).
     Failed { error: &'a str },
 }
 
 const JOB_COLUMNS: &str = "id, tenant_id, requester, request_url, kind, group_id, types, since, type_filters, \
      output_format, params, state, transaction_time, progress, lease_owner, lease_token, lease_until, attempts, \
-     checkpoint, manifest, error, created_at, updated_at, finished_at";
+     checkpoint, error, created_at, updated_at, finished_at";
 
 fn row_to_job(row: &QueryResult) -> Result<ExportJob, StoreError> {
     let types: String = row.try_get("", "types")?;
@@ -223,7 +235,6 @@ fn row_to_job(row: &QueryResult) -> Result<ExportJob, StoreError> {
         lease_until: row.try_get("", "lease_until")?,
         attempts: row.try_get("", "attempts")?,
         checkpoint: row.try_get("", "checkpoint")?,
-        manifest: row.try_get("", "manifest")?,
         error: row.try_get("", "error")?,
         created_at: row.try_get("", "created_at")?,
         updated_at: row.try_get("", "updated_at")?,
@@ -266,7 +277,8 @@ impl Tx {
         }
         // The system-side entry: ids and times only (see the module docs).
         self.exec(
-            "INSERT INTO export_queue (job_id, tenant_id, active, created_at, finished_at) VALUES ($1, $2, 1, $3, NULL)",
+            "INSERT INTO export_queue (job_id, tenant_id, active, lease_until, created_at, finished_at) \
+             VALUES ($1, $2, 1, NULL, $3, NULL)",
             vec![job.id.as_str().into(), self.tenant.as_str().into(), job.created_at.into()],
         )
         .await?;
@@ -282,6 +294,20 @@ impl Tx {
             )
             .await?;
         rows.first().map(row_to_job).transpose()
+    }
+
+    /// How many of `requester`'s jobs still need a worker (queued or running): kick-off refuses
+    /// a new one beyond a limit.
+    pub async fn active_export_jobs(&self, requester: &str) -> Result<u64, StoreError> {
+        let rows = self
+            .query(
+                "SELECT COUNT(*) AS n FROM export_jobs WHERE tenant_id = $1 AND requester = $2 \
+                 AND state IN ('queued', 'running')",
+                vec![self.tenant.as_str().into(), requester.into()],
+            )
+            .await?;
+        let n: i64 = rows.first().map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Claims the tenant's oldest job that needs a worker — queued, or running with its lease
@@ -328,6 +354,7 @@ impl Tx {
         if changed != 1 {
             return Ok(None);
         }
+        self.mirror_lease(&id, Some(lease_until)).await?;
         self.export_job(&id).await
     }
 
@@ -358,7 +385,53 @@ impl Tx {
                 ],
             )
             .await?;
+        if changed == 1 {
+            self.mirror_lease(id, Some(lease_until)).await?;
+        }
         Ok(changed == 1)
+    }
+
+    /// Adds finished files to a job's outputs: `(file name, output JSON)`, the first at position
+    /// `first` of the manifest. Call it only in the transaction in which
+    /// [`Tx::checkpoint_export_job`] or [`Tx::finish_export_job`] returned true: that write is
+    /// what makes these files the job's (a worker that lost its lease adds nothing).
+    pub async fn add_export_outputs(
+        &self,
+        id: &str,
+        first: i64,
+        outputs: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        for (i, (file, output)) in outputs.iter().enumerate() {
+            let seq = first.saturating_add(i64::try_from(i).unwrap_or(i64::MAX));
+            self.exec(
+                "INSERT INTO export_outputs (tenant_id, job_id, seq, file, output) VALUES ($1, $2, $3, $4, $5)",
+                vec![self.tenant.as_str().into(), id.into(), seq.into(), file.as_str().into(), output.as_str().into()],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The outputs of a job (JSON each), in manifest order.
+    pub async fn export_outputs(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT output FROM export_outputs WHERE tenant_id = $1 AND job_id = $2 ORDER BY seq",
+                vec![self.tenant.as_str().into(), id.into()],
+            )
+            .await?;
+        rows.iter().map(|r| r.try_get::<String>("", "output").map_err(StoreError::from)).collect()
+    }
+
+    /// The output of a job named `file` (JSON), if the job has one.
+    pub async fn export_output(&self, id: &str, file: &str) -> Result<Option<String>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT output FROM export_outputs WHERE tenant_id = $1 AND job_id = $2 AND file = $3",
+                vec![self.tenant.as_str().into(), id.into(), file.into()],
+            )
+            .await?;
+        rows.first().map(|r| r.try_get::<String>("", "output").map_err(StoreError::from)).transpose()
     }
 
     /// Gives a held job back without finishing it (a worker shutting down): the next claim may
@@ -371,6 +444,9 @@ impl Tx {
                 vec![self.tenant.as_str().into(), id.into(), token.into(), now.into()],
             )
             .await?;
+        if changed == 1 {
+            self.mirror_lease(id, None).await?;
+        }
         Ok(changed == 1)
     }
 
@@ -383,21 +459,20 @@ impl Tx {
         end: ExportEnd<'_>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let (state, manifest, error) = match end {
-            ExportEnd::Completed { manifest } => (ExportState::Completed, Some(manifest), None),
-            ExportEnd::Failed { error } => (ExportState::Failed, None, Some(error)),
+        let (state, error) = match end {
+            ExportEnd::Completed => (ExportState::Completed, None),
+            ExportEnd::Failed { error } => (ExportState::Failed, Some(error)),
         };
         let changed = self
             .exec(
-                "UPDATE export_jobs SET state = $4, manifest = $5, error = $6, lease_owner = NULL, lease_token = NULL, \
-                 lease_until = NULL, updated_at = $7, finished_at = $7 \
+                "UPDATE export_jobs SET state = $4, error = $5, lease_owner = NULL, lease_token = NULL, \
+                 lease_until = NULL, updated_at = $6, finished_at = $6 \
                  WHERE tenant_id = $1 AND id = $2 AND lease_token = $3 AND state = 'running'",
                 vec![
                     self.tenant.as_str().into(),
                     id.into(),
                     token.into(),
                     state.as_str().into(),
-                    manifest.map(str::to_owned).into(),
                     error.map(str::to_owned).into(),
                     now.into(),
                 ],
@@ -427,9 +502,19 @@ impl Tx {
         Ok(changed == 1)
     }
 
+    /// The queue's copy of a job's lease (see the module docs, "Fairness").
+    async fn mirror_lease(&self, id: &str, lease_until: Option<i64>) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE export_queue SET lease_until = $3 WHERE tenant_id = $1 AND job_id = $2",
+            vec![self.tenant.as_str().into(), id.into(), lease_until.into()],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn mark_export_finished(&self, id: &str, now: i64) -> Result<(), StoreError> {
         self.exec(
-            "UPDATE export_queue SET active = 0, finished_at = $3 WHERE tenant_id = $1 AND job_id = $2",
+            "UPDATE export_queue SET active = 0, lease_until = NULL, finished_at = $3 WHERE tenant_id = $1 AND job_id = $2",
             vec![self.tenant.as_str().into(), id.into(), now.into()],
         )
         .await?;
@@ -452,7 +537,8 @@ impl Tx {
         rows.iter().map(|r| r.try_get::<String>("", "id").map_err(StoreError::from)).collect()
     }
 
-    /// Deletes a job and its queue entry (its files are the caller's); false when there was none.
+    /// Deletes a job, its outputs and its queue entry (its files are the caller's); false when
+    /// there was none.
     pub async fn delete_export_job(&self, id: &str) -> Result<bool, StoreError> {
         let deleted = self
             .exec(
@@ -460,24 +546,32 @@ impl Tx {
                 vec![self.tenant.as_str().into(), id.into()],
             )
             .await?;
-        self.exec(
-            "DELETE FROM export_queue WHERE tenant_id = $1 AND job_id = $2",
-            vec![self.tenant.as_str().into(), id.into()],
-        )
-        .await?;
+        for table in ["export_outputs", "export_queue"] {
+            self.exec(
+                &format!("DELETE FROM {table} WHERE tenant_id = $1 AND job_id = $2"),
+                vec![self.tenant.as_str().into(), id.into()],
+            )
+            .await?;
+        }
         Ok(deleted == 1)
     }
 }
 
 impl SysTx {
-    /// Tenants with jobs that need a worker (queued or running; whether a lease has run out is
-    /// for the tenant's claim to decide), the tenant of the oldest such job first.
-    pub async fn export_tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+    /// Tenants with a job a worker may claim at `now` (queued, or running with its lease run
+    /// out), those running the fewest jobs under a live lease first, then the tenant of the
+    /// oldest claimable job. A tenant's backlog thus never keeps the workers from another
+    /// tenant's job (see the module docs, "Fairness").
+    pub async fn export_tenants(&self, now: i64) -> Result<Vec<TenantId>, StoreError> {
         let rows = self
             .query(
-                "SELECT tenant_id, MIN(created_at) AS oldest FROM export_queue WHERE active = 1 \
-                 GROUP BY tenant_id ORDER BY oldest, tenant_id",
-                Vec::new(),
+                "SELECT tenant_id, \
+                 SUM(CASE WHEN lease_until > $1 THEN 1 ELSE 0 END) AS busy, \
+                 MIN(CASE WHEN lease_until IS NULL OR lease_until <= $1 THEN created_at END) AS oldest \
+                 FROM export_queue WHERE active = 1 GROUP BY tenant_id \
+                 HAVING MIN(CASE WHEN lease_until IS NULL OR lease_until <= $1 THEN created_at END) IS NOT NULL \
+                 ORDER BY busy, oldest, tenant_id",
+                vec![Value::from(now)],
             )
             .await?;
         rows.iter().map(|r| parse_tenant(&r.try_get::<String>("", "tenant_id")?)).collect()
@@ -495,9 +589,9 @@ impl SysTx {
     }
 }
 
-/// Tables of m0005: the jobs are tenant data (row-level security); the queue holds ids and times
-/// only and is read across tenants (grant only, like `lab_endpoints`).
-pub(crate) const EXPORT_TENANT_TABLES: &[&str] = &["export_jobs"];
+/// Tables of m0005: the jobs and their outputs are tenant data (row-level security); the queue
+/// holds ids and times only and is read across tenants (grant only, like `lab_endpoints`).
+pub(crate) const EXPORT_TENANT_TABLES: &[&str] = &["export_jobs", "export_outputs"];
 pub(crate) const EXPORT_SYSTEM_TABLES: &[&str] = &["export_queue"];
 
 pub(crate) const EXPORT_SCHEMA: &str = r#"
@@ -521,7 +615,6 @@ CREATE TABLE export_jobs (
     lease_until      BIGINT,
     attempts         INTEGER NOT NULL,
     checkpoint       TEXT,
-    manifest         TEXT,
     error            TEXT,
     created_at       BIGINT  NOT NULL,
     updated_at       BIGINT  NOT NULL,
@@ -530,11 +623,23 @@ CREATE TABLE export_jobs (
 );
 CREATE INDEX export_jobs_due ON export_jobs (tenant_id, state, created_at);
 CREATE INDEX export_jobs_finished ON export_jobs (tenant_id, finished_at);
+CREATE INDEX export_jobs_requester ON export_jobs (tenant_id, requester, state);
+
+CREATE TABLE export_outputs (
+    tenant_id TEXT   NOT NULL,
+    job_id    TEXT   NOT NULL,
+    seq       BIGINT NOT NULL,
+    file      TEXT   NOT NULL,
+    output    TEXT   NOT NULL,
+    PRIMARY KEY (tenant_id, job_id, seq)
+);
+CREATE UNIQUE INDEX export_outputs_file ON export_outputs (tenant_id, job_id, file);
 
 CREATE TABLE export_queue (
     job_id      TEXT    NOT NULL PRIMARY KEY,
     tenant_id   TEXT    NOT NULL,
     active      INTEGER NOT NULL,
+    lease_until BIGINT,
     created_at  BIGINT  NOT NULL,
     finished_at BIGINT
 );

@@ -481,7 +481,8 @@ impl MigrationTrait for M0004Lab {
     }
 }
 
-/// m0005: the data-export service's jobs and the queue its workers poll (see `export.rs`).
+/// m0005: the data-export service's jobs, their finished files and the queue its workers poll (see
+/// `export.rs`).
 struct M0005Export;
 
 impl MigrationName for M0005Export {

@@ -53,6 +53,9 @@ pub enum ExportError {
     /// A file of the export could not be written or read; the detail is logged under the id.
     #[error("export files cannot be written or read (error id {0})")]
     ExportIo(String),
+    /// The requester has this many jobs queued or running already (the IG's 429).
+    #[error("{0} export jobs of this caller are queued or running; wait for one to complete, or cancel one")]
+    ExportTooManyJobs(u64),
     // ── import ──
     /// The body's media type is none of those `$import` reads.
     #[error("unsupported content type for $import: {0}")]
@@ -98,6 +101,7 @@ impl Classify for ExportError {
             Self::ExportNoReadableType => IssueType::Forbidden,
             Self::ExportJobNotFound | Self::ExportFileNotFound | Self::ExportGroupNotFound => IssueType::NotFound,
             Self::ExportFailed(_) | Self::ExportIo(_) => IssueType::Exception,
+            Self::ExportTooManyJobs(_) => IssueType::Throttled,
             // ── import ──
             Self::ImportMediaType(_) => IssueType::NotSupported,
             Self::ImportTooLarge(_) => IssueType::TooCostly,
@@ -130,6 +134,7 @@ impl Classify for ExportError {
             Self::ExportGroupNotFound => "EHR-EXP-013",
             Self::ExportFailed(_) => "EHR-EXP-014",
             Self::ExportIo(_) => "EHR-EXP-015",
+            Self::ExportTooManyJobs(_) => "EHR-EXP-016",
             // ── import ──
             Self::ImportMediaType(_) => "EHR-EXP-101",
             Self::ImportTooLarge(_) => "EHR-EXP-102",

@@ -10,8 +10,12 @@
 //!    (Practitioner, PractitionerRole, Organization, Slot, …: `include`). Never another Patient
 //!    nor a Group — a list of other patients — which a reference could otherwise pull in.
 //!
-//! Only types this deployment stores and the caller's token may read are considered. `_type`
-//! narrows the types, `_since` keeps resources updated at or after the instant (the Patient
+//! Only types this deployment stores and the caller's token may see are considered: the
+//! compartment part lists resources, a search, so its types need read and search scopes (as
+//! `GET [type]?patient=` and `$export` do); referenced resources are what `_include` adds to a
+//! search, so their types need read.
+//!
+//! `_type` narrows the types, `_since` keeps resources updated at or after the instant (the Patient
 //! included, as the parameter's definition says: "resources updated after this period will be
 //! included"), `_count` sets the page size. Pages are chained by `next` links carrying an opaque
 //! `_cursor` — the type and id of the last entry — so that a page costs the same however deep
@@ -76,8 +80,11 @@ impl Params {
                             let name: String = name.chars().take(64).collect();
                             ExportError::EverythingParam(format!("_type: `{name}` is not a type this server stores"))
                         })?;
-                        // Asking for a type one may not read is refused, not silently emptied.
+                        // Asking for a type one may not see is refused, not silently emptied.
                         caller.require(t, Interaction::Read)?;
+                        if in_compartment(t) {
+                            caller.require(t, Interaction::Search)?;
+                        }
                         let list = p.types.get_or_insert_with(Vec::new);
                         if !list.contains(&t) {
                             list.push(t);
@@ -152,15 +159,27 @@ enum Part {
     Referenced,
 }
 
+/// Whether `t` is listed in the compartment part (the Patient itself is read by its id).
+fn in_compartment(t: &str) -> bool {
+    PATIENT_COMPARTMENT.iter().any(|(c, _)| *c == t)
+}
+
+/// Whether the caller may list a patient's resources of `t`: a search, which needs the read and
+/// search scopes, as the REST search (`GET [type]?patient=`) and `$export` do.
+fn listable(svc: &crate::DataExport, caller: &Caller, t: &str) -> bool {
+    svc.types.contains(&t) && caller.scopes.allows(t, Interaction::Read) && caller.scopes.allows(t, Interaction::Search)
+}
+
 /// The types of the result in result order, with the part each is read in.
 fn plan(svc: &crate::DataExport, caller: &Caller, params: &Params) -> Vec<(&'static str, Part)> {
+    // Referenced resources are what `_include` adds to a search: read suffices, as there.
     let readable = |t: &str| svc.types.contains(&t) && caller.scopes.allows(t, Interaction::Read);
     let mut out = Vec::new();
     if params.selects("Patient") {
         out.push(("Patient", Part::Patient));
     }
     for (t, param) in PATIENT_COMPARTMENT {
-        if readable(t) && params.selects(t) {
+        if listable(svc, caller, t) && params.selects(t) {
             out.push((*t, Part::Compartment(param)));
         }
     }
@@ -207,9 +226,9 @@ async fn references(
     add(&patient.content);
     let reference = format!("Patient/{}", patient.id);
     for (t, param) in PATIENT_COMPARTMENT {
-        // Only resources the caller could read point the way: an unreadable Condition's
-        // asserter is not revealed through it.
-        if !svc.types.contains(t) || !caller.scopes.allows(t, Interaction::Read) {
+        // Only resources the caller could list point the way: an unlisted Condition's asserter
+        // is not revealed through it.
+        if !listable(svc, caller, t) {
             continue;
         }
         let q = query(t, &[(param, &reference)])?;

@@ -41,6 +41,13 @@ pub(crate) fn routes() -> Router<ExportState> {
 /// audited URL carries the job id, and the job its request.
 const MAX_AUDITED_PATIENTS: usize = 50;
 
+/// Jobs one requester may have queued or running at a time; another kick-off is 429 (the IG's
+/// "too many concurrent requests"). Bounds what one client can pile onto the shared workers.
+pub(crate) const MAX_ACTIVE_JOBS: u64 = 5;
+
+/// `Retry-After` of a kick-off refused for too many jobs: a job takes a while.
+const BUSY_RETRY_SECS: u64 = 30;
+
 async fn system_get(st: State<ExportState>, caller: Caller, uri: Uri, headers: HeaderMap) -> Result<Response, Problem> {
     kick_off(&st, &caller, &uri, &headers, ExportKind::System, None, None).await
 }
@@ -394,6 +401,14 @@ async fn kick_off(
         created_at: now,
     };
     let tx = service.store.write(&caller.ctx).await.map_err(ExportError::from)?;
+    // Counted in the writing transaction: on SQLite (one writer) the limit is exact; on
+    // PostgreSQL two simultaneous kick-offs may both pass it, which is harmless.
+    if tx.active_export_jobs(&job.requester).await.map_err(ExportError::from)? >= MAX_ACTIVE_JOBS {
+        drop(tx);
+        let mut resp = Problem::from(ExportError::ExportTooManyJobs(MAX_ACTIVE_JOBS)).into_response();
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(BUSY_RETRY_SECS));
+        return Ok(resp);
+    }
     tx.create_export_job(&job).await.map_err(ExportError::from)?;
     tx.commit().await.map_err(ExportError::from)?;
     service.kick.notify_one();
@@ -482,8 +497,10 @@ async fn status(
             ))
         }
         JobState::Completed => {
-            let outputs: Vec<Output> = serde_json::from_str(job.manifest.as_deref().unwrap_or("[]"))
-                .map_err(|_| ExportError::ExportFailed("the stored manifest could not be read".into()))?;
+            let tx = st.service.store.read(&caller.ctx).await.map_err(ExportError::from)?;
+            let rows = tx.export_outputs(&job.id).await.map_err(ExportError::from)?;
+            tx.commit().await.map_err(ExportError::from)?;
+            let outputs = rows.iter().map(|r| parse_output(r)).collect::<Result<Vec<_>, _>>()?;
             let base = st.base.resolve(&headers);
             let manifest = json!({
                 "transactionTime": format_instant(job.transaction_time),
@@ -524,13 +541,34 @@ async fn cancel(
     if !cancelled {
         return Err(ExportError::ExportJobNotFound.into());
     }
-    remove_dir(&job_dir(&st.service.settings.root, &job.tenant, &job.id)).await?;
+    // The job is cancelled: that is the answer. Removing its files may fail while its worker
+    // is still writing (or removing them itself); the worker and the retention sweep remove
+    // them again, so a failure here is logged (under an error id), not answered.
+    if remove_dir(&job_dir(&st.service.settings.root, &job.tenant, &job.id)).await.is_err() {
+        tracing::warn!(job = %job.id, "files of a cancelled export job are left for the worker and the sweep");
+    }
     tracing::info!(job = %job.id, "export job cancelled");
     Ok(with_headers(StatusCode::ACCEPTED, &[], Body::empty()))
 }
 
+/// One stored output of a job.
+fn parse_output(text: &str) -> Result<Output, ExportError> {
+    serde_json::from_str(text).map_err(|_| ExportError::ExportFailed("the stored manifest could not be read".into()))
+}
+
+/// The resource types a file holds: its type, or for a patient Bundle every Patient-compartment
+/// type of the job.
+fn types_of_file<'a>(job: &'a ExportJob, output: &'a Output) -> Vec<&'a str> {
+    if output.resource_type == "Bundle" {
+        job.types.iter().map(String::as_str).filter(|t| patient_param(t).is_some()).collect()
+    } else {
+        vec![output.resource_type.as_str()]
+    }
+}
+
 /// `GET $export-file/[job]/[file]`: one file of a completed job, streamed from disk. Only names
-/// the job's manifest lists are served, so no path can be smuggled in.
+/// the job's manifest lists are served, so no path can be smuggled in. The token must still
+/// allow reading what the file holds: the requester's scopes may have narrowed since kick-off.
 async fn download(
     State(st): State<ExportState>,
     caller: Caller,
@@ -540,13 +578,17 @@ async fn download(
     if job.state != JobState::Completed {
         return Err(ExportError::ExportFileNotFound.into());
     }
-    let outputs: Vec<Output> = serde_json::from_str(job.manifest.as_deref().unwrap_or("[]"))
-        .map_err(|_| ExportError::ExportFailed("the stored manifest could not be read".into()))?;
-    let listed = outputs.iter().any(|o| o.file == name);
-    if !listed || name.contains(['/', '\\']) || name.starts_with('.') {
-        return Err(ExportError::ExportFileNotFound.into());
+    let tx = st.service.store.read(&caller.ctx).await.map_err(ExportError::from)?;
+    let stored = tx.export_output(&job.id, &name).await.map_err(ExportError::from)?;
+    tx.commit().await.map_err(ExportError::from)?;
+    let output = parse_output(&stored.ok_or(ExportError::ExportFileNotFound)?)?;
+    for ty in types_of_file(&job, &output) {
+        caller.require(ty, Interaction::Read)?;
+        caller.require(ty, Interaction::Search)?;
     }
-    let path = job_dir(&st.service.settings.root, &job.tenant, &job.id).join(&name);
+    let path = output
+        .path(&job_dir(&st.service.settings.root, &job.tenant, &job.id))
+        .ok_or(ExportError::ExportFileNotFound)?;
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ExportError::ExportFileNotFound.into()),

@@ -9,16 +9,19 @@
 //! 2. **Parse** every file into records. A file that cannot be read as a whole (malformed JSON,
 //!    XML outside the FHIR namespace, a CSV table without its required columns, an unknown file
 //!    type) fails as a whole; a bad NDJSON line or a bad CSV row fails on its own.
-//! 3. **Check** each record: a type this deployment stores, the type its file declares (`_type`,
-//!    `<Type>.ndjson`), a valid id, no (type, id) twice. Records without id get one — the uuid of
+//! 3. **Check** each record: a type this deployment stores (never `AuditEvent`), the type its
+//!    file declares (`_type`, `<Type>.ndjson`), a valid id, no (type, id) twice. Records without id get one — the uuid of
 //!    a `urn:uuid:` full URL, the id of a RESTful full URL, else a new one — and every reference
 //!    to a full URL of the request is rewritten to `Type/id`, consistently across files.
 //! 4. **Authorize**: create and update scopes on every type the request imports.
 //! 5. **Validate** every record as the REST API would (`Validator`, errors reject).
 //! 6. Any failure so far: 400 (422 when every failure is a profile failure) listing every failing
 //!    record, and nothing is written. Otherwise **write** in one transaction: a record whose id
-//!    exists with the same content (ignoring `meta.versionId`/`meta.lastUpdated`) is left alone
-//!    (idempotence), a changed one gets a new version, a new one is created with its id.
+//!    exists with the same content (ignoring `meta.versionId`/`meta.lastUpdated`, which the store
+//!    stamps anew) is left alone (idempotence), a changed one gets a new version, a new one is
+//!    created with its id. Should the store refuse a record
+//!    while writing, the transaction is dropped — rolling back the records written before it —
+//!    and the answer names that record: nothing is stored then either.
 //!
 //! Import is a data migration, not clinical work: it writes through `Tx` directly, so the
 //! services' `WriteRules` (order workflows, slot booking, master-code checks) do not run and no
@@ -32,10 +35,10 @@ use axum::http::header;
 use axum::response::Response;
 use axum::routing::post;
 use ehr_auth::Interaction;
-use ehr_core::{Issue, IssueType, ResourceId, Severity, operation_outcome};
+use ehr_core::{Classify, Issue, IssueType, ResourceId, Severity, operation_outcome};
 use ehr_http::{Caller, Problem, fhir_json_response, method_not_allowed};
 use serde_json::Value;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// The import routes.
 pub(crate) fn routes() -> Router<ExportState> {
@@ -58,6 +61,12 @@ const MAX_AUDITED_PATIENTS: usize = 1000;
 const MAX_NAME: usize = 100;
 /// Name of the file a non-multipart body is.
 const BODY: &str = "request body";
+/// At most this many parts in a multipart body: a whole export (every type, every CSV table, in
+/// sets of `max_file_resources`) fits many times over, and the report lists one line per file.
+const MAX_FILES: usize = 10_000;
+/// Types never imported, whatever the deployment stores: the audit trail is written by the
+/// gateway only, and an imported AuditEvent would forge it.
+const NEVER_IMPORTED: &[&str] = &["AuditEvent"];
 
 /// How a file is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +178,7 @@ async fn import(
     };
     let single =
         |format, bytes| vec![File { name: BODY.to_owned(), format, declared: one_type.map(str::to_owned), bytes }];
-    let files = match media.as_str() {
+    let mut files = match media.as_str() {
         "application/fhir+ndjson" | "application/x-ndjson" | "application/ndjson" => single(Format::Ndjson, bytes),
         "application/fhir+json" | "application/json" | "application/json+fhir" => single(Format::Json, bytes),
         "application/fhir+xml" | "application/xml" | "text/xml" | "application/xml+fhir" => single(Format::Xml, bytes),
@@ -192,6 +201,11 @@ async fn import(
 
     let mut failures = Vec::new();
     let mut records = parse_files(&files, &mut failures);
+    // The bytes are read: only the names are needed from here on (memory: the parsed records
+    // are several times the size of the body already).
+    for f in &mut files {
+        f.bytes = Bytes::new();
+    }
     check(svc, &files, allowed.as_deref(), &mut records, &mut failures);
     for t in records.iter().map(|r| r.resource_type).collect::<BTreeSet<_>>() {
         require_import(&caller, t)?;
@@ -201,32 +215,29 @@ async fn import(
         return Err(rejection(&files, failures).into());
     }
 
+    let patients = audited_patients(&records);
     let now = svc.clock.now();
     let mut counts = vec![Counts::default(); files.len()];
     let tx = svc.store.write(&caller.ctx).await.map_err(ExportError::from)?;
-    for r in &records {
-        // Checked in `check`; parsed again for the store's id type.
-        let id = ResourceId::parse(&r.id)
-            .map_err(|_| ExportError::Store(ehr_store::StoreError::Internal("import id".into())))?;
-        let c = &mut counts[r.file];
-        c.records += 1;
-        match tx.read_for_update(r.resource_type, &r.id).await.map_err(ExportError::from)? {
-            Some(current) if !current.deleted => {
-                if unchanged(&current.content, &r.resource) {
-                    c.unchanged += 1;
-                    continue;
+    for r in records {
+        let (file, at, resource_type, id) = (r.file, r.at, r.resource_type, r.id);
+        match write(&tx, resource_type, &id, r.resource, now).await {
+            Ok(written) => {
+                let c = &mut counts[file];
+                c.records += 1;
+                match written {
+                    Written::Created => c.created += 1,
+                    Written::Updated => c.updated += 1,
+                    Written::Unchanged => c.unchanged += 1,
                 }
-                tx.update(r.resource_type, &id, r.resource.clone(), Some(current.version), "PUT", now)
-                    .await
-                    .map_err(ExportError::from)?;
-                c.updated += 1;
             }
-            // New, or deleted before: update-as-create with the record's id.
-            _ => {
-                tx.update(r.resource_type, &id, r.resource.clone(), None, "PUT", now)
-                    .await
-                    .map_err(ExportError::from)?;
-                c.created += 1;
+            Err(e) => {
+                // Dropping the transaction rolls back what this request wrote before the failing
+                // record: all or nothing holds in the write phase too. The report names the
+                // record the store refused (database text stays in the log, under the error id).
+                drop(tx);
+                let subject = format!("{resource_type}/{id}");
+                return Err(write_failure(&files, file, &at, &subject, &e).into());
             }
         }
     }
@@ -262,8 +273,20 @@ async fn import(
     }
     issues.extend(warnings);
     let mut resp = fhir_json_response(200, Vec::new(), operation_outcome(&issues).to_string());
-    audited_patients(&records).apply(&mut resp);
+    patients.apply(&mut resp);
     Ok(resp)
+}
+
+/// The type named `name` if this deployment stores it and it may be imported; else why not.
+fn importable(types: &[&'static str], name: &str) -> Result<&'static str, String> {
+    if NEVER_IMPORTED.contains(&name) {
+        return Err(format!("{name} is never imported: the audit trail is written by the gateway only"));
+    }
+    types
+        .iter()
+        .copied()
+        .find(|t| *t == name)
+        .ok_or_else(|| format!("{} is not a resource type this server stores", clip(name)))
 }
 
 /// The types `_type` allows (comma-separated, may repeat), each one this deployment stores.
@@ -274,10 +297,7 @@ fn allowed_types(svc: &crate::DataExport, query: Option<&str>) -> Result<Option<
             continue;
         }
         for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let t =
-                svc.types.iter().copied().find(|t| *t == name).ok_or_else(|| {
-                    ExportError::ImportType(format!("`{}` is not a type this server stores", clip(name)))
-                })?;
+            let t = importable(&svc.types, name).map_err(ExportError::ImportType)?;
             let list = out.get_or_insert_with(Vec::new);
             if !list.contains(&t) {
                 list.push(t);
@@ -302,9 +322,13 @@ async fn read_multipart(req: Request) -> Result<Vec<File>, Problem> {
     let mut multipart =
         Multipart::from_request(req, &()).await.map_err(|_| ExportError::ImportMultipart("no multipart boundary"))?;
     let mut files: Vec<File> = Vec::new();
+    let mut names: HashSet<String> = HashSet::new();
     while let Some(field) =
         multipart.next_field().await.map_err(|_| ExportError::ImportMultipart("a part is malformed"))?
     {
+        if files.len() >= MAX_FILES {
+            return Err(ExportError::ImportMultipart("more than 10000 parts (files)").into());
+        }
         let raw = field.file_name().or(field.name()).unwrap_or_default();
         // Browsers send base names, some tools whole paths: only the base name counts.
         let name = clip(raw.rsplit(['/', '\\']).next().unwrap_or_default());
@@ -324,11 +348,7 @@ async fn read_multipart(req: Request) -> Result<Vec<File>, Problem> {
         } else {
             None
         };
-        let stem = name.split('.').next().unwrap_or_default();
-        // `Patient.ndjson` declares its type; `export-2024.ndjson` declares none.
-        let looks_like_type = stem.chars().next().is_some_and(|c| c.is_ascii_uppercase())
-            && stem.chars().all(|c| c.is_ascii_alphanumeric());
-        let declared = (looks_like_type && format != Some(Format::Csv)).then(|| stem.to_owned());
+        let declared = (format != Some(Format::Csv)).then(|| declared_type(&name)).flatten();
         let Some(format) = format else {
             return Err(ExportError::ImportRejected {
                 status: 400,
@@ -340,7 +360,7 @@ async fn read_multipart(req: Request) -> Result<Vec<File>, Problem> {
             }
             .into());
         };
-        if files.iter().any(|f| f.name == name) {
+        if !names.insert(name.clone()) {
             return Err(ExportError::ImportMultipart("two parts have the same file name").into());
         }
         files.push(File { name, format, declared, bytes });
@@ -351,6 +371,21 @@ async fn read_multipart(req: Request) -> Result<Vec<File>, Problem> {
     Ok(files)
 }
 
+/// The one resource type a file name declares: `Patient.ndjson` and `Patient-2.ndjson` (the
+/// export's numbered files) declare `Patient`; `export-2024.ndjson` declares none, nor does
+/// `Bundle.json` — a Bundle file holds resources of any type.
+fn declared_type(name: &str) -> Option<String> {
+    let stem = name.split('.').next().unwrap_or_default();
+    let stem = match stem.rsplit_once('-') {
+        Some((head, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => head,
+        _ => stem,
+    };
+    let looks_like_type = stem.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+        && stem.chars().all(|c| c.is_ascii_alphanumeric())
+        && stem != "Bundle";
+    looks_like_type.then(|| stem.to_owned())
+}
+
 /// Strips a UTF-8 byte-order mark, which Windows tools write.
 fn without_bom(b: &[u8]) -> &[u8] {
     b.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(b)
@@ -359,7 +394,8 @@ fn without_bom(b: &[u8]) -> &[u8] {
 /// Reads every file into records; what cannot be read becomes a failure.
 fn parse_files(files: &[File], failures: &mut Vec<Failure>) -> Vec<Record> {
     let mut records = Vec::new();
-    let mut csv_groups: Vec<(String, Vec<usize>)> = Vec::new();
+    // CSV files by (resource type, file set): the tables of one set are read together.
+    let mut csv_groups: BTreeMap<(&str, u32), Vec<usize>> = BTreeMap::new();
     for (i, f) in files.iter().enumerate() {
         let before = (records.len(), failures.len());
         match f.format {
@@ -377,11 +413,9 @@ fn parse_files(files: &[File], failures: &mut Vec<Failure>) -> Vec<Record> {
                 Ok(v) => resources_of(i, &f.name, v, &mut records, failures),
             },
             Format::Csv => {
-                let ty = f.name.split('.').next().unwrap_or_default().to_owned();
-                match csv_groups.iter_mut().find(|(t, _)| *t == ty) {
-                    Some((_, members)) => members.push(i),
-                    None => csv_groups.push((ty, vec![i])),
-                }
+                let (table, set) = csv_table(&f.name);
+                let ty = table.split('.').next().unwrap_or_default();
+                csv_groups.entry((ty, set)).or_default().push(i);
                 continue;
             }
         }
@@ -389,16 +423,24 @@ fn parse_files(files: &[File], failures: &mut Vec<Failure>) -> Vec<Record> {
             failures.push(Failure::file(i, IssueType::Required, format!("{}: no records", f.name)));
         }
     }
-    for (ty, members) in csv_groups {
+    for ((ty, _), members) in csv_groups {
+        // The layout's names (`Patient.name.csv`) for the files of a later set
+        // (`Patient.name-2.csv`), and back in messages.
+        let layout: Vec<String> = members.iter().map(|&i| format!("{}.csv", csv_table(&files[i].name).0)).collect();
         let tables: Vec<(&str, &[u8])> =
-            members.iter().map(|&i| (files[i].name.as_str(), &files[i].bytes[..])).collect();
+            members.iter().zip(&layout).map(|(&i, name)| (name.as_str(), &files[i].bytes[..])).collect();
+        let actual = |message: String| {
+            members.iter().zip(&layout).fold(message, |m, (&i, name)| {
+                if files[i].name == *name { m } else { m.replace(name.as_str(), &files[i].name) }
+            })
+        };
         let file = members[0];
         // The main table (`Patient.csv`) is the file its rows are reported against.
-        let main = members.iter().copied().find(|&i| files[i].name.matches('.').count() == 1).unwrap_or(file);
-        match ehr_fhir::csv::unflatten(&ty, &tables) {
+        let main = members.iter().copied().find(|&i| !csv_table(&files[i].name).0.contains('.')).unwrap_or(file);
+        match ehr_fhir::csv::unflatten(ty, &tables) {
             Err(e) => {
-                let names: Vec<&str> = tables.iter().map(|(n, _)| *n).collect();
-                failures.push(Failure::file(main, IssueType::Structure, format!("{}: {e}", names.join(", "))));
+                let names: Vec<&str> = members.iter().map(|&i| files[i].name.as_str()).collect();
+                failures.push(Failure::file(main, IssueType::Structure, actual(format!("{}: {e}", names.join(", ")))));
             }
             Ok(rows) if rows.is_empty() => {
                 failures.push(Failure::file(main, IssueType::Required, format!("{}: no records", files[main].name)));
@@ -412,7 +454,7 @@ fn parse_files(files: &[File], failures: &mut Vec<Failure>) -> Vec<Record> {
                             At::Row(row.id.clone()),
                             IssueType::Invalid,
                             "EHR-EXP-111",
-                            reason,
+                            actual(reason),
                         )),
                     }
                 }
@@ -420,6 +462,20 @@ fn parse_files(files: &[File], failures: &mut Vec<Failure>) -> Vec<Record> {
         }
     }
     records
+}
+
+/// The layout table of a CSV file name and the file set it belongs to: `Patient.name.csv` is
+/// table `Patient.name` of set 1; `Patient.name-2.csv`, as the export names the files of its
+/// second set of a type, is the same table of set 2.
+fn csv_table(name: &str) -> (&str, u32) {
+    let stem = name.get(..name.len().saturating_sub(".csv".len())).unwrap_or(name);
+    match stem.rsplit_once('-') {
+        Some((table, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => match n.parse() {
+            Ok(set) => (table, set),
+            Err(_) => (stem, 1),
+        },
+        _ => (stem, 1),
+    }
 }
 
 fn new_record(file: usize, at: At, full_url: Option<String>, resource: Value) -> Record {
@@ -514,13 +570,12 @@ fn check(
             failures.push(fail(IssueType::Invalid, "EHR-EXP-114", format!("a {found}, but _type does not list it")));
             continue;
         }
-        let Some(ty) = svc.types.iter().copied().find(|t| *t == found) else {
-            failures.push(fail(
-                IssueType::NotSupported,
-                "EHR-EXP-115",
-                format!("{found} is not a resource type this server stores"),
-            ));
-            continue;
+        let ty = match importable(&svc.types, &found) {
+            Ok(ty) => ty,
+            Err(why) => {
+                failures.push(fail(IssueType::NotSupported, "EHR-EXP-115", why));
+                continue;
+            }
         };
         let id = match r.resource.get("id") {
             None => assigned_id(ty, r.full_url.as_deref()),
@@ -716,27 +771,83 @@ fn info(diagnostics: String) -> Issue {
     }
 }
 
-/// Whether the stored resource equals the imported one, server-stamped meta aside.
-fn unchanged(stored: &str, imported: &Value) -> bool {
-    let Ok(stored) = serde_json::from_str::<Value>(stored) else { return false };
-    without_stamps(stored) == without_stamps(imported.clone())
+/// What the write of one record did.
+enum Written {
+    Created,
+    Updated,
+    Unchanged,
 }
 
-fn without_stamps(mut v: Value) -> Value {
-    if let Value::Object(map) = &mut v {
-        let empty = match map.get_mut("meta") {
-            Some(Value::Object(meta)) => {
-                meta.remove("versionId");
-                meta.remove("lastUpdated");
-                meta.is_empty()
+/// Writes one record in the import's transaction: left alone when the stored version has the
+/// same content (idempotence), a new version when it differs, created with its id otherwise
+/// (also over a deleted resource of that id).
+async fn write(
+    tx: &ehr_store::Tx,
+    resource_type: &'static str,
+    id: &str,
+    resource: Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Written, ehr_store::StoreError> {
+    // Checked in `check`; parsed again for the store's id type.
+    let rid =
+        ResourceId::parse(id).map_err(|_| ehr_store::StoreError::InvalidValue("the id is not a valid FHIR id"))?;
+    match tx.read_for_update(resource_type, id).await? {
+        Some(current) if !current.deleted => {
+            if unchanged(&current.content, &resource) {
+                return Ok(Written::Unchanged);
             }
-            _ => false,
-        };
-        if empty {
-            map.remove("meta");
+            tx.update(resource_type, &rid, resource, Some(current.version), "PUT", now).await?;
+            Ok(Written::Updated)
+        }
+        _ => {
+            tx.update(resource_type, &rid, resource, None, "PUT", now).await?;
+            Ok(Written::Created)
         }
     }
-    v
+}
+
+/// The rejection of an import whose write of one record failed (after everything was checked):
+/// the transaction was rolled back, so the answer says so and names the record, with the store
+/// error's own status and code (503 for an unavailable database, 500 for an internal error).
+fn write_failure(files: &[File], file: usize, at: &At, subject: &str, e: &ehr_store::StoreError) -> ExportError {
+    let place = place(files, file, Some(at));
+    ExportError::ImportRejected {
+        status: e.http_status(),
+        issues: vec![Issue::error(
+            e.issue_type(),
+            e.code(),
+            format!("{place}: {subject}: the record could not be written ({e}); nothing was stored"),
+        )],
+    }
+}
+
+/// Whether the stored resource equals the imported one, `meta.versionId` and `meta.lastUpdated`
+/// aside: the store stamps its own, and another server's are not this server's history (they
+/// stay in the record until then: JP-CLINS profiles require `meta.lastUpdated` in validation).
+/// Compared member by member, so that the record — possibly large — is not copied.
+fn unchanged(stored: &str, imported: &Value) -> bool {
+    let (Ok(Value::Object(mut stored)), Value::Object(imported)) = (serde_json::from_str::<Value>(stored), imported)
+    else {
+        return false;
+    };
+    if without_stamps(stored.remove("meta")) != without_stamps(imported.get("meta").cloned()) {
+        return false;
+    }
+    let members = imported.len() - usize::from(imported.contains_key("meta"));
+    stored.len() == members && stored.iter().all(|(k, v)| imported.get(k) == Some(v))
+}
+
+/// A `meta` without the server's stamps; `None` if nothing else is in it.
+fn without_stamps(meta: Option<Value>) -> Option<Value> {
+    let mut meta = meta?;
+    if let Value::Object(m) = &mut meta {
+        m.remove("versionId");
+        m.remove("lastUpdated");
+        if m.is_empty() {
+            return None;
+        }
+    }
+    Some(meta)
 }
 
 /// The patients of the imported records for the audit trail, the first `MAX_AUDITED_PATIENTS`.
@@ -763,6 +874,37 @@ fn audited_patients(records: &[Record]) -> ehr_rest::Patients {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_events_are_never_importable_even_where_stored() {
+        let types = ["AuditEvent", "Patient"];
+        assert_eq!(importable(&types, "Patient"), Ok("Patient"));
+        assert!(importable(&types, "AuditEvent").unwrap_err().contains("never imported"));
+        assert!(importable(&types, "Medication").unwrap_err().contains("not a resource type this server stores"));
+    }
+
+    #[test]
+    fn file_names_declare_the_type_of_their_records() {
+        assert_eq!(declared_type("Patient.ndjson").as_deref(), Some("Patient"));
+        assert_eq!(declared_type("Observation-2.ndjson").as_deref(), Some("Observation"));
+        assert_eq!(declared_type("Patient.xml").as_deref(), Some("Patient"));
+        for none in ["export-2024.ndjson", "Bundle.json", "Bundle-3.xml", "data.json", "Patient-x.ndjson", "-1.json"] {
+            assert_eq!(declared_type(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn csv_file_names_give_table_and_file_set() {
+        assert_eq!(csv_table("Patient.csv"), ("Patient", 1));
+        assert_eq!(csv_table("Patient.name.csv"), ("Patient.name", 1));
+        assert_eq!(csv_table("Patient-2.csv"), ("Patient", 2));
+        assert_eq!(csv_table("Patient.name-12.csv"), ("Patient.name", 12));
+        assert_eq!(csv_table("Patient.CSV"), ("Patient", 1));
+        // Not a set number: part of the (unknown) table name, refused by the layout.
+        assert_eq!(csv_table("Patient-x.csv"), ("Patient-x", 1));
+        assert_eq!(csv_table("Patient-.csv"), ("Patient-", 1));
+        assert_eq!(csv_table("Patient-99999999999999999999.csv"), ("Patient-99999999999999999999", 1));
+    }
 
     #[test]
     fn ids_come_from_urn_uuids_and_restful_full_urls() {
@@ -798,6 +940,11 @@ mod tests {
         let old_stamps = serde_json::json!({"resourceType": "Patient", "id": "a", "gender": "male", "active": true,
             "meta": {"versionId": "9", "lastUpdated": "2020-01-01T00:00:00Z"}});
         assert!(unchanged(stored, &old_stamps));
+        let extra = serde_json::json!({"resourceType": "Patient", "id": "a", "gender": "male", "active": true,
+            "birthDate": "1970"});
+        assert!(!unchanged(stored, &extra));
+        let fewer = serde_json::json!({"resourceType": "Patient", "id": "a", "gender": "male"});
+        assert!(!unchanged(stored, &fewer));
         let changed = serde_json::json!({"resourceType": "Patient", "id": "a", "gender": "female", "active": true});
         assert!(!unchanged(stored, &changed));
         let tagged = serde_json::json!({"resourceType": "Patient", "id": "a", "gender": "male", "active": true,

@@ -6,18 +6,27 @@
 //!
 //! A job is a list of *units* ([`Unit`]): one per resource type, or — for the Bundle layout —
 //! one for the patients (a Bundle each) followed by one per type outside the Patient
-//! compartment. A unit reads its resources in id order, a page at a time (keyset paging:
+//! compartment and, at system level, one per compartment type for its resources that name no
+//! patient. A unit reads its resources in id order, a page at a time (keyset paging:
 //! `Tx::scan` after the last id written), into numbered files. After every page the open files
 //! are flushed and fsynced, and only then is the checkpoint committed: the unit, the last id
-//! written, the byte length and row count of every open file, and the files finished so far.
-//! A worker that takes over a job (its predecessor's lease ran out) truncates the open files to
-//! the checkpointed lengths — cutting whatever was written after the last checkpoint — and
-//! continues after the checkpointed id: no resource is written twice and none is lost.
+//! written, the byte length and row count of every open file, and how many files are finished.
+//! A worker that takes over a job (its predecessor's lease ran out) copies the open files up to
+//! the checkpointed lengths — leaving behind whatever was written after the last checkpoint —
+//! and continues after the checkpointed id: no resource is written twice and none is lost.
 //! Patient Bundles are written whole between two checkpoints; a Bundle cut short is rewritten.
 //!
 //! Every write of the job row is conditional on the worker's lease token (see `ehr_store`'s
 //! export module): a worker that lost its lease, or whose job was cancelled, learns it at its
-//! next checkpoint and stops.
+//! next checkpoint and stops. Files cannot be fenced that way, and a worker that was only slow
+//! goes on writing until that checkpoint; so every claim writes into a directory of its own
+//! (`a<attempt>`), and the new owner *copies* the checkpointed prefix of an open file instead of
+//! truncating the file the old owner may still hold open. The two never write the same file;
+//! the manifest names, for each file, the directory of the claim that finished it.
+//!
+//! The files a job finished are not part of its checkpoint but rows added in the checkpoint's
+//! transaction (`Tx::add_export_outputs`): the Bundle layout writes one file per patient, and a
+//! checkpoint listing them all would grow with every patient.
 
 use crate::{DataExport, ExportError};
 use ehr_core::{Classify, TenantContext, TenantId};
@@ -29,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -99,7 +108,7 @@ impl DataExport {
     pub(crate) async fn run_one(&self, owner: &str, shutdown: &CancellationToken) -> Result<bool, ExportError> {
         let tenants = {
             let sys = self.store.system_read().await?;
-            let list = sys.export_tenants().await?;
+            let list = sys.export_tenants(self.now_ms()).await?;
             sys.commit().await?;
             list
         };
@@ -138,18 +147,7 @@ impl DataExport {
         let now = self.now_ms();
         let result: Result<(), ExportError> = async {
             match outcome {
-                Ok(Step::Done(manifest)) => {
-                    let tx = self.store.write(&ctx).await?;
-                    let ok = tx
-                        .finish_export_job(&job.id, &token, ExportEnd::Completed { manifest: &manifest }, now)
-                        .await?;
-                    tx.commit().await?;
-                    if ok {
-                        tracing::info!("export job completed");
-                    } else {
-                        self.after_lost_lease(&ctx, &job.id, &dir).await?;
-                    }
-                }
+                Ok(Step::Done) => tracing::info!("export job completed"),
                 Ok(Step::Next) | Ok(Step::Lost) => self.after_lost_lease(&ctx, &job.id, &dir).await?,
                 Ok(Step::Shutdown) => {
                     // Handed back: the next start (or another replica) resumes it without
@@ -480,6 +478,24 @@ impl Plan {
                 for ty in r.types.iter().copied().filter(|t| patient_param(t).is_none()) {
                     units.push(Unit::Type(type_plan(ty)));
                 }
+                // At system level every resource is exported: those of a compartment type that
+                // name no patient (an Observation about a Device or a Location, a Specimen
+                // without subject) belong to no patient's Bundle and go, like the types outside
+                // the compartment, into Bundles of their type.
+                if r.kind == ExportKind::System {
+                    for ty in in_compartment.iter().copied().filter(|t| *t != "Patient") {
+                        let Some(param) = patient_param(ty) else { continue };
+                        let missing = (format!("{param}:missing"), "true".to_owned());
+                        let alternatives = criteria(ty)
+                            .into_iter()
+                            .map(|mut c| {
+                                c.push(missing.clone());
+                                c
+                            })
+                            .collect();
+                        units.push(Unit::Type(TypePlan { resource_type: ty, alternatives }));
+                    }
+                }
             }
             _ => units.extend(r.types.iter().map(|ty| Unit::Type(type_plan(ty)))),
         }
@@ -529,8 +545,8 @@ pub(crate) struct Checkpoint {
     pub next_file: u32,
     /// The unit's open file set.
     pub open: Option<OpenSet>,
-    /// Every file finished.
-    pub outputs: Vec<Output>,
+    /// How many files are finished (and stored as the job's outputs with this checkpoint).
+    pub outputs: u64,
     /// Resources written, in all.
     pub written: u64,
     /// Resources (patients, in the patients unit) done in the unit, and how many it has.
@@ -540,16 +556,7 @@ pub(crate) struct Checkpoint {
 
 impl Default for Checkpoint {
     fn default() -> Self {
-        Self {
-            unit: 0,
-            after: None,
-            next_file: 1,
-            open: None,
-            outputs: Vec::new(),
-            written: 0,
-            unit_done: 0,
-            unit_total: None,
-        }
+        Self { unit: 0, after: None, next_file: 1, open: None, outputs: 0, written: 0, unit_done: 0, unit_total: None }
     }
 }
 
@@ -558,6 +565,8 @@ impl Default for Checkpoint {
 pub(crate) struct OpenSet {
     /// The output type of the files (`Observation`, or `Bundle`).
     pub resource_type: String,
+    /// The directory of the claim writing them (`a3`), in the job's directory.
+    pub dir: String,
     pub index: u32,
     /// Resources written into the set.
     pub count: u64,
@@ -580,6 +589,21 @@ pub(crate) struct Output {
     pub file: String,
     /// Lines (NDJSON), Bundle entries, or CSV records (without the header).
     pub count: u64,
+    /// The directory of the claim that wrote the file (`a3`), in the job's directory.
+    pub dir: String,
+}
+
+impl Output {
+    /// Where the file is, under the job's directory: `None` for a name or directory that is not
+    /// one this module writes (nothing read from the database becomes a path unchecked).
+    pub(crate) fn path(&self, job_dir: &Path) -> Option<PathBuf> {
+        let dir_ok =
+            self.dir.len() > 1 && self.dir.starts_with('a') && self.dir[1..].bytes().all(|b| b.is_ascii_digit());
+        let name_ok = !self.file.is_empty()
+            && !self.file.starts_with('.')
+            && self.file.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        (dir_ok && name_ok).then(|| job_dir.join(&self.dir).join(&self.file))
+    }
 }
 
 // ── Files ───────────────────────────────────────────────────────────────────────────────────
@@ -594,6 +618,8 @@ struct OpenFile {
 /// A set of files written together: one (NDJSON, Bundle) or one per CSV table.
 struct FileSet {
     resource_type: String,
+    /// Files created since the last sync: their directory entries are made durable too.
+    created: bool,
     index: u32,
     count: u64,
     files: Vec<OpenFile>,
@@ -601,7 +627,10 @@ struct FileSet {
 
 /// Turns resources into file content.
 struct Writer {
-    dir: PathBuf,
+    /// The job's directory.
+    job_dir: PathBuf,
+    /// This claim's directory in it (`a3`): the only place this claim writes.
+    attempt: String,
     layout: Layout,
     base: String,
     timestamp: String,
@@ -663,43 +692,74 @@ impl Writer {
         }
     }
 
-    /// Starts set `index` of a series: new files (any left from before the checkpoint are
-    /// truncated) with their headers.
+    fn dir(&self) -> PathBuf {
+        self.job_dir.join(&self.attempt)
+    }
+
+    /// Starts set `index` of a series: new files (one left from before the checkpoint, by a
+    /// crash of this same claim, is truncated) with their headers.
     async fn create(&self, output_type: &str, resource_type: &str, index: u32) -> Result<FileSet, ExportError> {
-        tokio::fs::create_dir_all(&self.dir).await.map_err(|e| io_error(&e))?;
+        let dir = self.dir();
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| io_error(&e))?;
         let names = self.names(output_type, resource_type, index)?;
         let headers = self.headers(resource_type)?;
         let mut files = Vec::new();
         for (name, header) in names.into_iter().zip(headers) {
-            let file = tokio::fs::File::create(self.dir.join(&name)).await.map_err(|e| io_error(&e))?;
+            let file = tokio::fs::File::create(dir.join(&name)).await.map_err(|e| io_error(&e))?;
             let mut out = BufWriter::with_capacity(64 * 1024, file);
             out.write_all(&header).await.map_err(|e| io_error(&e))?;
             files.push(OpenFile { name, out, bytes: header.len() as u64, rows: 0 });
         }
-        Ok(FileSet { resource_type: output_type.to_owned(), index, count: 0, files })
+        Ok(FileSet { resource_type: output_type.to_owned(), created: true, index, count: 0, files })
     }
 
-    /// Reopens the set of a checkpoint, cut to its durable length.
+    /// Resumes the set of a checkpoint, written by an earlier claim: its files' durable
+    /// prefixes are copied into this claim's directory. The earlier claim's files are left as
+    /// they are — their worker may still be writing to them, not knowing yet that it lost the
+    /// job — and whatever it wrote after the checkpoint is not copied: it is written again.
     async fn reopen(&self, mark: &OpenSet) -> Result<FileSet, ExportError> {
+        if mark.dir == self.attempt {
+            // Each claim has a directory of its own: its own checkpoint is never resumed.
+            return Err(corrupt_job());
+        }
+        let dir = self.dir();
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| io_error(&e))?;
         let mut files = Vec::new();
         for f in &mark.files {
-            let path = self.dir.join(&f.name);
-            let file = match tokio::fs::OpenOptions::new().write(true).open(&path).await {
+            let from = Output { resource_type: String::new(), file: f.name.clone(), count: 0, dir: mark.dir.clone() }
+                .path(&self.job_dir)
+                .ok_or_else(corrupt_job)?;
+            let source = match tokio::fs::File::open(&from).await {
                 Ok(file) => file,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(lost_file()),
                 Err(e) => return Err(io_error(&e)),
             };
-            let len = file.metadata().await.map_err(|e| io_error(&e))?.len();
-            if len < f.bytes {
+            let file = tokio::fs::File::create(dir.join(&f.name)).await.map_err(|e| io_error(&e))?;
+            let mut out = BufWriter::with_capacity(64 * 1024, file);
+            let copied = tokio::io::copy(&mut source.take(f.bytes), &mut out).await.map_err(|e| io_error(&e))?;
+            if copied < f.bytes {
                 return Err(lost_file());
             }
-            // Whatever was written after the checkpoint goes: it is written again.
-            file.set_len(f.bytes).await.map_err(|e| io_error(&e))?;
-            let mut out = BufWriter::with_capacity(64 * 1024, file);
-            out.seek(std::io::SeekFrom::End(0)).await.map_err(|e| io_error(&e))?;
             files.push(OpenFile { name: f.name.clone(), out, bytes: f.bytes, rows: f.rows });
         }
-        Ok(FileSet { resource_type: mark.resource_type.clone(), index: mark.index, count: mark.count, files })
+        Ok(FileSet {
+            resource_type: mark.resource_type.clone(),
+            created: true,
+            index: mark.index,
+            count: mark.count,
+            files,
+        })
+    }
+
+    /// Makes the directory entries of newly created files durable (a file fsynced but not its
+    /// entry may be gone after a power loss while the checkpoint says it is there).
+    async fn sync_dir(&self, set: &mut FileSet) -> Result<(), ExportError> {
+        if set.created {
+            let dir = tokio::fs::File::open(self.dir()).await.map_err(|e| io_error(&e))?;
+            dir.sync_all().await.map_err(|e| io_error(&e))?;
+            set.created = false;
+        }
+        Ok(())
     }
 
     /// Appends one resource.
@@ -753,8 +813,10 @@ impl Writer {
             f.out.flush().await.map_err(|e| io_error(&e))?;
             f.out.get_ref().sync_data().await.map_err(|e| io_error(&e))?;
         }
+        self.sync_dir(set).await?;
         Ok(OpenSet {
             resource_type: set.resource_type.clone(),
+            dir: self.attempt.clone(),
             index: set.index,
             count: set.count,
             files: set.files.iter().map(|f| FileMark { name: f.name.clone(), bytes: f.bytes, rows: f.rows }).collect(),
@@ -769,8 +831,14 @@ impl Writer {
             f.out.write_all(footer).await.map_err(|e| io_error(&e))?;
             f.out.flush().await.map_err(|e| io_error(&e))?;
             f.out.get_ref().sync_data().await.map_err(|e| io_error(&e))?;
-            outputs.push(Output { resource_type: set.resource_type.clone(), file: f.name.clone(), count: f.rows });
+            outputs.push(Output {
+                resource_type: set.resource_type.clone(),
+                file: f.name.clone(),
+                count: f.rows,
+                dir: self.attempt.clone(),
+            });
         }
+        self.sync_dir(&mut set).await?;
         Ok(outputs)
     }
 }
@@ -810,8 +878,8 @@ fn xml_attr(s: &str) -> String {
 pub(crate) enum Step {
     /// The unit is done; go on with the next.
     Next,
-    /// The job is done: its manifest outputs (JSON).
-    Done(String),
+    /// The job is complete, recorded so.
+    Done,
     /// The lease was lost, or the job cancelled.
     Lost,
     /// The process is shutting down; the last checkpoint stands.
@@ -826,6 +894,8 @@ struct Run<'a> {
     plan: Plan,
     writer: Writer,
     cp: Checkpoint,
+    /// Files finished since the last checkpoint: stored as outputs with the next one.
+    pending: Vec<Output>,
     shutdown: CancellationToken,
     page: usize,
     /// When the lease was last extended (epoch ms).
@@ -866,12 +936,14 @@ impl<'a> Run<'a> {
             token,
             plan,
             writer: Writer {
-                dir: dir.to_owned(),
+                job_dir: dir.to_owned(),
+                attempt: format!("a{}", job.attempts),
                 layout,
                 base: params.base.trim_end_matches('/').to_owned(),
                 timestamp: format_instant(job.transaction_time),
             },
             cp,
+            pending: Vec::new(),
             shutdown,
             page: service.settings.page_size.clamp(1, ehr_fhir::search::MAX_COUNT),
             extended: service.now_ms(),
@@ -890,8 +962,34 @@ impl<'a> Run<'a> {
                 other => return Ok(other),
             }
         }
-        let manifest = serde_json::to_string(&self.cp.outputs).map_err(|_| corrupt_job())?;
-        Ok(Step::Done(manifest))
+        self.complete().await
+    }
+
+    /// Records the job as completed, with the files finished since the last checkpoint; `Lost`
+    /// when the lease was lost or the job cancelled meanwhile.
+    async fn complete(&mut self) -> Result<Step, ExportError> {
+        let now = self.service.now_ms();
+        let outputs = self.pending_rows()?;
+        let tx = self.service.store.write(self.ctx).await?;
+        let ok = tx.finish_export_job(&self.job.id, self.token, ExportEnd::Completed, now).await?;
+        if ok {
+            tx.add_export_outputs(&self.job.id, self.first_pending(), &outputs).await?;
+        }
+        tx.commit().await?;
+        Ok(if ok { Step::Done } else { Step::Lost })
+    }
+
+    /// The manifest position of the first pending output.
+    fn first_pending(&self) -> i64 {
+        i64::try_from(self.cp.outputs).unwrap_or(i64::MAX)
+    }
+
+    /// The pending outputs as `(file name, JSON)` rows.
+    fn pending_rows(&self) -> Result<Vec<(String, String)>, ExportError> {
+        self.pending
+            .iter()
+            .map(|o| Ok((o.file.clone(), serde_json::to_string(o).map_err(|_| corrupt_job())?)))
+            .collect()
     }
 
     /// Moves on to the next unit and records it.
@@ -908,7 +1006,7 @@ impl<'a> Run<'a> {
     async fn type_unit(&mut self, tp: &TypePlan) -> Result<Step, ExportError> {
         let queries = tp.queries(&[], self.service)?;
         if self.cp.unit_total.is_none() {
-            self.cp.unit_total = Some(self.estimate(&queries).await?);
+            self.cp.unit_total = self.estimate(&queries).await?;
         }
         let max = self.service.settings.max_file_resources.max(1);
         let mut set = match self.cp.open.clone() {
@@ -934,7 +1032,7 @@ impl<'a> Run<'a> {
                 self.writer.append(&mut open, s).await?;
                 if open.count >= max {
                     let done = self.writer.close(open).await?;
-                    self.cp.outputs.extend(done);
+                    self.pending.extend(done);
                 } else {
                     set = Some(open);
                 }
@@ -954,7 +1052,7 @@ impl<'a> Run<'a> {
         }
         if let Some(open) = set.take() {
             let done = self.writer.close(open).await?;
-            self.cp.outputs.extend(done);
+            self.pending.extend(done);
         }
         self.next_unit().await
     }
@@ -962,7 +1060,7 @@ impl<'a> Run<'a> {
     async fn patients_unit(&mut self, selector: &TypePlan, types: &[TypePlan]) -> Result<Step, ExportError> {
         let patients = selector.queries(&[], self.service)?;
         if self.cp.unit_total.is_none() {
-            self.cp.unit_total = Some(self.estimate(&patients).await?);
+            self.cp.unit_total = self.estimate(&patients).await?;
         }
         loop {
             if self.shutdown.is_cancelled() {
@@ -1016,7 +1114,7 @@ impl<'a> Run<'a> {
         let Some(open) = set else { return Ok(0) };
         let count = open.count;
         let done = self.writer.close(open).await?;
-        self.cp.outputs.extend(done);
+        self.pending.extend(done);
         self.cp.next_file += 1;
         Ok(count)
     }
@@ -1035,31 +1133,52 @@ impl<'a> Run<'a> {
     }
 
     /// How many resources the unit has, for `X-Progress` (the sum over ORed queries: resources
-    /// matching several count more than once).
-    async fn estimate(&self, queries: &[SearchQuery]) -> Result<u64, ExportError> {
+    /// matching several count more than once). A count the database cannot finish within its
+    /// statement timeout (a large table) leaves the total unknown rather than failing the job:
+    /// it only feeds a progress text.
+    async fn estimate(&self, queries: &[SearchQuery]) -> Result<Option<u64>, ExportError> {
         let tx = self.service.store.read(self.ctx).await?;
         let mut total = 0u64;
         for q in queries {
             let mut q = q.clone();
             q.count = 0;
             q.total = ehr_fhir::search::TotalMode::Accurate;
-            total += tx.search(&q).await?.total.unwrap_or(0);
+            match tx.search(&q).await {
+                Ok(page) => total += page.total.unwrap_or(0),
+                Err(StoreError::Timeout) => {
+                    // Dropped: rolled back (PostgreSQL aborted it anyway).
+                    drop(tx);
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         tx.commit().await?;
-        Ok(total)
+        Ok(Some(total))
     }
 
-    /// Records the checkpoint and progress and extends the lease; false when the lease is lost
-    /// or the job cancelled.
+    /// Records the checkpoint, progress and the files finished since the last one, and extends
+    /// the lease — one transaction; false when the lease is lost or the job cancelled.
     async fn checkpoint(&mut self) -> Result<bool, ExportError> {
         let now = self.service.now_ms();
-        let text = serde_json::to_string(&self.cp).map_err(|_| corrupt_job())?;
+        let rows = self.pending_rows()?;
+        let first = self.first_pending();
+        let mut cp = self.cp.clone();
+        cp.outputs += self.pending.len() as u64;
+        let text = serde_json::to_string(&cp).map_err(|_| corrupt_job())?;
         let progress = self.progress();
         let tx = self.service.store.write(self.ctx).await?;
         let ok = tx
             .checkpoint_export_job(&self.job.id, self.token, &text, &progress, now + self.service.lease_ms(), now)
             .await?;
+        if ok {
+            tx.add_export_outputs(&self.job.id, first, &rows).await?;
+        }
         tx.commit().await?;
+        if ok {
+            self.cp = cp;
+            self.pending.clear();
+        }
         self.extended = now;
         Ok(ok)
     }

@@ -9,7 +9,8 @@ use serde_json::{Map, Number, Value};
 
 use super::write::known_reference;
 use super::{
-    FHIR_NS, MAX_ELEMENT_DEPTH, MAX_RESOURCE_DEPTH, Shape, XHTML_NS, is_extension, is_xml_char, resource_def, shape,
+    FHIR_NS, MAX_ELEMENT_DEPTH, MAX_NAMESPACES, MAX_RESOURCE_DEPTH, Shape, XHTML_NS, check_attributes, is_extension,
+    is_xml_char, resource_def, shape,
 };
 use crate::FhirError;
 use crate::validate::definitions;
@@ -36,6 +37,8 @@ pub(super) fn document(src: &str) -> Result<Value> {
         path: Vec::new(),
         resources: 0,
         elements: 0,
+        namespaces: Vec::new(),
+        in_scope: 0,
     };
     let mut first = true;
     let (ns, root, empty) = loop {
@@ -129,6 +132,9 @@ struct Parser<'i> {
     path: Vec<String>,
     resources: usize,
     elements: usize,
+    /// Namespace declarations of each open element, and their sum.
+    namespaces: Vec<usize>,
+    in_scope: usize,
 }
 
 impl<'i> Parser<'i> {
@@ -145,15 +151,31 @@ impl<'i> Parser<'i> {
         }
     }
 
+    /// The next event, every start tag's attributes checked (narrative XHTML included).
     fn next(&mut self) -> Result<(Ns, Event<'i>)> {
         self.pos = usize::try_from(self.r.buffer_position()).unwrap_or(usize::MAX);
-        match self.r.read_resolved_event() {
-            Ok((ns, ev)) => Ok((ns_of(&ns), ev)),
+        let (ns, ev) = match self.r.read_resolved_event() {
+            Ok((ns, ev)) => (ns_of(&ns), ev),
             Err(e) => {
                 let at = usize::try_from(self.r.error_position()).unwrap_or(self.pos);
-                Err(self.err_at(at, format_args!("malformed XML: {}", describe(&e))))
+                return Err(self.err_at(at, format_args!("malformed XML: {}", describe(&e))));
             }
+        };
+        match &ev {
+            Event::Start(e) | Event::Empty(e) => {
+                let declarations = check_attributes(e).map_err(|m| self.err(m))?;
+                if self.in_scope + declarations > MAX_NAMESPACES {
+                    return Err(self.err(format_args!("more than {MAX_NAMESPACES} namespace declarations in scope")));
+                }
+                if matches!(ev, Event::Start(_)) {
+                    self.namespaces.push(declarations);
+                    self.in_scope += declarations;
+                }
+            }
+            Event::End(_) => self.in_scope -= self.namespaces.pop().unwrap_or(0),
+            _ => {}
         }
+        Ok((ns, ev))
     }
 
     /// `<?xml version="1.0" encoding="UTF-8"?>`: version 1.0, UTF-8 only.

@@ -603,25 +603,60 @@ fn every_element_of_every_defined_resource_round_trips() {
 }
 
 #[test]
-fn zz_scratch() {
-    for n in [2000usize, 4000, 8000, 16000] {
-        let attrs: String = (0..n).map(|i| format!(" xmlns:p{i}=\"u\"")).collect();
-        let doc = format!("<Patient xmlns=\"http://hl7.org/fhir\"{attrs}><active value=\"true\"/></Patient>");
-        let t = std::time::Instant::now();
-        let r = from_xml(&doc);
-        eprintln!("ns n={n} ok={} {:?}", r.is_ok(), t.elapsed());
-    }
-    for n in [2000usize, 4000, 8000] {
-        let attrs: String = (0..n).map(|i| format!(" a{i}=\"u\"")).collect();
-        let doc = format!("<Patient xmlns=\"http://hl7.org/fhir\"><text><status value=\"generated\"/><div xmlns=\"http://www.w3.org/1999/xhtml\"><p{attrs}/></div></text></Patient>");
-        let t = std::time::Instant::now();
-        let r = from_xml(&doc);
-        eprintln!("div attrs n={n} ok={} {:?}", r.is_ok(), t.elapsed());
-    }
-    for div in ["<div xmlns=\"http://www.w3.org/1999/xhtml\"/></text><x/>", "<div xmlns=\"http://www.w3.org/1999/xhtml\">a</div></text>", "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p a=\"1\" a=\"2\">x</p></div>"] {
+fn attribute_and_namespace_floods_are_refused_in_linear_time() {
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    // One start tag with 200,000 namespace declarations (about 3 MB): quick-xml's duplicate
+    // check alone is quadratic in them, over a minute of CPU before the bound.
+    let declarations: String = (0..200_000).map(|i| format!(" xmlns:p{i}=\"urn:x\"")).collect();
+    let flood =
+        format!("{DECL}<Patient xmlns=\"http://hl7.org/fhir\"{declarations}><active value=\"true\"/></Patient>");
+    assert!(xml_err(&flood).contains("more than 64 attributes"));
+    // The same inside the narrative, whose elements are otherwise taken as they are.
+    let attrs: String = (0..200_000).map(|i| format!(" a{i}=\"x\"")).collect();
+    let flood = format!(
+        "{DECL}<Patient xmlns=\"http://hl7.org/fhir\"><text><status value=\"generated\"/>\
+         <div xmlns=\"http://www.w3.org/1999/xhtml\"><p{attrs}/></div></text></Patient>"
+    );
+    assert!(xml_err(&flood).contains("more than 64 attributes"));
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    // Declarations accumulating along the nesting: every element name is resolved against all
+    // of them.
+    let ten: String = (0..10).map(|i| format!(" xmlns:p{i}=\"urn:x\"")).collect();
+    let nested = format!(
+        "{DECL}<Patient xmlns=\"http://hl7.org/fhir\">{}{}</Patient>",
+        format!("<extension url=\"u\"{ten}>").repeat(8),
+        "</extension>".repeat(8)
+    );
+    assert!(xml_err(&nested).contains("more than 64 namespace declarations in scope"));
+    // Siblings do not add up: declarations leave scope with their element.
+    let siblings = format!(
+        "{DECL}<Patient xmlns=\"http://hl7.org/fhir\">{}</Patient>",
+        format!("<identifier{ten}><value value=\"1\"/></identifier>").repeat(20)
+    );
+    assert_eq!(from_xml(&siblings).unwrap()["identifier"].as_array().map(Vec::len), Some(20));
+}
+
+#[test]
+fn narrative_attributes_must_be_well_formed_in_both_directions() {
+    for (div, why) in [
+        ("<div xmlns=\"http://www.w3.org/1999/xhtml\"><p class=\"a\" class=\"b\">x</p></div>", "given twice"),
+        ("<div xmlns=\"http://www.w3.org/1999/xhtml\"><a href=\"&xxe;\">x</a></div>", "undefined entity"),
+        ("<div xmlns=\"http://www.w3.org/1999/xhtml\"><a href=\"&#0;\">x</a></div>", "character"),
+    ] {
+        // Read: the document is refused, naming the problem.
+        let doc = format!(
+            "{DECL}<Patient xmlns=\"http://hl7.org/fhir\"><text><status value=\"generated\"/>{div}</text></Patient>"
+        );
+        let e = xml_err(&doc);
+        assert!(e.contains(why), "{div}: {e}");
+        // Written: refused rather than sent as a document no XML parser reads.
         let v = json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}});
-        eprintln!("{div}: {:?}", to_xml(&v));
+        let e = to_xml(&v).unwrap_err().to_string();
+        assert!(e.contains("Patient.text.div") && e.contains("attribute"), "{div}: {e}");
     }
-    let p = json!({"resourceType": "Patient", "name": [{"family": "a"}], "extension": [{"url": "u", "valueString": "x"}], "contained": [{"resourceType": "Patient", "id": "c"}], "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">a</div>"}, "language": "ja", "implicitRules": "http://x", "meta": {"versionId": "1"}, "id": "p", "modifierExtension": [{"url": "m", "valueBoolean": true}], "active": true});
-    eprintln!("{}", to_xml(&p).unwrap());
+    // Ordinary attributes, entities and character references pass.
+    let div = "<div xmlns=\"http://www.w3.org/1999/xhtml\"><a href=\"x?a=1&amp;b=&#x32;\" title=\"&quot;\">x</a></div>";
+    let v = json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}});
+    round_trip(&v);
 }

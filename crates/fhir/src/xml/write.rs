@@ -8,7 +8,8 @@ use quick_xml::events::Event;
 use serde_json::{Map, Value};
 
 use super::{
-    MAX_ELEMENT_DEPTH, MAX_RESOURCE_DEPTH, Shape, XHTML_NS, is_extension, is_xml_char, is_xml_name, resource_def, shape,
+    MAX_ELEMENT_DEPTH, MAX_RESOURCE_DEPTH, Shape, XHTML_NS, check_attributes, is_extension, is_xml_char, is_xml_name,
+    resource_def, shape,
 };
 use crate::FhirError;
 use crate::validate::definitions;
@@ -471,6 +472,9 @@ fn check_div(div: &str) -> std::result::Result<bool, &'static str> {
         let ev = r.read_event().map_err(|_| "the XHTML div is not well-formed XML")?;
         match ev {
             Event::Start(ref e) | Event::Empty(ref e) => {
+                // The div is written as it is: an attribute given twice, an undefined entity in
+                // a value or a thousand attributes would make the whole document unreadable.
+                check_attributes(e).map_err(|_| "the XHTML div has a malformed, repeated or invalid attribute")?;
                 if depth == 0 {
                     if root_seen {
                         return Err("the XHTML div must be a single div element");
