@@ -91,7 +91,7 @@ fn patient_bundle(p: usize, per_patient: usize) -> Value {
                  "use": "official", "text": "ヤマダ タロウ", "family": "ヤマダ", "given": ["タロウ"]}
             ],
             "telecom": [{"system": "phone", "value": "03-1234-5678", "use": "home"}],
-            "gender": if p % 2 == 0 { "male" } else { "female" },
+            "gender": if p.is_multiple_of(2) { "male" } else { "female" },
             "birthDate": format!("19{:02}-0{}-1{}", 30 + p % 60, 1 + p % 9, p % 10),
             "address": [{"text": "東京都千代田区霞が関1-2-2", "postalCode": "100-8916", "country": "JP"}]
         }
