@@ -37,6 +37,15 @@ async fn oversized_bodies_are_refused_with_an_outcome() {
         .await
         .unwrap();
     outcome(resp, 413, "too-costly").await;
+    // Below the limit a large body passes the gateway and the in-process service (whose own
+    // default would be 2 MiB): a 3 MiB attachment is stored.
+    let data = "QUJD".repeat(3 * 1024 * 1024 / 4);
+    let doc = serde_json::json!({
+        "resourceType": "DocumentReference", "status": "current",
+        "content": [{"attachment": {"contentType": "application/pdf", "data": data}}]
+    });
+    let resp = app.post("/DocumentReference", &doc).await;
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
 }
 
 #[tokio::test]

@@ -101,3 +101,31 @@ async fn unknown_profiles_are_accepted_with_base_validation() {
     let p = json!({"resourceType": "Patient", "meta": {"profile": ["http://example.org/StructureDefinition/Other"]}, "gender": "male"});
     assert_eq!(app.post("/Patient", &p).await.status(), 201);
 }
+
+#[tokio::test]
+async fn control_characters_and_malformed_narratives_are_refused() {
+    let app = TestApp::spawn().await;
+    // R4 strings carry no code point below U+0020 but tab, line feed and carriage return
+    // (U+0000 could not even be stored on PostgreSQL).
+    for bad in ["山田\u{0}", "a\u{1b}b"] {
+        let p = json!({"resourceType": "Patient", "name": [{"family": bad}]});
+        let issues = issues(app.post("/Patient", &p).await, 400).await;
+        assert!(issues.iter().any(|(_, e)| e.iter().any(|x| x.contains("family"))), "{issues:?}");
+    }
+    let ok = json!({"resourceType": "Patient", "name": [{"text": "山田\t太郎\r\n"}]});
+    json(app.post("/Patient", &ok).await, 201).await;
+    // A narrative must be one well-formed XHTML div, so that every stored resource also has an
+    // XML form.
+    for div in [
+        "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>unclosed</div>",
+        "<div xmlns=\"http://www.w3.org/1999/xhtml\">&nbsp;</div>",
+        "<div xmlns=\"http://www.w3.org/1999/xhtml\"></div><div>second</div>",
+    ] {
+        let p = json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}});
+        let resp = app.post("/Patient", &p).await;
+        assert_eq!(resp.status(), 400, "{div}: {}", resp.text().await.unwrap());
+    }
+    let good = json!({"resourceType": "Patient", "text": {"status": "generated",
+        "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>山田 &amp; <b>太郎</b></p></div>"}});
+    json(app.post("/Patient", &good).await, 201).await;
+}

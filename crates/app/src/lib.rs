@@ -594,8 +594,13 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         let types = all_types();
         let export = data_export_router(config, &store, auth.clone(), validator.clone(), types.clone(), &mut bg);
         background = Some(bg);
+        // Called in-process, a request reaches this router without the gateway's layers (the
+        // extensions are not carried over): the body limit is set again here, or axum's 2 MiB
+        // default would apply. `$import` sets its own (export.max_import_bytes).
         let fhir = Upstream::Local(
-            fhir_router(config, store.clone(), auth, validator, types.clone(), &terminology).merge(export),
+            fhir_router(config, store.clone(), auth, validator, types.clone(), &terminology)
+                .merge(export)
+                .layer(DefaultBodyLimit::max(config.max_body_bytes)),
         );
         Upstreams::new(fhir.clone(), audit_router)
             .route(&types, fhir.clone())

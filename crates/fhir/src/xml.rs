@@ -56,6 +56,13 @@ const MAX_ATTRIBUTES: usize = 64;
 /// name is resolved against them, so their number multiplies the cost of every element.
 const MAX_NAMESPACES: usize = 64;
 
+/// Whether a narrative `div` (the JSON string) is one well-formed XHTML `div` element that the
+/// XML representation can carry as it is — what the validator requires of every `xhtml` value,
+/// so that every stored resource has an XML form.
+pub(crate) fn narrative_is_well_formed(div: &str) -> bool {
+    write::check_div(div).is_ok()
+}
+
 /// Writes a FHIR JSON resource as an R4 XML document (with the XML declaration).
 pub fn to_xml(resource: &Value) -> Result<String, FhirError> {
     write::document(resource)

@@ -42,6 +42,11 @@ fn int_in(v: &Value, lo: i64, hi: i64) -> Result<(), PrimError> {
 }
 
 fn lexical_ok(type_code: &str, s: &str) -> bool {
+    // R4 §2.1.28.0.1: no Unicode code points below U+0020 but tab, line feed and carriage
+    // return, in any string-valued primitive (PostgreSQL could not store U+0000 either).
+    if s.chars().any(|c| c < ' ' && !matches!(c, '\t' | '\n' | '\r')) {
+        return false;
+    }
     match type_code {
         "id" => (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
         "code" => !s.is_empty() && s.trim() == s && !s.contains("  ") && !s.contains(['\t', '\n', '\r']),
@@ -55,7 +60,7 @@ fn lexical_ok(type_code: &str, s: &str) -> bool {
         "base64Binary" => {
             s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b' ' | b'\n' | b'\r'))
         }
-        "xhtml" => s.trim_start().starts_with("<div"),
+        "xhtml" => s.trim_start().starts_with("<div") && crate::xml::narrative_is_well_formed(s),
         // string, markdown and anything else string-valued: must not be empty.
         _ => !s.is_empty(),
     }

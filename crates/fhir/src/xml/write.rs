@@ -460,7 +460,7 @@ impl<'v> Writer<'v> {
 
 /// Checks that a JSON `div` string is one well-formed XHTML `div` element that XML can carry as
 /// it is; returns whether it declares the XHTML namespace itself.
-fn check_div(div: &str) -> std::result::Result<bool, &'static str> {
+pub(crate) fn check_div(div: &str) -> std::result::Result<bool, &'static str> {
     if !div.chars().all(is_xml_char) {
         return Err("the XHTML div contains a character that XML does not allow");
     }
