@@ -30,10 +30,7 @@ fn token() -> Result<String, String> {
 }
 
 fn client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| format!("HTTP client: {e}"))
+    reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().map_err(|e| format!("HTTP client: {e}"))
 }
 
 /// The `_outputFormat` of a `--format` name.
@@ -195,18 +192,16 @@ pub async fn export(args: ExportArgs) -> Result<(), String> {
             }
         }
     };
-    std::fs::write(
-        args.out.join("manifest.json"),
-        serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| format!("writing manifest.json: {e}"))?;
+    std::fs::write(args.out.join("manifest.json"), serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("writing manifest.json: {e}"))?;
 
     let outputs = manifest["output"].as_array().cloned().unwrap_or_default();
     let mut total_bytes = 0u64;
     for (n, out) in outputs.iter().enumerate() {
         let url = out["url"].as_str().ok_or("a manifest output without url")?;
         let name = url.rsplit('/').next().filter(|s| !s.is_empty() && !s.contains("..")).ok_or("bad file url")?;
-        let mut resp = http.get(url).bearer_auth(&token).send().await.map_err(|e| format!("downloading {name}: {e}"))?;
+        let mut resp =
+            http.get(url).bearer_auth(&token).send().await.map_err(|e| format!("downloading {name}: {e}"))?;
         if !resp.status().is_success() {
             return Err(format!("downloading {name}: {}", refusal(resp).await));
         }
@@ -282,7 +277,9 @@ fn uploads(paths: &[PathBuf]) -> Result<Vec<Upload>, String> {
             _ => return Err(format!("{}: not an import file (.ndjson, .json, .xml or .csv)", f.display())),
         }
     }
-    out.extend(csv.into_iter().map(|(ty, files)| Upload { label: format!("{ty} (CSV, {} tables)", files.len()), files }));
+    out.extend(
+        csv.into_iter().map(|(ty, files)| Upload { label: format!("{ty} (CSV, {} tables)", files.len()), files }),
+    );
     Ok(out)
 }
 

@@ -262,8 +262,7 @@ fn main() -> ExitCode {
                 lab_sim(listen, results_to, &charset, &results_as, facility, delay_secs).await
             }
             Command::Export { url, out, format, types, since, type_filters, patient, group, bom } => {
-                let args =
-                    handover::ExportArgs { url, out, format, types, since, type_filters, patient, group, bom };
+                let args = handover::ExportArgs { url, out, format, types, since, type_filters, patient, group, bom };
                 handover::export(args).await
             }
             Command::Import { url, atomic, paths } => handover::import(&url, &paths, atomic).await,
@@ -284,8 +283,9 @@ fn fail(msg: &str) -> ExitCode {
 }
 
 fn parse_target(s: &str) -> Result<Target, String> {
-    Target::parse(s)
-        .ok_or_else(|| format!("unknown target `{s}` (expected all, gateway, patient-record, orders, lab-interface or data-export)"))
+    Target::parse(s).ok_or_else(|| {
+        format!("unknown target `{s}` (expected all, gateway, patient-record, orders, lab-interface or data-export)")
+    })
 }
 
 /// The gateway's database: the one of target `all` unless a URL is configured.

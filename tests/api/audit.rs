@@ -331,7 +331,8 @@ async fn the_audit_trail_reads_as_xml_and_every_event_is_valid_r4() {
         assert!(errors.is_empty(), "an AuditEvent the gateway wrote is not valid R4: {errors:?}\n{e}");
     }
     let token = app.token("user/AuditEvent.rs");
-    let resp = app.client.get(app.fhir("/AuditEvent?_count=1000&_format=xml")).bearer_auth(&token).send().await.unwrap();
+    let resp =
+        app.client.get(app.fhir("/AuditEvent?_count=1000&_format=xml")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let bundle = ehr_fhir::xml::from_xml(&resp.text().await.unwrap()).unwrap();
     let from_xml: Vec<Value> = bundle["entry"].as_array().unwrap().iter().map(|e| e["resource"].clone()).collect();

@@ -230,9 +230,8 @@ async fn format_in_a_search_form_and_refused_formats_are_not_acceptable() {
         ops.as_array().into_iter().flatten().map(|o| o["name"].as_str().unwrap().to_owned()).collect()
     };
     assert_eq!(names(&cs["rest"][0]["operation"]), ["export", "import"]);
-    let resource = |ty: &str| {
-        cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == ty).unwrap().clone()
-    };
+    let resource =
+        |ty: &str| cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == ty).unwrap().clone();
     assert_eq!(names(&resource("Patient")["operation"]), ["export", "everything"]);
     assert_eq!(names(&resource("Group")["operation"]), ["export"]);
 }

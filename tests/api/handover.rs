@@ -95,7 +95,8 @@ fn csv_files_have_the_documented_columns(files: &[(String, Vec<u8>)]) {
         let ty = name.split('.').next().unwrap();
         let table = name.trim_end_matches(".csv");
         let layout = ehr_fhir::csv::tables(ty).unwrap();
-        let documented = layout.iter().find(|t| t.name == table).unwrap_or_else(|| panic!("{name} is no documented table"));
+        let documented =
+            layout.iter().find(|t| t.name == table).unwrap_or_else(|| panic!("{name} is no documented table"));
         let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes.as_slice());
         let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
         assert_eq!(header, documented.columns, "{name}: the header is the documented column list");
@@ -194,7 +195,10 @@ async fn round_trip(format: &str) {
             let stored: Value = app.get(&format!("/{}/{}", key.0, key.1)).await.json().await.unwrap();
             assert_eq!(got, &normalized(stored), "{key:?} exported as stored");
         } else {
-            assert!(format != "application/fhir+ndjson" && format != "text/csv", "{key:?} missing from the {format} export");
+            assert!(
+                format != "application/fhir+ndjson" && format != "text/csv",
+                "{key:?} missing from the {format} export"
+            );
         }
     }
     // Every stored Patient is in every layout (the per-patient Bundles leave out resources
@@ -208,7 +212,11 @@ async fn round_trip(format: &str) {
     import(&app, &b, &first).await;
     let second = export(&app, &b, format).await;
     let exported_b = resources_of(&second);
-    assert_eq!(exported_a.keys().collect::<Vec<_>>(), exported_b.keys().collect::<Vec<_>>(), "{format}: same resources");
+    assert_eq!(
+        exported_a.keys().collect::<Vec<_>>(),
+        exported_b.keys().collect::<Vec<_>>(),
+        "{format}: same resources"
+    );
     for (key, a_res) in &exported_a {
         assert_eq!(a_res, &exported_b[key], "{format}: {key:?} differs after the round trip");
     }
@@ -251,12 +259,13 @@ async fn csv_round_trip_between_tenants_is_lossless() {
 /// Runs the built `ehr` binary with `EHR_TOKEN` (off the async runtime) → (exit code, stdout, stderr).
 async fn ehr(args: Vec<String>, token: String) -> (Option<i32>, String, String) {
     tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ehr"))
-            .args(&args)
-            .env("EHR_TOKEN", token)
-            .output()
-            .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out =
+            std::process::Command::new(env!("CARGO_BIN_EXE_ehr")).args(&args).env("EHR_TOKEN", token).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     })
     .await
     .unwrap()
@@ -274,7 +283,15 @@ async fn ehr_export_and_ehr_import_move_a_tenant_from_the_command_line() {
     for format in ["ndjson", "csv", "bundle-xml"] {
         let target = format!("{out}/{format}");
         let (code, stdout, stderr) = ehr(
-            vec!["export".into(), "--url".into(), app.address.clone(), "--out".into(), target.clone(), "--format".into(), format.into()],
+            vec![
+                "export".into(),
+                "--url".into(),
+                app.address.clone(),
+                "--out".into(),
+                target.clone(),
+                "--format".into(),
+                format.into(),
+            ],
             app.token("system/*.rs"),
         )
         .await;
@@ -283,25 +300,47 @@ async fn ehr_export_and_ehr_import_move_a_tenant_from_the_command_line() {
         assert!(std::path::Path::new(&target).join("manifest.json").exists());
 
         let tenant_b = format!("{}-{format}", app.tenant);
-        let (code, stdout, stderr) =
-            ehr(vec!["import".into(), "--url".into(), app.address.clone(), target], app.token_for(&tenant_b, "system/*.cruds")).await;
+        let (code, stdout, stderr) = ehr(
+            vec!["import".into(), "--url".into(), app.address.clone(), target],
+            app.token_for(&tenant_b, "system/*.cruds"),
+        )
+        .await;
         assert_eq!(code, Some(0), "import {format}: {stdout} {stderr}");
         assert!(stdout.contains("created"), "{format}: {stdout}");
-        let resp = app.client.get(app.fhir(&format!("/Patient/{pid}"))).bearer_auth(app.token_for(&tenant_b, "system/*.rs")).send().await.unwrap();
+        let resp = app
+            .client
+            .get(app.fhir(&format!("/Patient/{pid}")))
+            .bearer_auth(app.token_for(&tenant_b, "system/*.rs"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "{format}: the patient arrived in the other tenant");
     }
 
     // A truncated NDJSON file is refused as a whole, with the line named, and the CLI fails.
     let bad = dir.join("bad");
     std::fs::create_dir_all(&bad).unwrap();
-    std::fs::write(bad.join("Patient.ndjson"), "{\"resourceType\":\"Patient\",\"id\":\"ok-1\"}\n{\"resourceType\":\"Patient\",\"id\":\"tr").unwrap();
+    std::fs::write(
+        bad.join("Patient.ndjson"),
+        "{\"resourceType\":\"Patient\",\"id\":\"ok-1\"}\n{\"resourceType\":\"Patient\",\"id\":\"tr",
+    )
+    .unwrap();
     let tenant_c = format!("{}-c", app.tenant);
-    let (code, stdout, stderr) =
-        ehr(vec!["import".into(), "--url".into(), app.address.clone(), bad.to_str().unwrap().into()], app.token_for(&tenant_c, "system/*.cruds")).await;
+    let (code, stdout, stderr) = ehr(
+        vec!["import".into(), "--url".into(), app.address.clone(), bad.to_str().unwrap().into()],
+        app.token_for(&tenant_c, "system/*.cruds"),
+    )
+    .await;
     assert_eq!(code, Some(1), "{stdout} {stderr}");
     assert!(stdout.contains("REFUSED") && stdout.contains("line 2"), "{stdout}");
     assert!(stderr.contains("1 of 1 imports refused"), "{stderr}");
-    let resp = app.client.get(app.fhir("/Patient/ok-1")).bearer_auth(app.token_for(&tenant_c, "system/*.rs")).send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.fhir("/Patient/ok-1"))
+        .bearer_auth(app.token_for(&tenant_c, "system/*.rs"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404, "nothing from the refused file was stored");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -69,7 +69,10 @@ fn token(signer: &DevSigner, tenant: &str) -> Result<String, String> {
 /// Peak resident set size of this process in KiB, since the last reset.
 fn peak_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Resets the peak resident set size (Linux: `5` to clear_refs).
@@ -126,7 +129,11 @@ fn patient_bundle(p: usize, per_patient: usize) -> Value {
                 "valueQuantity": {"value": 90 + (p + i) % 40, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "mg/dL"}
             })
         };
-        let url = format!("{}/{}", resource["resourceType"].as_str().unwrap_or_default(), resource["id"].as_str().unwrap_or_default());
+        let url = format!(
+            "{}/{}",
+            resource["resourceType"].as_str().unwrap_or_default(),
+            resource["id"].as_str().unwrap_or_default()
+        );
         entries.push(json!({"request": {"method": "PUT", "url": url}, "resource": resource}));
     }
     json!({"resourceType": "Bundle", "type": "batch", "entry": entries})
@@ -194,7 +201,11 @@ impl Bench {
         let mut groups: BTreeMap<String, Vec<&std::path::PathBuf>> = BTreeMap::new();
         for f in files {
             let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let key = if name.ends_with(".csv") { name.split('.').next().unwrap_or_default().to_owned() } else { name.to_owned() };
+            let key = if name.ends_with(".csv") {
+                name.split('.').next().unwrap_or_default().to_owned()
+            } else {
+                name.to_owned()
+            };
             groups.entry(key).or_default().push(f);
         }
         let start = Instant::now();
@@ -209,7 +220,10 @@ impl Bench {
                     Some("json") => "application/fhir+json",
                     _ => "text/csv",
                 };
-                form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name(name).mime_str(mime).map_err(|e| e.to_string())?);
+                form = form.part(
+                    "file",
+                    reqwest::multipart::Part::bytes(bytes).file_name(name).mime_str(mime).map_err(|e| e.to_string())?,
+                );
             }
             let resp = self
                 .http
@@ -268,7 +282,8 @@ async fn run(args: &Args) -> Result<(), String> {
     });
     let signer = DevSigner::new().map_err(|e| e.to_string())?;
     let http = reqwest::Client::new();
-    let bench = Bench { base: base.clone(), http: http.clone(), source: token(&signer, "bench-src")?, dir: dir.clone() };
+    let bench =
+        Bench { base: base.clone(), http: http.clone(), source: token(&signer, "bench-src")?, dir: dir.clone() };
 
     let start = Instant::now();
     for p in 0..args.patients {
@@ -291,7 +306,10 @@ async fn run(args: &Args) -> Result<(), String> {
         start.elapsed().as_secs_f64(),
         args.backend
     );
-    println!("{:<8} {:>10} {:>12} {:>14} {:>12} {:>14}", "format", "resources", "export/s", "export peak", "import/s", "import peak");
+    println!(
+        "{:<8} {:>10} {:>12} {:>14} {:>12} {:>14}",
+        "format", "resources", "export/s", "export peak", "import/s", "import peak"
+    );
     for (n, format) in args.formats.split(',').enumerate() {
         let output_format = match format.trim() {
             "ndjson" => "application/fhir+ndjson",

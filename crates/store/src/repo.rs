@@ -704,7 +704,12 @@ impl Tx {
     /// ignored), in id order after `after` (exclusive), at most `limit` of them: keyset paging
     /// for exports, which walk a whole type in constant memory and can resume from the last id
     /// they wrote.
-    pub async fn scan(&self, query: &SearchQuery, after: Option<&str>, limit: usize) -> Result<Vec<Stored>, StoreError> {
+    pub async fn scan(
+        &self,
+        query: &SearchQuery,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
         let mut sql = Sql::new(&self.tenant);
         sql.push("SELECT r.id, r.version_id, r.last_updated, r.deleted, r.content FROM resources r WHERE ");
         sql::where_clause(&mut sql, query);

@@ -102,9 +102,5 @@ pub const OPERATIONS: &[&str] = &["$export", "$export-status", "$export-file", "
 
 /// The service's routes, relative to the FHIR base (`/fhir`).
 pub fn router(state: ExportState) -> Router {
-    Router::new()
-        .merge(export::routes())
-        .merge(import::routes())
-        .merge(everything::routes())
-        .with_state(state)
+    Router::new().merge(export::routes()).merge(import::routes()).merge(everything::routes()).with_state(state)
 }

@@ -439,7 +439,11 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
         let path_and_query = if query.is_empty() {
             parts.uri.path().to_owned()
         } else {
-            format!("{}?{}", parts.uri.path(), form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish())
+            format!(
+                "{}?{}",
+                parts.uri.path(),
+                form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish()
+            )
         };
         if let Ok(uri) = path_and_query.parse() {
             parts.uri = uri;
