@@ -182,9 +182,12 @@ impl Bench {
         let mut files = Vec::new();
         let mut count = 0;
         for o in manifest["output"].as_array().cloned().unwrap_or_default() {
-            count += o["count"].as_u64().unwrap_or(0);
             let url = o["url"].as_str().ok_or("output without url")?;
             let name = url.rsplit('/').next().unwrap_or("file").to_owned();
+            // CSV child tables count rows, not resources: only main tables (`<Type>[-n].csv`) count.
+            if !name.ends_with(".csv") || !name.trim_end_matches(".csv").contains('.') {
+                count += o["count"].as_u64().unwrap_or(0);
+            }
             let mut resp = self.http.get(url).bearer_auth(&self.source).send().await.map_err(|e| e.to_string())?;
             let path = out.join(&name);
             let mut file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
