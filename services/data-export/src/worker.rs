@@ -1070,17 +1070,21 @@ impl<'a> Run<'a> {
             if page.is_empty() {
                 break;
             }
+            // One checkpoint per page of patients, not per patient (a commit each would bound
+            // the export by the database's commit rate). The checkpoint is consistent whenever
+            // it is written — also by `keep_lease` in the middle of a page: `after` moves only
+            // once a patient's Bundle is closed and durable.
             for patient in &page {
                 let written = self.patient_bundle(&patient.id, types).await?;
                 self.cp.after = Some(patient.id.clone());
                 self.cp.written += written;
                 self.cp.unit_done += 1;
-                if !self.checkpoint().await? {
-                    return Ok(Step::Lost);
-                }
                 if self.shutdown.is_cancelled() {
                     return Ok(Step::Shutdown);
                 }
+            }
+            if !self.checkpoint().await? {
+                return Ok(Step::Lost);
             }
             self.pause().await;
         }
