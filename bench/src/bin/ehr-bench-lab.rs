@@ -12,7 +12,7 @@
 //! See `docs/performance.md`.
 
 use clap::{Parser, ValueEnum};
-use ehr_app::{Config, Target};
+use ehr_app::Target;
 use ehr_auth::{Claims, DevSigner};
 use ehr_core::{Clock, SystemClock};
 use ehr_hl7v2::jahis::MessageHeader;
@@ -21,7 +21,6 @@ use ehr_hl7v2::{
     Charset, CodedElement, Coding, ControlId, Message, Observation, OrderResults, Patient, PersonName, Sex, Specimen,
     Timestamp, build_oul_r22, charset, parse_lab_results,
 };
-use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -170,39 +169,16 @@ fn token(signer: &DevSigner) -> Result<String, String> {
 }
 
 async fn ingest_bench(args: &Args) -> Result<(), String> {
-    let mut config = Config::default();
-    config.gateway.rate_limit.user_per_sec = 1e6;
-    config.gateway.rate_limit.user_burst = 1_000_000;
-    config.gateway.rate_limit.tenant_per_sec = 1e6;
-    config.gateway.rate_limit.tenant_burst = 1_000_000;
-    config.gateway.secret_key = Some(ehr_gateway_key().into());
+    let pg = (args.backend == Backend::Postgres).then_some(args.postgres_url.as_str());
+    let mut scratch = ehr_bench::Scratch::new("ehr-bench-lab", pg, args.redis_url.as_deref()).await?;
+    let dir = scratch.dir.clone();
+    let config = &mut scratch.config;
     config.lab.listen = Some("127.0.0.1:0".into());
     config.lab.poll_interval_ms = 50;
-    let dir = std::env::temp_dir().join(format!("ehr-bench-lab-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    config.data_dir = dir.clone();
     // Orders go out as batch files (instant, always accepted): the benchmark measures results.
     config.lab.file_root = dir.join("lab-files");
-    let mut pg_name = None;
-    match args.backend {
-        Backend::Sqlite => {
-            config.database.url = Some(format!("sqlite://{}?mode=rwc", dir.join("ehr.db").display()).into());
-        }
-        Backend::Postgres => {
-            let name = format!("ehr_bench_{}", uuid::Uuid::new_v4().simple());
-            let conn = Database::connect(args.postgres_url.as_str()).await.map_err(|e| e.to_string())?;
-            conn.execute_unprepared(&format!("CREATE DATABASE {name}")).await.map_err(|e| e.to_string())?;
-            let (base, _) = args.postgres_url.rsplit_once('/').ok_or("postgres url")?;
-            config.database.url = Some(format!("{base}/{name}").into());
-            pg_name = Some(name);
-        }
-    }
-    if let Some(url) = &args.redis_url {
-        config.gateway.redis_url = Some(url.clone().into());
-        config.gateway.redis_prefix = format!("bench-{}:", uuid::Uuid::new_v4().simple());
-    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let app = ehr_app::build(&config, Target::All, clock).await.map_err(|e| format!("app: {e}"))?;
+    let app = ehr_app::build(&scratch.config, Target::All, clock).await.map_err(|e| format!("app: {e}"))?;
     let mllp = app.lab_listener.ok_or("no MLLP listener")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let base = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
@@ -321,22 +297,12 @@ async fn ingest_bench(args: &Args) -> Result<(), String> {
     );
     let mut app = app;
     app.stop_workers(Duration::from_secs(5)).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    if let Some(name) = pg_name
-        && let Ok(conn) = Database::connect(args.postgres_url.as_str()).await
-    {
-        drop(app);
-        let _ = conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-    }
+    drop(app);
+    scratch.remove().await;
     if refused > 0 || (filed as usize) < expected {
         return Err(format!("{refused} refused, {filed} of {expected} filed"));
     }
     Ok(())
-}
-
-fn ehr_gateway_key() -> String {
-    // 32 bytes of zeros, base64: a throwaway key for a throwaway database.
-    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned()
 }
 
 fn main() -> ExitCode {

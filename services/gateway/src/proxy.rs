@@ -196,6 +196,20 @@ impl Gateway {
     }
 }
 
+/// The patients a service named in its `x-ehr-audit-patients` header (percent-encoded
+/// references, comma-separated).
+fn audited_patients(header: Option<&HeaderValue>) -> Vec<String> {
+    header
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Declares the data-export operations in a CapabilityStatement's `rest[0]`: `$export` and
 /// `$import` at system level, `$export` and `$everything` on Patient, `$export` on Group.
 fn add_data_export_operations(rest: &mut serde_json::Value) {
@@ -486,16 +500,7 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
                 l.rsplit_once('/').and_then(|(head, id)| head.rsplit('/').next().map(|t| format!("{t}/{id}")))
             }),
     };
-    let patients: Vec<String> = patients
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(',')
-                .filter(|p| !p.is_empty())
-                .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let patients = audited_patients(patients.as_ref());
     let now = gw.now_instant();
     let status = resp.status().as_u16();
     let mut access = Access {
@@ -569,18 +574,7 @@ pub async fn forward_lab(State(st): State<GwState>, req: Request) -> Response {
     };
     // The lab interface names the patients whose data a response holds (a message's text, the
     // results a lab posted), as the FHIR services do.
-    let patients: Vec<String> = resp
-        .headers_mut()
-        .remove(AUDIT_PATIENTS)
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(',')
-                .filter(|p| !p.is_empty())
-                .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let patients = audited_patients(resp.headers_mut().remove(AUDIT_PATIENTS).as_ref());
     // The path names endpoints and messages by opaque ids only; no PHI.
     let access = Access {
         resource: Some(path.trim_start_matches('/')),
