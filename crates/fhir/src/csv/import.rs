@@ -50,6 +50,19 @@ fn check_quoting(bytes: &[u8]) -> Result<Vec<u64>, (u64, usize, &'static str)> {
             in_record = true;
             starts.push(line);
         }
+        // Outside quotes (also right after a closing one) a comma ends the field and a line end
+        // the record.
+        if s != S::Quoted && matches!(b, b',' | b'\n' | b'\r') {
+            s = S::FieldStart;
+            if b == b',' {
+                col += 1;
+            } else {
+                line += u64::from(b == b'\n');
+                col = 1;
+                in_record = false;
+            }
+            continue;
+        }
         match s {
             S::FieldStart | S::Unquoted => match b {
                 b'"' if s == S::FieldStart => {
@@ -57,18 +70,6 @@ fn check_quoting(bytes: &[u8]) -> Result<Vec<u64>, (u64, usize, &'static str)> {
                     start_line = line;
                 }
                 b'"' => return Err((line, col, "a double quote inside an unquoted field")),
-                b',' => {
-                    s = S::FieldStart;
-                    col += 1;
-                }
-                b'\n' | b'\r' => {
-                    if b == b'\n' {
-                        line += 1;
-                    }
-                    s = S::FieldStart;
-                    col = 1;
-                    in_record = false;
-                }
                 _ => s = S::Unquoted,
             },
             S::Quoted => match b {
@@ -78,18 +79,6 @@ fn check_quoting(bytes: &[u8]) -> Result<Vec<u64>, (u64, usize, &'static str)> {
             },
             S::QuoteInQuoted => match b {
                 b'"' => s = S::Quoted,
-                b',' => {
-                    s = S::FieldStart;
-                    col += 1;
-                }
-                b'\n' | b'\r' => {
-                    if b == b'\n' {
-                        line += 1;
-                    }
-                    s = S::FieldStart;
-                    col = 1;
-                    in_record = false;
-                }
                 _ => return Err((line, col, "characters after the closing quote of a field")),
             },
         }

@@ -237,17 +237,7 @@ impl<'v> Writer<'v> {
                 };
                 for item in items {
                     match sh {
-                        Shape::Resource => {
-                            self.open_element()?;
-                            self.out.push('<');
-                            self.out.push_str(name);
-                            self.out.push('>');
-                            self.resource(item, false)?;
-                            self.out.push_str("</");
-                            self.out.push_str(name);
-                            self.out.push('>');
-                            self.elements -= 1;
-                        }
+                        Shape::Resource => self.wrapped_resource(name, item)?,
                         Shape::Complex(dt, di) => self.complex(name, dt, di, item)?,
                         _ => self.generic_element(name, item)?,
                     }
@@ -420,16 +410,7 @@ impl<'v> Writer<'v> {
             Some(Value::String(s)) if name == "div" && s.trim_start().starts_with("<div") => self.xhtml(s),
             Some(Value::String(_) | Value::Number(_) | Value::Bool(_)) => self.primitive(name, v, ext),
             Some(item @ Value::Object(o)) if o.get("resourceType").is_some_and(Value::is_string) => {
-                self.open_element()?;
-                self.out.push('<');
-                self.out.push_str(name);
-                self.out.push('>');
-                self.resource(item, false)?;
-                self.out.push_str("</");
-                self.out.push_str(name);
-                self.out.push('>');
-                self.elements -= 1;
-                Ok(())
+                self.wrapped_resource(name, item)
             }
             Some(item @ Value::Object(_)) => self.generic_element(name, item),
             Some(Value::Array(_)) => Err(self.err("nested JSON arrays cannot be written as XML")),
@@ -437,6 +418,20 @@ impl<'v> Writer<'v> {
     }
 
     /// An object element without a definition: `id` (and `url` of extensions) as attributes.
+    /// A nested resource in its wrapper element: `<contained><Patient>…</Patient></contained>`.
+    fn wrapped_resource(&mut self, name: &str, item: &'v Value) -> Result {
+        self.open_element()?;
+        self.out.push('<');
+        self.out.push_str(name);
+        self.out.push('>');
+        self.resource(item, false)?;
+        self.out.push_str("</");
+        self.out.push_str(name);
+        self.out.push('>');
+        self.elements -= 1;
+        Ok(())
+    }
+
     fn generic_element(&mut self, name: &str, item: &'v Value) -> Result {
         let Some(obj) = item.as_object() else { return Err(self.err("the element must be a JSON object")) };
         self.open_element()?;
