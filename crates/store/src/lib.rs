@@ -19,6 +19,7 @@ mod export;
 mod identity;
 mod lab;
 mod migration;
+mod national;
 mod outbox;
 mod repo;
 mod sql;
@@ -29,6 +30,7 @@ pub use export::{ExportEnd, ExportJob, ExportKind, ExportState, NewExportJob};
 pub use identity::{ClientRecord, KeyRecord, NewUser, SysTx, TenantRecord, UserRecord};
 pub use lab::{Hl7Message, LabEndpoint, MessageFilter};
 pub use migration::{APP_ROLE, Migrator, RELAY_ROLE};
+pub use national::{Submission, SubmissionFilter};
 pub use outbox::{DeadLetter, EventId, NewEvent, OutboxBatch, OutboxEvent, is_valid_topic};
 pub use repo::{HistoryScope, SearchPage, Store, StoreConfig, Stored, Tx};
 

@@ -17,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0003Outbox),
             Box::new(M0004Lab),
             Box::new(M0005Export),
+            Box::new(M0006National),
         ]
     }
 }
@@ -503,6 +504,35 @@ impl MigrationTrait for M0005Export {
                 db.execute_unprepared(&tenant_isolation(table)).await?;
             }
             for table in crate::export::EXPORT_SYSTEM_TABLES {
+                db.execute_unprepared(&app_grant(table)).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// m0006: the national-service adapters' submission log and the queue their workers poll (see
+/// `national.rs`).
+struct M0006National;
+
+impl MigrationName for M0006National {
+    fn name(&self) -> &str {
+        "m0006_national"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0006National {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        for statement in crate::national::NATIONAL_SCHEMA.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            db.execute_unprepared(statement).await?;
+        }
+        if db.get_database_backend() == DbBackend::Postgres {
+            for table in crate::national::NATIONAL_TENANT_TABLES {
+                db.execute_unprepared(&tenant_isolation(table)).await?;
+            }
+            for table in crate::national::NATIONAL_SYSTEM_TABLES {
                 db.execute_unprepared(&app_grant(table)).await?;
             }
         }

@@ -16,6 +16,7 @@ use std::time::Duration;
 mod audit;
 mod export;
 mod identity;
+mod national;
 mod outbox;
 
 /// One database with the migrated store on it.

@@ -1,0 +1,119 @@
+//! The national-service submission log: idempotent by request id, claimed once per lease across
+//! tenants, answers recorded only by the claim that holds the row, state changes guarded.
+
+use super::{TestDb, backends, ctx};
+use crate::{Submission, SubmissionFilter};
+use serde_json::json;
+
+fn submission(id: &str, request_id: &str, state: &str, due: Option<i64>) -> Submission {
+    Submission {
+        id: id.into(),
+        service: "clins".into(),
+        kind: "condition".into(),
+        operation: "register".into(),
+        request_id: request_id.into(),
+        business_key: format!("1318814790^2026^{id}"),
+        patient: Some("Patient/p1".into()),
+        state: state.into(),
+        attempts: 0,
+        next_attempt_at: due,
+        last_error: None,
+        payload: "{\"resourceType\":\"Bundle\"}".into(),
+        response: None,
+        result: json!({}),
+        created_by: Some("user-1".into()),
+        created_at: 1_000,
+        updated_at: 1_000,
+    }
+}
+
+async fn insert(db: &TestDb, tenant: &str, s: &Submission) -> bool {
+    let tx = db.store.write(&ctx(tenant)).await.unwrap();
+    let inserted = tx.insert_submission(s).await.unwrap();
+    tx.commit().await.unwrap();
+    inserted
+}
+
+async fn due_tenants(db: &TestDb, now: i64) -> Vec<String> {
+    let sys = db.store.system_read().await.unwrap();
+    let list = sys.national_tenants("clins", now).await.unwrap();
+    sys.commit().await.unwrap();
+    list.iter().map(|t| t.as_str().to_owned()).collect()
+}
+
+async fn claim(db: &TestDb, tenant: &str, now: i64) -> Vec<Submission> {
+    let tx = db.store.write(&ctx(tenant)).await.unwrap();
+    let claimed = tx.claim_due_submissions("clins", now, now + 10_000, 10).await.unwrap();
+    tx.commit().await.unwrap();
+    claimed
+}
+
+#[tokio::test]
+async fn submissions_are_idempotent_by_request_id_and_claimed_once_per_lease() {
+    for backend in backends().await {
+        let db = backend.open().await;
+        assert!(insert(&db, "t1", &submission("s1", "req-1", "queued", Some(2_000))).await);
+        // The same request id again (a retried API call): nothing new.
+        assert!(!insert(&db, "t1", &submission("s1-again", "req-1", "queued", Some(2_000))).await);
+        // A draft is not in the queue; another tenant's queued one is.
+        assert!(insert(&db, "t1", &submission("s2", "req-2", "draft", None)).await);
+        assert!(insert(&db, "t2", &submission("s3", "req-1", "queued", Some(3_000))).await);
+
+        assert_eq!(due_tenants(&db, 1_500).await, Vec::<String>::new());
+        assert_eq!(due_tenants(&db, 2_500).await, ["t1"]);
+        assert_eq!(due_tenants(&db, 3_500).await, ["t1", "t2"]);
+
+        let claimed = claim(&db, "t1", 2_500).await;
+        assert_eq!(claimed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["s1"]);
+        assert_eq!(claimed[0].next_attempt_at, Some(12_500));
+        // Held by the lease: neither claimable nor listed as due.
+        assert!(claim(&db, "t1", 3_000).await.is_empty());
+        assert_eq!(due_tenants(&db, 3_000).await, ["t2"]);
+
+        // The lease ran out: another worker takes it; the first one's answer is then refused.
+        let again = claim(&db, "t1", 13_000).await;
+        assert_eq!(again.len(), 1);
+        let tx = db.store.write(&ctx("t1")).await.unwrap();
+        let stale = tx
+            .record_submission_attempt("s1", 12_500, "accepted", None, None, Some("late"), None, 13_100)
+            .await
+            .unwrap();
+        assert!(!stale, "a claim that lost its lease records nothing");
+        // A retryable failure from the current holder: queued again, due later.
+        assert!(
+            tx.record_submission_attempt("s1", 23_000, "queued", Some(30_000), Some("unreachable"), None, None, 13_200)
+                .await
+                .unwrap()
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(due_tenants(&db, 20_000).await, ["t2"]);
+        assert_eq!(due_tenants(&db, 30_000).await, ["t2", "t1"], "the longest-waiting first");
+
+        let claimed = claim(&db, "t1", 30_000).await;
+        let tx = db.store.write(&ctx("t1")).await.unwrap();
+        let result = json!({"resultCode": "0000", "message": "accepted"});
+        assert!(
+            tx.record_submission_attempt("s1", 40_000, "accepted", None, None, Some("{}"), Some(&result), 30_100)
+                .await
+                .unwrap()
+        );
+        let s = tx.submission(&claimed[0].id).await.unwrap().unwrap();
+        assert_eq!((s.state.as_str(), s.attempts, s.last_error.as_deref()), ("accepted", 2, None));
+        assert_eq!(s.result, result);
+        // Out of the queue for good.
+        assert!(tx.claim_due_submissions("clins", 99_000, 100_000, 10).await.unwrap().is_empty());
+        // A guarded state change: only from the states named.
+        assert!(!tx.change_submission("s1", &["queued"], "cancelled", None, None, None, 31_000).await.unwrap());
+        assert!(tx.change_submission("s2", &["draft"], "queued", None, None, Some(31_000), 31_000).await.unwrap());
+        let by_request = tx.submission_by_request_id("clins", "req-2").await.unwrap().unwrap();
+        assert_eq!(by_request.id, "s2");
+        let listed = tx
+            .submissions(&SubmissionFilter { service: Some("clins"), patient: Some("Patient/p1"), ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 2, "the tenant's own only");
+        tx.commit().await.unwrap();
+        assert_eq!(due_tenants(&db, 31_000).await, ["t2", "t1"]);
+        db.finish().await;
+    }
+}
