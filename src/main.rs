@@ -1,7 +1,7 @@
 //! `ehr` — one binary, many targets.
 //!
 //! ```text
-//! ehr serve [--target all|gateway|patient-record|orders|lab-interface|data-export] [--listen ADDR] [--data-dir DIR] [--config FILE]
+//! ehr serve [--target all|gateway|patient-record|orders|lab-interface|data-export|clins-adapter|eprescription-adapter] [--listen ADDR] [--data-dir DIR] [--config FILE]
 //! ehr admin create-tenant --id T --name N [--admin-user U] [--role tenant-admin]   (password: EHR_ADMIN_PASSWORD or stdin)
 //! ehr audit verify [--tenant T]
 //! ehr login --client C --user U [--url http://127.0.0.1:8080] [--scope …]   (password: EHR_PASSWORD or prompt)
@@ -9,11 +9,14 @@
 //! ehr dev-token --tenant T --scope "user/*.cruds" [--subject S] [--ttl-secs N]
 //! ehr export --out DIR [--format ndjson|bundle-json|bundle-xml|csv] [--type T,…] [--patient | --group ID]   (EHR_TOKEN)
 //! ehr import [--atomic] FILE_OR_DIR…   (EHR_TOKEN)
+//! ehr validate [--profile URL] [--masters DIR] [--json] FILE_OR_DIR…
+//! ehr sim clins|eprescription [--listen ADDR] [--file-root DIR] [--password-file F]
 //! ehr migrate [--target …]
 //! ```
 
 mod handover;
 mod login;
+mod validate;
 
 use clap::{Parser, Subcommand};
 use ehr_app::{Config, Target};
@@ -116,6 +119,50 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         delay_secs: u64,
     },
+    /// Validate FHIR resources (JSON or XML files, or directories of them) as the national
+    /// services do: R4 structure, JP Core / JP-CLINS profiles, the JP-CLINS rules and the master
+    /// codes. Prints each issue with its FHIRPath location and rule id; exits 1 if any file has
+    /// an error, 2 if a file cannot be read.
+    Validate {
+        /// Also validate against this profile (canonical URL), as if named in meta.profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// A directory of official master files (drug, disease, JLAC10) to check codes against,
+        /// beyond the subset built in.
+        #[arg(long)]
+        masters: Option<PathBuf>,
+        /// Print one OperationOutcome per file (NDJSON) instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run a simulator of a national service for tests and demos: `clins` (the EHR
+    /// information-sharing service) or `eprescription` (the e-prescription service). It checks
+    /// what it receives against the profiles and record layouts and answers as the real service.
+    Sim {
+        /// `clins` or `eprescription`.
+        service: String,
+        /// Where its Web API listens [default: 127.0.0.1:9301 for clins, 127.0.0.1:9302 for
+        /// eprescription].
+        #[arg(long)]
+        listen: Option<String>,
+        /// Serve the terminal file-drop method too, under this directory.
+        #[arg(long)]
+        file_root: Option<PathBuf>,
+        /// A file holding the file-drop encryption password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// eprescription: trust this signer certificate (PEM; repeatable), as the real service
+        /// trusts HPKI certificates.
+        #[arg(long)]
+        trust_cert: Vec<PathBuf>,
+        /// eprescription: issue a demo signer (software key and certificate, `key.pem` and
+        /// `cert.pem` in this directory, created if missing) and trust it — for
+        /// `eprescription.signer_key_file` / `signer_cert_file` of `ehr serve`.
+        #[arg(long)]
+        issue_signer: Option<PathBuf>,
+    },
     /// Export the tenant's data (FHIR Bulk Data `$export`) into a directory: NDJSON per type, one
     /// Bundle per patient (JSON or XML), or the CSV layouts of docs/formats/csv.md. Shows the
     /// job's progress; the token comes from EHR_TOKEN (it needs read scopes, e.g.
@@ -210,6 +257,10 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Validation reads files only: no configuration, database or runtime.
+    if let Command::Validate { profile, masters, json, files } = &cli.command {
+        return validate::run(files, profile.as_deref(), masters.as_deref(), *json);
+    }
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
@@ -266,6 +317,11 @@ fn main() -> ExitCode {
                 handover::export(args).await
             }
             Command::Import { url, atomic, paths } => handover::import(&url, &paths, atomic).await,
+            Command::Validate { .. } => Ok(()),
+            Command::Sim { service, listen, file_root, password_file, trust_cert, issue_signer } => {
+                let options = SimArgs { listen, file_root, password_file, trust_cert, issue_signer };
+                sim(&service, options).await
+            }
             Command::DevToken { tenant, scope, subject, ttl_secs } => {
                 dev_token(&config, &tenant, &scope, &subject, ttl_secs)
             }
@@ -277,6 +333,93 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `ehr sim` was given.
+struct SimArgs {
+    listen: Option<String>,
+    file_root: Option<PathBuf>,
+    password_file: Option<PathBuf>,
+    trust_cert: Vec<PathBuf>,
+    issue_signer: Option<PathBuf>,
+}
+
+/// The signer certificates (DER) the e-prescription simulator trusts: the given PEM files, and
+/// the demo signer of `--issue-signer` (created in that directory when missing).
+fn trusted_signers(args: &SimArgs) -> Result<Vec<Vec<u8>>, String> {
+    use ehr_eprescription::sign::SoftwareSigner;
+    let read = |path: &PathBuf| std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()));
+    let mut trusted = Vec::new();
+    for path in &args.trust_cert {
+        trusted.push(
+            ehr_eprescription::der::pem_decode(&read(path)?, "CERTIFICATE")
+                .map_err(|e| format!("--trust-cert {}: {e}", path.display()))?,
+        );
+    }
+    if let Some(dir) = &args.issue_signer {
+        let (key_path, cert_path) = (dir.join("key.pem"), dir.join("cert.pem"));
+        if !key_path.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("--issue-signer {}: {e}", dir.display()))?;
+            let signer = SoftwareSigner::generate("電子処方箋 デモ署名者", SystemClock.now())
+                .map_err(|e| format!("cannot create the demo signer: {e}"))?;
+            let key = signer.key_pem().map_err(|e| e.to_string())?;
+            std::fs::write(&cert_path, signer.cert_pem()).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+            write_owner_only(&key_path, &key)?;
+            eprintln!("issued a demo signer: {} and {}", key_path.display(), cert_path.display());
+        }
+        let signer = SoftwareSigner::from_pem(&read(&key_path)?, &read(&cert_path)?)
+            .map_err(|e| format!("--issue-signer {}: {e}", dir.display()))?;
+        trusted.push(ehr_eprescription::der::pem_decode(&signer.cert_pem(), "CERTIFICATE").map_err(|e| e.to_string())?);
+    }
+    Ok(trusted)
+}
+
+/// Writes a file readable by its owner only (a private key).
+fn write_owner_only(path: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).and_then(|mut f| f.write_all(text.as_bytes())).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `ehr sim clins|eprescription`: a national-service simulator until Ctrl-C.
+async fn sim(service: &str, args: SimArgs) -> Result<(), String> {
+    let password = match &args.password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--password-file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let file_root = args.file_root.clone();
+    match service {
+        "clins" => {
+            if !args.trust_cert.is_empty() || args.issue_signer.is_some() {
+                return Err("--trust-cert and --issue-signer are options of `ehr sim eprescription`".into());
+            }
+            let listen = args.listen.unwrap_or_else(|| "127.0.0.1:9301".into());
+            ehr_clins::sim::run(ehr_clins::sim::SimOptions { listen, file_root, password }).await
+        }
+        "eprescription" => {
+            let trusted_certificates = trusted_signers(&args)?;
+            let listen = args.listen.unwrap_or_else(|| "127.0.0.1:9302".into());
+            ehr_eprescription::sim::run(ehr_eprescription::sim::SimOptions {
+                listen,
+                file_root,
+                password,
+                trusted_certificates,
+            })
+            .await
+        }
+        other => Err(format!("unknown national service `{other}` (expected clins or eprescription)")),
+    }
+}
+
 fn fail(msg: &str) -> ExitCode {
     eprintln!("ehr: error: {msg}");
     ExitCode::FAILURE
@@ -284,7 +427,10 @@ fn fail(msg: &str) -> ExitCode {
 
 fn parse_target(s: &str) -> Result<Target, String> {
     Target::parse(s).ok_or_else(|| {
-        format!("unknown target `{s}` (expected all, gateway, patient-record, orders, lab-interface or data-export)")
+        format!(
+            "unknown target `{s}` (expected all, gateway, patient-record, orders, lab-interface, data-export, \
+             clins-adapter or eprescription-adapter)"
+        )
     })
 }
 

@@ -45,6 +45,8 @@ fn resource(ty: &str, patient_id: &str) -> Value {
         "MedicationRequest" => json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
             "medicationCodeableConcept": {"text": "アムロジピン錠5mg"}, "subject": subject}),
         "Specimen" => json!({"resourceType": "Specimen", "status": "available", "subject": subject}),
+        "MedicationDispense" => json!({"resourceType": "MedicationDispense", "status": "completed",
+            "medicationCodeableConcept": {"text": "アムロジピン錠5mg"}, "subject": subject}),
         "Task" => json!({"resourceType": "Task", "status": "requested", "intent": "order", "for": subject}),
         "Schedule" => json!({"resourceType": "Schedule", "active": true, "actor": [subject]}),
         "Slot" => json!({"resourceType": "Slot", "schedule": {"reference": "Schedule/s1"}, "status": "free",
@@ -141,6 +143,22 @@ async fn admin_cell(app: &TestApp, token: &str, ty: &str, letter: char, targets:
             c.post(url(&format!("/lab/messages/{}/replay", targets.message)))
         }
         ("LabMessage", 's') => c.get(url("/lab/messages")),
+        // The national-service adapters check the scope before anything else: past it, a
+        // request about a submission or prescription that does not exist is 404, an incomplete
+        // one 400/422 — all mean "allowed".
+        ("NationalSubmission" | "EPrescription", letter) => {
+            let base = if ty == "NationalSubmission" { "/clins/submissions" } else { "/eprescription/prescriptions" };
+            let req = match letter {
+                'c' => c.post(url(base)).json(&json!({"kind": "condition", "patient": "Patient/none"})),
+                'r' => c.get(url(&format!("{base}/no-such-id"))),
+                'u' => c.post(url(&format!("{base}/no-such-id/cancel"))),
+                's' => c.get(url(base)),
+                _ => return None,
+            };
+            let status = req.bearer_auth(token).send().await.unwrap().status().as_u16();
+            assert!(matches!(status, 200..=299 | 400 | 403 | 404 | 409 | 422), "{ty} {letter}: unexpected status {status}");
+            return Some(status != 403);
+        }
         _ => return None,
     };
     let resp = req.bearer_auth(token).send().await.unwrap();

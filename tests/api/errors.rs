@@ -232,8 +232,12 @@ async fn format_in_a_search_form_and_refused_formats_are_not_acceptable() {
     assert_eq!(names(&cs["rest"][0]["operation"]), ["export", "import"]);
     let resource =
         |ty: &str| cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == ty).unwrap().clone();
-    assert_eq!(names(&resource("Patient")["operation"]), ["export", "everything"]);
-    assert_eq!(names(&resource("Group")["operation"]), ["export"]);
+    assert_eq!(names(&resource("Patient")["operation"]), ["validate", "export", "everything"]);
+    assert_eq!(names(&resource("Group")["operation"]), ["validate", "export"]);
+    // `$validate` is served for every type (ehr-validation beside each REST router).
+    for r in cs["rest"][0]["resource"].as_array().unwrap().iter().filter(|r| r["type"] != "AuditEvent") {
+        assert!(names(&r["operation"]).contains(&"validate".to_owned()), "{}", r["type"]);
+    }
 }
 
 #[test]

@@ -11,8 +11,10 @@ mod audit;
 mod auth;
 mod bulk;
 mod bundle;
+mod clins;
 mod concurrency;
 mod crud;
+mod eprescription;
 mod errors;
 mod everything;
 mod gateway;
@@ -27,6 +29,7 @@ mod postgres;
 mod search;
 mod tenancy;
 mod terminology;
+mod validate;
 mod validation;
 mod xml;
 

@@ -25,6 +25,10 @@ pub enum Target {
     LabInterface,
     /// The data-export service alone (Bulk Data export jobs, import, `$everything`).
     DataExport,
+    /// The adapter for the EHR information-sharing service (3 documents, 6 information items).
+    ClinsAdapter,
+    /// The adapter for the e-prescription service.
+    EPrescriptionAdapter,
 }
 
 impl Target {
@@ -37,6 +41,8 @@ impl Target {
             "orders" => Some(Self::Orders),
             "lab-interface" => Some(Self::LabInterface),
             "data-export" => Some(Self::DataExport),
+            "clins-adapter" => Some(Self::ClinsAdapter),
+            "eprescription-adapter" => Some(Self::EPrescriptionAdapter),
             _ => None,
         }
     }
@@ -50,6 +56,8 @@ impl Target {
             Self::Orders => "orders",
             Self::LabInterface => "lab-interface",
             Self::DataExport => "data-export",
+            Self::ClinsAdapter => "clins-adapter",
+            Self::EPrescriptionAdapter => "eprescription-adapter",
         }
     }
 }
@@ -75,6 +83,10 @@ pub struct Config {
     pub lab: ehr_lab_interface::LabSettings,
     /// Export jobs, their files, import limits.
     pub export: ehr_data_export::ExportSettings,
+    /// The EHR information-sharing service (CLINS): transport, retries.
+    pub clins: ehr_clins_adapter::ClinsSettings,
+    /// The e-prescription service: endpoint, signer, retries.
+    pub eprescription: ehr_eprescription_adapter::EPrescriptionSettings,
     pub log: LogConfig,
 }
 
@@ -138,6 +150,8 @@ impl Default for Config {
             gateway: ehr_gateway::GatewaySettings::default(),
             lab: ehr_lab_interface::LabSettings::default(),
             export: ehr_data_export::ExportSettings::default(),
+            clins: ehr_clins_adapter::ClinsSettings::default(),
+            eprescription: ehr_eprescription_adapter::EPrescriptionSettings::default(),
             log: LogConfig { format: "text".into(), level: "info".into() },
         }
     }

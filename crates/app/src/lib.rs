@@ -21,6 +21,7 @@ use ehr_lab_interface::{LabInterface, LabSettings};
 use ehr_rest::{BaseUrl, FhirService, RestState};
 use ehr_store::{Store, StoreConfig, StoreError};
 use ehr_terminology::Terminology;
+use ehr_validation::FullValidator;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -51,6 +52,10 @@ pub enum AppError {
     Events(#[from] ehr_events::EventsError),
     #[error("cannot listen for lab results (MLLP) on {0}: {1}")]
     LabListener(String, std::io::Error),
+    #[error("clins-adapter: {0}")]
+    Clins(#[from] ehr_clins_adapter::ClinsAdapterError),
+    #[error("eprescription-adapter: {0}")]
+    EPrescription(#[from] ehr_eprescription_adapter::EPrescriptionAdapterError),
 }
 
 impl Classify for AppError {
@@ -332,9 +337,17 @@ fn fhir_router(
     } else {
         None
     };
+    // `$validate` for every served type: profiles, the JP-CLINS rules and the master codes.
+    let validate = ehr_validation::http::router(ehr_validation::http::ValidateState {
+        validator: FullValidator::new(validator.clone(), terminology.clone()),
+        auth: auth.clone(),
+        // Bundles are not stored here but are what the national services take (documents, the
+        // 6 information items): they validate too.
+        types: types.iter().copied().chain(["Bundle"]).collect(),
+    });
     let service = FhirService { store, validator, clock, types, rules };
     let rest = RestState { service: Arc::new(service), auth: auth.clone(), base: base_url(config) };
-    Router::new().nest(FHIR_BASE, ehr_rest::router(rest)).nest(
+    Router::new().nest(FHIR_BASE, ehr_rest::router(rest).merge(validate)).nest(
         FHIR_BASE,
         ehr_terminology::http::router(ehr_terminology::http::TerminologyState {
             terminology: terminology.clone(),
@@ -363,6 +376,38 @@ fn data_export_router(
     bg.workers.extend(ehr_data_export::worker::spawn_workers(&service, bg.shutdown.clone()));
     let state = ehr_data_export::ExportState { service, auth, base: base_url(config) };
     Router::new().nest(FHIR_BASE, ehr_data_export::router(state))
+}
+
+/// The clins-adapter's routes (`/clins/…`), with its workers started in `bg`.
+fn clins_router(
+    config: &Config,
+    store: &Store,
+    auth: AuthState,
+    validator: FullValidator,
+    bg: &mut Background,
+) -> Result<Router, AppError> {
+    let adapter =
+        ehr_clins_adapter::ClinsAdapter::new(store.clone(), auth.clock.clone(), validator, config.clins.clone())?;
+    bg.workers.extend(adapter.spawn_workers(bg.shutdown.clone()));
+    Ok(ehr_clins_adapter::router(ehr_clins_adapter::ClinsState { adapter, auth }))
+}
+
+/// The eprescription-adapter's routes (`/eprescription/…`), with its workers started in `bg`.
+fn eprescription_router(
+    config: &Config,
+    store: &Store,
+    auth: AuthState,
+    validator: FullValidator,
+    bg: &mut Background,
+) -> Result<Router, AppError> {
+    let adapter = ehr_eprescription_adapter::EPrescriptionAdapter::new(
+        store.clone(),
+        auth.clock.clone(),
+        validator,
+        config.eprescription.clone(),
+    )?;
+    bg.workers.extend(adapter.spawn_workers(bg.shutdown.clone()));
+    Ok(ehr_eprescription_adapter::router(ehr_eprescription_adapter::EPrescriptionState { adapter, auth }))
 }
 
 /// The resource types of patient-record and orders together (target `all` serves them from one
@@ -485,7 +530,15 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         ))
         .into());
     }
-    if matches!(target, Target::PatientRecord | Target::Orders | Target::LabInterface | Target::DataExport) {
+    if matches!(
+        target,
+        Target::PatientRecord
+            | Target::Orders
+            | Target::LabInterface
+            | Target::DataExport
+            | Target::ClinsAdapter
+            | Target::EPrescriptionAdapter
+    ) {
         // Keys first: a configuration the verifier refuses should not touch the database.
         let verifier = verifier(config, None).await?;
         let store = store(config, target).await?;
@@ -519,6 +572,14 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
             Target::DataExport => {
                 let router = data_export_router(config, &store, auth, validator, all_types(), &mut bg);
                 (router, None, None)
+            }
+            Target::ClinsAdapter => {
+                let full = FullValidator::new(validator, terminology.clone());
+                (clins_router(config, &store, auth, full, &mut bg)?, None, None)
+            }
+            Target::EPrescriptionAdapter => {
+                let full = FullValidator::new(validator, terminology.clone());
+                (eprescription_router(config, &store, auth, full, &mut bg)?, None, None)
             }
             _ => {
                 let (lab, bound) = bg.lab(&config.lab, &store, &clock, validator, &terminology).await?;
@@ -593,6 +654,9 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         lab_listener = bound;
         let types = all_types();
         let export = data_export_router(config, &store, auth.clone(), validator.clone(), types.clone(), &mut bg);
+        let full = FullValidator::new(validator.clone(), terminology.clone());
+        let clins = clins_router(config, &store, auth.clone(), full.clone(), &mut bg)?;
+        let eprescription = eprescription_router(config, &store, auth.clone(), full, &mut bg)?;
         background = Some(bg);
         // Called in-process, a request reaches this router without the gateway's layers (the
         // extensions are not carried over): the body limit is set again here, or axum's 2 MiB
@@ -606,6 +670,8 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
             .route(&types, fhir.clone())
             .route(&["CodeSystem", "ValueSet"], fhir.clone())
             .lab(Upstream::Local(lab_router))
+            .service("clins", Upstream::Local(clins))
+            .service("eprescription", Upstream::Local(eprescription))
             .operations(fhir, config.export.max_import_bytes)
     } else {
         let remote = |name: &str| -> Result<Option<Upstream>, AppError> {
@@ -630,6 +696,12 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         }
         if let Some(export) = remote("data-export")? {
             up = up.operations(export, config.export.max_import_bytes);
+        }
+        if let Some(clins) = remote("clins-adapter")? {
+            up = up.service("clins", clins);
+        }
+        if let Some(eprescription) = remote("eprescription-adapter")? {
+            up = up.service("eprescription", eprescription);
         }
         up
     };

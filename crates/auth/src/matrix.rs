@@ -174,7 +174,7 @@ mod tests {
     fn the_embedded_document_is_valid() {
         let m = AccessMatrix::parse(DOCUMENT).unwrap_or_else(|e| panic!("access-matrix.md: {e}"));
         assert_eq!(m.roles(), ROLES);
-        assert_eq!(m.resource_types().len(), 29);
+        assert_eq!(m.resource_types().len(), 32);
         assert_eq!(AccessMatrix::get(), &m);
         assert!(ROLES.iter().all(|r| m.is_role(r)));
         assert!(!m.is_role("resource type") && !m.is_role("admin"));
@@ -194,6 +194,10 @@ mod tests {
         assert_eq!(m.letters("physician", "Group"), "crus");
         assert_eq!(m.letters("nurse", "Group"), "rs");
         assert_eq!(m.letters("tenant-admin", "Group"), "");
+        // The national services: physicians issue, pharmacists dispense, administrators see none.
+        assert_eq!(m.letters("physician", "EPrescription"), "crus");
+        assert_eq!(m.letters("pharmacist", "MedicationDispense"), "crus");
+        assert_eq!(m.letters("tenant-admin", "NationalSubmission"), "");
         assert_eq!(m.letters("surgeon", "Patient"), "");
         assert!(m.allows("physician", "Condition", Interaction::Create));
         assert!(!m.allows("nurse", "Condition", Interaction::Update));

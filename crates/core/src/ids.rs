@@ -108,6 +108,7 @@ const KNOWN_TYPES: &[&str] = &[
     "Encounter",
     "Group",
     "Immunization",
+    "MedicationDispense",
     "MedicationRequest",
     "Observation",
     "Organization",

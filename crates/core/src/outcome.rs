@@ -131,12 +131,33 @@ pub struct Issue {
     pub diagnostics: String,
     /// FHIRPath expressions locating the problem in the submitted resource.
     pub expression: Vec<String>,
+    /// The validation rule broken, when the issue comes from one: a profile invariant's key
+    /// (`needs-anyOfStandardCode-medication`) or a hand-coded rule id (`R2152`). Sent as a second
+    /// `details.coding` (system [`RULE_SYSTEM`]) and in `details.text`.
+    pub rule: Option<String>,
 }
 
 impl Issue {
     /// An error-severity issue.
     pub fn error(code: IssueType, ehr_code: &'static str, diagnostics: impl Into<String>) -> Self {
-        Self { severity: Severity::Error, code, ehr_code, diagnostics: diagnostics.into(), expression: Vec::new() }
+        Self::new(Severity::Error, code, ehr_code, diagnostics)
+    }
+
+    /// An issue of any severity; prefer this to a struct literal, which breaks when a field is added.
+    pub fn new(severity: Severity, code: IssueType, ehr_code: &'static str, diagnostics: impl Into<String>) -> Self {
+        Self { severity, code, ehr_code, diagnostics: diagnostics.into(), expression: Vec::new(), rule: None }
+    }
+
+    /// The same issue with another severity.
+    pub fn with_severity(mut self, severity: Severity) -> Self {
+        self.severity = severity;
+        self
+    }
+
+    /// Names the validation rule this issue reports (an invariant key or a hand-rule id).
+    pub fn rule(mut self, rule: impl Into<String>) -> Self {
+        self.rule = Some(rule.into());
+        self
     }
 
     /// Adds a FHIRPath location.
@@ -147,10 +168,16 @@ impl Issue {
 
     /// This issue as OperationOutcome.issue JSON.
     pub fn to_json(&self) -> Value {
+        let mut details = json!({"coding": [{"system": CODE_SYSTEM, "code": self.ehr_code}]});
+        if let Some(rule) = &self.rule {
+            details["coding"] =
+                json!([{"system": CODE_SYSTEM, "code": self.ehr_code}, {"system": RULE_SYSTEM, "code": rule}]);
+            details["text"] = json!(format!("rule {rule}"));
+        }
         let mut issue = json!({
             "severity": self.severity.code(),
             "code": self.code.code(),
-            "details": {"coding": [{"system": CODE_SYSTEM, "code": self.ehr_code}]},
+            "details": details,
             "diagnostics": self.diagnostics,
         });
         if !self.expression.is_empty() {
@@ -162,6 +189,10 @@ impl Issue {
 
 /// The code system of this server's stable error codes.
 pub const CODE_SYSTEM: &str = "urn:ehr:error-code";
+
+/// The code system of validation rule ids (profile invariant keys, JP-CLINS R-numbers and this
+/// server's hand-rule keys), sent as the second `details.coding` of an issue that has a rule.
+pub const RULE_SYSTEM: &str = "urn:ehr:validation-rule";
 
 /// An error that knows its FHIR classification. Implemented once per crate error enum.
 pub trait Classify: std::error::Error {
@@ -189,4 +220,21 @@ pub fn operation_outcome(issues: &[Issue]) -> Value {
         "resourceType": "OperationOutcome",
         "issue": issues.iter().map(Issue::to_json).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_is_rendered_only_when_present() {
+        let plain = Issue::error(IssueType::Value, "EHR-VAL-010", "x").at("Patient.gender");
+        assert_eq!(plain.to_json()["details"], json!({"coding": [{"system": CODE_SYSTEM, "code": "EHR-VAL-010"}]}));
+        let ruled =
+            Issue::error(IssueType::Invariant, "EHR-VAL-018", "x").rule("R2152").with_severity(Severity::Warning);
+        let j = ruled.to_json();
+        assert_eq!(j["severity"], "warning");
+        assert_eq!(j["details"]["coding"][1], json!({"system": RULE_SYSTEM, "code": "R2152"}));
+        assert_eq!(j["details"]["text"], "rule R2152");
+    }
 }

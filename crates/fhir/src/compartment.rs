@@ -20,6 +20,7 @@ pub const PATIENT_COMPARTMENT: &[(&str, &str)] = &[
     ("DocumentReference", "patient"),
     ("Encounter", "patient"),
     ("Immunization", "patient"),
+    ("MedicationDispense", "patient"),
     ("MedicationRequest", "patient"),
     ("Observation", "patient"),
     ("Procedure", "patient"),

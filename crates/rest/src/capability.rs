@@ -45,6 +45,9 @@ pub fn capability_statement(types: &[&'static str], base: &str, now: DateTime<Ut
                 "searchInclude": includes,
                 "searchRevInclude": revincludes,
                 "searchParam": params,
+                // Served beside every REST router (ehr-validation): JP Core / JP-CLINS profiles,
+                // the JP-CLINS rules and the master codes, as the national services check them.
+                "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
             })
         })
         .collect();

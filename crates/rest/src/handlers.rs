@@ -292,6 +292,7 @@ async fn search(
             ehr_code: "EHR-REST-101",
             diagnostics: format!("unknown search parameters were ignored: {}", query.ignored.join(", ")),
             expression: Vec::new(),
+            rule: None,
         };
         b.entry.push(Entry {
             resource: render::raw_value(&operation_outcome(&[issue])),

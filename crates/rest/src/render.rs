@@ -118,6 +118,7 @@ pub fn write_response(outcome: WriteOutcome, base: &str, prefer: Return) -> Resp
                     stored.version
                 ),
                 expression: Vec::new(),
+                rule: None,
             }];
             issues.extend(warnings);
             operation_outcome(&issues).to_string()

@@ -289,6 +289,49 @@ impl Tx {
         Ok(true)
     }
 
+    /// The tenant's last exchange with `service`: when the most recent attempt was recorded and
+    /// its error (none when it succeeded) — the "last activity" of the connection inventory.
+    pub async fn national_activity(&self, service: &str) -> Result<(Option<i64>, Option<String>), StoreError> {
+        let rows = self
+            .query(
+                "SELECT updated_at, last_error FROM national_submissions WHERE tenant_id = $1 AND service = $2 \
+                 AND attempts > 0 ORDER BY updated_at DESC LIMIT 1",
+                vec![self.tenant.as_str().into(), service.into()],
+            )
+            .await?;
+        match rows.first() {
+            Some(row) => Ok((Some(row.try_get("", "updated_at")?), row.try_get("", "last_error")?)),
+            None => Ok((None, None)),
+        }
+    }
+
+    /// Takes a queued submission out of the queue without an attempt (withdrawn or cancelled
+    /// before it was sent) — only while no worker holds it: its due time must still be `due`,
+    /// the one the caller read. False when a worker claimed it meanwhile (it may be on the wire)
+    /// or it left the queue.
+    pub async fn withdraw_submission(
+        &self,
+        id: &str,
+        due: i64,
+        state: &str,
+        result: Option<&serde_json::Value>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let result = result.map(result_text).transpose()?;
+        let changed = self
+            .exec(
+                "UPDATE national_submissions SET state = $3, next_attempt_at = NULL, result = COALESCE($4, result), \
+                 updated_at = $5 WHERE tenant_id = $1 AND id = $2 AND state = 'queued' AND next_attempt_at = $6",
+                vec![self.tenant.as_str().into(), id.into(), state.into(), result.into(), now.into(), due.into()],
+            )
+            .await?;
+        if changed != 1 {
+            return Ok(false);
+        }
+        self.sync_queue(id, "", state, None).await?;
+        Ok(true)
+    }
+
     /// Moves a submission to `state` only from one of `from` (in one statement, so a worker
     /// recording an answer at the same moment is either before — and this changes nothing — or
     /// after). Optionally replaces its payload and result; `next_attempt_at` is set as given

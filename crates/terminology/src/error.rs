@@ -17,6 +17,7 @@
 //! | EHR-TERM-013 | `Io` | exception | loaders |
 //! | EHR-TERM-014 | `CodeSystemJson` | invalid | loaders (FHIR CodeSystem JSON) |
 //! | EHR-TERM-015 | `UnknownAliasTarget` | invalid | `Terminology::with_alias` |
+//! | EHR-TERM-016 | `CodeDisplayConflict` | value | resource checks (error, rule `code-display-conflict`), `$validate-code` message |
 
 use ehr_core::{Classify, Issue, IssueType};
 
@@ -57,6 +58,8 @@ pub enum TerminologyError {
     CodeSystemJson { file: String, reason: String },
     #[error("`{0}` is not a code system this crate knows")]
     UnknownAliasTarget(String),
+    #[error("`{code}` is not in the loaded {system} master, but its display names the concept `{known}` there")]
+    CodeDisplayConflict { system: &'static str, code: String, known: String },
 }
 
 impl TerminologyError {
@@ -73,6 +76,7 @@ impl Classify for TerminologyError {
             | Self::NotInMaster { .. }
             | Self::NotInCodeSystem { .. }
             | Self::DisplayMismatch { .. }
+            | Self::CodeDisplayConflict { .. }
             | Self::NoMaster { .. } => IssueType::Value,
             Self::UnknownCode { .. } | Self::UnknownSystem(_) | Self::UnknownValueSet(_) => IssueType::NotFound,
             Self::MissingParameter(_) => IssueType::Required,
@@ -102,6 +106,7 @@ impl Classify for TerminologyError {
             Self::Io { .. } => "EHR-TERM-013",
             Self::CodeSystemJson { .. } => "EHR-TERM-014",
             Self::UnknownAliasTarget(_) => "EHR-TERM-015",
+            Self::CodeDisplayConflict { .. } => "EHR-TERM-016",
         }
     }
 

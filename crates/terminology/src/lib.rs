@@ -28,7 +28,7 @@ pub use concept::{Concept, Designation, KANA, Property, PropertyValue, property}
 pub use error::TerminologyError;
 pub use load::{MasterFormat, decode};
 pub use systems::SystemId;
-pub use terminology::{LoadReport, LoadedFile, Strictness, Terminology, Validation};
+pub use terminology::{CODE_DISPLAY_CONFLICT, LoadReport, LoadedFile, Strictness, Terminology, Validation};
 
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,9 @@ use std::sync::{Arc, RwLock};
 
 type Result<T, E = TerminologyError> = std::result::Result<T, E>;
 
+/// The rule id of [`TerminologyError::CodeDisplayConflict`] issues.
+pub const CODE_DISPLAY_CONFLICT: &str = "code-display-conflict";
+
 /// How a well-formed code that is not in the loaded master is judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Strictness {
@@ -283,6 +286,20 @@ impl Terminology {
         })
     }
 
+    /// For a code missing from the loaded table of `system`: the code of another concept there
+    /// whose display or designation `display` names (compared as [`Concept::matches_display`]).
+    /// A code that is absent while its display names a known concept is a mistyped code (the IG
+    /// error example `2124030F2ZZZ` 【般】クアゼパム錠２０ｍｇ, which is `1124030F2ZZZ`).
+    fn conflicting_code(&self, system: SystemId, display: &str) -> Option<String> {
+        let tables = self.snapshot();
+        let table = tables.systems.get(&system)?;
+        let mut hits: Vec<&String> =
+            table.concepts.values().filter(|c| c.matches_display(display)).map(|c| &c.code).collect();
+        // Deterministic when several concepts share a name.
+        hits.sort();
+        hits.first().map(|c| (*c).clone())
+    }
+
     /// The concept `code` names in `system` (canonical or alias URI), if it is loaded.
     pub fn lookup(&self, system: &str, code: &str) -> Option<Concept> {
         match self.evaluate(self.resolve(system)?, code) {
@@ -315,6 +332,11 @@ impl Terminology {
             }
             (Outcome::Missing(TableState::Complete), _) => {
                 invalid(TerminologyError::NotInCodeSystem { system: name, code: code.to_owned() })
+            }
+            (Outcome::Missing(TableState::Partial), _)
+                if let Some(known) = display.and_then(|d| self.conflicting_code(id, d)) =>
+            {
+                invalid(TerminologyError::CodeDisplayConflict { system: name, code: code.to_owned(), known })
             }
             (Outcome::Missing(TableState::Partial), strictness) => Validation {
                 result: strictness == Strictness::Shape,
@@ -372,6 +394,16 @@ impl Terminology {
             }
             Outcome::Missing(TableState::Complete) => {
                 push(TerminologyError::NotInCodeSystem { system: name, code: owned() }, Severity::Error)
+            }
+            Outcome::Missing(TableState::Partial)
+                if let Some(known) = coding["display"].as_str().and_then(|d| self.conflicting_code(id, d)) =>
+            {
+                let err = TerminologyError::CodeDisplayConflict { system: name, code: owned(), known };
+                let mut i = issue(&err, Severity::Error).rule(CODE_DISPLAY_CONFLICT);
+                if let Some(p) = path {
+                    i = i.at(p);
+                }
+                out.push(i);
             }
             Outcome::Missing(TableState::Partial) => {
                 let severity = if self.strictness == Strictness::Master { Severity::Error } else { Severity::Warning };

@@ -147,6 +147,39 @@ fn check_coding_severities() {
 }
 
 #[test]
+fn missing_code_whose_display_names_another_concept() {
+    let t = builtin();
+    // The IG error example: 2124030F2ZZZ does not exist; its display is 1124030F2ZZZ's.
+    let coding =
+        json!({"system": systems::GENERAL_NAME, "code": "2124030F2ZZZ", "display": "【般】クアゼパム錠２０ｍｇ"});
+    let issues = t.check_coding(&coding);
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!((issues[0].severity, issues[0].ehr_code), (Severity::Error, "EHR-TERM-016"));
+    assert_eq!(issues[0].rule.as_deref(), Some(crate::CODE_DISPLAY_CONFLICT));
+    assert!(issues[0].diagnostics.contains("1124030F2ZZZ"), "{}", issues[0].diagnostics);
+    // Width and spaces are folded as for display checks.
+    assert_eq!(
+        t.check_coding(
+            &json!({"system": systems::GENERAL_NAME, "code": "2124030F2ZZZ", "display": "【般】クアゼパム錠20mg"})
+        )[0]
+        .ehr_code,
+        "EHR-TERM-016"
+    );
+    let v = t.validate_code(systems::GENERAL_NAME, "2124030F2ZZZ", Some("【般】クアゼパム錠２０ｍｇ"));
+    assert!(!v.result && v.message.unwrap().contains("1124030F2ZZZ"));
+    // A missing code with an unknown display stays a miss of the partial master (warning).
+    let miss =
+        t.check_coding(&json!({"system": systems::GENERAL_NAME, "code": "2124030F2ZZZ", "display": "【般】なにか"}));
+    assert_eq!((miss[0].severity, miss[0].ehr_code), (Severity::Warning, "EHR-TERM-002"));
+    let issues = t.check_resource(&fixture("MedicationRequest-ErrorExample-JP-MedReq-PO-SID-28days.json"));
+    assert!(
+        issues.iter().any(|i| i.ehr_code == "EHR-TERM-016"
+            && i.expression == ["MedicationRequest.medicationCodeableConcept.coding[0]"]),
+        "{issues:?}"
+    );
+}
+
+#[test]
 fn check_resource_on_jp_clins_examples() {
     let t = builtin();
     for clean in [

@@ -748,6 +748,7 @@ fn rejection(files: &[File], mut failures: Vec<Failure>) -> ExportError {
                 ehr_code: first.map_or("EHR-EXP-110", |i| i.ehr_code),
                 diagnostics: format!("{at}: {}", diagnostics.join("; ")),
                 expression,
+                rule: None,
             }
         })
         .collect();
@@ -768,6 +769,7 @@ fn info(diagnostics: String) -> Issue {
         ehr_code: "EHR-EXP-150",
         diagnostics,
         expression: Vec::new(),
+        rule: None,
     }
 }
 

@@ -412,8 +412,10 @@ pub fn router(gw: Gateway, upstreams: Upstreams, max_body: usize) -> Router {
         .route("/admin/clients/{id}/deactivate", post(admin::deactivate_client))
         .route("/admin/keys", get(admin::list_keys))
         .route("/admin/keys/rotate", post(admin::rotate_keys))
-        .route("/lab/{*rest}", any(proxy::forward_lab))
-        .route("/admin/connections", any(proxy::forward_lab))
+        .route("/lab/{*rest}", any(proxy::forward_service))
+        .route("/admin/connections", any(proxy::forward_service))
+        .route("/clins/{*rest}", any(proxy::forward_service))
+        .route("/eprescription/{*rest}", any(proxy::forward_service))
         // The one public FHIR route: the gateway augments the CapabilityStatement as JSON, then
         // represents it as negotiated (every other FHIR response is negotiated by the service).
         .route("/fhir/metadata", any(proxy::forward).layer(axum::middleware::from_fn(ehr_rest::negotiate)))

@@ -38,7 +38,8 @@ use std::sync::Arc;
 
 /// The admin API's pseudo resource types (docs/security/access-matrix.md): reached only by scopes
 /// that name them, never by a wildcard.
-pub const ADMIN_TYPES: &[&str] = &["Account", "Client", "Tenant", "SigningKey", "Connection", "LabMessage"];
+pub const ADMIN_TYPES: &[&str] =
+    &["Account", "Client", "Tenant", "SigningKey", "Connection", "LabMessage", "NationalSubmission", "EPrescription"];
 
 /// The gateway's service layer. Cheap to clone.
 #[derive(Clone)]

@@ -43,8 +43,10 @@ pub enum Upstream {
 /// Which service serves which resource type (and which one the non-FHIR service APIs).
 pub struct Upstreams {
     by_type: HashMap<String, Upstream>,
-    /// The lab interface's admin API (`/lab/…`, `/admin/connections`), when it runs.
-    lab: Option<Upstream>,
+    /// The services' own (non-FHIR) APIs by the first segment of their paths: the lab
+    /// interface's (`/lab/…`, `/admin/connections`), the national-service adapters'
+    /// (`/clins/…`, `/eprescription/…`), when they run.
+    services: HashMap<&'static str, Upstream>,
     /// The service answering system-level requests (`/metadata`, batch/transaction, `_history`).
     default: Upstream,
     /// The gateway's own FHIR router (AuditEvent, read-only), mounted at `/fhir`.
@@ -61,7 +63,7 @@ pub const DATA_EXPORT_OPERATIONS: &[&str] = &["$export", "$export-status", "$exp
 impl Upstreams {
     /// A routing table with `default` for system-level requests and `audit` for AuditEvent.
     pub fn new(default: Upstream, audit: Router) -> Self {
-        Self { by_type: HashMap::new(), lab: None, default, audit, operations: None }
+        Self { by_type: HashMap::new(), services: HashMap::new(), default, audit, operations: None }
     }
 
     /// Routes the data-export operations to `upstream`, with its `$import` body limit (larger
@@ -76,9 +78,14 @@ impl Upstreams {
         if segments.iter().any(|s| DATA_EXPORT_OPERATIONS.contains(s)) { self.operations.as_ref() } else { None }
     }
 
-    /// Routes the lab interface's admin API to `upstream`.
-    pub fn lab(mut self, upstream: Upstream) -> Self {
-        self.lab = Some(upstream);
+    /// Routes the lab interface's admin API (`/lab/…`, `/admin/connections`) to `upstream`.
+    pub fn lab(self, upstream: Upstream) -> Self {
+        self.service("lab", upstream.clone()).service("admin", upstream)
+    }
+
+    /// Routes a service's own API, the paths starting with `/<prefix>/`, to `upstream`.
+    pub fn service(mut self, prefix: &'static str, upstream: Upstream) -> Self {
+        self.services.insert(prefix, upstream);
         self
     }
 
@@ -88,6 +95,11 @@ impl Upstreams {
             self.by_type.insert((*t).to_owned(), upstream.clone());
         }
         self
+    }
+
+    /// Whether a national-service adapter is routed.
+    fn has_national(&self) -> bool {
+        NATIONAL_PREFIXES.iter().any(|p| self.services.contains_key(p))
     }
 
     fn pick(&self, first_segment: Option<&str>) -> Upstream {
@@ -283,6 +295,8 @@ async fn augment_capabilities(
                     "conditionalRead",
                     "versioning",
                     "readHistory",
+                    // The audit trail is served read-only by the gateway itself: no `$validate`.
+                    "operation",
                 ] {
                     obj.remove(key);
                 }
@@ -524,13 +538,74 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
     resp
 }
 
-/// A service's own (non-FHIR) API behind the gateway — the lab interface's `/lab/…` and
-/// `/admin/connections`: the same token check, revocation and rate limits as FHIR requests, and
-/// an AuditEvent per request (the services check the scopes themselves).
-pub async fn forward_lab(State(st): State<GwState>, req: Request) -> Response {
-    let Some(upstream) = st.upstreams.lab.clone() else {
-        return ehr_http::Problem::from(ehr_http::HttpError::NoRoute).into_response();
+/// The path prefixes of the national-service adapters' APIs.
+const NATIONAL_PREFIXES: [&str; 2] = ["clins", "eprescription"];
+
+/// `GET /admin/connections`: the lab interface's list (when it runs) followed by each routed
+/// national-service adapter's (`GET /<prefix>/connections`), asked with the caller's own token —
+/// every service checks the `Connection` scope itself, and the first refusal is the answer. An
+/// adapter that does not answer is listed as such rather than failing the whole list.
+async fn all_connections(upstreams: &Upstreams, lab: Option<Upstream>, parts: Parts) -> Result<Response, GatewayError> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().copied();
+    let ask = |path: &str| -> Result<Parts, GatewayError> {
+        let (mut p, ()) = Request::builder()
+            .method(axum::http::Method::GET)
+            .uri(path)
+            .body(())
+            .map_err(|_| GatewayError::Upstream)?
+            .into_parts();
+        p.headers = parts.headers.clone();
+        p.headers.remove(header::CONTENT_LENGTH);
+        if let Some(peer) = peer {
+            p.extensions.insert(peer);
+        }
+        Ok(p)
     };
+    let mut sources: Vec<(&str, Upstream, String)> = Vec::new();
+    if let Some(lab) = lab {
+        sources.push(("lab", lab, "/admin/connections".to_owned()));
+    }
+    for prefix in NATIONAL_PREFIXES {
+        if let Some(up) = upstreams.services.get(prefix) {
+            sources.push((prefix, up.clone(), format!("/{prefix}/connections")));
+        }
+    }
+    let mut list = Vec::new();
+    for (name, upstream, path) in sources {
+        let resp = match call(upstream, ask(&path)?, axum::body::Bytes::new()).await {
+            Ok(r) => r,
+            Err(_) => {
+                list.push(serde_json::json!({"kind": name, "lastError": "the service did not answer"}));
+                continue;
+            }
+        };
+        if !resp.status().is_success() {
+            if matches!(resp.status().as_u16(), 401 | 403) {
+                return Ok(resp);
+            }
+            list.push(serde_json::json!({"kind": name, "lastError": "the service did not answer"}));
+            continue;
+        }
+        let bytes = axum::body::to_bytes(resp.into_body(), 1024 * 1024).await.map_err(|_| GatewayError::Upstream)?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| GatewayError::Upstream)?;
+        list.extend(value["connections"].as_array().cloned().unwrap_or_default());
+    }
+    Ok(axum::Json(serde_json::json!({"connections": list})).into_response())
+}
+
+/// A service's own (non-FHIR) API behind the gateway — the lab interface's `/lab/…` and
+/// `/admin/connections`, the national-service adapters' `/clins/…` and `/eprescription/…`: the
+/// same token check, revocation and rate limits as FHIR requests, and an AuditEvent per request
+/// (the services check the scopes themselves).
+pub async fn forward_service(State(st): State<GwState>, req: Request) -> Response {
+    let prefix = req.uri().path().trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
+    // `/admin/connections` lists every external connection: the lab interface's and those of the
+    // national-service adapters that run (each answers `/<prefix>/connections`).
+    let listing = req.uri().path() == "/admin/connections" && req.method() == axum::http::Method::GET;
+    let upstream = st.upstreams.services.get(prefix.as_str()).cloned();
+    if upstream.is_none() && !(listing && st.upstreams.has_national()) {
+        return ehr_http::Problem::from(ehr_http::HttpError::NoRoute).into_response();
+    }
     let (mut parts, body) = req.into_parts();
     let mut actor = Actor {
         address: client_address(
@@ -562,23 +637,37 @@ pub async fn forward_lab(State(st): State<GwState>, req: Request) -> Response {
     }
     let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let path = parts.uri.path().to_owned();
-    let action = match parts.method {
-        axum::http::Method::GET => "R",
-        axum::http::Method::POST if path.ends_with("/results") => "C",
-        _ => "U",
+    let last = path.rsplit('/').next().unwrap_or_default();
+    let action = match (&parts.method, prefix.as_str()) {
+        (&axum::http::Method::GET, _) => "R",
+        (&axum::http::Method::POST, _) if matches!(last, "results" | "submissions" | "prescriptions") => "C",
+        (_, "lab" | "admin") => "U",
+        (&axum::http::Method::PUT, _) => "U",
+        // Previews, checks, retrievals, cancellations: operations on the national services.
+        _ => "E",
+    };
+    let resource_type = match prefix.as_str() {
+        "clins" => "NationalSubmission",
+        "eprescription" => "EPrescription",
+        _ => "LabInterface",
     };
     let interaction = crate::audit::RestInteraction { code: "operation", action };
-    let mut resp = match call(upstream, parts, body).await {
+    let result = match (listing, upstream) {
+        (true, lab) => all_connections(&st.upstreams, lab, parts).await,
+        (false, Some(upstream)) => call(upstream, parts, body).await,
+        (false, None) => Err(GatewayError::Upstream),
+    };
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    // The lab interface names the patients whose data a response holds (a message's text, the
-    // results a lab posted), as the FHIR services do.
+    // The services name the patients whose data a response holds (a message's text, the results
+    // a lab posted, a document sent), as the FHIR services do.
     let patients = audited_patients(resp.headers_mut().remove(AUDIT_PATIENTS).as_ref());
     // The path names endpoints and messages by opaque ids only; no PHI.
     let access = Access {
         resource: Some(path.trim_start_matches('/')),
-        resource_type: Some("LabInterface"),
+        resource_type: Some(resource_type),
         request_id: request_id.as_deref(),
         patients: &patients,
         ..Access::default()

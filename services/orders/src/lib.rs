@@ -21,8 +21,16 @@ use axum::Router;
 use ehr_rest::RestState;
 
 /// The resource types this service owns (design.md, "Services and what each owns"), sorted.
-pub const RESOURCE_TYPES: &[&str] =
-    &["Appointment", "MedicationRequest", "Schedule", "ServiceRequest", "Slot", "Specimen", "Task"];
+pub const RESOURCE_TYPES: &[&str] = &[
+    "Appointment",
+    "MedicationDispense",
+    "MedicationRequest",
+    "Schedule",
+    "ServiceRequest",
+    "Slot",
+    "Specimen",
+    "Task",
+];
 
 /// The service's HTTP routes, relative to the FHIR base (`/fhir`).
 pub fn router(state: RestState) -> Router {

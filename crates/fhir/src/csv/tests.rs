@@ -5,8 +5,8 @@ use serde_json::{Value, json};
 
 use super::*;
 
-/// The 22 stored resource types (docs/formats/csv.md covers those with definitions).
-const TYPES: [&str; 22] = [
+/// The 23 stored resource types (docs/formats/csv.md covers those with definitions).
+const TYPES: [&str; 23] = [
     "AllergyIntolerance",
     "Appointment",
     "Composition",
@@ -17,6 +17,7 @@ const TYPES: [&str; 22] = [
     "Encounter",
     "Group",
     "Immunization",
+    "MedicationDispense",
     "MedicationRequest",
     "Observation",
     "Organization",

@@ -390,6 +390,29 @@ const MEDICATION_REQUEST: &[SearchParamDef] = &[
     r("intended-dispenser", &["dispenseRequest.performer"], &["Organization"]),
 ];
 
+/// Dispensings (R4 `MedicationDispense`; the e-prescription service's 調剤結果 land here).
+const MEDICATION_DISPENSE: &[SearchParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("status", Token, &["status"]),
+    p("code", Token, &["medicationCodeableConcept"]),
+    p("type", Token, &["type"]),
+    p("whenhandedover", Date, &["whenHandedOver"]),
+    p("whenprepared", Date, &["whenPrepared"]),
+    r("patient", &["subject"], &["Patient"]),
+    r("subject", &["subject"], &["Patient", "Group"]),
+    r("context", &["context"], &["Encounter", "EpisodeOfCare"]),
+    r("medication", &["medicationReference"], &["Medication"]),
+    r("prescription", &["authorizingPrescription"], &["MedicationRequest"]),
+    r(
+        "performer",
+        &["performer.actor"],
+        &["Practitioner", "PractitionerRole", "Organization", "Patient", "Device", "RelatedPerson"],
+    ),
+    r("receiver", &["receiver"], &["Patient", "Practitioner"]),
+    r("destination", &["destination"], &["Location"]),
+    r("responsibleparty", &["substitution.responsibleParty"], &["Practitioner", "PractitionerRole"]),
+];
+
 const SPECIMEN: &[SearchParamDef] = &[
     p("identifier", Token, &["identifier"]),
     p("accession", Token, &["accessionIdentifier"]),
@@ -560,6 +583,7 @@ pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchPa
         "AuditEvent" => AUDIT_EVENT,
         "ServiceRequest" => SERVICE_REQUEST,
         "MedicationRequest" => MEDICATION_REQUEST,
+        "MedicationDispense" => MEDICATION_DISPENSE,
         "Specimen" => SPECIMEN,
         "Task" => TASK,
         "Schedule" => SCHEDULE,
@@ -612,6 +636,7 @@ mod tests {
         "AuditEvent",
         "ServiceRequest",
         "MedicationRequest",
+        "MedicationDispense",
         "Specimen",
         "Task",
         "Schedule",

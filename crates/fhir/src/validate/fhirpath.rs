@@ -3,13 +3,107 @@
 //! Supports navigation (with choice types), `$this`, `%resource`, string/number/boolean
 //! literals, `= != < > <= >= and or xor implies | & + in is as`, and the functions `where`,
 //! `select`, `all`, `exists`, `empty`, `count`, `not`, `ofType`, `is`, `as`, `first`, `tail`,
-//! `hasValue`, `contains`, `substring`, `indexOf`. Anything else (notably `matches`, which would
-//! need a regex engine) makes the whole expression "not evaluable": the caller then skips the
-//! invariant instead of guessing.
+//! `hasValue`, `contains`, `substring`, `indexOf`, `isDistinct`, `distinct`, `startsWith`,
+//! `endsWith`, `length` and `matches`. Anything else makes the whole expression "not evaluable":
+//! the caller then skips the invariant instead of guessing (the keys still skipped are listed in
+//! `crates/fhir/profiles/README.md`).
+//!
+//! `matches(regex)` follows FHIRPath 2.0: a partial match (the IG patterns anchor themselves
+//! with `^…$` where they mean the whole value), case-sensitive, single-line mode (`.` matches a
+//! line break). Patterns are compiled with a bounded program size and cached; a pattern the
+//! `regex` crate rejects or that is too large makes the expression not evaluable. In string
+//! literals the FHIRPath escapes (`\' \" \` \\ \/ \f \n \r \t \uXXXX`) are decoded; any other
+//! backslash sequence (`\^`, `\s`, `\-` in the IG regexes) is kept as written, for the regex.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
+use regex::{Regex, RegexBuilder};
 use serde_json::Value;
+
+/// Upper bound on a compiled pattern (bytes of the regex program / lazy DFA cache).
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Cached patterns; the IG has a handful, so the bound only guards against computed patterns.
+const REGEX_CACHE_MAX: usize = 256;
+
+/// Compiles (or fetches) a pattern; `None` if it is invalid or exceeds the size limit.
+fn regex(pattern: &str) -> Option<Arc<Regex>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<Arc<Regex>>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    // A poisoned lock still holds a consistent map (entries are inserted whole).
+    if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(pattern) {
+        return hit.clone();
+    }
+    let compiled = RegexBuilder::new(pattern)
+        .dot_matches_new_line(true)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .ok()
+        .map(Arc::new);
+    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if map.len() < REGEX_CACHE_MAX {
+        map.insert(pattern.to_string(), compiled.clone());
+    }
+    compiled
+}
+
+/// Whether `pattern` (FHIRPath `matches` semantics) matches somewhere in `s`; false for a pattern
+/// that does not compile within the size limit.
+pub(crate) fn regex_match(pattern: &str, s: &str) -> bool {
+    regex(pattern).is_some_and(|r| r.is_match(s))
+}
+
+/// Functions the evaluator implements (with any arity it accepts).
+#[cfg(test)]
+const FUNCTIONS: &[&str] = &[
+    "where",
+    "select",
+    "all",
+    "exists",
+    "empty",
+    "hasValue",
+    "count",
+    "not",
+    "first",
+    "tail",
+    "ofType",
+    "as",
+    "is",
+    "contains",
+    "indexOf",
+    "substring",
+    "isDistinct",
+    "distinct",
+    "startsWith",
+    "endsWith",
+    "length",
+    "matches",
+];
+
+/// Whether an expression is inside the subset (parses and calls only known functions). An
+/// evaluable expression can still yield "no answer" for some inputs (an empty result).
+#[cfg(test)]
+pub(crate) fn is_supported(expr: &str) -> bool {
+    fn walk(a: &Ast) -> bool {
+        match a {
+            Ast::This | Ast::Resource | Ast::Lit(_) => true,
+            Ast::Member(on, _) => on.as_deref().is_none_or(walk),
+            Ast::Call(on, f, args) => {
+                FUNCTIONS.contains(&f.as_str()) && on.as_deref().is_none_or(walk) && args.iter().all(walk)
+            }
+            Ast::Bin(_, l, r) => walk(l) && walk(r),
+            Ast::TypeOp(_, e, _) => walk(e),
+        }
+    }
+    let Some(toks) = tokenize(expr) else { return false };
+    let mut p = Parser { toks, pos: 0 };
+    match p.expr(0) {
+        Some(ast) if p.pos == p.toks.len() => walk(&ast),
+        _ => false,
+    }
+}
 
 /// Evaluates a boolean FHIRPath expression; `None` when the expression is outside the subset.
 pub(crate) fn evaluate(expr: &str, focus: &Value) -> Option<bool> {
@@ -71,7 +165,24 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
                         '\'' => break,
                         '\\' => {
                             i += 1;
-                            v.push(*cs.get(i)?);
+                            let e = *cs.get(i)?;
+                            match e {
+                                '\'' | '"' | '`' | '\\' | '/' => v.push(e),
+                                'f' => v.push('\u{c}'),
+                                'n' => v.push('\n'),
+                                'r' => v.push('\r'),
+                                't' => v.push('\t'),
+                                'u' => {
+                                    let hex: String = cs.get(i + 1..i + 5)?.iter().collect();
+                                    v.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                                    i += 4;
+                                }
+                                // Not a FHIRPath escape: kept for the regex engine (`\^`, `\s`).
+                                _ => {
+                                    v.push('\\');
+                                    v.push(e);
+                                }
+                            }
                         }
                         ch => v.push(*ch),
                     }
@@ -196,7 +307,16 @@ impl Parser {
     }
 
     fn term(&mut self, on: Option<Ast>) -> Option<Ast> {
-        match self.next()? {
+        let mut tok = self.next()?;
+        // `x.is(T)` / `x.as(T)`: the operator keywords used as function names.
+        if let Tok::Op(w) = &tok
+            && on.is_some()
+            && (w == "is" || w == "as")
+            && self.peek() == Some(&Tok::LParen)
+        {
+            tok = Tok::Ident(w.clone());
+        }
+        match tok {
             Tok::LParen if on.is_none() => {
                 let e = self.expr(0)?;
                 (self.next()? == Tok::RParen).then_some(e)
@@ -467,6 +587,33 @@ impl<'a> Ctx<'a> {
                 Some(x) => b(!x),
                 None => vec![],
             }),
+            ("isDistinct", []) => {
+                let distinct = base.iter().enumerate().all(|(i, x)| base.iter().skip(i + 1).all(|y| !eq(&x.v, &y.v)));
+                Some(b(distinct))
+            }
+            ("distinct", []) => {
+                let mut out: Vec<Item<'a>> = Vec::new();
+                for it in base {
+                    if !out.iter().any(|y| eq(&y.v, &it.v)) {
+                        out.push(it.clone());
+                    }
+                }
+                Some(out)
+            }
+            ("length", []) => {
+                Some(single_str(base).map(|s| owned(Value::from(s.chars().count()))).into_iter().collect())
+            }
+            ("startsWith" | "endsWith" | "matches", [e]) => {
+                let (Some(s), Some(arg)) = (single_str(base), single_str(&self.eval(e, base)?).map(str::to_string))
+                else {
+                    return Some(vec![]);
+                };
+                Some(b(match f {
+                    "startsWith" => s.starts_with(&arg),
+                    "endsWith" => s.ends_with(&arg),
+                    _ => regex(&arg)?.is_match(s),
+                }))
+            }
             ("first", []) => Some(base.first().cloned().into_iter().collect()),
             ("tail", []) => Some(base.iter().skip(1).cloned().collect()),
             ("ofType" | "as", [Ast::Member(None, t)]) => Some(base.iter().filter(|i| is_type(i, t)).cloned().collect()),
@@ -533,7 +680,24 @@ mod tests {
             Some(false)
         );
         assert_eq!(evaluate("status.exists() implies status = 'x'", &r), Some(true));
-        assert_eq!(evaluate("identifier.value.matches('x')", &r), None);
+        assert_eq!(evaluate("status.matches('x')", &r), None);
+        assert_eq!(evaluate("'1318814790'.matches('^[0-4][0-9][1-3][0-9]{7}$')", &r), Some(true));
+        assert_eq!(evaluate("'13188147901'.matches('^[0-4][0-9][1-3][0-9]{7}$')", &r), Some(false));
+        // Partial match without anchors (FHIRPath 2.0).
+        assert_eq!(evaluate("'x1318814790'.matches('[0-4][0-9][1-3][0-9]{7}')", &r), Some(true));
+        // `\^` is not a FHIRPath escape and reaches the regex as written.
+        assert_eq!(
+            evaluate("'1318814790^2024^a-1'.matches('^[0-9]{10}[\\^]20[2-3][0-9][\\^][A-Za-z0-9\\-]{1,36}$')", &r),
+            Some(true)
+        );
+        assert_eq!(evaluate("'a'.matches('(')", &r), None);
+        assert_eq!(
+            evaluate("('a' | 'b').isDistinct() and 'abc'.startsWith('ab') and 'abc'.length() = 3", &r),
+            Some(true)
+        );
+        assert!(!is_supported("text.div.htmlChecks()"));
+        assert_eq!(evaluate("$this.is(MedicationRequest) and medication.is(CodeableConcept)", &r), Some(true));
+        assert!(is_supported("identifier.value.matches('x')"));
         assert_eq!(evaluate("'abc|d'.indexOf('|') > 0 and 'abc'.substring(0,2) = 'ab'", &r), Some(true));
     }
 }

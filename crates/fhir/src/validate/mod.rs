@@ -9,9 +9,10 @@
 //!    come from the JP-CLINS snapshots (`base.min/max`) and from hand tables for the rest.
 //! 2. **Profiles** named in `meta.profile` (JP Core differentials, JP-CLINS snapshots): profiled
 //!    cardinality, fixed/pattern values, choice-type restrictions, slicing (value/pattern/exists/
-//!    type discriminators), required bindings whose value set is expandable from the packages,
-//!    extension and data-type profiles found in `type.profile`, and the IG-authored FHIRPath
-//!    invariants the small evaluator in `fhirpath` understands.
+//!    type discriminators, and `profile` ones by conformance of the resource to the slice's
+//!    profile: `Cx::conforms_to`), required bindings whose value set is expandable from the
+//!    packages, extension and data-type profiles found in `type.profile`, and the IG-authored
+//!    FHIRPath invariants the small evaluator in `fhirpath` understands.
 //!
 //! Diagnostics name elements and rules only, never submitted values (they may be PHI).
 //!
@@ -36,12 +37,40 @@
 //! | EHR-VAL-017 | not-supported (warning) | resource type without a definition here; content not checked |
 //! | EHR-VAL-018 | invariant | profile invariant (FHIRPath constraint) failed |
 //! | EHR-VAL-019 | structure | resources nested too deeply |
+//! | EHR-VAL-020 | value | `entry.fullUrl` is not `urn:uuid:<uuid>` (rule `clins-fullUrl-uuid`) |
+//! | EHR-VAL-021 | duplicate | two entries share a `fullUrl` (`clins-fullUrl-unique`) |
+//! | EHR-VAL-022 | invariant | a Composition subject / section entry reference resolves to no entry (`document-reference-resolves`) |
+//! | EHR-VAL-023 | invariant | local patient id system and institution number differ (`R1011`) |
+//! | EHR-VAL-024 | required | lab result without the JP-CLINS local code (`clins-lab-localCode`) |
+//! | EHR-VAL-025 | required | lab result without a JLAC / uncoded-marker coding (`clins-lab-standardCode`) |
+//! | EHR-VAL-026 | value | half-width kana, U+3000 or control character in a lab name (`clins-lab-characters`) |
+//! | EHR-VAL-027 | value | document Bundle identifier system or format (`R2152`) |
+//! | EHR-VAL-028 | value | health-checkup Bundle not of type document (`checkup-bundle-type`) |
+//! | EHR-VAL-029 | structure | health-checkup Bundle without its Composition first (`checkup-composition-first`) |
+//! | EHR-VAL-030 | value | health-checkup Composition.type (`checkup-composition-type`) |
+//! | EHR-VAL-031 | value | health-checkup Composition.category (`checkup-composition-category`) |
+//! | EHR-VAL-032 | value | health-checkup Composition.event.code (`checkup-composition-event`) |
+//! | EHR-VAL-033 | value | health-checkup section not coded in section-code (`checkup-section-code`) |
+//! | EHR-VAL-034 | invariant | health-checkup sections: 01995 xor 01910/01920 (`checkup-section-attachment-xor`) |
+//! | EHR-VAL-035 | required | health-checkup result Observation without a code (`checkup-observation-coded`) |
+//! | EHR-VAL-036 | structure | JP_Bundle_CLINS entry of another resource type than its tag (`R02143`) |
+//! | EHR-VAL-037 | invariant | bundle identifier's institution number differs from the entries' / local patient id's (`clins-bundleIdentifier-institution`) |
+//!
+//! Every EHR-VAL-018 issue carries the invariant's key as its rule (`Issue::rule`), and every
+//! EHR-VAL-020…037 issue its hand-rule id (the IG's R-number where there is one); `rules` has
+//! the table of hand rules and what the snapshots already enforce. System URIs are compared
+//! through the legacy-OID table in `systems` (JP Core 1.1.2 fixes OIDs that JP-CLINS 1.5 replaced
+//! with URLs).
 
 mod fhirpath;
 pub(crate) mod model;
 mod primitive;
+mod rules;
+mod systems;
 
-use std::collections::HashSet;
+pub use rules::rule_number;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use ehr_core::{Issue, IssueType, Severity};
@@ -68,6 +97,11 @@ pub fn is_base_rule(issue: &Issue) -> bool {
 /// Nesting limit for contained / Bundle entry resources.
 const MAX_DEPTH: usize = 12;
 
+/// How many times one validation may run a profile on a resource that does not declare it, to
+/// decide a `profile` discriminator; past that, declaring the profile in `meta.profile` decides
+/// (a Bundle of many entries costs at most this many extra profile runs).
+const MAX_CONFORMANCE_RUNS: usize = 1000;
+
 /// Validates resources against base R4 structure and the embedded JP Core / JP-CLINS profiles.
 pub struct Validator {
     defs: &'static Definitions,
@@ -90,7 +124,14 @@ impl Validator {
 
     /// Validates a resource. Returns all issues (errors and warnings); the caller rejects the write if any has Severity::Error or Fatal.
     pub fn validate(&self, resource: &Value) -> Vec<Issue> {
-        let mut cx = Cx { defs: self.defs, out: Vec::new() };
+        self.validate_as(resource, &[])
+    }
+
+    /// Validates a resource as if `profiles` (canonical URLs, `|version` allowed) were listed in
+    /// its `meta.profile` too (the `profile` parameter of `$validate`).
+    pub fn validate_as(&self, resource: &Value, profiles: &[&str]) -> Vec<Issue> {
+        let extra = profiles.iter().map(|p| p.split('|').next().unwrap_or(p).to_string()).collect();
+        let mut cx = Cx::new(self.defs, extra);
         let root = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource").to_string();
         cx.resource(resource, &root, 0);
         // Base and profile layers may report the same rule at the same place.
@@ -99,9 +140,11 @@ impl Validator {
         cx.out
     }
 
-    /// True if the profile canonical URL (with or without |version) is one the validator knows.
+    /// True if the profile canonical URL (with or without |version) is one the validator knows
+    /// (embedded, or implemented by hand rules only, like JP_Bundle_eCheckupGeneral).
     pub fn knows_profile(&self, url: &str) -> bool {
-        self.defs.profiles.contains_key(url.split('|').next().unwrap_or(url))
+        let bare = url.split('|').next().unwrap_or(url);
+        self.defs.profiles.contains_key(bare) || rules::is_hand_only(bare)
     }
 }
 
@@ -114,6 +157,18 @@ impl Default for Validator {
 struct Cx {
     defs: &'static Definitions,
     out: Vec<Issue>,
+    /// Profiles the caller asks for on the root resource, besides its meta.profile.
+    extra: Vec<String>,
+    /// (FHIRPath of a nested resource, bare profile URL) → whether the resource conforms to the
+    /// profile (no error from the base layer nor from the profile), for `profile` discriminators.
+    /// Filled while validating the declared profiles and by extra runs; FHIRPaths are unique
+    /// within one validation.
+    conforms: HashMap<(String, String), bool>,
+    /// FHIRPath of a nested resource → whether its base layer (and its nested resources) had no
+    /// error.
+    base_ok: HashMap<String, bool>,
+    /// Profile runs left for `profile` discriminators (`MAX_CONFORMANCE_RUNS`).
+    runs_left: usize,
 }
 
 fn err(code: IssueType, ehr: &'static str, fp: &str, diag: String) -> Issue {
@@ -137,7 +192,33 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
+fn has_error(issues: &[Issue]) -> bool {
+    issues.iter().any(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
+}
+
+/// Whether `meta.profile` lists `url` (bare), with or without `|version`.
+fn declares(v: &Value, url: &str) -> bool {
+    v.get("meta")
+        .and_then(|m| m.get("profile"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .any(|p| p.split('|').next() == Some(url))
+}
+
 impl Cx {
+    fn new(defs: &'static Definitions, extra: Vec<String>) -> Self {
+        Self {
+            defs,
+            out: Vec::new(),
+            extra,
+            conforms: HashMap::new(),
+            base_ok: HashMap::new(),
+            runs_left: MAX_CONFORMANCE_RUNS,
+        }
+    }
+
     fn push(&mut self, i: Issue) {
         self.out.push(i);
     }
@@ -192,27 +273,113 @@ impl Cx {
             }
             return;
         };
+        let mark = self.out.len();
         self.object(td, 0, obj, fp, true, depth);
+        let base_ok = !has_error(self.out.get(mark..).unwrap_or_default());
+        if depth > 0 {
+            self.base_ok.insert(fp.to_string(), base_ok);
+        }
         let profiles = obj.get("meta").and_then(|m| m.get("profile")).and_then(Value::as_array);
+        let mut named: Vec<(String, String)> = Vec::new();
         for (i, p) in profiles.into_iter().flatten().enumerate() {
             let Some(url) = p.as_str() else { continue };
             let bare = url.split('|').next().unwrap_or(url);
-            match defs.profiles.get(bare) {
-                Some(prof) if prof.type_name == rt => self.profile(prof, v, fp, 0),
+            if !named.iter().any(|(u, _)| u == bare) {
+                named.push((bare.to_string(), format!("{fp}.meta.profile[{i}]")));
+            }
+        }
+        if depth == 0 {
+            for bare in std::mem::take(&mut self.extra) {
+                if !named.iter().any(|(u, _)| *u == bare) {
+                    named.push((bare, fp.to_string()));
+                }
+            }
+        }
+        for (bare, pfp) in named {
+            let mark = self.out.len();
+            let mut applies = rules::is_hand_only(&bare);
+            match defs.profiles.get(&bare) {
+                Some(prof) if prof.type_name == rt => {
+                    applies = true;
+                    self.profile(prof, v, fp, 0);
+                }
                 Some(prof) => self.push(err(
                     IssueType::Structure,
                     "EHR-VAL-012",
-                    &format!("{fp}.meta.profile[{i}]"),
+                    &pfp,
                     format!("profile {} constrains {}, not {rt}", prof.name, prof.type_name),
                 )),
+                None if rules::is_hand_only(&bare) => {}
                 None => self.push(warn(
                     IssueType::Value,
                     "EHR-VAL-016",
-                    &format!("{fp}.meta.profile[{i}]"),
+                    &pfp,
                     format!("profile {bare} is not known to this server; validated against the base type only"),
                 )),
             }
+            rules::check(&bare, v, fp, &mut self.out);
+            // Remembered for `profile` discriminators of the resource that contains this one.
+            if depth > 0 && applies {
+                let ok = base_ok && !has_error(self.out.get(mark..).unwrap_or_default());
+                self.conforms.insert((fp.to_string(), bare), ok);
+            }
         }
+    }
+
+    /// Whether the resource `v` at `fp` conforms to profile `url` (bare): R4 `profile`
+    /// discriminator semantics. The resource type decides first; then the result recorded while
+    /// validating its declared profiles, else one run of the profile (base layer reused), cached.
+    /// A profile this validator does not know, or an exhausted run budget, falls back to whether
+    /// `meta.profile` declares it.
+    fn conforms_to(&mut self, v: &Value, fp: &str, url: &str) -> bool {
+        let defs = self.defs;
+        let rt = v.get("resourceType").and_then(Value::as_str);
+        let prof = defs.profiles.get(url);
+        if let Some(p) = prof
+            && rt != Some(p.type_name.as_str())
+        {
+            return false;
+        }
+        if prof.is_none() && !rules::is_hand_only(url) {
+            return declares(v, url);
+        }
+        let key = (fp.to_string(), url.to_string());
+        if let Some(&ok) = self.conforms.get(&key) {
+            return ok;
+        }
+        if self.runs_left == 0 {
+            return declares(v, url);
+        }
+        self.runs_left -= 1;
+        // The base layer ran on every nested resource before its container's profiles; a
+        // resource it did not record stopped early (not an object, unknown type, too deep).
+        let base_ok = self.base_ok.get(fp).copied().unwrap_or(false);
+        let mut sub = Cx::new(defs, Vec::new());
+        sub.conforms = std::mem::take(&mut self.conforms);
+        sub.base_ok = std::mem::take(&mut self.base_ok);
+        sub.runs_left = self.runs_left;
+        if let Some(p) = prof {
+            sub.profile(p, v, fp, 0);
+        }
+        rules::check(url, v, fp, &mut sub.out);
+        let ok = base_ok && !has_error(&sub.out);
+        self.conforms = sub.conforms;
+        self.base_ok = sub.base_ok;
+        self.runs_left = sub.runs_left;
+        self.conforms.insert(key, ok);
+        ok
+    }
+
+    /// Whether a slice item matches one discriminator of a slice.
+    fn disc_matches(&mut self, d: &Disc, c: &PNode, key: &str, v: &Value, ifp: &str) -> bool {
+        let Disc::Profile { path, types, profiles } = d else { return disc_matches(d, c, key, v) };
+        let rfp = path.iter().fold(ifp.to_string(), |acc, seg| format!("{acc}.{seg}"));
+        let Some(r) = path.iter().try_fold(v, |x, seg| x.get(seg.as_str())) else { return false };
+        let rt = r.get("resourceType").and_then(Value::as_str);
+        if !types.is_empty() && !types.iter().any(|t| rt == Some(t.as_str())) {
+            return false;
+        }
+        profiles.iter().any(|url| self.conforms_to(r, &rfp, url))
     }
 
     /// Checks the properties of a JSON object against node `idx` of a base type tree.
@@ -440,6 +607,10 @@ impl Cx {
         let Some(vs) = self.defs.value_sets.get(vs_url) else { return };
         let in_vs = |system: Option<&str>, code: &str| match system {
             Some(s) if vs.contains_key(s) => vs.get(s).is_some_and(|c| c.contains(code)),
+            // A legacy OID for a system the value set lists by URL, or the reverse.
+            Some(s) if systems::equivalents(s).any(|e| vs.contains_key(e)) => {
+                systems::equivalents(s).any(|e| vs.get(e).is_some_and(|c| c.contains(code)))
+            }
             // Hand-written base sets have no system; codes alone decide.
             _ => vs.iter().any(|(s, c)| (s.is_empty() || system.is_none()) && c.contains(code)),
         };
@@ -486,8 +657,9 @@ impl Cx {
     fn invariants(&mut self, p: &Profile, n: &PNode, v: &Value, fp: &str) {
         for c in &n.constraints {
             if fhirpath::evaluate(&c.expression, v) == Some(false) {
-                let diag = format!("constraint {} of profile {} is not satisfied by {}", c.key, p.name, n.path);
-                let mut issue = err(IssueType::Invariant, "EHR-VAL-018", fp, diag);
+                let number = rules::rule_number(&c.key).map(|r| format!(" ({r})")).unwrap_or_default();
+                let diag = format!("constraint {}{number} of profile {} is not satisfied by {}", c.key, p.name, n.path);
+                let mut issue = err(IssueType::Invariant, "EHR-VAL-018", fp, diag).rule(c.key.as_str());
                 if !c.error {
                     issue.severity = Severity::Warning;
                 }
@@ -555,7 +727,13 @@ impl Cx {
         let Some(discs) = &c.slice_discs else { return };
         let mut counts = vec![0usize; c.slices.len()];
         for (key, ifp, v) in vals {
-            let hit = discs.iter().position(|d| d.iter().all(|d| disc_matches(d, c, key, v)));
+            let mut hit = None;
+            for (si, d) in discs.iter().enumerate() {
+                if d.iter().all(|d| self.disc_matches(d, c, key, v, ifp)) {
+                    hit = Some(si);
+                    break;
+                }
+            }
             match hit {
                 Some(si) => {
                     if let Some(n) = counts.get_mut(si) {
@@ -580,7 +758,7 @@ impl Cx {
         for (si, &sidx) in c.slices.iter().enumerate() {
             let Some(s) = p.nodes.get(sidx) else { continue };
             let n = counts.get(si).copied().unwrap_or(0);
-            let sname = s.slice_name.as_deref().unwrap_or("");
+            let sname = slice_label(s, discs.get(si));
             if let Some(min) = s.min
                 && n < min as usize
             {
@@ -646,6 +824,11 @@ impl Cx {
         // Extension and data-type profiles (JP_MedicationDosage_eCS, JP_HumanName, ...).
         let defs = self.defs;
         for tp in &n.type_profiles {
+            // A resource already shown to conform (declared profile, `profile` discriminator)
+            // would only repeat its findings.
+            if self.conforms.get(&(fp.to_string(), tp.clone())) == Some(&true) {
+                continue;
+            }
             if let Some(sub) = defs.profiles.get(tp)
                 && sub.url != p.url
                 && n.types.contains(&sub.type_name)
@@ -683,6 +866,26 @@ fn collect<'a>(obj: &'a Map<String, Value>, c: &PNode, fp: &str) -> Vec<(&'a str
     out
 }
 
+/// `organization (2..4, JP_Organization_eCS)`, `referralPurposeSection (1..1, code.coding.code =
+/// 950)`: the slice name, its cardinality and what tells its items apart (profile constants only,
+/// never instance values).
+fn slice_label(s: &PNode, discs: Option<&Vec<Disc>>) -> String {
+    let name = s.slice_name.as_deref().unwrap_or("");
+    let card = format!("{}..{}", s.min.unwrap_or(0), s.max.map(|m| m.label()).unwrap_or_else(|| "*".to_string()));
+    let what: Vec<String> = discs
+        .into_iter()
+        .flatten()
+        .filter_map(|d| match d {
+            Disc::Value { path, expect: Value::String(x), .. } => Some(format!("{} = {x}", path.join("."))),
+            Disc::Profile { profiles, .. } => {
+                Some(profiles.iter().map(|p| p.rsplit('/').next().unwrap_or(p)).collect::<Vec<_>>().join(" | "))
+            }
+            _ => None,
+        })
+        .collect();
+    if what.is_empty() { format!("{name} ({card})") } else { format!("{name} ({card}, {})", what.join(", ")) }
+}
+
 fn disc_matches(d: &Disc, c: &PNode, key: &str, v: &Value) -> bool {
     match d {
         Disc::Value { path, expect, pattern } => {
@@ -700,13 +903,17 @@ fn disc_matches(d: &Disc, c: &PNode, key: &str, v: &Value) -> bool {
             let rt = v.get("resourceType").and_then(Value::as_str);
             types.iter().any(|t| (c.choice && model::type_suffix_matches(t, suffix)) || rt == Some(t.as_str()))
         }
+        // Needs the validator (`Cx::disc_matches`); never reached from there.
+        Disc::Profile { .. } => false,
     }
 }
 
-/// Deep equality with numbers compared by value (1 == 1.0).
+/// Deep equality with numbers compared by value (1 == 1.0) and system URIs through the legacy
+/// OID table (`urn:oid:1.2.392.100495.20.3.23` == `…/mhlw/IdSystem/MedicalOrganizationID`).
 fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::String(x), Value::String(y)) => systems::same_system(x, y),
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b)),
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
@@ -795,6 +1002,55 @@ mod tests {
         assert!(v.knows_profile("http://jpfhir.jp/fhir/core/StructureDefinition/JP_Patient"));
         assert!(v.knows_profile("http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Patient_eCS|1.5.2"));
         assert!(!v.knows_profile("http://example.org/x"));
+    }
+
+    /// The IG invariants outside the evaluator's subset; kept in step with profiles/README.md.
+    #[test]
+    fn invariants_not_evaluable() {
+        let mut keys: Vec<String> = definitions()
+            .profiles
+            .values()
+            .flat_map(|p| p.nodes.iter().flat_map(|n| n.constraints.iter()))
+            .filter(|c| !fhirpath::is_supported(&c.expression))
+            .map(|c| c.key.clone())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys, ["txt-1", "txt-2"]);
+    }
+
+    #[test]
+    fn entry_profile_invariants_read_as_intended() {
+        let rewritten: Vec<&str> = definitions()
+            .profiles
+            .values()
+            .flat_map(|p| p.nodes.iter().flat_map(|n| n.constraints.iter()))
+            .filter(|c| c.key.starts_with("validEntryProfile-"))
+            .map(|c| c.expression.as_str())
+            .collect();
+        assert!(rewritten.len() >= 5, "{rewritten:?}");
+        assert!(rewritten.iter().all(|e| e.ends_with("|'))")), "{rewritten:?}");
+        let url = "http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_Condition_eCS";
+        let e =
+            format!("entry.resource.ofType(Condition).meta.profile.all($this = '{url}' or $this.startsWith('{url}|'))");
+        let bundle = |p: &str| json!({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Condition", "meta": {"profile": [p]}}}]});
+        assert_eq!(fhirpath::evaluate(&e, &bundle(&format!("{url}|1"))), Some(true));
+        assert_eq!(fhirpath::evaluate(&e, &bundle(url)), Some(true));
+        assert_eq!(fhirpath::evaluate(&e, &bundle("http://example.org/Other")), Some(false));
+    }
+
+    #[test]
+    fn invariant_issues_carry_their_key() {
+        let m = json!({"resourceType": "MedicationRequest",
+            "meta": {"profile": ["http://jpfhir.jp/fhir/eCS/StructureDefinition/JP_MedicationRequest_eCS"]},
+            "status": "completed", "intent": "order", "subject": {"reference": "urn:uuid:x"},
+            "medicationCodeableConcept": {"coding": [{"system": "http://example.org", "code": "1"}], "text": "t"}});
+        let issues = Validator::new().validate(&m);
+        assert!(
+            issues.iter().any(|i| i.ehr_code == "EHR-VAL-018"
+                && i.rule.as_deref() == Some("needs-anyOfStandardCode-medication")),
+            "{issues:?}"
+        );
     }
 
     #[test]

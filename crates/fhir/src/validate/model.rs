@@ -132,6 +132,10 @@ pub(crate) enum Disc {
     Exists { path: Vec<String>, must: bool },
     /// The item's type (choice suffix or resourceType) must be one of these.
     Type { types: Vec<String> },
+    /// The resource at `path` must be of one of `types` and conform to one of `profiles` (bare
+    /// canonical URLs): R4 `profile` discriminator (`Bundle.entry` by `resource`, `contained` by
+    /// `$this`). Conformance is decided by the validator, not here.
+    Profile { path: Vec<String>, types: Vec<String>, profiles: Vec<String> },
 }
 
 /// One FHIRPath invariant authored by the IG.
@@ -588,7 +592,7 @@ fn build_profile(sd: &Map<String, Value>) -> Option<Profile> {
                 n.constraints.push(Constraint {
                     key: key.to_string(),
                     error: c.get("severity").and_then(Value::as_str) != Some("warning"),
-                    expression: expr.to_string(),
+                    expression: corrected_expression(key, expr).unwrap_or_else(|| expr.to_string()),
                 });
             }
         }
@@ -615,6 +619,22 @@ fn build_profile(sd: &Map<String, Value>) -> Option<Profile> {
         snapshot: sd.get("snapshot").and_then(Value::as_bool) == Some(true),
         nodes,
     })
+}
+
+/// The IG's `validEntryProfile-<Type>` invariants (JP_Bundle_CLINS, eReferral, eDischargeSummary)
+/// read `A.exists().not() or versioned(URL).exists().not() or other-than(URL).exists().not()`: taken
+/// literally they reject exactly the entries whose `meta.profile` is `URL|1`, the form the IG's
+/// own examples and §A.7 use, and accept any other profile. The evident intent — every profile
+/// of every such entry is `URL` or `URL|version` — is evaluated instead (documented in
+/// `crates/fhir/profiles/README.md`). `None` for every other invariant.
+fn corrected_expression(key: &str, expr: &str) -> Option<String> {
+    key.strip_prefix("validEntryProfile-")?;
+    let ty = expr.split("ofType(").nth(1)?.split(')').next()?;
+    let url = expr.rsplit("$this!='").next()?.split('\'').next()?;
+    if !url.starts_with("http://") || !ty.chars().all(char::is_alphanumeric) {
+        return None;
+    }
+    Some(format!("entry.resource.ofType({ty}).meta.profile.all($this = '{url}' or $this.startsWith('{url}|'))"))
 }
 
 /// Finds or creates the node for an element id, creating missing ancestors (differentials skip
@@ -770,6 +790,13 @@ fn resolve_disc(nodes: &[PNode], slice: usize, kind: &str, path: &str) -> Option
             } else {
                 None
             }
+        }
+        "profile" => {
+            let t = nodes.get(descend(nodes, slice, &segs)?)?;
+            if t.type_profiles.is_empty() {
+                return None;
+            }
+            Some(Disc::Profile { path: segs, types: t.types.clone(), profiles: t.type_profiles.clone() })
         }
         "type" if segs.is_empty() => {
             if !s.types.is_empty() {

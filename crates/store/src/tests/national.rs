@@ -105,10 +105,21 @@ async fn submissions_are_idempotent_by_request_id_and_claimed_once_per_lease() {
         // A guarded state change: only from the states named.
         assert!(!tx.change_submission("s1", &["queued"], "cancelled", None, None, None, 31_000).await.unwrap());
         assert!(tx.change_submission("s2", &["draft"], "queued", None, None, Some(31_000), 31_000).await.unwrap());
+        // Withdrawn before it was sent: only while no worker claimed it since (its due time is
+        // still the one read), and without counting an attempt.
+        assert!(!tx.withdraw_submission("s2", 30_999, "withdrawn", None, 31_050).await.unwrap());
+        assert!(tx.withdraw_submission("s2", 31_000, "withdrawn", None, 31_050).await.unwrap());
+        let s2 = tx.submission("s2").await.unwrap().unwrap();
+        assert_eq!((s2.state.as_str(), s2.attempts, s2.next_attempt_at), ("withdrawn", 0, None));
+        assert!(tx.change_submission("s2", &["withdrawn"], "queued", None, None, Some(31_000), 31_100).await.unwrap());
         let by_request = tx.submission_by_request_id("clins", "req-2").await.unwrap().unwrap();
         assert_eq!(by_request.id, "s2");
         let listed = tx
-            .submissions(&SubmissionFilter { service: Some("clins"), patient: Some("Patient/p1"), ..Default::default() })
+            .submissions(&SubmissionFilter {
+                service: Some("clins"),
+                patient: Some("Patient/p1"),
+                ..Default::default()
+            })
             .await
             .unwrap();
         assert_eq!(listed.len(), 2, "the tenant's own only");

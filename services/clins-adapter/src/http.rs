@@ -1,0 +1,212 @@
+//! The clins-adapter's JSON API (behind the gateway, which checks the token and audits):
+//!
+//! | route | scope (`NationalSubmission`) |
+//! |---|---|
+//! | `POST /clins/preview` — build + validate, nothing sent | r |
+//! | `POST /clins/submissions` — register (422 with the issues if invalid; 202 queued) | c |
+//! | `GET /clins/submissions?patient=&state=&kind=` | s |
+//! | `GET /clins/submissions/{id}` (with the Bundle) | r |
+//! | `POST /clins/submissions/{id}/cancel` | u |
+//! | `POST /clins/submissions/{id}/change` (new data, same bundle identifier) | u |
+//! | `POST /clins/retrieve` — what the national service holds for a patient | r |
+//!
+//! `NationalSubmission` is a pseudo resource type reached only by scopes naming it (never by
+//! `*`). Responses about a patient carry `x-ehr-audit-patients` so the gateway's AuditEvent
+//! names the patient.
+
+use crate::service::{RetrieveBody, SubmitBody};
+use crate::{ClinsAdapter, ClinsAdapterError};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ehr_auth::{AuthError, Interaction};
+use ehr_http::{AuthState, Caller, Problem, method_not_allowed};
+use ehr_store::{Submission, SubmissionFilter};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// The pseudo resource type of the access matrix.
+pub const PSEUDO_TYPE: &str = "NationalSubmission";
+
+/// State of the routes.
+#[derive(Clone)]
+pub struct ClinsState {
+    pub adapter: ClinsAdapter,
+    pub auth: AuthState,
+}
+
+impl FromRef<ClinsState> for AuthState {
+    fn from_ref(s: &ClinsState) -> AuthState {
+        s.auth.clone()
+    }
+}
+
+/// The routes (`/clins/…`).
+pub fn router(state: ClinsState) -> Router {
+    Router::new()
+        .route("/clins/preview", post(preview).fallback(method_not_allowed))
+        .route("/clins/submissions", get(list).post(submit).fallback(method_not_allowed))
+        .route("/clins/submissions/{id}", get(one).fallback(method_not_allowed))
+        .route("/clins/submissions/{id}/cancel", post(cancel).fallback(method_not_allowed))
+        .route("/clins/submissions/{id}/change", post(change).fallback(method_not_allowed))
+        .route("/clins/retrieve", post(retrieve).fallback(method_not_allowed))
+        .route("/clins/connections", get(connections).fallback(method_not_allowed))
+        .with_state(state)
+}
+
+fn require(caller: &Caller, interaction: Interaction) -> Result<(), Problem> {
+    if caller.scopes.allows_explicitly(PSEUDO_TYPE, interaction) {
+        Ok(())
+    } else {
+        Err(AuthError::InsufficientScope { interaction: interaction.name(), resource_type: PSEUDO_TYPE.to_owned() }
+            .into())
+    }
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ClinsAdapterError> {
+    b.map(|Json(v)| v).map_err(|e| ClinsAdapterError::Invalid(e.body_text()))
+}
+
+/// Names the patient for the gateway's audit.
+fn audited(mut resp: Response, patient: Option<&str>) -> Response {
+    if let Some(id) = patient.and_then(|p| p.strip_prefix("Patient/")) {
+        let mut p = ehr_rest::Patients::default();
+        p.add("Patient", &json!({"resourceType": "Patient", "id": id}).to_string());
+        p.apply(&mut resp);
+    }
+    resp
+}
+
+/// A submission as the API shows it.
+pub fn submission_json(s: &Submission, with_bundle: bool) -> Value {
+    let mut v = json!({
+        "id": s.id, "kind": s.kind, "operation": s.operation, "state": s.state, "attempts": s.attempts,
+        "nextAttemptAt": if s.state == "queued" { json!(s.next_attempt_at) } else { Value::Null },
+        "lastError": s.last_error, "bundleIdentifier": s.business_key, "requestId": s.request_id,
+        "patient": s.patient, "resultCode": s.result["resultCode"], "message": s.result["message"],
+        "errors": s.result.get("errors").cloned().unwrap_or_else(|| json!([])), "target": s.result["target"],
+        "createdBy": s.created_by, "createdAt": s.created_at, "updatedAt": s.updated_at,
+    });
+    if with_bundle && let Ok(request) = serde_json::from_str::<Value>(&s.payload) {
+        v["bundle"] = request["bundle"].clone();
+    }
+    v
+}
+
+async fn preview(
+    State(st): State<ClinsState>,
+    caller: Caller,
+    b: Result<Json<SubmitBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    require(&caller, Interaction::Read)?;
+    let b = body(b)?;
+    let built = st.adapter.build(&caller.ctx, &b, None).await?;
+    let valid = built.errors().is_empty();
+    let issues: Vec<Value> = built.issues.iter().map(ehr_core::Issue::to_json).collect();
+    let resp = Json(json!({"kind": built.kind.as_str(), "valid": valid, "bundle": built.bundle, "issues": issues}))
+        .into_response();
+    Ok(audited(resp, Some(&built.patient)))
+}
+
+async fn submit(
+    State(st): State<ClinsState>,
+    caller: Caller,
+    b: Result<Json<SubmitBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    require(&caller, Interaction::Create)?;
+    let b = body(b)?;
+    let s = st.adapter.submit(&caller.ctx, &b).await?;
+    let resp = (StatusCode::ACCEPTED, Json(submission_json(&s, false))).into_response();
+    Ok(audited(resp, s.patient.as_deref()))
+}
+
+async fn list(
+    State(st): State<ClinsState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    require(&caller, Interaction::Search)?;
+    let patient = q.get("patient").map(|p| if p.starts_with("Patient/") { p.clone() } else { format!("Patient/{p}") });
+    let filter = SubmissionFilter {
+        kind: q.get("kind").map(String::as_str),
+        state: q.get("state").map(String::as_str),
+        patient: patient.as_deref(),
+        business_key: q.get("bundleIdentifier").map(String::as_str),
+        limit: q.get("_count").and_then(|c| c.parse().ok()).unwrap_or(100),
+        ..SubmissionFilter::default()
+    };
+    let list = st.adapter.submissions(&caller.ctx, &filter).await?;
+    let mut patients = ehr_rest::Patients::default();
+    for s in &list {
+        if let Some(id) = s.patient.as_deref().and_then(|p| p.strip_prefix("Patient/")) {
+            patients.add("Patient", &json!({"resourceType": "Patient", "id": id}).to_string());
+        }
+    }
+    let mut resp = Json(json!({"submissions": list.iter().map(|s| submission_json(s, false)).collect::<Vec<_>>()}))
+        .into_response();
+    patients.apply(&mut resp);
+    Ok(resp)
+}
+
+async fn one(State(st): State<ClinsState>, caller: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
+    require(&caller, Interaction::Read)?;
+    let s = st.adapter.submission(&caller.ctx, &id).await?;
+    Ok(audited(Json(submission_json(&s, true)).into_response(), s.patient.as_deref()))
+}
+
+async fn cancel(State(st): State<ClinsState>, caller: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
+    require(&caller, Interaction::Update)?;
+    let s = st.adapter.cancel(&caller.ctx, &id).await?;
+    let status = if s.state == "withdrawn" { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok(audited((status, Json(submission_json(&s, false))).into_response(), s.patient.as_deref()))
+}
+
+async fn change(
+    State(st): State<ClinsState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    b: Result<Json<SubmitBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    require(&caller, Interaction::Update)?;
+    let b = body(b)?;
+    let s = st.adapter.change(&caller.ctx, &id, &b).await?;
+    Ok(audited((StatusCode::ACCEPTED, Json(submission_json(&s, false))).into_response(), s.patient.as_deref()))
+}
+
+async fn retrieve(
+    State(st): State<ClinsState>,
+    caller: Caller,
+    b: Result<Json<RetrieveBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    require(&caller, Interaction::Read)?;
+    let b = body(b)?;
+    let answer = st.adapter.retrieve(&caller.ctx, &b).await?;
+    let patient = format!("Patient/{}", b.patient.trim_start_matches("Patient/"));
+    Ok(audited(Json(answer).into_response(), Some(&patient)))
+}
+
+/// `GET /clins/connections` (scope `Connection` r, like the lab interface's): this tenant's
+/// connection to the service, for the inventory of external connections (`/admin/connections`).
+async fn connections(State(st): State<ClinsState>, caller: Caller) -> Result<Response, Problem> {
+    if !caller.scopes.allows_explicitly("Connection", Interaction::Read) {
+        return Err(AuthError::InsufficientScope { interaction: "read", resource_type: "Connection".into() }.into());
+    }
+    let settings = &st.adapter.settings;
+    let (protocol, address) = match settings.transport.as_str() {
+        "web-api" => ("CLINS Web API (JSON over HTTP)", json!(settings.url)),
+        "file" => ("CLINS terminal file drop (AES-256-GCM files)", json!(settings.request_dir)),
+        _ => ("not configured (submissions are kept queued)", Value::Null),
+    };
+    let tx = st.adapter.store.read(&caller.ctx).await.map_err(ClinsAdapterError::from)?;
+    let (last, error) = tx.national_activity("clins").await.map_err(ClinsAdapterError::from)?;
+    tx.commit().await.map_err(ClinsAdapterError::from)?;
+    Ok(Json(json!({"connections": [{
+        "kind": "national", "direction": "outbound", "name": "電子カルテ情報共有サービス",
+        "protocol": protocol, "address": address, "active": settings.transport != "none",
+        "lastActivityAt": last, "lastError": error,
+    }]}))
+    .into_response())
+}

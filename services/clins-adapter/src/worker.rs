@@ -1,0 +1,133 @@
+//! The sender: due submissions of every tenant, claimed with a lease (so that no request id is
+//! ever in two sends at once, across replicas too), sent through the transport, and recorded
+//! only while the claim still holds.
+//!
+//! | outcome | state | retried |
+//! |---|---|---|
+//! | answer `accepted` | `accepted` (a cancel's target becomes `cancelled`, a change's `changed`) | no |
+//! | answer `rejected` | `rejected`, with result code, message and findings | no: the same request would be refused again |
+//! | answer `error`, or a retryable transport failure | `queued`, due after back-off (base × 2^(attempt−1), capped) | yes, until `max_attempts`, then `failed` |
+//! | permanent transport failure | `failed` | no |
+//!
+//! A cancel answered 2001 (the service never held the registration) counts as done.
+
+use crate::{ClinsAdapter, ClinsAdapterError, SERVICE};
+use ehr_clins::envelope::{Request, Response, Status, codes};
+use ehr_clins::transport::TransportError;
+use ehr_core::TenantContext;
+use ehr_store::Submission;
+use serde_json::{Value, json};
+
+/// Submissions claimed per tenant and pass.
+const CLAIM_BATCH: u64 = 5;
+
+impl ClinsAdapter {
+    /// One pass: every tenant with due submissions, each submission sent once. Returns how many
+    /// were attempted.
+    pub async fn send_due(&self) -> Result<usize, ClinsAdapterError> {
+        let Some(transport) = self.transport().cloned() else { return Ok(0) };
+        let now = self.clock.now().timestamp_millis();
+        let tenants = {
+            let sys = self.store.system_read().await?;
+            let t = sys.national_tenants(SERVICE, now).await?;
+            sys.commit().await?;
+            t
+        };
+        let per_attempt = (self.settings.connect_timeout_ms + self.settings.timeout_ms) as i64;
+        let lease = now + (self.settings.lease_secs as i64 * 1000).max(CLAIM_BATCH as i64 * per_attempt + 10_000);
+        let mut attempted = 0;
+        for tenant in tenants {
+            let ctx = TenantContext::new(tenant, "clins-adapter:sender");
+            let claimed = {
+                let tx = self.store.write(&ctx).await?;
+                let c = tx.claim_due_submissions(SERVICE, now, lease, CLAIM_BATCH).await?;
+                tx.commit().await?;
+                c
+            };
+            for s in claimed {
+                attempted += 1;
+                let outcome = match serde_json::from_str::<Request>(&s.payload) {
+                    Ok(request) => transport.send(&request).await,
+                    Err(_) => Err(TransportError::Permanent("the stored envelope is unreadable".into())),
+                };
+                self.record(&ctx, &s, lease, outcome).await?;
+            }
+        }
+        Ok(attempted)
+    }
+
+    async fn record(
+        &self,
+        ctx: &TenantContext,
+        s: &Submission,
+        claimed_until: i64,
+        outcome: Result<Response, TransportError>,
+    ) -> Result<(), ClinsAdapterError> {
+        let now = self.clock.now().timestamp_millis();
+        let attempt = s.attempts + 1;
+        let retry = |why: String| {
+            if attempt >= self.settings.max_attempts {
+                ("failed", None, Some(why))
+            } else {
+                let backoff = self
+                    .settings
+                    .retry_base_ms
+                    .saturating_mul(1u64 << (attempt - 1).clamp(0, 20) as u32)
+                    .min(self.settings.retry_max_ms);
+                ("queued", Some(now + backoff as i64), Some(why))
+            }
+        };
+        let mut result: Value = s.result.clone();
+        let mut response_text = None;
+        let (state, next, error) = match &outcome {
+            Ok(r) => {
+                response_text = serde_json::to_string(r).ok();
+                result["resultCode"] = json!(r.result_code);
+                result["message"] = json!(r.message);
+                result["status"] = json!(r.status);
+                result["errors"] = serde_json::to_value(&r.errors).unwrap_or(Value::Null);
+                let cancel_of_nothing = s.operation == "cancel" && r.result_code == codes::NOT_FOUND;
+                match r.status {
+                    Status::Accepted => ("accepted", None, None),
+                    _ if cancel_of_nothing => ("accepted", None, None),
+                    Status::Rejected => {
+                        ("rejected", None, Some(format!("rejected by the national service ({})", r.result_code)))
+                    }
+                    Status::Error => retry(format!("the national service answered an error ({})", r.result_code)),
+                }
+            }
+            Err(TransportError::Retryable(why)) => retry(why.clone()),
+            Err(TransportError::Permanent(why)) => ("failed", None, Some(why.clone())),
+        };
+        let tx = self.store.write(ctx).await?;
+        let recorded = tx
+            .record_submission_attempt(
+                &s.id,
+                claimed_until,
+                state,
+                next,
+                error.as_deref(),
+                response_text.as_deref(),
+                Some(&result),
+                now,
+            )
+            .await?;
+        if recorded
+            && state == "accepted"
+            && let Some(target) = s.result["target"].as_str()
+        {
+            let (to, from): (&str, &[&str]) = match s.operation.as_str() {
+                "cancel" => ("cancelled", &["accepted", "changed", "failed", "withdrawn"]),
+                _ => ("changed", &["accepted"]),
+            };
+            tx.change_submission(target, from, to, None, None, None, now).await?;
+        }
+        tx.commit().await?;
+        match state {
+            "accepted" => tracing::info!(submission = %s.id, operation = %s.operation, "clins submission accepted"),
+            "queued" => tracing::warn!(submission = %s.id, attempt, "clins submission not delivered; will retry"),
+            _ => tracing::warn!(submission = %s.id, state, "clins submission finished without acceptance"),
+        }
+        Ok(())
+    }
+}
