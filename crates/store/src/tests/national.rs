@@ -128,3 +128,26 @@ async fn submissions_are_idempotent_by_request_id_and_claimed_once_per_lease() {
         db.finish().await;
     }
 }
+
+#[tokio::test]
+async fn submissions_are_behind_row_level_security_on_postgres() {
+    for backend in backends().await {
+        let db = backend.open().await;
+        assert!(insert(&db, "a", &submission("s1", "req-1", "queued", Some(2_000))).await);
+        if db.is_postgres() {
+            // A statement without the tenant predicate in tenant b's transaction: the policy still
+            // hides tenant a's submission (its payload is patient data).
+            let tx = db.store.write(&ctx("b")).await.unwrap();
+            assert!(tx.query("SELECT id FROM national_submissions", Vec::new()).await.unwrap().is_empty());
+            let changed = tx.exec("UPDATE national_submissions SET state = 'cancelled'", Vec::new()).await.unwrap();
+            assert_eq!(changed, 0);
+            tx.commit().await.unwrap();
+            // A system transaction sees the queue entry (ids and due times only), not the submission.
+            let sys = db.store.system_read().await.unwrap();
+            assert_eq!(sys.query("SELECT submission_id FROM national_queue", Vec::new()).await.unwrap().len(), 1);
+            assert!(sys.query("SELECT id FROM national_submissions", Vec::new()).await.unwrap().is_empty());
+            sys.commit().await.unwrap();
+        }
+        db.finish().await;
+    }
+}
