@@ -436,3 +436,132 @@ async fn the_connection_inventory_lists_the_national_services() {
     let resp = call(&app, reqwest::Method::GET, "/admin/connections", None, SCOPES).await;
     assert_eq!(resp.status(), 403);
 }
+
+/// Cancels, retrying while a worker holds the submission (409 "being sent right now").
+async fn cancel_when_idle(app: &TestApp, id: &str) -> reqwest::Response {
+    for _ in 0..100 {
+        let r = post(app, &format!("/clins/submissions/{id}/cancel"), &json!({})).await;
+        if r.status() != 409 {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("submission {id} stayed busy");
+}
+
+#[tokio::test]
+async fn a_queued_registration_that_never_left_is_withdrawn_and_never_sent() {
+    let (addr, sim) = simulator().await;
+    sim.set_down(Down::Unavailable).await.unwrap();
+    let app = clins_app(addr).await;
+    let p = store_patient(&app).await;
+    let body = json!({"kind": "condition", "patient": format!("Patient/{}", p.id)});
+    let s = json(post(&app, "/clins/submissions", &body).await, 202).await;
+    let id = s["id"].as_str().unwrap();
+    wait_for(&app, id, |s| s["attempts"].as_i64().unwrap_or(0) >= 1).await;
+    let withdrawn = json(cancel_when_idle(&app, id).await, 200).await;
+    assert_eq!(withdrawn["state"], "withdrawn");
+    sim.set_down(Down::Up).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = json(get(&app, &format!("/clins/submissions/{id}")).await, 200).await;
+    assert_eq!(after["state"], "withdrawn");
+    assert!(sim.received().is_empty(), "nothing reached the service: {:?}", sim.received());
+    // Nothing left to cancel.
+    assert_eq!(post(&app, &format!("/clins/submissions/{id}/cancel"), &json!({})).await.status(), 409);
+}
+
+#[tokio::test]
+async fn a_registration_that_may_have_arrived_is_cancelled_at_the_service_not_withdrawn() {
+    let (addr, sim) = simulator().await;
+    sim.set_delay(Duration::from_millis(3_500));
+    let app = clins_app(addr).await;
+    let p = store_patient(&app).await;
+    let body = json!({"kind": "condition", "patient": format!("Patient/{}", p.id)});
+    let s = json(post(&app, "/clins/submissions", &body).await, 202).await;
+    let id = s["id"].as_str().unwrap();
+    // The first attempt timed out: the service may hold it.
+    wait_for(&app, id, |s| s["attempts"].as_i64().unwrap_or(0) >= 1).await;
+    let r = post(&app, &format!("/clins/submissions/{id}/cancel"), &json!({})).await;
+    assert_eq!(r.status(), 409, "a local withdrawal would leave the service holding it");
+    sim.set_delay(Duration::ZERO);
+    let done = wait_for(&app, id, |s| s["state"] != "queued").await;
+    assert_eq!(done["state"], "accepted");
+    let cancel = json(post(&app, &format!("/clins/submissions/{id}/cancel"), &json!({})).await, 202).await;
+    let cancel = wait_for(&app, cancel["id"].as_str().unwrap(), |s| s["state"] != "queued").await;
+    assert_eq!(cancel["state"], "accepted");
+    let key = done["bundleIdentifier"].as_str().unwrap();
+    assert!(sim.held(INSTITUTION, key).unwrap().1, "cancelled at the service");
+    let original = json(get(&app, &format!("/clins/submissions/{id}")).await, 200).await;
+    assert_eq!(original["state"], "cancelled");
+}
+
+#[tokio::test]
+async fn one_operation_at_a_time_per_registration() {
+    let (addr, sim) = simulator().await;
+    let app = clins_app(addr).await;
+    let p = store_patient(&app).await;
+    let patient = format!("Patient/{}", p.id);
+    let first = submit_accepted(&app, &json!({"kind": "condition", "patient": patient})).await;
+    let first_id = first["id"].as_str().unwrap();
+    sim.set_down(Down::Unavailable).await.unwrap();
+    let body = json!({"kind": "condition", "patient": patient, "resources": [format!("Condition/{}", p.condition)]});
+    let change = json(post(&app, &format!("/clins/submissions/{first_id}/change"), &body).await, 202).await;
+    // A second change, or a cancel, could overtake the queued change between its retries.
+    assert_eq!(post(&app, &format!("/clins/submissions/{first_id}/change"), &body).await.status(), 409);
+    assert_eq!(post(&app, &format!("/clins/submissions/{first_id}/cancel"), &json!({})).await.status(), 409);
+    // A queued registration cannot be changed (cancel it and register anew).
+    let queued =
+        json(post(&app, "/clins/submissions", &json!({"kind": "other-allergy", "patient": patient})).await, 202).await;
+    assert_eq!(
+        post(
+            &app,
+            &format!("/clins/submissions/{}/change", queued["id"].as_str().unwrap()),
+            &json!({"kind": "other-allergy", "patient": patient})
+        )
+        .await
+        .status(),
+        409
+    );
+    // The queued change, withdrawn: the registration stays as it was, and can be cancelled.
+    let withdrawn = json(cancel_when_idle(&app, change["id"].as_str().unwrap()).await, 200).await;
+    assert_eq!(withdrawn["state"], "withdrawn");
+    sim.set_down(Down::Up).await.unwrap();
+    let (_, cancelled, version) = sim.held(INSTITUTION, first["bundleIdentifier"].as_str().unwrap()).unwrap();
+    assert_eq!((cancelled, version), (false, 1));
+    assert_eq!(post(&app, &format!("/clins/submissions/{first_id}/cancel"), &json!({})).await.status(), 202);
+}
+
+#[tokio::test]
+async fn requests_naming_what_is_not_this_patients_are_refused() {
+    let (addr, _sim) = simulator().await;
+    let app = clins_app(addr).await;
+    let p = store_patient(&app).await;
+    let other = app.create(&json!({"resourceType": "Patient", "gender": "male", "birthDate": "1950-01-01"})).await;
+    let theirs = app
+        .create(&json!({"resourceType": "Condition",
+            "code": {"coding": [{"system": "http://medis.or.jp/CodeSystem/master-disease-keyNumber", "code": "20064049"}]},
+            "subject": {"reference": format!("Patient/{}", id_of(&other))}, "onsetDateTime": "2024-01-01"}))
+        .await;
+    // Another patient's Condition (same tenant): not found under this patient.
+    let body = json!({"kind": "condition", "patient": format!("Patient/{}", p.id), "resources": [format!("Condition/{}", id_of(&theirs))]});
+    let r = post(&app, "/clins/preview", &body).await;
+    assert_eq!(r.status(), 404);
+    let r = post(&app, "/clins/submissions", &body).await;
+    assert_eq!(r.status(), 404);
+    // UNINFORMED / UNDELIVERED are Condition flags.
+    let body = json!({"kind": "drug-allergy", "patient": format!("Patient/{}", p.id), "flags": ["UNINFORMED"]});
+    assert_eq!(post(&app, "/clins/preview", &body).await.status(), 400);
+    // A refusal about this patient (422) is audited under the patient.
+    let mut body = referral(&p);
+    body["referral"].as_object_mut().unwrap().remove("purpose");
+    json(post(&app, "/clins/submissions", &body).await, 422).await;
+    let events = app.audit_events(&format!("patient=Patient/{}", p.id)).await;
+    assert!(
+        events.iter().any(|e| e["entity"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| x["what"]["reference"].as_str().is_some_and(|r| r.starts_with("clins/submissions")))),
+        "the refused submission is not audited under the patient: {events:#?}"
+    );
+}

@@ -185,8 +185,16 @@ impl Record {
     }
 }
 
-/// Flags from a resource's `meta.tag` plus the requested ones, as `meta.tag` codings.
+/// Whether a flag applies to a resource type (§A.4): `LTS` to every item, `UNINFORMED` (未告知)
+/// and `UNDELIVERED` (未提供) to Condition (傷病名) only.
+pub fn flag_applies(code: &str, resource_type: &str) -> bool {
+    code == "LTS" || (is_flag(code) && resource_type == "Condition")
+}
+
+/// Flags from a resource's `meta.tag` plus the requested ones, as `meta.tag` codings — only
+/// those that apply to the resource's type ([`flag_applies`]).
 pub fn flag_tags(resource: &Value, requested: &[String]) -> Vec<Value> {
+    let resource_type = resource["resourceType"].as_str().unwrap_or_default();
     let mut codes: Vec<String> = resource["meta"]["tag"]
         .as_array()
         .into_iter()
@@ -201,9 +209,92 @@ pub fn flag_tags(resource: &Value, requested: &[String]) -> Vec<Value> {
     }
     FLAGS
         .iter()
-        .filter(|(code, _)| codes.iter().any(|c| c == code))
+        .filter(|(code, _)| codes.iter().any(|c| c == code) && flag_applies(code, resource_type))
         .map(|(code, display)| json!({"system": INDICATION, "code": code, "display": display}))
         .collect()
+}
+
+/// Whether a stored resource may be sent at all: never one entered in error, refuted, cancelled
+/// or still a draft (the national service would show it to other institutions as a fact).
+/// Observations: only reported results (`final`, `amended`, `corrected`).
+pub fn is_sendable(r: &Value) -> bool {
+    let codes = |v: &Value| -> Vec<String> {
+        v["coding"].as_array().into_iter().flatten().filter_map(|c| c["code"].as_str().map(str::to_owned)).collect()
+    };
+    let verification = codes(&r["verificationStatus"]);
+    if verification.iter().any(|c| c == "entered-in-error" || c == "refuted") {
+        return false;
+    }
+    let status = r["status"].as_str();
+    match r["resourceType"].as_str() {
+        Some("Observation") => matches!(status, Some("final" | "amended" | "corrected")),
+        Some("MedicationRequest") => !matches!(status, Some("entered-in-error" | "cancelled" | "draft")),
+        _ => status != Some("entered-in-error"),
+    }
+}
+
+/// A text as CLINS wants `display` and `text` (§A.7): half-width katakana made full-width (with
+/// its voiced marks composed), the ideographic space U+3000 made a half-width space, control
+/// characters removed; with `ascii`, full-width ASCII letters, digits and symbols made
+/// half-width too (the lab rule "ASCII must be half-width").
+pub fn clins_text(text: &str, ascii: bool) -> String {
+    // U+FF66..=U+FF9D in order.
+    const KANA: &str = "ヲァィゥェォャュョッーアイウエオカキクケコサシスセソタチツテトナニヌネノハヒフヘホマミムメモヤユヨラリルレロワン";
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let mapped = match c {
+            '\u{FF61}' => '。',
+            '\u{FF62}' => '「',
+            '\u{FF63}' => '」',
+            '\u{FF64}' => '、',
+            '\u{FF65}' => '・',
+            '\u{FF66}'..='\u{FF9D}' => KANA.chars().nth(c as usize - 0xFF66).unwrap_or(c),
+            '\u{FF9E}' | '\u{FF9F}' => {
+                let semi = c == '\u{FF9F}';
+                if let Some(composed) = out.chars().last().and_then(|prev| voiced(prev, semi)) {
+                    out.pop();
+                    out.push(composed);
+                    continue;
+                }
+                if semi { '゜' } else { '゛' }
+            }
+            '\u{3000}' => ' ',
+            '\u{FF01}'..='\u{FF5E}' if ascii => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+            c if c.is_control() => continue,
+            c => c,
+        };
+        out.push(mapped);
+    }
+    out
+}
+
+/// The voiced (゛) or semi-voiced (゜) form of a full-width katakana, when it has one.
+fn voiced(c: char, semi: bool) -> Option<char> {
+    let n = c as u32;
+    let ka_to = [
+        0x30AB, 0x30AD, 0x30AF, 0x30B1, 0x30B3, 0x30B5, 0x30B7, 0x30B9, 0x30BB, 0x30BD, 0x30BF, 0x30C1, 0x30C4, 0x30C6,
+        0x30C8,
+    ];
+    let ha_ho = [0x30CF, 0x30D2, 0x30D5, 0x30D8, 0x30DB];
+    let code = match (semi, n) {
+        (false, 0x30A6) => 0x30F4,
+        (false, n) if ka_to.contains(&n) || ha_ho.contains(&n) => n + 1,
+        (true, n) if ha_ho.contains(&n) => n + 2,
+        _ => return None,
+    };
+    char::from_u32(code)
+}
+
+/// Applies [`clins_text`] to a CodeableConcept's `text` and every coding's `display`.
+pub fn clins_concept(concept: &mut Value, ascii: bool) {
+    if let Some(t) = concept["text"].as_str() {
+        concept["text"] = Value::String(clins_text(t, ascii));
+    }
+    for c in concept["coding"].as_array_mut().into_iter().flatten() {
+        if let Some(d) = c["display"].as_str() {
+            c["display"] = Value::String(clins_text(d, ascii));
+        }
+    }
 }
 
 /// Whether a flag name is one of LTS / UNINFORMED / UNDELIVERED.
@@ -387,13 +478,15 @@ pub fn patient_ecs(
         .ok_or_else(|| ClinsError::Missing("the patient's insurance member id (JP_Insurance_memberID)".into()))?;
     let mut names = Vec::new();
     for n in p["name"].as_array().into_iter().flatten() {
-        let family = n["family"].as_str().unwrap_or_default().replace('\u{3000}', " ").trim().to_owned();
+        // R1112/R1113: no U+3000; kana full-width (a name typed in half-width kana is made so).
+        let family = clins_text(n["family"].as_str().unwrap_or_default(), false).trim().to_owned();
         let given: Vec<String> = n["given"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
-            .map(|g| g.replace('\u{3000}', " ").trim().to_owned())
+            .map(|g| clins_text(g, false).trim().to_owned())
+            .filter(|g| !g.is_empty())
             .collect();
         if family.is_empty() || given.is_empty() {
             continue;

@@ -10,12 +10,17 @@
 //! | 4 + 4 + 4 | Argon2id memory (KiB), iterations, lanes |
 //! | 16 | random salt |
 //! | 12 | random AES-GCM nonce |
+//! | 16 | key check: bytes 32..48 of the Argon2id output |
 //! | rest | AES-256-GCM ciphertext with its 16-byte tag |
 //!
-//! The key is Argon2id(password, salt) → 32 bytes; the header (everything before the
-//! ciphertext) is the AEAD associated data, so a changed header fails like a changed ciphertext.
-//! Reading refuses parameters beyond sane bounds (a hostile file cannot make us allocate
-//! gigabytes).
+//! Argon2id(password, salt) gives 48 bytes: the first 32 are the AES key, the last 16 the key
+//! check written in the header. A key check that does not match is a wrong password (or an
+//! altered salt / parameters); a matching one with a failing tag is an altered file. The check
+//! gives a guesser nothing the AEAD tag does not already give (each guess still costs one
+//! Argon2id run). The header (everything before the ciphertext) is the AEAD associated data,
+//! so a changed nonce fails like a changed ciphertext. Reading refuses parameters beyond sane
+//! bounds (a hostile file cannot make us allocate gigabytes). This layout is ours: the
+//! 技術解説書 asks for AES-256 and a guideline-grade password, not a format.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -23,7 +28,9 @@ use rand::RngCore;
 
 const MAGIC: &[u8; 8] = b"CLINSENC";
 const FORMAT: u8 = 1;
-const HEADER: usize = 8 + 1 + 12 + 16 + 12;
+const HEADER: usize = 8 + 1 + 12 + 16 + 12 + 16;
+/// Argon2id output: the AES-256 key and the 16-byte key check.
+const DERIVED: usize = 32 + 16;
 /// Argon2id parameters written: OWASP's 19 MiB, 2 iterations, 1 lane.
 const MEMORY_KIB: u32 = 19 * 1024;
 const ITERATIONS: u32 = 2;
@@ -45,8 +52,12 @@ pub enum CryptoError {
     NotEncrypted,
     #[error("the encrypted file's key parameters are out of bounds")]
     BadParameters,
-    #[error("decryption failed: wrong password or the file was altered")]
-    Decrypt,
+    /// The key check does not match: another password (or an altered salt).
+    #[error("decryption failed: the file was encrypted with another password")]
+    WrongPassword,
+    /// The password is right but the file does not authenticate: altered or truncated.
+    #[error("decryption failed: the file was altered or truncated")]
+    Tampered,
     #[error("encryption failed")]
     Encrypt,
 }
@@ -81,12 +92,24 @@ impl Password {
     }
 }
 
-fn derive(password: &Password, salt: &[u8], memory: u32, iterations: u32, lanes: u32) -> Result<[u8; 32], CryptoError> {
-    let params = argon2::Params::new(memory, iterations, lanes, Some(32)).map_err(|_| CryptoError::BadParameters)?;
+fn derive(
+    password: &Password,
+    salt: &[u8],
+    memory: u32,
+    iterations: u32,
+    lanes: u32,
+) -> Result<[u8; DERIVED], CryptoError> {
+    let params =
+        argon2::Params::new(memory, iterations, lanes, Some(DERIVED)).map_err(|_| CryptoError::BadParameters)?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let mut key = [0u8; 32];
+    let mut key = [0u8; DERIVED];
     argon.hash_password_into(password.0.as_bytes(), salt, &mut key).map_err(|_| CryptoError::BadParameters)?;
     Ok(key)
+}
+
+/// Compares without an early exit (the key check is secret-derived).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Encrypts `plain` under `password` (fresh salt and nonce every time).
@@ -95,6 +118,8 @@ pub fn encrypt(password: &Password, plain: &[u8]) -> Result<Vec<u8>, CryptoError
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut salt);
     rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let derived = derive(password, &salt, MEMORY_KIB, ITERATIONS, LANES)?;
+    let (key, check) = derived.split_at(32);
     let mut out = Vec::with_capacity(HEADER + plain.len() + 16);
     out.extend_from_slice(MAGIC);
     out.push(FORMAT);
@@ -103,8 +128,8 @@ pub fn encrypt(password: &Password, plain: &[u8]) -> Result<Vec<u8>, CryptoError
     }
     out.extend_from_slice(&salt);
     out.extend_from_slice(&nonce);
-    let key = derive(password, &salt, MEMORY_KIB, ITERATIONS, LANES)?;
-    let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| CryptoError::Encrypt)?;
+    out.extend_from_slice(check);
+    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| CryptoError::Encrypt)?;
     let sealed =
         cipher.encrypt(&Nonce::from(nonce), Payload { msg: plain, aad: &out }).map_err(|_| CryptoError::Encrypt)?;
     out.extend_from_slice(&sealed);
@@ -113,11 +138,14 @@ pub fn encrypt(password: &Password, plain: &[u8]) -> Result<Vec<u8>, CryptoError
 
 fn be(bytes: &[u8], at: usize) -> u32 {
     let mut b = [0u8; 4];
-    b.copy_from_slice(&bytes[at..at + 4]);
+    if let Some(s) = bytes.get(at..at + 4) {
+        b.copy_from_slice(s);
+    }
     u32::from_be_bytes(b)
 }
 
-/// Decrypts a file written by [`encrypt`].
+/// Decrypts a file written by [`encrypt`]: [`CryptoError::WrongPassword`] and
+/// [`CryptoError::Tampered`] tell the two failures apart; neither says more.
 pub fn decrypt(password: &Password, file: &[u8]) -> Result<Vec<u8>, CryptoError> {
     if file.len() < HEADER + 16 || &file[..8] != MAGIC || file[8] != FORMAT {
         return Err(CryptoError::NotEncrypted);
@@ -129,11 +157,15 @@ pub fn decrypt(password: &Password, file: &[u8]) -> Result<Vec<u8>, CryptoError>
     let salt = &file[21..37];
     let mut nonce = [0u8; 12];
     nonce.copy_from_slice(&file[37..49]);
-    let key = derive(password, salt, memory, iterations, lanes)?;
-    let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| CryptoError::Decrypt)?;
+    let derived = derive(password, salt, memory, iterations, lanes)?;
+    let (key, check) = derived.split_at(32);
+    if !same(check, &file[49..HEADER]) {
+        return Err(CryptoError::WrongPassword);
+    }
+    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| CryptoError::Tampered)?;
     cipher
         .decrypt(&Nonce::from(nonce), Payload { msg: &file[HEADER..], aad: &file[..HEADER] })
-        .map_err(|_| CryptoError::Decrypt)
+        .map_err(|_| CryptoError::Tampered)
 }
 
 #[cfg(test)]
@@ -159,14 +191,24 @@ mod tests {
         let p = Password::new(GOOD).unwrap();
         let sealed = encrypt(&p, b"hello bundle").unwrap();
         let other = Password::new("Another#Pass-9876-xyz").unwrap();
-        assert_eq!(decrypt(&other, &sealed), Err(CryptoError::Decrypt));
+        assert_eq!(decrypt(&other, &sealed), Err(CryptoError::WrongPassword));
         let mut body = sealed.clone();
         let last = body.len() - 1;
         body[last] ^= 1;
-        assert_eq!(decrypt(&p, &body), Err(CryptoError::Decrypt));
+        assert_eq!(decrypt(&p, &body), Err(CryptoError::Tampered));
+        let mut nonce = sealed.clone();
+        nonce[40] ^= 1; // the nonce: authenticated as associated data
+        assert_eq!(decrypt(&p, &nonce), Err(CryptoError::Tampered));
+        let mut truncated = sealed.clone();
+        truncated.truncate(sealed.len() - 3);
+        assert_eq!(decrypt(&p, &truncated), Err(CryptoError::Tampered));
         let mut header = sealed.clone();
-        header[25] ^= 1; // salt
-        assert_eq!(decrypt(&p, &header), Err(CryptoError::Decrypt));
+        header[25] ^= 1; // salt: another key, so another key check
+        assert_eq!(decrypt(&p, &header), Err(CryptoError::WrongPassword));
+        // Neither error carries the password or the plaintext.
+        for e in [CryptoError::WrongPassword, CryptoError::Tampered] {
+            assert!(!e.to_string().contains(GOOD) && !e.to_string().contains("hello"));
+        }
         let mut params = sealed;
         params[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decrypt(&p, &params), Err(CryptoError::BadParameters));

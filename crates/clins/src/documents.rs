@@ -194,13 +194,8 @@ impl<'a> Doc<'a> {
         only: Option<&[String]>,
         keep: impl Fn(&Value) -> bool,
     ) -> Result<Vec<String>, ClinsError> {
-        let list: Vec<Value> = self
-            .record
-            .of_type("Condition")
-            .filter(|c| only.is_none_or(|o| o.iter().any(|r| Some(r.as_str()) == reference_of(c).as_deref())))
-            .filter(|c| keep(c))
-            .cloned()
-            .collect();
+        let list: Vec<Value> =
+            sendable(self.record, "Condition", only)?.into_iter().filter(|c| keep(c)).cloned().collect();
         let mut urls = Vec::new();
         for c in &list {
             let r = items::condition(c, self.record, self.institution, self.options, &self.patient_url)?;
@@ -210,7 +205,7 @@ impl<'a> Doc<'a> {
     }
 
     fn allergies(&mut self) -> Result<Vec<String>, ClinsError> {
-        let list: Vec<Value> = self.record.of_type("AllergyIntolerance").cloned().collect();
+        let list: Vec<Value> = sendable(self.record, "AllergyIntolerance", None)?.into_iter().cloned().collect();
         let mut urls = Vec::new();
         for a in &list {
             let r = items::allergy(a, self.institution, self.options, &self.patient_url)?;
@@ -220,8 +215,7 @@ impl<'a> Doc<'a> {
     }
 
     fn medications(&mut self) -> Result<Vec<String>, ClinsError> {
-        let list: Vec<Value> =
-            self.record.of_type("MedicationRequest").filter(|m| m["status"] != "entered-in-error").cloned().collect();
+        let list: Vec<Value> = sendable(self.record, "MedicationRequest", None)?.into_iter().cloned().collect();
         let mut urls = Vec::new();
         for m in &list {
             let r = items::medication_request(m, self.institution, self.options, &self.patient_url)?;
@@ -231,13 +225,8 @@ impl<'a> Doc<'a> {
     }
 
     fn labs(&mut self, terminology: &Terminology, only: Option<&[String]>) -> Result<Vec<String>, ClinsError> {
-        let list: Vec<Value> = self
-            .record
-            .of_type("Observation")
-            .filter(|o| items::is_lab(o))
-            .filter(|o| only.is_none_or(|l| l.iter().any(|r| Some(r.as_str()) == reference_of(o).as_deref())))
-            .cloned()
-            .collect();
+        let list: Vec<Value> =
+            sendable(self.record, "Observation", only)?.into_iter().filter(|o| items::is_lab(o)).cloned().collect();
         let mut urls = Vec::new();
         for o in &list {
             let r =
@@ -278,6 +267,20 @@ impl<'a> Doc<'a> {
 
 fn reference_of(r: &Value) -> Option<String> {
     Some(format!("{}/{}", r["resourceType"].as_str()?, r["id"].as_str()?))
+}
+
+/// The stored resources of a type that may be sent ([`is_sendable`]), only the requested ones
+/// when the request names some — each of which must be this patient's and sendable.
+fn sendable<'r>(record: &'r Record, ty: &'r str, only: Option<&[String]>) -> Result<Vec<&'r Value>, ClinsError> {
+    let list: Vec<&Value> = record
+        .of_type(ty)
+        .filter(|r| is_sendable(r))
+        .filter(|r| only.is_none_or(|o| o.iter().any(|x| Some(x.as_str()) == reference_of(r).as_deref())))
+        .collect();
+    if let Some(only) = only {
+        items::check_requested(record, only, ty, &list)?;
+    }
+    Ok(list)
 }
 
 /// A Composition section (document-section code system; `text.status = additional`).
@@ -489,6 +492,7 @@ pub fn referral(
 fn problem_names(record: &Record, only: Option<&[String]>, keep: impl Fn(&Value) -> bool) -> String {
     record
         .of_type("Condition")
+        .filter(|c| is_sendable(c))
         .filter(|c| only.is_none_or(|o| o.iter().any(|r| Some(r.as_str()) == reference_of(c).as_deref())))
         .filter(|c| keep(c))
         .filter_map(|c| c["code"]["text"].as_str().or_else(|| c["code"]["coding"][0]["display"].as_str()))
@@ -500,6 +504,7 @@ fn names_of(record: &Record, ty: &str) -> String {
     let field = if ty == "MedicationRequest" { "medicationCodeableConcept" } else { "code" };
     let list: Vec<&str> = record
         .of_type(ty)
+        .filter(|r| is_sendable(r))
         .filter_map(|r| r[field]["text"].as_str().or_else(|| r[field]["coding"][0]["display"].as_str()))
         .collect();
     if list.is_empty() { "記載なし".into() } else { list.join("、") }

@@ -129,10 +129,14 @@ pub fn build_item(
             "prescriptions are submitted inside a referral or a discharge summary, not as a JP_Bundle_CLINS of their own".into(),
         ));
     }
+    let selected = select(kind, record, terminology, options.only.as_deref());
+    if let Some(only) = &options.only {
+        check_requested(record, only, kind.resource_type(), &selected)?;
+    }
     let patient_url = new_full_url();
     let patient = patient_ecs(record, institution, options.member_id.as_deref(), options.now)?;
     let mut entries = vec![entry(&patient_url, patient)];
-    for stored in select(kind, record, terminology, options.only.as_deref()) {
+    for stored in selected {
         let resource = convert(kind, stored, record, institution, terminology, options, &patient_url)?;
         entries.push(entry(&new_full_url(), resource));
     }
@@ -151,6 +155,24 @@ pub fn build_item(
         "timestamp": instant(options.now),
         "entry": entries,
     }))
+}
+
+/// Every requested `Type/id` must be a resource of this patient's record (else
+/// [`ClinsError::NotFound`]: another patient's or another tenant's resource is not disclosed)
+/// and one the item sends (else [`ClinsError::Invalid`]: wrong item, entered in error, refuted…).
+pub fn check_requested(record: &Record, requested: &[String], ty: &str, selected: &[&Value]) -> Result<(), ClinsError> {
+    for r in requested {
+        let stored = record.get(r).filter(|v| v["resourceType"] == ty);
+        let Some(stored) = stored else {
+            return Err(ClinsError::NotFound(format!("a {ty} of this patient named in the request")));
+        };
+        if !selected.iter().any(|s| std::ptr::eq(*s, stored)) {
+            return Err(ClinsError::Invalid(format!(
+                "a requested {ty} is not one this submission may carry (another item, or entered in error, refuted, not final)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The stored resources of an item.
@@ -172,15 +194,13 @@ pub fn select<'a>(
                 list.contains(&key)
             })
         })
+        .filter(|r| is_sendable(r))
         .filter(|r| match kind {
-            ItemKind::Condition => {
-                !matches!(r["verificationStatus"]["coding"][0]["code"].as_str(), Some("refuted" | "entered-in-error"))
-            }
+            ItemKind::Condition | ItemKind::Medication => true,
             ItemKind::DrugAllergy => is_drug_allergy(r),
             ItemKind::OtherAllergy => !is_drug_allergy(r),
             ItemKind::LabResult => is_lab(r) && !is_infection(r, terminology),
             ItemKind::Infection => is_lab(r) && is_infection(r, terminology),
-            ItemKind::Medication => r["status"] != "entered-in-error",
         })
         .collect()
 }
@@ -189,9 +209,9 @@ fn is_drug_allergy(r: &Value) -> bool {
     r["category"].as_array().is_some_and(|c| c.iter().any(|c| c == "medication"))
 }
 
-/// A laboratory Observation (category `laboratory` in any system).
+/// A reported laboratory Observation (category `laboratory` in any system; [`is_sendable`]).
 pub fn is_lab(r: &Value) -> bool {
-    r["status"] != "entered-in-error"
+    is_sendable(r)
         && r["category"]
             .as_array()
             .into_iter()
@@ -260,7 +280,13 @@ pub fn condition(
     c["encounter"] = json!({"reference": "#encounter"});
     c["subject"] = json!({"reference": patient_url});
     if c["clinicalStatus"].is_null() {
-        c["clinicalStatus"] = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]});
+        // FHIR con-4: an abated condition is not active; without abatement it is.
+        let abated = ["abatementDateTime", "abatementAge", "abatementPeriod", "abatementRange", "abatementString"]
+            .iter()
+            .any(|k| !stored[*k].is_null());
+        let code = if abated { "resolved" } else { "active" };
+        c["clinicalStatus"] =
+            json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": code}]});
     }
     if c["verificationStatus"].is_null() {
         c["verificationStatus"] = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]});
@@ -271,10 +297,12 @@ pub fn condition(
         a.truncate(1);
     }
     fill_code_text(&mut c["code"]);
-    // R9015C: onsetDateTime; a Condition recorded without onset gets its recorded date.
+    // R9015C: onsetDateTime; else the start of a stored onset period; else the recorded date.
     if c["onsetDateTime"].is_null() {
-        let onset = stored["recordedDate"].as_str().map(str::to_owned);
-        let onset = onset.ok_or_else(|| ClinsError::Missing("a Condition onsetDateTime (or recordedDate)".into()))?;
+        let onset = stored["onsetPeriod"]["start"].as_str().or_else(|| stored["recordedDate"].as_str());
+        let onset = onset.map(str::to_owned).ok_or_else(|| {
+            ClinsError::Missing("a Condition onsetDateTime (or onsetPeriod.start, recordedDate)".into())
+        })?;
         if let Some(o) = c.as_object_mut() {
             for k in ["onsetAge", "onsetPeriod", "onsetRange", "onsetString"] {
                 o.remove(k);
@@ -321,11 +349,13 @@ pub fn allergy(
 /// coding when there is a JLAC10 code, else the uncoded marker.
 pub fn lab_code(stored: &Value, terminology: &Terminology) -> Value {
     let codings: Vec<&Value> = stored["code"]["coding"].as_array().into_iter().flatten().collect();
-    let text = stored["code"]["text"]
-        .as_str()
-        .or_else(|| codings.iter().find_map(|c| c["display"].as_str()))
-        .unwrap_or("検査")
-        .to_owned();
+    let text = clins_text(
+        stored["code"]["text"]
+            .as_str()
+            .or_else(|| codings.iter().find_map(|c| c["display"].as_str()))
+            .unwrap_or("検査"),
+        true,
+    );
     let jlac10 = jlac10_of(stored, terminology);
     let material = jlac10.as_deref().and_then(|c| c.get(9..12)).unwrap_or("000");
     let local = codings
@@ -375,7 +405,10 @@ pub fn lab_code(stored: &Value, terminology: &Terminology) -> Value {
         }
         None => out.push(json!({"system": SystemId::ClinsLabUncoded.canonical(), "code": LAB_UNCODED_CODE, "display": LAB_UNCODED_DISPLAY})),
     }
-    json!({"coding": out, "text": text})
+    let mut code = json!({"coding": out, "text": text});
+    // §A.7: display and text without half-width kana, U+3000 or control characters.
+    clins_concept(&mut code, true);
+    code
 }
 
 /// JP_Observation_LabResult_eCS.
@@ -390,6 +423,10 @@ pub fn lab_observation(
     let mut o = prepare(stored, PROFILE_LAB, institution, &options.flags, options.now);
     ensure_department(&mut o, &department(stored, options));
     o["code"] = lab_code(stored, terminology);
+    if o["valueCodeableConcept"].is_object() {
+        // A qualitative result (陰性, ＋): its display and text follow the same character rules.
+        clins_concept(&mut o["valueCodeableConcept"], true);
+    }
     o["category"] = json!([{"coding": [{"system": LAB_CATEGORY_CS, "code": "laboratory", "display": "検体検査"}]}]);
     o["subject"] = json!({"reference": patient_url});
     let mut contained = vec![contained_encounter(record, stored)];

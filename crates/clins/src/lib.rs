@@ -38,6 +38,10 @@ pub enum ClinsError {
     /// A request field is malformed.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A resource the request names is not in this patient's record (answered 404: whether it
+    /// exists elsewhere is not disclosed).
+    #[error("not found: {0}")]
+    NotFound(String),
     /// Nothing of the requested kind to submit for this patient.
     #[error("nothing to submit: {0}")]
     Empty(String),

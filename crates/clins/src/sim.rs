@@ -10,7 +10,8 @@
 //! - A registry per institution keyed by bundle identifier: register (2003 if already held),
 //!   cancel, change (= cancel + register in one request, same bundle identifier), retrieve by
 //!   the patient's insurance keys.
-//! - A repeated request id gets the first answer again: nothing is registered twice.
+//! - A repeated request id with the same request gets the first answer again: nothing is
+//!   registered twice; the same id with another request is refused (1002).
 //! - Knobs for tests: down (connections refused, or HTTP 503) and a delay before answering;
 //!   [`Simulator::received`] shows what arrived.
 
@@ -96,8 +97,8 @@ struct Registration {
 struct SimState {
     /// institution → bundle identifier → registration.
     registry: HashMap<String, BTreeMap<String, Registration>>,
-    /// (institution, request id) → the first answer.
-    answers: HashMap<(String, String), Response>,
+    /// (institution, request id) → the first request and its answer.
+    answers: HashMap<(String, String), (Request, Response)>,
     received: Vec<Received>,
 }
 
@@ -285,13 +286,20 @@ impl Simulator {
     pub fn process(&self, request: &Request, folder: Option<&str>, via: &'static str) -> Response {
         let key = (request.institution.clone(), request.request_id.clone());
         let mut state = lock(&self.inner.state);
-        if let Some(first) = state.answers.get(&key).cloned() {
-            state.received.push(received(request, &first, true, via));
-            return first;
+        if let Some((first, answer)) = state.answers.get(&key).cloned() {
+            // A retry carries exactly the first request; a request id reused for something else
+            // is refused (and not remembered), never answered with another request's answer.
+            let answer = if first == *request {
+                answer
+            } else {
+                self.reject(request, codes::INVALID_ENVELOPE, "this request id was used for another request")
+            };
+            state.received.push(received(request, &answer, true, via));
+            return answer;
         }
         let answer = self.decide(&mut state, request, folder);
         if envelope::is_request_id(&request.request_id) {
-            state.answers.insert(key, answer.clone());
+            state.answers.insert(key, (request.clone(), answer.clone()));
         }
         state.received.push(received(request, &answer, false, via));
         answer

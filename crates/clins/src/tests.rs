@@ -628,12 +628,12 @@ async fn web_api_transport_against_the_simulator() {
     let req = register(&item(ItemKind::Condition), "condition");
     assert_eq!(api.send(&req).await.unwrap().status, Status::Accepted);
     handle.set_down(Down::Unavailable).await.unwrap();
-    assert!(matches!(api.send(&req).await, Err(TransportError::Retryable(_))));
+    assert!(matches!(api.send(&req).await, Err(TransportError::Retryable { .. })));
     handle.set_down(Down::Refuse).await.unwrap();
-    assert!(matches!(api.send(&req).await, Err(TransportError::Retryable(_))));
+    assert!(matches!(api.send(&req).await, Err(TransportError::Retryable { .. })));
     handle.set_down(Down::Up).await.unwrap();
     handle.set_delay(Duration::from_millis(1500));
-    assert!(matches!(api.send(&req).await, Err(TransportError::Retryable(_))), "a slow service times out");
+    assert!(matches!(api.send(&req).await, Err(TransportError::Retryable { .. })), "a slow service times out");
     handle.set_delay(Duration::ZERO);
     let again = api.send(&req).await.unwrap();
     assert_eq!(again.status, Status::Accepted);
@@ -666,7 +666,7 @@ async fn file_drop_transport_against_the_simulators_watcher() {
     handle.set_down(Down::Unavailable).await.unwrap();
     let slow = FileDrop { timeout: Duration::from_millis(300), ..drop };
     let req = register(&item(ItemKind::DrugAllergy), "drug-allergy");
-    assert!(matches!(slow.send(&req).await, Err(TransportError::Retryable(_))));
+    assert!(matches!(slow.send(&req).await, Err(TransportError::Retryable { .. })));
     let pending = std::fs::read(root.join(INST).join("req").join(format!("{}.json.enc", req.request_id))).unwrap();
     assert!(!String::from_utf8_lossy(&pending).contains("牧野"));
     handle.set_down(Down::Up).await.unwrap();
@@ -674,4 +674,264 @@ async fn file_drop_transport_against_the_simulators_watcher() {
     assert_eq!(fine.send(&req).await.unwrap().status, Status::Accepted);
     assert_eq!(handle.registrations_of(req.bundle_identifier.as_deref().unwrap()), 1);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+fn entry_ids(b: &Value) -> Vec<String> {
+    b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["resource"]["identifier"].as_array())
+        .flat_map(|ids| ids.iter())
+        .filter(|i| i["system"] == RESOURCE_INSTANCE)
+        .map(|i| i["value"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Entered in error, refuted, cancelled, preliminary: never sent, in items or documents, nor
+/// named in a document's narrative.
+#[test]
+fn what_must_not_be_sent_is_not_sent() {
+    let mut r = record();
+    let ver = |code: &str| json!({"coding": [{"system": "http://example.org/local", "code": "x"}, {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": code}]});
+    for (id, code) in [("c-eie", "entered-in-error"), ("c-ref", "refuted")] {
+        let mut c = r.get("Condition/c1").unwrap().clone();
+        c["id"] = json!(id);
+        c["verificationStatus"] = ver(code);
+        c["code"]["text"] = json!(format!("誤登録病名{id}"));
+        r.resources.push(c);
+    }
+    let mut a = r.get("AllergyIntolerance/a1").unwrap().clone();
+    a["id"] = json!("a-eie");
+    a["verificationStatus"] = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification", "code": "entered-in-error"}]});
+    a["code"]["text"] = json!("誤登録アレルギー");
+    r.resources.push(a);
+    for (id, status) in [("o-cancel", "cancelled"), ("o-pre", "preliminary"), ("o-eie", "entered-in-error")] {
+        let mut o = r.get("Observation/o1").unwrap().clone();
+        o["id"] = json!(id);
+        o["status"] = json!(status);
+        r.resources.push(o);
+    }
+    let (i, t, o) = (institution(), terminology(), options());
+    let conditions = entry_ids(&items::build_item(ItemKind::Condition, &r, &i, &t, &o).unwrap());
+    assert_eq!(conditions, ["Condition-c1", "Condition-c2"]);
+    let allergies = entry_ids(&items::build_item(ItemKind::DrugAllergy, &r, &i, &t, &o).unwrap());
+    assert_eq!(allergies, ["AllergyIntolerance-a1"]);
+    let labs = entry_ids(&items::build_item(ItemKind::LabResult, &r, &i, &t, &o).unwrap());
+    assert_eq!(labs, ["Observation-o1", "Observation-o2"]);
+    let referral = documents::referral(&r, &i, &t, &referral_request(), &o).unwrap();
+    let ids = entry_ids(&referral);
+    assert!(!ids.iter().any(|x| x.contains("eie") || x.contains("ref") || x.contains("o-")), "{ids:?}");
+    let text = referral.to_string();
+    assert!(!text.contains("誤登録"), "a narrative names what was not sent");
+    assert!(errors(&referral).is_empty(), "{:#?}", errors(&referral));
+}
+
+/// §A.4: LTS on any item; UNINFORMED / UNDELIVERED on Conditions only (requested or stored).
+#[test]
+fn flags_apply_to_their_types_only() {
+    let mut r = record();
+    r.resources.iter_mut().find(|x| x["id"] == "a1").unwrap()["meta"] =
+        json!({"tag": [{"system": INDICATION, "code": "UNINFORMED"}]});
+    let mut o = options();
+    o.flags = vec!["LTS".into(), "UNINFORMED".into(), "UNDELIVERED".into()];
+    let (i, t) = (institution(), terminology());
+    let tags = |b: &Value| -> Vec<String> {
+        b["entry"][1]["resource"]["meta"]["tag"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["code"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let c = items::build_item(ItemKind::Condition, &r, &i, &t, &o).unwrap();
+    assert_eq!(tags(&c), ["LTS", "UNINFORMED", "UNDELIVERED"]);
+    assert!(errors(&c).is_empty(), "{:#?}", errors(&c));
+    for kind in [ItemKind::DrugAllergy, ItemKind::LabResult] {
+        let b = items::build_item(kind, &r, &i, &t, &o).unwrap();
+        assert_eq!(tags(&b), ["LTS"], "{kind:?}");
+    }
+}
+
+/// `resources` (and a document's lists) name this patient's resources of the item, or the build
+/// fails: another patient's id is "not found", a wrong or unsendable one is refused.
+#[test]
+fn requested_resources_must_be_the_patients_and_sendable() {
+    let (i, t) = (institution(), terminology());
+    let mut r = record();
+    let mut eie = r.get("Condition/c1").unwrap().clone();
+    eie["id"] = json!("c-eie");
+    eie["verificationStatus"]["coding"][0]["code"] = json!("entered-in-error");
+    r.resources.push(eie);
+    let build = |only: &[&str]| {
+        let mut o = options();
+        o.only = Some(only.iter().map(|s| (*s).to_owned()).collect());
+        items::build_item(ItemKind::Condition, &r, &i, &t, &o)
+    };
+    assert!(matches!(build(&["Condition/of-another-patient"]), Err(crate::ClinsError::NotFound(_))));
+    assert!(matches!(build(&["AllergyIntolerance/a1"]), Err(crate::ClinsError::NotFound(_))));
+    assert!(matches!(build(&["Condition/c1", "Condition/c-eie"]), Err(crate::ClinsError::Invalid(_))));
+    assert_eq!(entry_ids(&build(&["Condition/c1"]).unwrap()), ["Condition-c1"]);
+    let mut req = referral_request();
+    req.problems = Some(vec!["Condition/of-another-patient".into()]);
+    let r2 = documents::referral(&r, &i, &t, &req, &options());
+    assert!(matches!(r2, Err(crate::ClinsError::NotFound(_))));
+    let checkup = CheckupRequest { observations: Some(vec!["Observation/nope".into()]), ..CheckupRequest::default() };
+    assert!(matches!(documents::checkup_report(&r, &i, &t, &checkup, &options()), Err(crate::ClinsError::NotFound(_))));
+}
+
+#[test]
+fn clins_text_makes_kana_full_width_and_ascii_half_width() {
+    assert_eq!(clins_text("ｶﾞｷﾞﾊﾟﾎﾟ ｳﾞｧ ﾃｽﾄｰ｡", false), "ガギパポ ヴァ テスト—。".replace('—', "ー"));
+    assert_eq!(clins_text("牧野\u{3000}爛漫\u{7}", false), "牧野 爛漫");
+    assert_eq!(clins_text("ＨＢｓ抗原（１）", true), "HBs抗原(1)");
+    assert_eq!(clins_text("ＨＢｓ", false), "ＨＢｓ");
+    assert_eq!(clins_text("ﾞ", false), "゛", "a lone voiced mark");
+}
+
+/// Records as they come: a kanji-only patient, a kana name typed in half-width, a U+3000 in a
+/// name, qualitative (CodeableConcept) and text results with half-width kana, an onset period, a
+/// resolved Condition without clinicalStatus.
+#[test]
+fn realistic_records_build_valid_bundles() {
+    let (i, t, o) = (institution(), terminology(), options());
+    let mut r = record();
+    r.patient["name"] = json!([{"family": "牧野\u{3000}", "given": ["爛漫"]}]);
+    let b = items::build_item(ItemKind::Condition, &r, &i, &t, &o).unwrap();
+    assert_eq!(b["entry"][0]["resource"]["name"].as_array().unwrap().len(), 1, "kanji only");
+    assert_eq!(b["entry"][0]["resource"]["name"][0]["text"], "牧野 爛漫");
+    assert!(errors(&b).is_empty(), "{:#?}", errors(&b));
+
+    r.patient["name"] = json!([{"family": "牧野", "given": ["爛漫"]}, {"family": "ﾏｷﾉ", "given": ["ﾗﾝﾏﾝ"]}]);
+    let b = items::build_item(ItemKind::Condition, &r, &i, &t, &o).unwrap();
+    let kana = &b["entry"][0]["resource"]["name"][1];
+    assert_eq!(
+        (kana["text"].as_str(), kana["extension"][0]["valueCode"].as_str()),
+        (Some("マキノ ランマン"), Some("SYL"))
+    );
+    assert!(errors(&b).is_empty(), "{:#?}", errors(&b));
+
+    r.resources.retain(|x| x["resourceType"] != "Observation" && x["resourceType"] != "Condition");
+    r.resources.push(lab("q1", "3H015000002326101", "ｶﾘｳﾑ定性", json!({"valueCodeableConcept": {"coding": [{"system": "http://hospital.example.jp/results", "code": "N", "display": "ｲﾝｾｲ"}], "text": "ｲﾝｾｲ"}})));
+    r.resources.push(lab("q2", "3A015000002327101", "アルブミン", json!({"valueString": "溶血のため再検"})));
+    let b = items::build_item(ItemKind::LabResult, &r, &i, &t, &o).unwrap();
+    let q1 = &b["entry"][1]["resource"];
+    assert_eq!(q1["code"]["text"], "カリウム定性");
+    assert_eq!(q1["valueCodeableConcept"]["text"], "インセイ");
+    assert_eq!(q1["valueCodeableConcept"]["coding"][0]["display"], "インセイ");
+    assert_eq!(b["entry"][2]["resource"]["valueString"], "溶血のため再検");
+    assert!(errors(&b).is_empty(), "{:#?}", errors(&b));
+
+    r.resources.push(json!({"resourceType": "Condition", "id": "c9",
+        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+        "code": {"coding": [{"system": "http://medis.or.jp/CodeSystem/master-disease-keyNumber", "code": "20058911", "display": "狭心症"}]},
+        "subject": {"reference": "Patient/p1"}, "onsetPeriod": {"start": "2019-04-01", "end": "2020-03-01"},
+        "abatementDateTime": "2020-03-01"}));
+    let b = items::build_item(ItemKind::Condition, &r, &i, &t, &o).unwrap();
+    let c9 = &b["entry"][1]["resource"];
+    assert_eq!(c9["onsetDateTime"], "2019-04-01");
+    assert!(c9.get("onsetPeriod").is_none());
+    assert_eq!(c9["clinicalStatus"]["coding"][0]["code"], "resolved");
+    assert!(errors(&b).is_empty(), "{:#?}", errors(&b));
+
+    // A Condition recorded as text only: built, but refused by the validator for its missing
+    // MEDIS code — never sent with a made-up one.
+    r.resources.push(json!({"resourceType": "Condition", "id": "c10", "code": {"text": "腰痛症"},
+        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+        "subject": {"reference": "Patient/p1"}, "onsetDateTime": "2024-01-01"}));
+    let mut only = options();
+    only.only = Some(vec!["Condition/c10".into()]);
+    let b = items::build_item(ItemKind::Condition, &r, &i, &t, &only).unwrap();
+    assert!(!errors(&b).is_empty(), "a text-only Condition must not pass");
+}
+
+#[test]
+fn a_reused_request_id_with_other_content_is_refused() {
+    let s = sim();
+    let req = register(&item(ItemKind::Condition), "condition");
+    assert_eq!(s.process(&req, None, "test").result_code, codes::ACCEPTED);
+    let mut other = register(&item(ItemKind::Condition), "condition");
+    other.request_id = req.request_id.clone();
+    let r = s.process(&other, None, "test");
+    assert_eq!((r.status, r.result_code.as_str()), (Status::Rejected, codes::INVALID_ENVELOPE));
+    // The first request, repeated, still gets its first answer.
+    assert_eq!(s.process(&req, None, "test").result_code, codes::ACCEPTED);
+    assert_eq!(s.registrations_of(other.bundle_identifier.as_deref().unwrap()), 0);
+}
+
+/// A result file that answers another request id is never taken as this request's answer; the
+/// request file is written without leaving temporary files behind.
+#[tokio::test]
+async fn a_result_file_of_another_request_is_refused() {
+    let root = std::env::temp_dir().join(format!("clins-mismatch-{}", uuid::Uuid::new_v4().simple()));
+    let password = crate::crypto::Password::new(PASSWORD).unwrap();
+    let drop = FileDrop {
+        request_dir: root.join("req"),
+        result_dir: root.join("res"),
+        password: password.clone(),
+        timeout: Duration::from_millis(200),
+        poll: Duration::from_millis(20),
+    };
+    let req = register(&item(ItemKind::Condition), "condition");
+    let name = crate::transport::file_name(&req.request_id).unwrap();
+    let foreign = envelope::Response {
+        request_id: "someone-else".into(),
+        status: Status::Accepted,
+        result_code: codes::ACCEPTED.into(),
+        message: "registered".into(),
+        errors: Vec::new(),
+        held: None,
+        processed_at: instant(now()),
+    };
+    let sealed = crate::crypto::encrypt(&password, &serde_json::to_vec(&foreign).unwrap()).unwrap();
+    crate::transport::write_atomic(&root.join("res"), &name, &sealed).await.unwrap();
+    let e = drop.send(&req).await.unwrap_err();
+    assert!(matches!(e, TransportError::Permanent { sent: true, .. }), "{e:?}");
+    assert!(!root.join("res").join(&name).exists(), "set aside");
+    // No result at all: the request file is dropped (once, no temporary left) and may have
+    // reached the terminal.
+    let e = drop.send(&req).await.unwrap_err();
+    assert!(matches!(e, TransportError::Retryable { sent: true, .. }), "{e:?}");
+    let files: Vec<String> = std::fs::read_dir(root.join("req"))
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, [name]);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The Web API tells a request that never left (refused, 503) from one that may have arrived
+/// (timeout), and takes no answer naming another request.
+#[tokio::test]
+async fn web_api_failures_say_whether_the_request_may_have_arrived() {
+    let (addr, handle) =
+        Simulator::start(&SimOptions { listen: "127.0.0.1:0".into(), ..SimOptions::default() }).await.unwrap();
+    let api = WebApi::new(&format!("http://{addr}"), Duration::from_millis(500), Duration::from_millis(400)).unwrap();
+    let req = register(&item(ItemKind::Condition), "condition");
+    handle.set_down(Down::Unavailable).await.unwrap();
+    assert!(!api.send(&req).await.unwrap_err().may_have_arrived());
+    handle.set_down(Down::Refuse).await.unwrap();
+    // A fresh client: a pooled connection that breaks may have carried the request.
+    let fresh = WebApi::new(&format!("http://{addr}"), Duration::from_millis(500), Duration::from_millis(400)).unwrap();
+    let e = fresh.send(&req).await.unwrap_err();
+    assert!(!e.may_have_arrived(), "{e:?}");
+    handle.set_down(Down::Up).await.unwrap();
+    handle.set_delay(Duration::from_millis(800));
+    assert!(api.send(&req).await.unwrap_err().may_have_arrived());
+
+    // A service answering with another request id.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        crate::transport::REQUESTS_PATH,
+        axum::routing::post(|| async {
+            axum::Json(json!({"requestId": "not-yours", "status": "accepted", "resultCode": "0000", "message": "", "processedAt": ""}))
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let api = WebApi::new(&format!("http://{other}"), Duration::from_millis(500), Duration::from_millis(800)).unwrap();
+    let e = api.send(&req).await.unwrap_err();
+    assert!(matches!(e, TransportError::Permanent { sent: true, .. }), "{e:?}");
 }

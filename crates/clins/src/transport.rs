@@ -9,19 +9,51 @@ use crate::envelope::{Request, Response};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Why a request got no answer.
+/// Why a request got no answer. `sent` says whether the request may have reached the service
+/// all the same (a timeout after the request left, a dropped request file): a registration that
+/// may have arrived must never be withdrawn locally, only cancelled at the service.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TransportError {
-    #[error("{0}")]
-    Retryable(String),
-    #[error("{0}")]
-    Permanent(String),
+    /// Worth another attempt with the same request id.
+    #[error("{why}")]
+    Retryable { why: String, sent: bool },
+    /// Another attempt would not help.
+    #[error("{why}")]
+    Permanent { why: String, sent: bool },
 }
 
 impl TransportError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Retryable(_))
+        matches!(self, Self::Retryable { .. })
     }
+
+    /// Whether the request may have reached the service.
+    pub fn may_have_arrived(&self) -> bool {
+        match self {
+            Self::Retryable { sent, .. } | Self::Permanent { sent, .. } => *sent,
+        }
+    }
+
+    fn retry(why: &str, sent: bool) -> Self {
+        Self::Retryable { why: why.to_owned(), sent }
+    }
+
+    fn permanent(why: &str, sent: bool) -> Self {
+        Self::Permanent { why: why.to_owned(), sent }
+    }
+}
+
+/// The largest answer read from the Web API (a retrieve answer carries every Bundle the
+/// service holds for a patient): beyond it the answer is refused, not buffered.
+pub const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
+
+/// Whether an answer is this request's: it names the request id. An envelope the service could
+/// not read at all is answered without one (HTTP 4xx, rejected).
+fn answers(request: &Request, response: &Response, http_status: u16) -> bool {
+    response.request_id == request.request_id
+        || (response.request_id.is_empty()
+            && (400..500).contains(&http_status)
+            && response.status == crate::envelope::Status::Rejected)
 }
 
 /// Sends a request and waits for its answer.
@@ -47,7 +79,7 @@ impl WebApi {
             .connect_timeout(connect_timeout)
             .timeout(timeout)
             .build()
-            .map_err(|_| TransportError::Permanent("the HTTP client could not be built".into()))?;
+            .map_err(|_| TransportError::permanent("the HTTP client could not be built", false))?;
         Ok(Self { client, url: format!("{}{REQUESTS_PATH}", base_url.trim_end_matches('/')) })
     }
 }
@@ -55,24 +87,55 @@ impl WebApi {
 #[async_trait::async_trait]
 impl Transport for WebApi {
     async fn send(&self, request: &Request) -> Result<Response, TransportError> {
-        let resp = self.client.post(&self.url).json(request).send().await.map_err(|e| {
-            if e.is_timeout() {
-                TransportError::Retryable("the national service did not answer in time".into())
+        let mut resp = self.client.post(&self.url).json(request).send().await.map_err(|e| {
+            if e.is_connect() {
+                // No connection: the request did not leave.
+                TransportError::retry("the national service is unreachable", false)
+            } else if e.is_timeout() {
+                TransportError::retry("the national service did not answer in time", true)
             } else {
-                TransportError::Retryable("the national service is unreachable".into())
+                TransportError::retry("the connection to the national service failed", true)
             }
         })?;
         let status = resp.status().as_u16();
-        if status >= 500 || status == 408 || status == 429 {
-            return Err(TransportError::Retryable(format!("the national service answered HTTP {status}")));
+        // 503 / 429 / 408: the service did not take the request (our reading: it refuses on
+        // arrival when down or throttling). Any other 5xx may have been processed.
+        if matches!(status, 503 | 429 | 408) {
+            return Err(TransportError::Retryable {
+                why: format!("the national service answered HTTP {status}"),
+                sent: false,
+            });
         }
-        let body = resp.bytes().await.map_err(|_| TransportError::Retryable("the answer was cut off".into()))?;
+        if status >= 500 {
+            return Err(TransportError::Retryable {
+                why: format!("the national service answered HTTP {status}"),
+                sent: true,
+            });
+        }
+        if resp.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+            return Err(TransportError::permanent("the national service's answer is too large", true));
+        }
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                        return Err(TransportError::permanent("the national service's answer is too large", true));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(_) => return Err(TransportError::retry("the answer was cut off", true)),
+            }
+        }
         // A 4xx with a readable envelope answer (a malformed envelope) is an answer like any other.
         match serde_json::from_slice::<Response>(&body) {
-            Ok(r) => Ok(r),
-            Err(_) => Err(TransportError::Permanent(format!(
-                "the national service answered HTTP {status} without a readable result"
-            ))),
+            Ok(r) if answers(request, &r, status) => Ok(r),
+            Ok(_) => Err(TransportError::permanent("the national service answered another request", true)),
+            Err(_) => Err(TransportError::Permanent {
+                why: format!("the national service answered HTTP {status} without a readable result"),
+                sent: true,
+            }),
         }
     }
 
@@ -98,19 +161,40 @@ pub fn file_name(request_id: &str) -> Option<String> {
     crate::envelope::is_request_id(request_id).then(|| format!("{request_id}.json.enc"))
 }
 
-/// Writes `bytes` to `dir/name` atomically (temporary file in the same directory, then rename).
+/// Writes `bytes` to `dir/name` atomically and durably: a temporary file in the same directory
+/// (a hidden name the terminal does not pick up), flushed to disk, renamed, and the directory
+/// flushed so the rename survives a crash.
 pub async fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    tokio::fs::create_dir_all(dir).await?;
-    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    tokio::fs::write(&tmp, bytes).await?;
-    tokio::fs::rename(&tmp, dir.join(name)).await
+    let (dir, name, bytes) = (dir.to_path_buf(), name.to_owned(), bytes.to_vec());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+        let written = (|| {
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, dir.join(&name))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
+        // Directories cannot be opened for syncing everywhere (Windows): best effort there.
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| std::io::Error::other("the write task failed"))?
 }
 
 #[async_trait::async_trait]
 impl Transport for FileDrop {
     async fn send(&self, request: &Request) -> Result<Response, TransportError> {
         let name = file_name(&request.request_id)
-            .ok_or_else(|| TransportError::Permanent("the request id cannot name a file".into()))?;
+            .ok_or_else(|| TransportError::permanent("the request id cannot name a file", false))?;
         let result = self.result_dir.join(&name);
         // An answer to an earlier attempt (whose wait ran out) is this request's answer: the
         // request is not dropped again.
@@ -118,30 +202,37 @@ impl Transport for FileDrop {
             let pending = self.request_dir.join(&name);
             if !tokio::fs::try_exists(&pending).await.unwrap_or(false) {
                 let plain = serde_json::to_vec(request)
-                    .map_err(|_| TransportError::Permanent("the request could not be serialised".into()))?;
-                let sealed =
-                    crypto::encrypt(&self.password, &plain).map_err(|e| TransportError::Permanent(e.to_string()))?;
+                    .map_err(|_| TransportError::permanent("the request could not be serialised", false))?;
+                let sealed = crypto::encrypt(&self.password, &plain)
+                    .map_err(|e| TransportError::Permanent { why: e.to_string(), sent: false })?;
                 write_atomic(&self.request_dir, &name, &sealed)
                     .await
-                    .map_err(|_| TransportError::Retryable("the request folder is not writable".into()))?;
+                    .map_err(|_| TransportError::retry("the request folder is not writable", false))?;
             }
+            // From here on the terminal may have taken the request.
             let deadline = tokio::time::Instant::now() + self.timeout;
             loop {
                 if tokio::fs::try_exists(&result).await.unwrap_or(false) {
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(TransportError::Retryable("no result file from the terminal in time".into()));
+                    return Err(TransportError::retry("no result file from the terminal in time", true));
                 }
                 tokio::time::sleep(self.poll).await;
             }
         }
         let sealed = tokio::fs::read(&result)
             .await
-            .map_err(|_| TransportError::Retryable("the result file is not readable".into()))?;
-        let plain = crypto::decrypt(&self.password, &sealed).map_err(|e| TransportError::Permanent(e.to_string()))?;
+            .map_err(|_| TransportError::retry("the result file is not readable", true))?;
+        let plain = crypto::decrypt(&self.password, &sealed)
+            .map_err(|e| TransportError::Permanent { why: e.to_string(), sent: true })?;
         let response: Response = serde_json::from_slice(&plain)
-            .map_err(|_| TransportError::Permanent("the result file is not a result".into()))?;
+            .map_err(|_| TransportError::permanent("the result file is not a result", true))?;
+        if response.request_id != request.request_id {
+            // Not this request's answer (a stale or misplaced file): set aside, never taken as ours.
+            let _ = tokio::fs::rename(&result, self.result_dir.join(format!("{name}.mismatch"))).await;
+            return Err(TransportError::permanent("the result file answers another request", true));
+        }
         // Read: the answer is the caller's now; the file is not needed for a later attempt.
         let _ = tokio::fs::remove_file(&result).await;
         Ok(response)

@@ -6,7 +6,7 @@
 //! | EHR-CLN-002 | invalid | 400 | request body malformed |
 //! | EHR-CLN-003 | business-rule | 422 | the record lacks what the Bundle needs, or nothing to submit |
 //! | EHR-CLN-004 | (per issue) | 422 | the built Bundle is invalid: the validation issues, rule + location |
-//! | EHR-CLN-005 | not-found | 404 | no such submission / patient / resource in this tenant |
+//! | EHR-CLN-005 | not-found | 404 | no such submission / patient / resource in this tenant (a requested resource not of this patient included) |
 //! | EHR-CLN-006 | conflict | 409 | the submission is not in a state that allows this |
 //! | EHR-CLN-007 | transient | 503 | no national service configured, or it did not answer |
 
@@ -41,6 +41,7 @@ impl Classify for ClinsAdapterError {
             Self::Store(e) => e.issue_type(),
             Self::Invalid(_) => IssueType::Invalid,
             Self::Build(ehr_clins::ClinsError::Invalid(_)) => IssueType::Invalid,
+            Self::Build(ehr_clins::ClinsError::NotFound(_)) => IssueType::NotFound,
             Self::Build(_) => IssueType::BusinessRule,
             Self::Validation(_) => IssueType::BusinessRule,
             Self::NotFound(_) => IssueType::NotFound,
@@ -54,6 +55,7 @@ impl Classify for ClinsAdapterError {
             Self::Settings(_) => "EHR-CLN-001",
             Self::Store(e) => e.code(),
             Self::Invalid(_) => "EHR-CLN-002",
+            Self::Build(ehr_clins::ClinsError::NotFound(_)) => "EHR-CLN-005",
             Self::Build(_) => "EHR-CLN-003",
             Self::Validation(_) => "EHR-CLN-004",
             Self::NotFound(_) => "EHR-CLN-005",

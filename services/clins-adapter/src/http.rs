@@ -67,7 +67,19 @@ fn require(caller: &Caller, interaction: Interaction) -> Result<(), Problem> {
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ClinsAdapterError> {
-    b.map(|Json(v)| v).map_err(|e| ClinsAdapterError::Invalid(e.body_text()))
+    // Serde's messages can quote the submitted value (patient data): say what is wrong, not what
+    // was sent.
+    b.map(|Json(v)| v).map_err(|e| {
+        ClinsAdapterError::Invalid(
+            match e {
+                JsonRejection::MissingJsonContentType(_) => "the body must be JSON (content-type application/json)",
+                JsonRejection::JsonSyntaxError(_) => "the body is not JSON",
+                JsonRejection::JsonDataError(_) => "a field of the body has an unknown name or the wrong type",
+                _ => "the body cannot be read",
+            }
+            .into(),
+        )
+    })
 }
 
 /// Names the patient for the gateway's audit.
@@ -78,6 +90,25 @@ fn audited(mut resp: Response, patient: Option<&str>) -> Response {
         p.apply(&mut resp);
     }
     resp
+}
+
+/// The answer to a request about a patient. A refusal that could only come after the patient
+/// was found in the caller's tenant (422: the record or its Bundle falls short; 409: the
+/// submission's state) names the patient too; a 404 or a malformed request names nobody.
+fn answer(result: Result<Response, ClinsAdapterError>, patient: Option<&str>) -> Response {
+    match result {
+        Ok(resp) => audited(resp, patient),
+        Err(e) => {
+            let about_patient = matches!(ehr_core::Classify::http_status(&e), 409 | 422);
+            let resp = Problem::from(e).into_response();
+            if about_patient { audited(resp, patient) } else { resp }
+        }
+    }
+}
+
+/// The `Patient/<id>` a body names, when it is well formed.
+fn named_patient(reference: &str) -> Option<String> {
+    crate::service::patient_id(reference).ok().map(|id| format!("Patient/{id}"))
 }
 
 /// A submission as the API shows it.
@@ -103,12 +134,14 @@ async fn preview(
 ) -> Result<Response, Problem> {
     require(&caller, Interaction::Read)?;
     let b = body(b)?;
-    let built = st.adapter.build(&caller.ctx, &b, None).await?;
-    let valid = built.errors().is_empty();
-    let issues: Vec<Value> = built.issues.iter().map(ehr_core::Issue::to_json).collect();
-    let resp = Json(json!({"kind": built.kind.as_str(), "valid": valid, "bundle": built.bundle, "issues": issues}))
-        .into_response();
-    Ok(audited(resp, Some(&built.patient)))
+    let patient = named_patient(&b.patient);
+    let result = st.adapter.build(&caller.ctx, &b, None).await.map(|built| {
+        let valid = built.errors().is_empty();
+        let issues: Vec<Value> = built.issues.iter().map(ehr_core::Issue::to_json).collect();
+        Json(json!({"kind": built.kind.as_str(), "valid": valid, "bundle": built.bundle, "issues": issues}))
+            .into_response()
+    });
+    Ok(answer(result, patient.as_deref()))
 }
 
 async fn submit(
@@ -118,9 +151,13 @@ async fn submit(
 ) -> Result<Response, Problem> {
     require(&caller, Interaction::Create)?;
     let b = body(b)?;
-    let s = st.adapter.submit(&caller.ctx, &b).await?;
-    let resp = (StatusCode::ACCEPTED, Json(submission_json(&s, false))).into_response();
-    Ok(audited(resp, s.patient.as_deref()))
+    let patient = named_patient(&b.patient);
+    let result = st
+        .adapter
+        .submit(&caller.ctx, &b)
+        .await
+        .map(|s| (StatusCode::ACCEPTED, Json(submission_json(&s, false))).into_response());
+    Ok(answer(result, patient.as_deref()))
 }
 
 async fn list(
@@ -159,9 +196,12 @@ async fn one(State(st): State<ClinsState>, caller: Caller, Path(id): Path<String
 
 async fn cancel(State(st): State<ClinsState>, caller: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
     require(&caller, Interaction::Update)?;
-    let s = st.adapter.cancel(&caller.ctx, &id).await?;
-    let status = if s.state == "withdrawn" { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok(audited((status, Json(submission_json(&s, false))).into_response(), s.patient.as_deref()))
+    let before = st.adapter.submission(&caller.ctx, &id).await?;
+    let result = st.adapter.cancel(&caller.ctx, &id).await.map(|s| {
+        let status = if s.state == "withdrawn" { StatusCode::OK } else { StatusCode::ACCEPTED };
+        (status, Json(submission_json(&s, false))).into_response()
+    });
+    Ok(answer(result, before.patient.as_deref()))
 }
 
 async fn change(
@@ -172,8 +212,13 @@ async fn change(
 ) -> Result<Response, Problem> {
     require(&caller, Interaction::Update)?;
     let b = body(b)?;
-    let s = st.adapter.change(&caller.ctx, &id, &b).await?;
-    Ok(audited((StatusCode::ACCEPTED, Json(submission_json(&s, false))).into_response(), s.patient.as_deref()))
+    let before = st.adapter.submission(&caller.ctx, &id).await?;
+    let result = st
+        .adapter
+        .change(&caller.ctx, &id, &b)
+        .await
+        .map(|s| (StatusCode::ACCEPTED, Json(submission_json(&s, false))).into_response());
+    Ok(answer(result, before.patient.as_deref()))
 }
 
 async fn retrieve(

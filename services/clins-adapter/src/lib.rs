@@ -13,7 +13,8 @@
 //!
 //! States of a submission: `queued` → `accepted` | `rejected` | `failed`; an accepted one later
 //! becomes `cancelled` (a cancel was accepted) or `changed` (a change was accepted); a queued
-//! one that is cancelled before it was ever sent becomes `withdrawn`.
+//! (or failed) one cancelled before any attempt could have reached the service becomes
+//! `withdrawn` (see [`ClinsAdapter::cancel`]).
 
 pub mod error;
 pub mod http;
@@ -60,7 +61,8 @@ pub struct ClinsSettings {
     pub retry_max_ms: u64,
     /// Attempts before a submission is `failed`.
     pub max_attempts: i32,
-    /// How long a claimed submission is reserved for the worker that claimed it.
+    /// How long a claimed submission is reserved for the worker that claimed it (never less than
+    /// connect + timeout + 10 s: see `ClinsAdapter::lease_ms`).
     pub lease_secs: u64,
 }
 

@@ -110,7 +110,7 @@ async fn search_all(tx: &Tx, ty: &'static str, pairs: &[(&str, &str)]) -> Result
 }
 
 /// `Patient/<id>` → `<id>` (a bare id is taken as is).
-fn patient_id(reference: &str) -> Result<&str, ClinsAdapterError> {
+pub(crate) fn patient_id(reference: &str) -> Result<&str, ClinsAdapterError> {
     let id = reference.strip_prefix("Patient/").unwrap_or(reference);
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
         return Err(ClinsAdapterError::Invalid("patient must be Patient/<id>".into()));
@@ -200,6 +200,15 @@ impl ClinsAdapter {
         if body.flags.iter().any(|f| !is_flag(f)) {
             return Err(ClinsAdapterError::Invalid("flags must be LTS, UNINFORMED or UNDELIVERED".into()));
         }
+        // §A.4: UNINFORMED / UNDELIVERED are flags of 傷病名 (Condition) only; a document carries
+        // them on its Conditions.
+        let carries_conditions = matches!(
+            kind,
+            Kind::Item(ItemKind::Condition) | Kind::Document(DocumentKind::Referral | DocumentKind::Discharge)
+        );
+        if !carries_conditions && body.flags.iter().any(|f| f != "LTS") {
+            return Err(ClinsAdapterError::Invalid("UNINFORMED and UNDELIVERED apply to conditions only".into()));
+        }
         if let Some(m) = &body.insurance_member_id
             && MemberKeys::parse(m).is_none()
         {
@@ -261,6 +270,9 @@ impl ClinsAdapter {
     ) -> Result<Submission, ClinsAdapterError> {
         let now = self.now_ms();
         let payload = serde_json::to_string(request).map_err(|_| ClinsAdapterError::Invalid("the envelope".into()))?;
+        let mut result = result;
+        // The due time as queued; a claim moves next_attempt_at away from it (see `cancel`).
+        result["dueAt"] = json!(now);
         Ok(Submission {
             id: uuid::Uuid::new_v4().to_string(),
             service: SERVICE.into(),
@@ -328,50 +340,88 @@ impl ClinsAdapter {
         Ok(list)
     }
 
-    /// Cancels a registration: a queued one never sent is withdrawn; otherwise a cancel request
-    /// (bundle identifier + the patient's insurance keys + resource identifiers / document id)
-    /// is queued. Returns the submission that carries the cancellation (or the withdrawn one).
+    /// Another operation on the same bundle identifier still queued: a second one could overtake
+    /// it between retries (an older change landing last), so one at a time.
+    async fn ensure_nothing_pending(
+        &self,
+        ctx: &TenantContext,
+        original: &Submission,
+    ) -> Result<(), ClinsAdapterError> {
+        let filter = SubmissionFilter {
+            business_key: Some(&original.business_key),
+            state: Some("queued"),
+            ..Default::default()
+        };
+        if self.submissions(ctx, &filter).await?.iter().any(|p| p.id != original.id) {
+            return Err(ClinsAdapterError::Conflict(
+                "another cancel or change of this registration is still queued: wait for its answer",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Cancels a registration (or a change).
+    ///
+    /// - queued, no attempt may have reached the service, and no worker holds it: withdrawn in
+    ///   one statement conditional on its due time (`Tx::withdraw_submission`), so a worker
+    ///   claiming it at the same moment either wins (and this answers 409) or never sees it;
+    /// - queued while on the wire, or after an attempt that may have arrived (timeout, dropped
+    ///   file): 409 — withdrawing it would leave the service holding a registration the EHR
+    ///   shows as cancelled; once it is accepted (or failed) it is cancelled at the service;
+    /// - failed without any attempt that may have arrived: withdrawn;
+    /// - accepted, or failed after an attempt that may have arrived: a cancel request (bundle
+    ///   identifier + the patient's insurance keys + resource identifiers / document id) is
+    ///   queued; 2001 (never held) counts as done.
+    ///
+    /// Returns the submission that carries the cancellation (or the withdrawn one).
     pub async fn cancel(&self, ctx: &TenantContext, id: &str) -> Result<Submission, ClinsAdapterError> {
         let original = self.submission(ctx, id).await?;
         if !matches!(original.operation.as_str(), "register" | "change") {
             return Err(ClinsAdapterError::Conflict("only a registration or a change can be cancelled"));
         }
         let now = self.now_ms();
+        let may_have_arrived = original.result["mayHaveArrived"] == json!(true);
+        let mut withdrawn = original.result.clone();
+        withdrawn["withdrawnAt"] = json!(now);
         match original.state.as_str() {
+            "queued" if may_have_arrived => {
+                return Err(ClinsAdapterError::Conflict(
+                    "an attempt may have reached the national service: cancel it once it is accepted or failed",
+                ));
+            }
             "queued" => {
+                let due = original.result["dueAt"].as_i64().filter(|d| original.next_attempt_at == Some(*d));
+                let Some(due) = due else {
+                    return Err(ClinsAdapterError::Conflict("it is being sent right now: try again in a moment"));
+                };
                 let tx = self.store.write(ctx).await?;
-                let withdrawn = tx.change_submission(id, &["queued"], "withdrawn", None, None, None, now).await?;
+                let done = tx.withdraw_submission(id, due, "withdrawn", Some(&withdrawn), now).await?;
                 let current = tx.submission(id).await?.ok_or(ClinsAdapterError::NotFound("submission"))?;
                 tx.commit().await?;
-                if !withdrawn {
+                if !done {
+                    return Err(ClinsAdapterError::Conflict("it is being sent right now: try again in a moment"));
+                }
+                return Ok(current);
+            }
+            "failed" if !may_have_arrived => {
+                let tx = self.store.write(ctx).await?;
+                let done =
+                    tx.change_submission(id, &["failed"], "withdrawn", None, Some(&withdrawn), None, now).await?;
+                let current = tx.submission(id).await?.ok_or(ClinsAdapterError::NotFound("submission"))?;
+                tx.commit().await?;
+                if !done {
                     return Err(ClinsAdapterError::Conflict("the submission changed meanwhile; look again"));
                 }
-                if current.attempts == 0 {
-                    // Never sent: nothing at the national service to cancel.
-                    return Ok(current);
-                }
+                return Ok(current);
             }
             "accepted" | "failed" => {}
-            "withdrawn" if original.attempts > 0 => {}
             _ => {
                 return Err(ClinsAdapterError::Conflict(
                     "this submission holds nothing at the national service to cancel",
                 ));
             }
         }
-        let pending = self
-            .submissions(
-                ctx,
-                &SubmissionFilter {
-                    business_key: Some(&original.business_key),
-                    state: Some("queued"),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        if pending.iter().any(|p| p.operation == "cancel") {
-            return Err(ClinsAdapterError::Conflict("a cancellation of this submission is already queued"));
-        }
+        self.ensure_nothing_pending(ctx, &original).await?;
         let sent: Request = serde_json::from_str(&original.payload)
             .map_err(|_| ClinsAdapterError::Invalid("stored envelope".into()))?;
         let bundle = sent.bundle.unwrap_or(Value::Null);
@@ -403,8 +453,11 @@ impl ClinsAdapter {
     ) -> Result<Submission, ClinsAdapterError> {
         let original = self.submission(ctx, id).await?;
         if original.state != "accepted" || !matches!(original.operation.as_str(), "register" | "change") {
-            return Err(ClinsAdapterError::Conflict("only an accepted registration (or change) can be changed"));
+            return Err(ClinsAdapterError::Conflict(
+                "only an accepted registration (or change) can be changed; a queued one can be cancelled and registered anew",
+            ));
         }
+        self.ensure_nothing_pending(ctx, &original).await?;
         if body.kind != original.kind {
             return Err(ClinsAdapterError::Invalid("kind must be the submission's".into()));
         }
