@@ -10,7 +10,8 @@
 //! ehr export --out DIR [--format ndjson|bundle-json|bundle-xml|csv] [--type T,…] [--patient | --group ID]   (EHR_TOKEN)
 //! ehr import [--atomic] FILE_OR_DIR…   (EHR_TOKEN)
 //! ehr validate [--profile URL] [--masters DIR] [--json] FILE_OR_DIR…
-//! ehr sim clins|eprescription [--listen ADDR] [--file-root DIR] [--password-file F]
+//! ehr sim clins [--listen ADDR] [--file-root DIR --password-file F]
+//! ehr sim eprescription [--listen ADDR] [--trust-cert PEM]… [--issue-signer DIR]
 //! ehr migrate [--target …]
 //! ```
 
@@ -142,16 +143,18 @@ enum Command {
     /// what it receives against the profiles and record layouts and answers as the real service.
     Sim {
         /// `clins` or `eprescription`.
+        #[arg(value_parser = ["clins", "eprescription"])]
         service: String,
         /// Where its Web API listens [default: 127.0.0.1:9301 for clins, 127.0.0.1:9302 for
         /// eprescription].
         #[arg(long)]
         listen: Option<String>,
-        /// Serve the terminal file-drop method too, under this directory.
-        #[arg(long)]
+        /// clins: serve the terminal file-drop method too, under this directory.
+        #[arg(long, requires = "password_file")]
         file_root: Option<PathBuf>,
-        /// A file holding the file-drop encryption password.
-        #[arg(long)]
+        /// clins: a file holding the file-drop encryption password (read as `clins.password_file`
+        /// is: without its line ending).
+        #[arg(long, requires = "file_root")]
         password_file: Option<PathBuf>,
         /// eprescription: trust this signer certificate (PEM; repeatable), as the real service
         /// trusts HPKI certificates.
@@ -361,8 +364,9 @@ fn trusted_signers(args: &SimArgs) -> Result<Vec<Vec<u8>>, String> {
             let signer = SoftwareSigner::generate("電子処方箋 デモ署名者", SystemClock.now())
                 .map_err(|e| format!("cannot create the demo signer: {e}"))?;
             let key = signer.key_pem().map_err(|e| e.to_string())?;
-            std::fs::write(&cert_path, signer.cert_pem()).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+            // The key first (never over an existing one): a certificate is never left without it.
             write_owner_only(&key_path, &key)?;
+            std::fs::write(&cert_path, signer.cert_pem()).map_err(|e| format!("{}: {e}", cert_path.display()))?;
             eprintln!("issued a demo signer: {} and {}", key_path.display(), cert_path.display());
         }
         let signer = SoftwareSigner::from_pem(&read(&key_path)?, &read(&cert_path)?)
@@ -387,31 +391,37 @@ fn write_owner_only(path: &std::path::Path, text: &str) -> Result<(), String> {
 
 /// `ehr sim clins|eprescription`: a national-service simulator until Ctrl-C.
 async fn sim(service: &str, args: SimArgs) -> Result<(), String> {
-    let password = match &args.password_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("--password-file {}: {e}", path.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
-    };
-    let file_root = args.file_root.clone();
     match service {
         "clins" => {
             if !args.trust_cert.is_empty() || args.issue_signer.is_some() {
                 return Err("--trust-cert and --issue-signer are options of `ehr sim eprescription`".into());
             }
+            // Exactly as the adapter reads `clins.password_file` (only the line ending is not
+            // part of the password), or the two would derive different keys from one file.
+            let password = match &args.password_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| format!("--password-file {}: {e}", path.display()))?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned(),
+                ),
+                None => None,
+            };
             let listen = args.listen.unwrap_or_else(|| "127.0.0.1:9301".into());
-            ehr_clins::sim::run(ehr_clins::sim::SimOptions { listen, file_root, password }).await
+            ehr_clins::sim::run(ehr_clins::sim::SimOptions { listen, file_root: args.file_root, password }).await
         }
         "eprescription" => {
+            if args.file_root.is_some() || args.password_file.is_some() {
+                return Err("the e-prescription simulator serves the Web API only: --file-root and --password-file \
+                            are options of `ehr sim clins`"
+                    .into());
+            }
             let trusted_certificates = trusted_signers(&args)?;
             let listen = args.listen.unwrap_or_else(|| "127.0.0.1:9302".into());
             ehr_eprescription::sim::run(ehr_eprescription::sim::SimOptions {
                 listen,
-                file_root,
-                password,
+                file_root: None,
+                password: None,
                 trusted_certificates,
             })
             .await

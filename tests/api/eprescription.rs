@@ -285,6 +285,17 @@ async fn order_check_fix_register_dispense() {
     assert_eq!(doc["type"], "document");
     assert_eq!(doc["entry"][0]["resource"]["type"]["coding"][0]["code"], "57833-6");
 
+    // Filing dispensings is the pharmacist's duty (the access matrix's columns as scopes): a
+    // physician's scopes (EPrescription crus, MedicationDispense rs) are refused, a pharmacist's
+    // (EPrescription rs, MedicationDispense crus) pass.
+    let dispensing = format!("{}/eprescription/prescriptions/{id2}/dispensing", app.address);
+    let physician = app.token("user/EPrescription.crus user/MedicationDispense.rs user/MedicationRequest.crus");
+    let resp = app.client.post(&dispensing).bearer_auth(physician).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let pharmacist = app.token("user/EPrescription.rs user/MedicationDispense.crus user/MedicationRequest.rus");
+    let resp = app.client.post(&dispensing).bearer_auth(pharmacist).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+
     // A pharmacy dispenses; the results become MedicationDispense, once.
     let before = json(
         eps(&app, reqwest::Method::POST, &format!("/eprescription/prescriptions/{id2}/dispensing"), None).await,

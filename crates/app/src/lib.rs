@@ -669,9 +669,13 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         Upstreams::new(fhir.clone(), audit_router)
             .route(&types, fhir.clone())
             .route(&["CodeSystem", "ValueSet"], fhir.clone())
-            .lab(Upstream::Local(lab_router))
-            .service("clins", Upstream::Local(clins))
-            .service("eprescription", Upstream::Local(eprescription))
+            // The services' own APIs get the same limit as in their own targets (common_layers).
+            .lab(Upstream::Local(lab_router.layer(DefaultBodyLimit::max(config.max_body_bytes))))
+            .service("clins", Upstream::Local(clins.layer(DefaultBodyLimit::max(config.max_body_bytes))))
+            .service(
+                "eprescription",
+                Upstream::Local(eprescription.layer(DefaultBodyLimit::max(config.max_body_bytes))),
+            )
             .operations(fhir, config.export.max_import_bytes)
     } else {
         let remote = |name: &str| -> Result<Option<Upstream>, AppError> {

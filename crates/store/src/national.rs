@@ -12,8 +12,17 @@
 //! service) that has seen it answers with its first answer — nothing is registered twice.
 //!
 //! Workers serve every tenant: `national_queue`, a system table of ids and due times only, tells
-//! them which tenants have due work ([`SysTx::national_tenants`]); it is written in the same
-//! transaction as the submission, so the two never disagree.
+//! them which tenants have due work ([`SysTx::national_tenants`]). Every statement here that
+//! changes a submission's state or due time rewrites its queue entry from the submission row
+//! itself, in the same transaction, so the two never disagree: an entry exists exactly while the
+//! submission is `queued`, with its service and due time.
+//!
+//! Two rules keep the queue sound, checked here rather than trusted to the callers: a `queued`
+//! submission always has a due time (a queued row without one would stay listed as due and never
+//! be claimable), and nothing but a claim's answer ([`Tx::record_submission_attempt`]) or a
+//! withdrawal conditional on the due time read ([`Tx::withdraw_submission`]) moves a submission
+//! out of `queued` — [`Tx::change_submission`] refuses `queued` as a source state, since a worker
+//! may hold the row and its request be on the wire.
 //!
 //! Times are epoch milliseconds chosen by the caller; nothing here reads the clock.
 
@@ -96,6 +105,18 @@ fn row_to_submission(row: &QueryResult) -> Result<Submission, StoreError> {
     })
 }
 
+/// The one state the workers' queue acts on.
+const QUEUED: &str = "queued";
+
+/// A queued submission needs a due time: without one it would stay listed as due in
+/// `national_queue` yet never match a claim.
+fn due_when_queued(state: &str, due: Option<i64>) -> Result<(), StoreError> {
+    if state == QUEUED && due.is_none() {
+        return Err(StoreError::InvalidValue("a queued submission needs its due time (next_attempt_at)"));
+    }
+    Ok(())
+}
+
 fn result_text(result: &serde_json::Value) -> Result<String, StoreError> {
     serde_json::to_string(result).map_err(|_| StoreError::InvalidValue("submission result"))
 }
@@ -104,12 +125,13 @@ impl Tx {
     /// Stores a submission; a queued one enters the workers' queue. `false` when the tenant
     /// already has a submission to this service with the same `request_id` (nothing changes).
     pub async fn insert_submission(&self, s: &Submission) -> Result<bool, StoreError> {
+        due_when_queued(&s.state, s.next_attempt_at)?;
         let inserted = self
             .exec(
                 &format!(
                     "INSERT INTO national_submissions (tenant_id, {COLUMNS}) VALUES \
                      ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-                     ON CONFLICT DO NOTHING"
+                     ON CONFLICT (tenant_id, service, request_id) DO NOTHING"
                 ),
                 vec![
                     self.tenant.as_str().into(),
@@ -136,24 +158,25 @@ impl Tx {
         if inserted == 0 {
             return Ok(false);
         }
-        self.sync_queue(&s.id, &s.service, &s.state, s.next_attempt_at).await?;
+        self.sync_queue(&s.id).await?;
         Ok(true)
     }
 
-    /// Keeps the system-side queue entry in step with the submission: present while queued.
-    async fn sync_queue(&self, id: &str, service: &str, state: &str, due: Option<i64>) -> Result<(), StoreError> {
+    /// Rewrites the system-side queue entry of a submission from its row: present, with the
+    /// row's service and due time, while it is queued; absent otherwise.
+    async fn sync_queue(&self, id: &str) -> Result<(), StoreError> {
         self.exec(
             "DELETE FROM national_queue WHERE tenant_id = $1 AND submission_id = $2",
             vec![self.tenant.as_str().into(), id.into()],
         )
         .await?;
-        if state == "queued" {
-            self.exec(
-                "INSERT INTO national_queue (tenant_id, submission_id, service, due_at) VALUES ($1, $2, $3, $4)",
-                vec![self.tenant.as_str().into(), id.into(), service.into(), due.unwrap_or(0).into()],
-            )
-            .await?;
-        }
+        self.exec(
+            "INSERT INTO national_queue (tenant_id, submission_id, service, due_at) \
+             SELECT tenant_id, id, service, next_attempt_at FROM national_submissions \
+             WHERE tenant_id = $1 AND id = $2 AND state = 'queued'",
+            vec![self.tenant.as_str().into(), id.into()],
+        )
+        .await?;
         Ok(())
     }
 
@@ -229,19 +252,33 @@ impl Tx {
                 vec![self.tenant.as_str().into(), service.into(), now.into()],
             )
             .await?;
-        let mut claimed: Vec<Submission> = rows.iter().map(row_to_submission).collect::<Result<_, _>>()?;
-        for s in &mut claimed {
-            self.exec(
-                "UPDATE national_submissions SET next_attempt_at = $3 WHERE tenant_id = $1 AND id = $2",
-                vec![self.tenant.as_str().into(), s.id.as_str().into(), lease_until.into()],
-            )
-            .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut s = row_to_submission(row)?;
+            // Conditional on the due time read: PostgreSQL's row lock and SQLite's single writer
+            // already make the read and the write one step; this keeps it so on any isolation.
+            let taken = self
+                .exec(
+                    "UPDATE national_submissions SET next_attempt_at = $3 WHERE tenant_id = $1 AND id = $2 \
+                     AND state = 'queued' AND next_attempt_at = $4",
+                    vec![
+                        self.tenant.as_str().into(),
+                        s.id.as_str().into(),
+                        lease_until.into(),
+                        s.next_attempt_at.into(),
+                    ],
+                )
+                .await?;
+            if taken != 1 {
+                continue;
+            }
             self.exec(
                 "UPDATE national_queue SET due_at = $3 WHERE tenant_id = $1 AND submission_id = $2",
                 vec![self.tenant.as_str().into(), s.id.as_str().into(), lease_until.into()],
             )
             .await?;
             s.next_attempt_at = Some(lease_until);
+            claimed.push(s);
         }
         Ok(claimed)
     }
@@ -262,6 +299,7 @@ impl Tx {
         result: Option<&serde_json::Value>,
         now: i64,
     ) -> Result<bool, StoreError> {
+        due_when_queued(state, next_attempt_at)?;
         let result = result.map(result_text).transpose()?;
         let changed = self
             .exec(
@@ -284,8 +322,7 @@ impl Tx {
         if changed != 1 {
             return Ok(false);
         }
-        let service = self.submission(id).await?.map(|s| s.service).unwrap_or_default();
-        self.sync_queue(id, &service, state, next_attempt_at).await?;
+        self.sync_queue(id).await?;
         Ok(true)
     }
 
@@ -317,6 +354,9 @@ impl Tx {
         result: Option<&serde_json::Value>,
         now: i64,
     ) -> Result<bool, StoreError> {
+        if state == QUEUED {
+            return Err(StoreError::InvalidValue("a withdrawn submission leaves the queue"));
+        }
         let result = result.map(result_text).transpose()?;
         let changed = self
             .exec(
@@ -328,14 +368,18 @@ impl Tx {
         if changed != 1 {
             return Ok(false);
         }
-        self.sync_queue(id, "", state, None).await?;
+        self.sync_queue(id).await?;
         Ok(true)
     }
 
     /// Moves a submission to `state` only from one of `from` (in one statement, so a worker
     /// recording an answer at the same moment is either before — and this changes nothing — or
     /// after). Optionally replaces its payload and result; `next_attempt_at` is set as given
-    /// (due time when moving to `queued`). False when it was in none of `from`.
+    /// (the due time, required when moving to `queued`). False when it was in none of `from`.
+    ///
+    /// `from` may not name `queued`: a worker may hold a queued submission, its request on the
+    /// wire, and an answer it could no longer record would be lost — a queued submission leaves
+    /// the queue through its claim's answer or [`withdraw_submission`](Self::withdraw_submission).
     #[allow(clippy::too_many_arguments)]
     pub async fn change_submission(
         &self,
@@ -347,6 +391,10 @@ impl Tx {
         next_attempt_at: Option<i64>,
         now: i64,
     ) -> Result<bool, StoreError> {
+        if from.is_empty() || from.contains(&QUEUED) {
+            return Err(StoreError::InvalidValue("the states a submission is changed from"));
+        }
+        due_when_queued(state, next_attempt_at)?;
         let result = result.map(result_text).transpose()?;
         let mut values: Vec<Value> = vec![
             self.tenant.as_str().into(),
@@ -376,8 +424,7 @@ impl Tx {
         if changed != 1 {
             return Ok(false);
         }
-        let service = self.submission(id).await?.map(|s| s.service).unwrap_or_default();
-        self.sync_queue(id, &service, state, next_attempt_at).await?;
+        self.sync_queue(id).await?;
         Ok(true)
     }
 }
@@ -427,6 +474,7 @@ CREATE UNIQUE INDEX national_submissions_request ON national_submissions (tenant
 CREATE INDEX national_submissions_due ON national_submissions (tenant_id, service, state, next_attempt_at);
 CREATE INDEX national_submissions_patient ON national_submissions (tenant_id, patient);
 CREATE INDEX national_submissions_key ON national_submissions (tenant_id, service, business_key);
+CREATE INDEX national_submissions_created ON national_submissions (tenant_id, created_at);
 
 CREATE TABLE national_queue (
     tenant_id     TEXT   NOT NULL,

@@ -7,7 +7,7 @@
 //! | `GET /eprescription/prescriptions[?patient=]`, `GET …/{id}` | `EPrescription` s / r |
 //! | `GET …/{id}/document` (JP_Bundle_ePrescriptionData), `GET …/{id}/csv` | `EPrescription` r |
 //! | `POST …/{id}/check`, `…/register`, `…/cancel` | `EPrescription` u |
-//! | `POST …/{id}/dispensing` (MedicationDispense created) | `EPrescription` u and `MedicationDispense` c |
+//! | `POST …/{id}/dispensing` (MedicationDispense created) | `EPrescription` r and `MedicationDispense` c |
 //!
 //! Every answer that holds patient data names its patient in `x-ehr-audit-patients`.
 
@@ -205,7 +205,9 @@ async fn dispensing(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    require(&caller, Interaction::Update)?;
+    // Filing dispensings is the pharmacist's duty (access matrix): reading the prescription and
+    // creating MedicationDispense, not changing the prescription.
+    require(&caller, Interaction::Read)?;
     caller.require("MedicationDispense", Interaction::Create)?;
     let (s, created) = st.adapter.fetch_dispensing(&caller.ctx, &id).await?;
     let mut body = view(&s);

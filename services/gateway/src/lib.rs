@@ -36,8 +36,10 @@ use ehr_kv::SecurityState;
 use ehr_store::{ClientRecord, Store};
 use std::sync::Arc;
 
-/// The admin API's pseudo resource types (docs/security/access-matrix.md): reached only by scopes
-/// that name them, never by a wildcard.
+/// The pseudo resource types of the admin API and of the services' own APIs (the lab interface's,
+/// the national-service adapters') in docs/security/access-matrix.md: reached only by user scopes
+/// that name them, never by a wildcard, and never granted to a system (backend) client — a
+/// connection is configured, and a national submission made, by an accountable person.
 pub const ADMIN_TYPES: &[&str] =
     &["Account", "Client", "Tenant", "SigningKey", "Connection", "LabMessage", "NationalSubmission", "EPrescription"];
 

@@ -541,10 +541,16 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
 /// The path prefixes of the national-service adapters' APIs.
 const NATIONAL_PREFIXES: [&str; 2] = ["clins", "eprescription"];
 
+/// The largest connection list a service may answer (the lab interface lists two rows per
+/// endpoint; an adapter one row).
+const MAX_CONNECTIONS_BODY: usize = 1024 * 1024;
+
 /// `GET /admin/connections`: the lab interface's list (when it runs) followed by each routed
 /// national-service adapter's (`GET /<prefix>/connections`), asked with the caller's own token —
-/// every service checks the `Connection` scope itself, and the first refusal is the answer. An
-/// adapter that does not answer is listed as such rather than failing the whole list.
+/// every service checks the `Connection` scope itself, and the first refusal (401, 403) is the
+/// answer. A service that does not answer, or answers anything but a list, is listed as such
+/// (`{"kind", "service", "lastError"}`) rather than failing the whole inventory: the inventory is
+/// most needed when a connection is broken.
 async fn all_connections(upstreams: &Upstreams, lab: Option<Upstream>, parts: Parts) -> Result<Response, GatewayError> {
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().copied();
     let ask = |path: &str| -> Result<Parts, GatewayError> {
@@ -556,41 +562,69 @@ async fn all_connections(upstreams: &Upstreams, lab: Option<Upstream>, parts: Pa
             .into_parts();
         p.headers = parts.headers.clone();
         p.headers.remove(header::CONTENT_LENGTH);
+        p.headers.remove(header::CONTENT_TYPE);
         if let Some(peer) = peer {
             p.extensions.insert(peer);
         }
         Ok(p)
     };
-    let mut sources: Vec<(&str, Upstream, String)> = Vec::new();
+    // (kind of its rows, the service, its upstream, the path of its list)
+    let mut sources: Vec<(&str, &str, Upstream, String)> = Vec::new();
     if let Some(lab) = lab {
-        sources.push(("lab", lab, "/admin/connections".to_owned()));
+        sources.push(("lab", "lab-interface", lab, "/admin/connections".to_owned()));
     }
     for prefix in NATIONAL_PREFIXES {
         if let Some(up) = upstreams.services.get(prefix) {
-            sources.push((prefix, up.clone(), format!("/{prefix}/connections")));
+            let service = if prefix == "clins" { "clins-adapter" } else { "eprescription-adapter" };
+            sources.push(("national", service, up.clone(), format!("/{prefix}/connections")));
         }
     }
     let mut list = Vec::new();
-    for (name, upstream, path) in sources {
-        let resp = match call(upstream, ask(&path)?, axum::body::Bytes::new()).await {
-            Ok(r) => r,
-            Err(_) => {
-                list.push(serde_json::json!({"kind": name, "lastError": "the service did not answer"}));
-                continue;
+    for (kind, service, upstream, path) in sources {
+        let rows = match call(upstream, ask(&path)?, axum::body::Bytes::new()).await {
+            Ok(resp) if matches!(resp.status().as_u16(), 401 | 403) => return Ok(resp),
+            Ok(resp) if resp.status().is_success() => connection_rows(resp).await,
+            Ok(resp) => {
+                tracing::warn!(service, status = resp.status().as_u16(), "connection list refused");
+                None
             }
+            Err(_) => None,
         };
-        if !resp.status().is_success() {
-            if matches!(resp.status().as_u16(), 401 | 403) {
-                return Ok(resp);
-            }
-            list.push(serde_json::json!({"kind": name, "lastError": "the service did not answer"}));
-            continue;
+        match rows {
+            Some(rows) => list.extend(rows),
+            None => list.push(serde_json::json!({
+                "kind": kind, "service": service, "lastError": "the service did not answer with its connections",
+            })),
         }
-        let bytes = axum::body::to_bytes(resp.into_body(), 1024 * 1024).await.map_err(|_| GatewayError::Upstream)?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| GatewayError::Upstream)?;
-        list.extend(value["connections"].as_array().cloned().unwrap_or_default());
     }
     Ok(axum::Json(serde_json::json!({"connections": list})).into_response())
+}
+
+/// The `connections` array of a service's answer, if it is one (bounded).
+async fn connection_rows(resp: Response) -> Option<Vec<serde_json::Value>> {
+    let bytes = axum::body::to_bytes(resp.into_body(), MAX_CONNECTIONS_BODY).await.ok()?;
+    let mut value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    match value.get_mut("connections").map(serde_json::Value::take) {
+        Some(serde_json::Value::Array(rows)) => Some(rows),
+        _ => None,
+    }
+}
+
+/// The AuditEvent action of a request to a service's own API: `R` reads, `C` the POSTs that
+/// create (a lab's results, a CLINS submission, a prescription), `D` deletes; the lab
+/// interface's other writes are `U` (an endpoint configured, a message replayed); the adapters'
+/// other POSTs are operations on a national service (`E`: preview, check, register, cancel,
+/// change, retrieve, fetch dispensing results).
+fn service_action(method: &axum::http::Method, prefix: &str, path: &str) -> &'static str {
+    use axum::http::Method;
+    let last = path.rsplit('/').next().unwrap_or_default();
+    match (method, prefix) {
+        (&Method::GET | &Method::HEAD, _) => "R",
+        (&Method::DELETE, _) => "D",
+        (&Method::POST, _) if matches!(last, "results" | "submissions" | "prescriptions") => "C",
+        (_, "lab" | "admin") | (&Method::PUT | &Method::PATCH, _) => "U",
+        _ => "E",
+    }
 }
 
 /// A service's own (non-FHIR) API behind the gateway — the lab interface's `/lab/…` and
@@ -637,18 +671,13 @@ pub async fn forward_service(State(st): State<GwState>, req: Request) -> Respons
     }
     let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let path = parts.uri.path().to_owned();
-    let last = path.rsplit('/').next().unwrap_or_default();
-    let action = match (&parts.method, prefix.as_str()) {
-        (&axum::http::Method::GET, _) => "R",
-        (&axum::http::Method::POST, _) if matches!(last, "results" | "submissions" | "prescriptions") => "C",
-        (_, "lab" | "admin") => "U",
-        (&axum::http::Method::PUT, _) => "U",
-        // Previews, checks, retrievals, cancellations: operations on the national services.
-        _ => "E",
-    };
+    let action = service_action(&parts.method, &prefix, &path);
+    // The pseudo types of the access matrix where one names the API (the inventory of every
+    // external connection is `Connection`'s), else the lab interface's.
     let resource_type = match prefix.as_str() {
         "clins" => "NationalSubmission",
         "eprescription" => "EPrescription",
+        "admin" => "Connection",
         _ => "LabInterface",
     };
     let interaction = crate::audit::RestInteraction { code: "operation", action };
@@ -675,4 +704,103 @@ pub async fn forward_service(State(st): State<GwState>, req: Request) -> Respons
     let event = rest_event(&gw.now_instant(), &tenant, &actor, interaction, resp.status().as_u16(), &access);
     gw.audit.record(&tenant, event).await;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{Method, StatusCode};
+    use axum::routing::get;
+
+    fn list(rows: serde_json::Value) -> Router {
+        Router::new().fallback(get(move || {
+            let rows = rows.clone();
+            async move { axum::Json(serde_json::json!({ "connections": rows })) }
+        }))
+    }
+
+    fn status(code: StatusCode) -> Router {
+        Router::new().fallback(get(move || async move { code.into_response() }))
+    }
+
+    fn upstreams(lab: Option<Router>, clins: Router, eprescription: Router) -> Upstreams {
+        let mut up = Upstreams::new(Upstream::Local(Router::new()), Router::new())
+            .service("clins", Upstream::Local(clins))
+            .service("eprescription", Upstream::Local(eprescription));
+        if let Some(lab) = lab {
+            up = up.lab(Upstream::Local(lab));
+        }
+        up
+    }
+
+    async fn inventory(up: &Upstreams) -> Response {
+        let (parts, ()) = Request::builder().uri("/admin/connections").body(()).unwrap().into_parts();
+        let lab = up.services.get("admin").cloned();
+        all_connections(up, lab, parts).await.unwrap()
+    }
+
+    async fn rows_of(resp: Response) -> Vec<serde_json::Value> {
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        value["connections"].as_array().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn the_inventory_merges_every_list_and_names_a_silent_service() {
+        let up = upstreams(
+            Some(list(serde_json::json!([{"kind": "lab", "name": "lab-1"}]))),
+            list(serde_json::json!([{"kind": "national", "name": "CLINS"}])),
+            status(StatusCode::BAD_GATEWAY),
+        );
+        let rows = rows_of(inventory(&up).await).await;
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert_eq!(rows[0]["name"], "lab-1");
+        assert_eq!(rows[1]["name"], "CLINS");
+        assert_eq!(
+            (rows[2]["kind"].as_str(), rows[2]["service"].as_str()),
+            (Some("national"), Some("eprescription-adapter"))
+        );
+        assert!(rows[2]["lastError"].is_string());
+
+        // A lab answering something else than a list is listed as silent too, not fatal; without
+        // a lab interface the adapters still answer.
+        let up = upstreams(Some(status(StatusCode::OK)), list(serde_json::json!([])), list(serde_json::json!([])));
+        let rows = rows_of(inventory(&up).await).await;
+        assert_eq!(
+            (rows.len(), rows[0]["kind"].as_str(), rows[0]["service"].as_str()),
+            (1, Some("lab"), Some("lab-interface"))
+        );
+        let up = upstreams(None, list(serde_json::json!([{"name": "CLINS"}])), list(serde_json::json!([])));
+        assert_eq!(rows_of(inventory(&up).await).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_of_the_callers_token_is_the_answer() {
+        let up =
+            upstreams(Some(list(serde_json::json!([]))), status(StatusCode::FORBIDDEN), list(serde_json::json!([])));
+        assert_eq!(inventory(&up).await.status(), StatusCode::FORBIDDEN);
+        let up = upstreams(None, list(serde_json::json!([])), status(StatusCode::UNAUTHORIZED));
+        assert_eq!(inventory(&up).await.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn service_requests_are_audited_with_their_action() {
+        for (method, path, action) in [
+            (Method::GET, "/clins/submissions/1", "R"),
+            (Method::POST, "/clins/submissions", "C"),
+            (Method::POST, "/clins/preview", "E"),
+            (Method::POST, "/clins/submissions/1/cancel", "E"),
+            (Method::POST, "/eprescription/prescriptions", "C"),
+            (Method::POST, "/eprescription/prescriptions/1/register", "E"),
+            (Method::DELETE, "/eprescription/prescriptions/1", "D"),
+            (Method::POST, "/lab/endpoints/1/results", "C"),
+            (Method::POST, "/lab/messages/1/replay", "U"),
+            (Method::PUT, "/lab/endpoints/1", "U"),
+            (Method::GET, "/admin/connections", "R"),
+        ] {
+            let prefix = path.trim_start_matches('/').split('/').next().unwrap();
+            assert_eq!(service_action(&method, prefix, path), action, "{method} {path}");
+        }
+    }
 }

@@ -103,7 +103,9 @@ async fn submissions_are_idempotent_by_request_id_and_claimed_once_per_lease() {
         // Out of the queue for good.
         assert!(tx.claim_due_submissions("clins", 99_000, 100_000, 10).await.unwrap().is_empty());
         // A guarded state change: only from the states named.
-        assert!(!tx.change_submission("s1", &["queued"], "cancelled", None, None, None, 31_000).await.unwrap());
+        assert!(
+            !tx.change_submission("s1", &["draft", "failed"], "cancelled", None, None, None, 31_000).await.unwrap()
+        );
         assert!(tx.change_submission("s2", &["draft"], "queued", None, None, Some(31_000), 31_000).await.unwrap());
         // Withdrawn before it was sent: only while no worker claimed it since (its due time is
         // still the one read), and without counting an attempt.
@@ -148,6 +150,90 @@ async fn submissions_are_behind_row_level_security_on_postgres() {
             assert!(sys.query("SELECT id FROM national_submissions", Vec::new()).await.unwrap().is_empty());
             sys.commit().await.unwrap();
         }
+        db.finish().await;
+    }
+}
+
+/// The queue entries of tenant `t1`, as a system transaction sees them: (submission, service, due).
+async fn queue_of(db: &TestDb, tenant: &str) -> Vec<(String, String, i64)> {
+    let sys = db.store.system_read().await.unwrap();
+    let rows = sys
+        .query(
+            "SELECT submission_id, service, due_at FROM national_queue WHERE tenant_id = $1 ORDER BY submission_id",
+            vec![tenant.into()],
+        )
+        .await
+        .unwrap();
+    sys.commit().await.unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                r.try_get("", "submission_id").unwrap(),
+                r.try_get("", "service").unwrap(),
+                r.try_get("", "due_at").unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_queue_mirrors_the_submissions_and_queued_rows_are_guarded() {
+    for backend in backends().await {
+        let db = backend.open().await;
+        let mut eps = submission("e1", "req-e1", "queued", Some(5_000));
+        eps.service = "eprescription".into();
+        assert!(insert(&db, "t1", &eps).await);
+        assert!(insert(&db, "t1", &submission("s1", "req-1", "draft", None)).await);
+        assert_eq!(queue_of(&db, "t1").await, [("e1".to_owned(), "eprescription".to_owned(), 5_000)]);
+
+        let tx = db.store.write(&ctx("t1")).await.unwrap();
+        // A queued submission without a due time would be listed as due and never claimed.
+        let mut no_due = submission("s2", "req-2", "queued", None);
+        assert!(tx.insert_submission(&no_due).await.is_err());
+        no_due.state = "draft".into();
+        assert!(tx.insert_submission(&no_due).await.unwrap());
+        assert!(tx.change_submission("s2", &["draft"], "queued", None, None, None, 1_100).await.is_err());
+        // Out of `queued` only through a claim's answer or a conditional withdrawal: a worker may
+        // hold the row.
+        assert!(tx.change_submission("e1", &["queued"], "cancelled", None, None, None, 1_100).await.is_err());
+        assert!(tx.withdraw_submission("e1", 5_000, "queued", None, 1_100).await.is_err());
+        // Another id under a request id already used: a duplicate request, nothing changes; the
+        // same id under a new request id is an error, not a duplicate.
+        assert!(!tx.insert_submission(&submission("s3", "req-1", "queued", Some(1))).await.unwrap());
+        tx.commit().await.unwrap();
+        let tx = db.store.write(&ctx("t1")).await.unwrap();
+        assert!(tx.insert_submission(&submission("s1", "req-new", "draft", None)).await.is_err());
+        drop(tx);
+
+        // Every path keeps the entry equal to the row: queued with its due time, else absent.
+        let tx = db.store.write(&ctx("t1")).await.unwrap();
+        assert!(tx.change_submission("s1", &["draft"], "queued", None, None, Some(2_000), 1_200).await.unwrap());
+        tx.commit().await.unwrap();
+        assert_eq!(
+            queue_of(&db, "t1").await,
+            [("e1".to_owned(), "eprescription".to_owned(), 5_000), ("s1".to_owned(), "clins".to_owned(), 2_000)]
+        );
+        let claimed = claim(&db, "t1", 2_500).await;
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(queue_of(&db, "t1").await[1], ("s1".to_owned(), "clins".to_owned(), 12_500));
+        let tx = db.store.write(&ctx("t1")).await.unwrap();
+        assert!(tx.record_submission_attempt("s1", 12_500, "queued", None, None, None, None, 2_600).await.is_err());
+        assert!(
+            tx.record_submission_attempt("s1", 12_500, "queued", Some(7_000), Some("down"), None, None, 2_600)
+                .await
+                .unwrap()
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(queue_of(&db, "t1").await[1], ("s1".to_owned(), "clins".to_owned(), 7_000));
+        let tx = db.store.write(&ctx("t1")).await.unwrap();
+        assert!(tx.withdraw_submission("s1", 7_000, "withdrawn", None, 2_700).await.unwrap());
+        assert!(
+            tx.record_submission_attempt("e1", 5_000, "failed", None, Some("refused"), None, None, 2_800)
+                .await
+                .unwrap()
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(queue_of(&db, "t1").await, Vec::<(String, String, i64)>::new());
         db.finish().await;
     }
 }
