@@ -160,9 +160,18 @@ impl Concept {
     /// folding full-width ASCII and spaces (ＢＭ = BM), which Japanese systems mix freely.
     pub fn matches_display(&self, display: &str) -> bool {
         let want = fold(display);
-        std::iter::once(self.display.as_str())
-            .chain(self.designations.iter().map(|d| d.value.as_str()))
-            .any(|d| fold(d) == want)
+        self.folded_names().any(|d| d == want)
+    }
+
+    /// A display as [`Concept::matches_display`] compares it: full-width ASCII folded, spaces
+    /// removed.
+    pub(crate) fn fold_display(display: &str) -> String {
+        fold(display)
+    }
+
+    /// The display and designations, folded.
+    pub(crate) fn folded_names(&self) -> impl Iterator<Item = String> + '_ {
+        std::iter::once(self.display.as_str()).chain(self.designations.iter().map(|d| d.value.as_str())).map(fold)
     }
 
     /// The properties with the given code.

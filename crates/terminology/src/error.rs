@@ -30,8 +30,9 @@ pub enum TerminologyError {
     NotInMaster { system: &'static str, code: String },
     #[error("{system} code `{code}` is not defined in the code system")]
     NotInCodeSystem { system: &'static str, code: String },
-    #[error("display `{given}` does not match {system} code `{code}` (`{expected}`)")]
-    DisplayMismatch { system: &'static str, code: String, given: String, expected: String },
+    /// The display sent is not repeated: it may be free text (a clinician's wording, a name).
+    #[error("the display does not match {system} code `{code}` (`{expected}`)")]
+    DisplayMismatch { system: &'static str, code: String, expected: String },
     #[error("no master is loaded for {system}; code `{code}` was checked for its format only")]
     NoMaster { system: &'static str, code: String },
     #[error("code `{code}` is not in code system `{system}`")]

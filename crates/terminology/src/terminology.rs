@@ -10,7 +10,7 @@ use ehr_core::{Classify, Issue, Severity};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 type Result<T, E = TerminologyError> = std::result::Result<T, E>;
 
@@ -62,6 +62,30 @@ struct CodeTable {
     /// complete`), so that a miss is an error whatever the strictness.
     complete: bool,
     concepts: HashMap<String, Concept>,
+    /// Folded display and designations → the codes they name (sorted), built on first use and
+    /// dropped whenever the table changes: a missing code's display is looked up here, not by
+    /// a scan of the master (tens of thousands of concepts once the official files are loaded).
+    by_display: OnceLock<HashMap<String, Vec<String>>>,
+}
+
+impl CodeTable {
+    /// The codes of the concepts whose display or a designation folds to `folded`.
+    fn codes_named(&self, folded: &str) -> &[String] {
+        let index = self.by_display.get_or_init(|| {
+            let mut index: HashMap<String, Vec<String>> = HashMap::new();
+            for c in self.concepts.values() {
+                for name in c.folded_names() {
+                    let codes = index.entry(name).or_default();
+                    if !codes.contains(&c.code) {
+                        codes.push(c.code.clone());
+                    }
+                }
+            }
+            index.values_mut().for_each(|codes| codes.sort());
+            index
+        });
+        index.get(folded).map(Vec::as_slice).unwrap_or_default()
+    }
 }
 
 /// Everything loaded. Replaced as a whole: readers hold an `Arc` of one version.
@@ -79,10 +103,13 @@ impl Tables {
         let mut next = self.clone();
         for batch in batches {
             for system in batch.complete {
-                Arc::make_mut(next.systems.entry(system).or_default()).complete = true;
+                let table = Arc::make_mut(next.systems.entry(system).or_default());
+                table.complete = true;
             }
             for (system, concept) in batch.concepts {
                 let table = Arc::make_mut(next.systems.entry(system).or_default());
+                // The copy must not keep the index of the concepts it is about to change.
+                table.by_display = OnceLock::new();
                 // A later file wins the display (an official master loaded over the shipped
                 // subset); what the earlier one knew stays as designations and properties.
                 let merged = match table.concepts.remove(&concept.code) {
@@ -293,11 +320,8 @@ impl Terminology {
     fn conflicting_code(&self, system: SystemId, display: &str) -> Option<String> {
         let tables = self.snapshot();
         let table = tables.systems.get(&system)?;
-        let mut hits: Vec<&String> =
-            table.concepts.values().filter(|c| c.matches_display(display)).map(|c| &c.code).collect();
-        // Deterministic when several concepts share a name.
-        hits.sort();
-        hits.first().map(|c| (*c).clone())
+        // Sorted: deterministic when several concepts share a name.
+        table.codes_named(&Concept::fold_display(display)).first().cloned()
     }
 
     /// The concept `code` names in `system` (canonical or alias URI), if it is loaded.
@@ -322,7 +346,7 @@ impl Terminology {
             (Outcome::Found(c), _) => match display {
                 Some(d) if !c.matches_display(d) => Validation {
                     result: false,
-                    message: Some(display_mismatch(id, &c, d).to_string()),
+                    message: Some(display_mismatch(id, &c).to_string()),
                     display: Some(c.display),
                 },
                 _ => Validation { result: true, message: None, display: Some(c.display) },
@@ -385,8 +409,8 @@ impl Terminology {
         let owned = || code.clone();
         match self.evaluate(id, code) {
             Outcome::Found(c) => {
-                if let Some(d) = coding["display"].as_str().filter(|d| !c.matches_display(d)) {
-                    push(display_mismatch(id, &c, d), Severity::Warning);
+                if coding["display"].as_str().is_some_and(|d| !c.matches_display(d)) {
+                    push(display_mismatch(id, &c), Severity::Warning);
                 }
             }
             Outcome::BadShape(reason) => {
@@ -465,13 +489,8 @@ fn issue(err: &TerminologyError, severity: Severity) -> Issue {
     issue
 }
 
-fn display_mismatch(id: SystemId, c: &Concept, given: &str) -> TerminologyError {
-    TerminologyError::DisplayMismatch {
-        system: id.info().name,
-        code: c.code.clone(),
-        given: given.to_owned(),
-        expected: c.display.clone(),
-    }
+fn display_mismatch(id: SystemId, c: &Concept) -> TerminologyError {
+    TerminologyError::DisplayMismatch { system: id.info().name, code: c.code.clone(), expected: c.display.clone() }
 }
 
 /// JLAC10 codes carry their structure: analyte, identification, material (with its name from the

@@ -421,3 +421,36 @@ mod http {
         form_urlencoded::byte_serialize(s.as_bytes()).collect()
     }
 }
+
+/// The display sent may be free text: no message repeats it (only codes and master names).
+#[test]
+fn messages_never_repeat_the_display_sent() {
+    let t = builtin();
+    let free_text = "山田太郎さん用メモ";
+    let issues = t.check_coding(&json!({"system": systems::YJ, "code": "2316009F1022", "display": free_text}));
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].ehr_code, "EHR-TERM-004");
+    assert!(!issues[0].diagnostics.contains(free_text), "{}", issues[0].diagnostics);
+    assert!(issues[0].diagnostics.contains("ミヤＢＭ錠"), "the master's name is given: {}", issues[0].diagnostics);
+    let v = t.validate_code(systems::YJ, "2316009F1022", Some(free_text));
+    assert!(!v.result && !v.message.unwrap().contains(free_text));
+    let missing = t.check_coding(&json!({"system": systems::YJ, "code": "2316009F1030", "display": free_text}));
+    assert!(missing.iter().all(|i| !i.diagnostics.contains(free_text)), "{missing:?}");
+}
+
+/// The display index of a table is rebuilt after a load: a name only the new file gives is found.
+#[test]
+fn code_display_conflict_sees_later_loads() {
+    let t = builtin();
+    let coding = json!({"system": systems::YJ, "code": "2316009F1030", "display": "ミヤＢＭ錠（２０ｍｇ）"});
+    // Builds the index of the YJ table: no concept has that name yet.
+    assert_eq!(t.check_coding(&coding)[0].ehr_code, "EHR-TERM-002");
+    let csv = ",1041958,01,,,,,2316009F1022,,,,ミヤＢＭ錠（２０ｍｇ）,,\n";
+    t.load_bytes(MasterFormat::HotMaster, csv.as_bytes(), "hot_update.csv").unwrap();
+    let issues = t.check_coding(&coding);
+    assert_eq!(issues[0].ehr_code, "EHR-TERM-016", "{issues:?}");
+    assert!(issues[0].diagnostics.contains("2316009F1022"), "{}", issues[0].diagnostics);
+    // Designations name their concept too (the earlier display stays one).
+    let by_old_name = json!({"system": systems::YJ, "code": "2316009F1030", "display": "ミヤBM錠"});
+    assert_eq!(t.check_coding(&by_old_name)[0].ehr_code, "EHR-TERM-016");
+}

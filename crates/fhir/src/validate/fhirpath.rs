@@ -16,8 +16,8 @@
 //! backslash sequence (`\^`, `\s`, `\-` in the IG regexes) is kept as written, for the regex.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{OnceLock, RwLock};
 
 use regex::{Regex, RegexBuilder};
 use serde_json::Value;
@@ -27,32 +27,32 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// Cached patterns; the IG has a handful, so the bound only guards against computed patterns.
 const REGEX_CACHE_MAX: usize = 256;
 
-/// Compiles (or fetches) a pattern; `None` if it is invalid or exceeds the size limit.
-fn regex(pattern: &str) -> Option<Arc<Regex>> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Option<Arc<Regex>>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    // A poisoned lock still holds a consistent map (entries are inserted whole).
-    if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(pattern) {
-        return hit.clone();
-    }
-    let compiled = RegexBuilder::new(pattern)
+/// Compiles a pattern as `matches` reads it; `None` if it is invalid or exceeds the size limit.
+pub(crate) fn compile_regex(pattern: &str) -> Option<Regex> {
+    RegexBuilder::new(pattern)
         .dot_matches_new_line(true)
         .size_limit(REGEX_SIZE_LIMIT)
         .dfa_size_limit(REGEX_SIZE_LIMIT)
         .build()
         .ok()
-        .map(Arc::new);
-    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+}
+
+/// Compiles (or fetches) a pattern computed at evaluation time; `None` if it is invalid or too
+/// large. Literal patterns (all the IG's) are compiled once with their expression
+/// ([`compile`]) and never come here; a read lock keeps concurrent validations from queuing.
+fn regex(pattern: &str) -> Option<Regex> {
+    static CACHE: OnceLock<RwLock<HashMap<String, Option<Regex>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| RwLock::new(HashMap::new()));
+    // A poisoned lock still holds a consistent map (entries are inserted whole).
+    if let Some(hit) = cache.read().unwrap_or_else(|e| e.into_inner()).get(pattern) {
+        return hit.clone();
+    }
+    let compiled = compile_regex(pattern);
+    let mut map = cache.write().unwrap_or_else(|e| e.into_inner());
     if map.len() < REGEX_CACHE_MAX {
         map.insert(pattern.to_string(), compiled.clone());
     }
     compiled
-}
-
-/// Whether `pattern` (FHIRPath `matches` semantics) matches somewhere in `s`; false for a pattern
-/// that does not compile within the size limit.
-pub(crate) fn regex_match(pattern: &str, s: &str) -> bool {
-    regex(pattern).is_some_and(|r| r.is_match(s))
 }
 
 /// Functions the evaluator implements (with any arity it accepts).
@@ -88,7 +88,7 @@ const FUNCTIONS: &[&str] = &[
 pub(crate) fn is_supported(expr: &str) -> bool {
     fn walk(a: &Ast) -> bool {
         match a {
-            Ast::This | Ast::Resource | Ast::Lit(_) => true,
+            Ast::This | Ast::Resource | Ast::Lit(_) | Ast::Pattern(..) => true,
             Ast::Member(on, _) => on.as_deref().is_none_or(walk),
             Ast::Call(on, f, args) => {
                 FUNCTIONS.contains(&f.as_str()) && on.as_deref().is_none_or(walk) && args.iter().all(walk)
@@ -97,29 +97,71 @@ pub(crate) fn is_supported(expr: &str) -> bool {
             Ast::TypeOp(_, e, _) => walk(e),
         }
     }
-    let Some(toks) = tokenize(expr) else { return false };
+    compile(expr).is_some_and(|e| walk(&e.0))
+}
+
+/// A parsed expression: parsed once, when the definitions load, with the regex of every
+/// `matches('literal')` compiled with it (no lock, no cache on the evaluation path).
+#[derive(Debug)]
+pub(crate) struct Expr(Ast);
+
+/// Parses an expression; `None` when it is outside the subset's syntax.
+pub(crate) fn compile(expr: &str) -> Option<Expr> {
+    let toks = tokenize(expr)?;
     let mut p = Parser { toks, pos: 0 };
-    match p.expr(0) {
-        Some(ast) if p.pos == p.toks.len() => walk(&ast),
-        _ => false,
+    let mut ast = p.expr(0)?;
+    if p.pos != p.toks.len() {
+        return None;
+    }
+    precompile(&mut ast);
+    Some(Expr(ast))
+}
+
+/// Replaces the literal argument of every `matches` by its compiled pattern.
+fn precompile(a: &mut Ast) {
+    match a {
+        Ast::Call(on, f, args) => {
+            if let Some(on) = on {
+                precompile(on);
+            }
+            if f == "matches"
+                && let [arg] = args.as_mut_slice()
+                && let Ast::Lit(Value::String(p)) = arg
+            {
+                let p = std::mem::take(p);
+                let re = compile_regex(&p);
+                *arg = Ast::Pattern(p, re);
+            }
+            args.iter_mut().for_each(precompile);
+        }
+        Ast::Member(Some(on), _) => precompile(on),
+        Ast::Bin(_, l, r) => {
+            precompile(l);
+            precompile(r);
+        }
+        Ast::TypeOp(_, e, _) => precompile(e),
+        Ast::This | Ast::Resource | Ast::Lit(_) | Ast::Member(None, _) | Ast::Pattern(..) => {}
+    }
+}
+
+impl Expr {
+    /// Evaluates the expression as a boolean; `None` when the answer is not a single boolean or
+    /// the expression uses something outside the subset.
+    pub(crate) fn evaluate(&self, focus: &Value) -> Option<bool> {
+        let cx = Ctx { resource: focus };
+        let out = cx.eval(&self.0, &[Item { v: Cow::Borrowed(focus), ty: None }])?;
+        match out.as_slice() {
+            [] => None,
+            [one] => one.v.as_bool(),
+            _ => None,
+        }
     }
 }
 
 /// Evaluates a boolean FHIRPath expression; `None` when the expression is outside the subset.
+#[cfg(test)]
 pub(crate) fn evaluate(expr: &str, focus: &Value) -> Option<bool> {
-    let toks = tokenize(expr)?;
-    let mut p = Parser { toks, pos: 0 };
-    let ast = p.expr(0)?;
-    if p.pos != p.toks.len() {
-        return None;
-    }
-    let cx = Ctx { resource: focus };
-    let out = cx.eval(&ast, &[Item { v: Cow::Borrowed(focus), ty: None }])?;
-    match out.as_slice() {
-        [] => None,
-        [one] => one.v.as_bool(),
-        _ => None,
-    }
+    compile(expr)?.evaluate(focus)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -245,6 +287,8 @@ enum Ast {
     Bin(String, Box<Ast>, Box<Ast>),
     /// `x is T` / `x as T`.
     TypeOp(String, Box<Ast>, String),
+    /// The literal pattern of `matches`, compiled (`None`: invalid or too large).
+    Pattern(String, Option<Regex>),
 }
 
 struct Parser {
@@ -405,6 +449,24 @@ fn single_str<'b>(c: &'b [Item<'_>]) -> Option<&'b str> {
     }
 }
 
+/// The items of `c` without repeats (first occurrence kept). Strings (`bdl-7` on every
+/// entry's fullUrl) go through a hash set, so a large Bundle costs linear time; other values
+/// are compared pairwise with FHIRPath equality.
+fn distinct<'a>(c: &[Item<'a>]) -> Vec<Item<'a>> {
+    let mut strings: HashSet<&str> = HashSet::new();
+    let mut out: Vec<Item<'a>> = Vec::new();
+    for it in c {
+        let fresh = match it.v.as_str() {
+            Some(s) => strings.insert(s),
+            None => !out.iter().any(|y| eq(&y.v, &it.v)),
+        };
+        if fresh {
+            out.push(it.clone());
+        }
+    }
+    out
+}
+
 fn eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
@@ -418,6 +480,7 @@ impl<'a> Ctx<'a> {
             Ast::This => Some(input.to_vec()),
             Ast::Resource => Some(vec![Item { v: Cow::Borrowed(self.resource), ty: None }]),
             Ast::Lit(v) => Some(vec![owned(v.clone())]),
+            Ast::Pattern(p, _) => Some(vec![owned(Value::String(p.clone()))]),
             Ast::Member(on, name) => {
                 let base = match on {
                     Some(o) => self.eval(o, input)?,
@@ -587,21 +650,14 @@ impl<'a> Ctx<'a> {
                 Some(x) => b(!x),
                 None => vec![],
             }),
-            ("isDistinct", []) => {
-                let distinct = base.iter().enumerate().all(|(i, x)| base.iter().skip(i + 1).all(|y| !eq(&x.v, &y.v)));
-                Some(b(distinct))
-            }
-            ("distinct", []) => {
-                let mut out: Vec<Item<'a>> = Vec::new();
-                for it in base {
-                    if !out.iter().any(|y| eq(&y.v, &it.v)) {
-                        out.push(it.clone());
-                    }
-                }
-                Some(out)
-            }
+            ("isDistinct", []) => Some(b(distinct(base).len() == base.len())),
+            ("distinct", []) => Some(distinct(base)),
             ("length", []) => {
                 Some(single_str(base).map(|s| owned(Value::from(s.chars().count()))).into_iter().collect())
+            }
+            ("matches", [Ast::Pattern(_, re)]) => {
+                let Some(s) = single_str(base) else { return Some(vec![]) };
+                Some(b(re.as_ref()?.is_match(s)))
             }
             ("startsWith" | "endsWith" | "matches", [e]) => {
                 let (Some(s), Some(arg)) = (single_str(base), single_str(&self.eval(e, base)?).map(str::to_string))
@@ -699,5 +755,34 @@ mod tests {
         assert_eq!(evaluate("$this.is(MedicationRequest) and medication.is(CodeableConcept)", &r), Some(true));
         assert!(is_supported("identifier.value.matches('x')"));
         assert_eq!(evaluate("'abc|d'.indexOf('|') > 0 and 'abc'.substring(0,2) = 'ab'", &r), Some(true));
+    }
+
+    /// Literal patterns are compiled with the expression; computed ones go through the cache.
+    #[test]
+    fn patterns_compiled_once() {
+        let e = compile("identifier.value.matches('^[0-9]{10}$')").unwrap();
+        let Ast::Call(_, f, args) = &e.0 else { panic!("{e:?}") };
+        assert_eq!(f, "matches");
+        assert!(matches!(args.as_slice(), [Ast::Pattern(_, Some(_))]), "{args:?}");
+        let r = json!({"resourceType": "Patient", "identifier": [{"value": "1318814790"}]});
+        assert_eq!(e.evaluate(&r), Some(true));
+        assert_eq!(evaluate("'abc'.matches('^a' & 'bc$')", &r), Some(true));
+        assert_eq!(evaluate("'abc'.matches('^b' & 'c$')", &r), Some(false));
+        // An invalid literal pattern leaves the expression not evaluable, as before.
+        assert_eq!(compile("'a'.matches('(')").unwrap().evaluate(&r), None);
+    }
+
+    /// `bdl-7` runs `isDistinct()` over every entry of a Bundle: strings hash, others compare.
+    #[test]
+    fn distinct_over_many_items() {
+        let urls: Vec<Value> = (0..20_000).map(|i| json!({"fullUrl": format!("urn:uuid:{i}")})).collect();
+        let mut b = json!({"resourceType": "Bundle", "entry": urls});
+        assert_eq!(evaluate("entry.fullUrl.isDistinct()", &b), Some(true));
+        b["entry"][19_999]["fullUrl"] = json!("urn:uuid:7");
+        assert_eq!(evaluate("entry.fullUrl.isDistinct()", &b), Some(false));
+        assert_eq!(evaluate("entry.fullUrl.distinct().count() = 19999", &b), Some(true));
+        let n = json!({"resourceType": "Basic", "a": [1, 1.0, 2]});
+        assert_eq!(evaluate("a.isDistinct()", &n), Some(false));
+        assert_eq!(evaluate("a.distinct().count() = 2", &n), Some(true));
     }
 }

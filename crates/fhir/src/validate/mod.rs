@@ -163,7 +163,7 @@ struct Cx {
     /// profile (no error from the base layer nor from the profile), for `profile` discriminators.
     /// Filled while validating the declared profiles and by extra runs; FHIRPaths are unique
     /// within one validation.
-    conforms: HashMap<(String, String), bool>,
+    conforms: HashMap<String, HashMap<String, bool>>,
     /// FHIRPath of a nested resource → whether its base layer (and its nested resources) had no
     /// error.
     base_ok: HashMap<String, bool>,
@@ -297,31 +297,44 @@ impl Cx {
         }
         for (bare, pfp) in named {
             let mark = self.out.len();
-            let mut applies = rules::is_hand_only(&bare);
-            match defs.profiles.get(&bare) {
-                Some(prof) if prof.type_name == rt => {
+            let mut applies = false;
+            match (defs.profiles.get(&bare), rules::hand_only_type(&bare)) {
+                (Some(prof), _) if prof.type_name == rt => {
                     applies = true;
                     self.profile(prof, v, fp, 0);
                 }
-                Some(prof) => self.push(err(
+                (Some(prof), _) => self.push(err(
                     IssueType::Structure,
                     "EHR-VAL-012",
                     &pfp,
                     format!("profile {} constrains {}, not {rt}", prof.name, prof.type_name),
                 )),
-                None if rules::is_hand_only(&bare) => {}
-                None => self.push(warn(
+                (None, Some(ty)) if ty == rt => applies = true,
+                (None, Some(ty)) => {
+                    let name = bare.rsplit('/').next().unwrap_or(&bare);
+                    self.push(err(
+                        IssueType::Structure,
+                        "EHR-VAL-012",
+                        &pfp,
+                        format!("profile {name} constrains {ty}, not {rt}"),
+                    ))
+                }
+                (None, None) => self.push(warn(
                     IssueType::Value,
                     "EHR-VAL-016",
                     &pfp,
                     format!("profile {bare} is not known to this server; validated against the base type only"),
                 )),
             }
-            rules::check(&bare, v, fp, &mut self.out);
+            // The hand rules of a profile run where the profile itself applies (a Bundle
+            // profile named on a Patient is the EHR-VAL-012 above, nothing more).
+            if applies {
+                rules::check(&bare, v, fp, &mut self.out);
+            }
             // Remembered for `profile` discriminators of the resource that contains this one.
             if depth > 0 && applies {
                 let ok = base_ok && !has_error(self.out.get(mark..).unwrap_or_default());
-                self.conforms.insert((fp.to_string(), bare), ok);
+                self.conforms.entry(fp.to_string()).or_default().insert(bare, ok);
             }
         }
     }
@@ -335,17 +348,22 @@ impl Cx {
         let defs = self.defs;
         let rt = v.get("resourceType").and_then(Value::as_str);
         let prof = defs.profiles.get(url);
-        if let Some(p) = prof
-            && rt != Some(p.type_name.as_str())
-        {
-            return false;
+        let want = prof.map(|p| p.type_name.as_str()).or(rules::hand_only_type(url));
+        match want {
+            Some(t) if rt != Some(t) => return false,
+            Some(_) => {}
+            None => return declares(v, url),
         }
-        if prof.is_none() && !rules::is_hand_only(url) {
-            return declares(v, url);
-        }
-        let key = (fp.to_string(), url.to_string());
-        if let Some(&ok) = self.conforms.get(&key) {
+        if let Some(&ok) = self.conforms.get(fp).and_then(|m| m.get(url)) {
             return ok;
+        }
+        // An element the profile requires at the top (or in `meta`, e.g. `meta.profile` of
+        // the eCS profiles) is missing: the run would fail, so it is not spent.
+        if let Some(p) = prof
+            && misses_required(p, v)
+        {
+            self.conforms.entry(fp.to_string()).or_default().insert(url.to_string(), false);
+            return false;
         }
         if self.runs_left == 0 {
             return declares(v, url);
@@ -366,7 +384,7 @@ impl Cx {
         self.conforms = sub.conforms;
         self.base_ok = sub.base_ok;
         self.runs_left = sub.runs_left;
-        self.conforms.insert(key, ok);
+        self.conforms.entry(fp.to_string()).or_default().insert(url.to_string(), ok);
         ok
     }
 
@@ -656,7 +674,7 @@ impl Cx {
 
     fn invariants(&mut self, p: &Profile, n: &PNode, v: &Value, fp: &str) {
         for c in &n.constraints {
-            if fhirpath::evaluate(&c.expression, v) == Some(false) {
+            if c.compiled.as_ref().and_then(|e| e.evaluate(v)) == Some(false) {
                 let number = rules::rule_number(&c.key).map(|r| format!(" ({r})")).unwrap_or_default();
                 let diag = format!("constraint {}{number} of profile {} is not satisfied by {}", c.key, p.name, n.path);
                 let mut issue = err(IssueType::Invariant, "EHR-VAL-018", fp, diag).rule(c.key.as_str());
@@ -758,7 +776,8 @@ impl Cx {
         for (si, &sidx) in c.slices.iter().enumerate() {
             let Some(s) = p.nodes.get(sidx) else { continue };
             let n = counts.get(si).copied().unwrap_or(0);
-            let sname = slice_label(s, discs.get(si));
+            // Built only for a finding: slicings are evaluated on every write.
+            let sname = || slice_label(s, discs.get(si));
             if let Some(min) = s.min
                 && n < min as usize
             {
@@ -767,8 +786,10 @@ impl Cx {
                     "EHR-VAL-013",
                     efp,
                     format!(
-                        "slice {sname} of {} requires at least {min} item(s) in profile {}, found {n}",
-                        c.path, p.name
+                        "slice {} of {} requires at least {min} item(s) in profile {}, found {n}",
+                        sname(),
+                        c.path,
+                        p.name
                     ),
                 ));
             }
@@ -780,7 +801,8 @@ impl Cx {
                     "EHR-VAL-013",
                     efp,
                     format!(
-                        "slice {sname} of {} allows at most {} item(s) in profile {}, found {n}",
+                        "slice {} of {} allows at most {} item(s) in profile {}, found {n}",
+                        sname(),
                         c.path,
                         max.label(),
                         p.name
@@ -826,7 +848,7 @@ impl Cx {
         for tp in &n.type_profiles {
             // A resource already shown to conform (declared profile, `profile` discriminator)
             // would only repeat its findings.
-            if self.conforms.get(&(fp.to_string(), tp.clone())) == Some(&true) {
+            if self.conforms.get(fp).and_then(|m| m.get(tp)) == Some(&true) {
                 continue;
             }
             if let Some(sub) = defs.profiles.get(tp)
@@ -841,6 +863,33 @@ impl Cx {
 
 fn node_path(td: &TypeDef, idx: usize) -> &str {
     td.nodes.get(idx).map(|n| n.path.as_str()).unwrap_or("")
+}
+
+/// Whether `v` lacks an element that profile `p` requires among the root's children or the
+/// children of `meta`: a cheap proof of non-conformance (the profile run would report it as
+/// EHR-VAL-008), so that entry slicing does not spend a run on it.
+fn misses_required(p: &Profile, v: &Value) -> bool {
+    let (Some(obj), Some(root)) = (v.as_object(), p.nodes.first()) else { return false };
+    let present = |o: &Map<String, Value>, c: &PNode| {
+        let has = |x: &Value| !matches!(x, Value::Array(a) if a.is_empty());
+        if c.choice {
+            o.iter().any(|(k, x)| {
+                k.strip_prefix(c.name.as_str()).is_some_and(|s| s.starts_with(|ch: char| ch.is_ascii_uppercase()))
+                    && has(x)
+            })
+        } else {
+            o.get(c.name.as_str()).is_some_and(has)
+        }
+    };
+    let absent = |o: &Map<String, Value>, c: &PNode| c.min.is_some_and(|m| m > 0) && !present(o, c);
+    root.children.iter().filter_map(|&ci| p.nodes.get(ci)).any(|c| {
+        absent(obj, c)
+            || (c.name == "meta"
+                && obj
+                    .get("meta")
+                    .and_then(Value::as_object)
+                    .is_some_and(|m| c.children.iter().filter_map(|&k| p.nodes.get(k)).any(|k| absent(m, k))))
+    })
 }
 
 /// The instance values of profile element `c` in `obj`: (property name, FHIRPath, value).

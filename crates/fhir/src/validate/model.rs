@@ -4,8 +4,11 @@
 //! Everything here is built once by `Definitions::load` and then only read.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
+
+use super::fhirpath;
 
 const JP_CORE: &str = include_str!("../../profiles/jp-core.json");
 const JP_CLINS: &str = include_str!("../../profiles/jp-clins.json");
@@ -143,7 +146,12 @@ pub(crate) enum Disc {
 pub(crate) struct Constraint {
     pub key: String,
     pub error: bool,
+    /// The expression as evaluated (the tests list and check the IG's invariants by it).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub expression: String,
+    /// The expression parsed once, at load; `None` when it is outside the evaluator's syntax
+    /// (the invariant is then skipped).
+    pub compiled: Option<Arc<fhirpath::Expr>>,
 }
 
 /// One element of a profile tree (snapshot or differential).
@@ -589,10 +597,12 @@ fn build_profile(sd: &Map<String, Value>) -> Option<Profile> {
             if let (Some(key), Some(expr)) =
                 (c.get("key").and_then(Value::as_str), c.get("expression").and_then(Value::as_str))
             {
+                let expression = corrected_expression(key, expr).unwrap_or_else(|| expr.to_string());
                 n.constraints.push(Constraint {
                     key: key.to_string(),
                     error: c.get("severity").and_then(Value::as_str) != Some("warning"),
-                    expression: corrected_expression(key, expr).unwrap_or_else(|| expr.to_string()),
+                    compiled: fhirpath::compile(&expression).map(Arc::new),
+                    expression,
                 });
             }
         }

@@ -11,7 +11,7 @@
 //!
 //! | rule | code | profiles | what |
 //! |---|---|---|---|
-//! | `clins-fullUrl-uuid` | EHR-VAL-020 | CLINS, document Bundles | every entry has a `fullUrl`, `urn:uuid:` + a lowercase UUID |
+//! | `clins-fullUrl-uuid` | EHR-VAL-020 | CLINS, document Bundles | every entry has a `fullUrl`, `urn:uuid:` + a UUID (hex digits of either case) |
 //! | `clins-fullUrl-unique` | EHR-VAL-021 | CLINS, document Bundles | no two entries share a `fullUrl` |
 //! | `document-reference-resolves` | EHR-VAL-022 | document Bundles | `Composition.subject` and every `section.entry` reference is the `fullUrl` of an entry |
 //! | `R1011` | EHR-VAL-023 | CLINS, document Bundles | the 10 digits of the Patient's local id system (`urn:oid:1.2.392.100495.20.3.51.1` + digits) equal every `JP_eCS_InstitutionNumber` of the Bundle |
@@ -33,12 +33,14 @@
 //! [`rule_number`] gives the 技術解説書 number (R-number) of a rule id, hand rule or IG
 //! invariant, where the 技術解説書 numbers it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 
 use ehr_core::{Issue, IssueType};
+use regex::Regex;
 use serde_json::Value;
 
-use super::fhirpath;
+use super::{fhirpath, systems};
 
 pub(crate) const CLINS_BUNDLE: &str = "http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_CLINS";
 pub(crate) const REFERRAL_BUNDLE: &str = "http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_eReferral";
@@ -109,7 +111,22 @@ pub fn rule_number(rule: &str) -> Option<&'static str> {
 
 /// Profiles that exist only as hand rules (no StructureDefinition is embedded).
 pub(crate) fn is_hand_only(url: &str) -> bool {
-    url == CHECKUP_BUNDLE || url == CHECKUP_COMPOSITION
+    hand_only_type(url).is_some()
+}
+
+/// The resource type a hand-only profile constrains.
+pub(crate) fn hand_only_type(url: &str) -> Option<&'static str> {
+    match url {
+        CHECKUP_BUNDLE => Some("Bundle"),
+        CHECKUP_COMPOSITION => Some("Composition"),
+        _ => None,
+    }
+}
+
+/// Whether a Bundle identifier value has the R2152 form (compiled once).
+fn is_bundle_identifier(value: &str) -> bool {
+    static RE: OnceLock<Option<Regex>> = OnceLock::new();
+    RE.get_or_init(|| fhirpath::compile_regex(BUNDLE_IDENTIFIER_PATTERN)).as_ref().is_some_and(|r| r.is_match(value))
 }
 
 /// Runs the hand rules of profile `url` (bare canonical) on resource `v` at FHIRPath `fp`.
@@ -165,20 +182,21 @@ fn has_profile(resource: &Value, url: &str) -> bool {
         .any(|p| p.split('|').next() == Some(url))
 }
 
-/// `urn:uuid:` followed by a UUID in the lowercase form FHIR's `uuid` type requires.
+/// `urn:uuid:` followed by a UUID. The hex digits may be of either case: RFC 4122 §3 reads
+/// them case-insensitively on input, and fullUrl is a `uri`, not FHIR's lowercase `uuid` type
+/// (duplicates are found case-insensitively too).
 fn is_urn_uuid(s: &str) -> bool {
     let Some(u) = s.strip_prefix("urn:uuid:") else { return false };
-    let groups: Vec<&str> = u.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    let mut groups = u.split('-');
+    [8, 4, 4, 4, 12]
+        .iter()
+        .all(|&n| groups.next().is_some_and(|g| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit())))
+        && groups.next().is_none()
 }
 
 /// `clins-fullUrl-uuid`, `clins-fullUrl-unique`.
 fn full_urls(v: &Value, fp: &str, out: &mut Vec<Issue>) {
-    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, e) in entries(v) {
         let efp = format!("{fp}.entry[{i}].fullUrl");
         // §A.4: every entry gets a fresh urn:uuid (the snapshots leave fullUrl 0..1).
@@ -188,7 +206,7 @@ fn full_urls(v: &Value, fp: &str, out: &mut Vec<Issue>) {
                 "EHR-VAL-020",
                 "clins-fullUrl-uuid",
                 &efp,
-                "every entry needs a fullUrl, urn:uuid: followed by a lowercase UUID".to_string(),
+                "every entry needs a fullUrl, urn:uuid: followed by a UUID".to_string(),
             ));
             continue;
         };
@@ -198,10 +216,12 @@ fn full_urls(v: &Value, fp: &str, out: &mut Vec<Issue>) {
                 "EHR-VAL-020",
                 "clins-fullUrl-uuid",
                 &efp,
-                "entry.fullUrl must be urn:uuid: followed by a lowercase UUID".to_string(),
+                "entry.fullUrl must be urn:uuid: followed by a UUID".to_string(),
             ));
         }
-        if let Some(first) = seen.get(url) {
+        // `urn:uuid:ABC…` and `urn:uuid:abc…` name one UUID.
+        let key = if is_urn_uuid(url) { url.to_ascii_lowercase() } else { url.to_string() };
+        if let Some(first) = seen.get(&key) {
             out.push(issue(
                 IssueType::Duplicate,
                 "EHR-VAL-021",
@@ -210,22 +230,25 @@ fn full_urls(v: &Value, fp: &str, out: &mut Vec<Issue>) {
                 format!("entry.fullUrl repeats the fullUrl of entry[{first}]; every entry needs its own fresh uuid"),
             ));
         } else {
-            seen.insert(url, i);
+            seen.insert(key, i);
         }
     }
 }
 
-/// Whether a reference names an entry of the Bundle (by fullUrl, or `Type/id` of an entry).
-fn resolves(v: &Value, reference: &str) -> bool {
-    entries(v).any(|(_, e)| {
-        str_at(e, "fullUrl") == Some(reference) || {
-            let r = e.get("resource").unwrap_or(&Value::Null);
-            match (str_at(r, "resourceType"), str_at(r, "id")) {
-                (Some(t), Some(id)) => reference == format!("{t}/{id}"),
-                _ => false,
-            }
+/// What the references of a document may name: every entry's fullUrl and `Type/id`, collected
+/// once (a document has one reference per section entry: no scan of the entries per reference).
+fn targets(v: &Value) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for (_, e) in entries(v) {
+        if let Some(u) = str_at(e, "fullUrl") {
+            out.insert(u.to_string());
         }
-    })
+        let r = e.get("resource").unwrap_or(&Value::Null);
+        if let (Some(t), Some(id)) = (str_at(r, "resourceType"), str_at(r, "id")) {
+            out.insert(format!("{t}/{id}"));
+        }
+    }
+    out
 }
 
 /// `document-reference-resolves`: the subject and section entries of the first Composition.
@@ -235,11 +258,12 @@ fn references(v: &Value, fp: &str, out: &mut Vec<Issue>) {
     };
     let cfp = format!("{fp}.entry[{ci}].resource");
     let comp = &comp["resource"];
+    let targets = targets(v);
     let mut check = |r: &Value, rfp: String, what: &str| {
         // References without `reference` (identifier / display only) and contained (`#id`) ones
         // are not entry references.
         let Some(reference) = str_at(r, "reference").filter(|s| !s.starts_with('#')) else { return };
-        if !resolves(v, reference) {
+        if !targets.contains(reference) {
             out.push(issue(
                 IssueType::Invariant,
                 "EHR-VAL-022",
@@ -321,6 +345,8 @@ fn single_resource_type(v: &Value, fp: &str, out: &mut Vec<Issue>) {
     for (i, e) in entries(v).skip(1) {
         let Some(ty) = str_at(&e["resource"], "resourceType") else { continue };
         if ty != tag {
+            // The type is named only when it is a type name (it is submitted text).
+            let ty = if ty.len() <= 64 && ty.bytes().all(|b| b.is_ascii_alphanumeric()) { ty } else { "resource" };
             out.push(issue(
                 IssueType::Structure,
                 "EHR-VAL-036",
@@ -338,7 +364,7 @@ fn single_resource_type(v: &Value, fp: &str, out: &mut Vec<Issue>) {
 fn identifier_institution(v: &Value, fp: &str, out: &mut Vec<Issue>) {
     let value = v.get("identifier").and_then(|id| str_at(id, "value"));
     let Some(number) = value.and_then(|s| s.split('^').next()).filter(|n| n.len() == 10) else { return };
-    if !value.is_some_and(|s| fhirpath::regex_match(BUNDLE_IDENTIFIER_PATTERN, s)) {
+    if !value.is_some_and(is_bundle_identifier) {
         return;
     }
     let mut differs = |at: String, what: &str| {
@@ -388,8 +414,12 @@ fn lab_codings(v: &Value, fp: &str, out: &mut Vec<Issue>) {
         }
         let cfp = format!("{fp}.entry[{i}].resource.code");
         let codings: Vec<(usize, &Value)> = array(&r["code"], "coding").collect();
-        let has =
-            |systems: &[&str]| codings.iter().any(|(_, c)| str_at(c, "system").is_some_and(|s| systems.contains(&s)));
+        // Through the OID table: JP Core 1.1.2 material names JLAC10 by its OID.
+        let has = |wanted: &[&str]| {
+            codings
+                .iter()
+                .any(|(_, c)| str_at(c, "system").is_some_and(|s| wanted.iter().any(|w| systems::same_system(w, s))))
+        };
         if !has(&[LAB_LOCAL_CODE]) {
             out.push(issue(
                 IssueType::Required,
@@ -436,8 +466,7 @@ fn lab_codings(v: &Value, fp: &str, out: &mut Vec<Issue>) {
 /// `R2152` for document Bundles (JP_Bundle_CLINS checks it by its own invariant).
 fn bundle_identifier(v: &Value, fp: &str, out: &mut Vec<Issue>) {
     let id = v.get("identifier").unwrap_or(&Value::Null);
-    let ok = str_at(id, "system") == Some(BUNDLE_IDENTIFIER)
-        && str_at(id, "value").is_some_and(|val| fhirpath::regex_match(BUNDLE_IDENTIFIER_PATTERN, val));
+    let ok = str_at(id, "system") == Some(BUNDLE_IDENTIFIER) && str_at(id, "value").is_some_and(is_bundle_identifier);
     if !ok {
         out.push(issue(
             IssueType::Value,
@@ -562,13 +591,19 @@ fn checkup_composition(c: &Value, fp: &str, out: &mut Vec<Issue>) {
 
 /// `checkup-observation-coded`: the Observations referenced from section 01910.
 fn checkup_observations(v: &Value, c: &Value, cfp: &str, out: &mut Vec<Issue>) {
+    let mut by_url: HashMap<&str, (usize, &Value)> = HashMap::new();
+    for (k, e) in entries(v) {
+        if let Some(u) = str_at(e, "fullUrl") {
+            by_url.entry(u).or_insert((k, e));
+        }
+    }
     for (i, sec) in array(c, "section") {
         if !section_codes(sec).contains(&SECTION_RESULTS) {
             continue;
         }
         for (j, r) in array(sec, "entry") {
             let Some(reference) = str_at(r, "reference") else { continue };
-            let Some((k, e)) = entries(v).find(|(_, e)| str_at(e, "fullUrl") == Some(reference)) else { continue };
+            let Some(&(k, e)) = by_url.get(reference) else { continue };
             let res = &e["resource"];
             if res["resourceType"] != "Observation" {
                 continue;
@@ -597,7 +632,11 @@ mod tests {
     #[test]
     fn uuid_form() {
         assert!(is_urn_uuid("urn:uuid:830ec2d1-67a7-427e-b6fe-ad0eb29da7fb"));
-        assert!(!is_urn_uuid("urn:uuid:830EC2D1-67a7-427e-b6fe-ad0eb29da7fb"));
+        // RFC 4122: hex digits are case-insensitive on input.
+        assert!(is_urn_uuid("urn:uuid:830EC2D1-67A7-427E-B6FE-AD0EB29DA7FB"));
+        assert!(!is_urn_uuid("urn:uuid:830ec2d1-67a7-427e-b6fe-ad0eb29da7fb-1"));
+        assert!(!is_urn_uuid("urn:uuid:830ec2d1-67a7-427e-b6fe-ad0eb29da7fg"));
+        assert!(!is_urn_uuid("urn:uuid:+30ec2d1-67a7-427e-b6fe-ad0eb29da7fb"));
         assert!(!is_urn_uuid("http://example.org/Patient/1"));
         assert!(!is_urn_uuid("urn:uuid:830ec2d1-67a7-427e-b6fe"));
     }

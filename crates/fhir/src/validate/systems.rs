@@ -9,6 +9,9 @@
 //! `JP_…_CS` URL) and the JP-CLINS 1.5 history / examples (the `…/core/mhlw/…` URLs); see
 //! `jp-standards.md` §A.5 and `crates/fhir/profiles/README.md`.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 /// Groups of URIs naming one system.
 const EQUIVALENT: &[&[&str]] = &[
     // 保険者番号
@@ -53,6 +56,8 @@ const EQUIVALENT: &[&[&str]] = &[
         "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/MedicationUnitMERIT9Code",
         "http://jpfhir.jp/fhir/core/CodeSystem/JP_MedicationUnitMERIT9_CS",
     ],
+    // JLAC10 17桁 (JP Core 1.1.2 JP_Observation_LabResult fixes the OID; JP-CLINS §A.7 the URL)
+    &["urn:oid:1.2.392.200119.4.504", "http://medis.or.jp/CodeSystem/master-JLAC10-17digits"],
     // 力価区分
     &[
         "urn:oid:1.2.392.100495.20.2.22",
@@ -61,14 +66,35 @@ const EQUIVALENT: &[&[&str]] = &[
     ],
 ];
 
+/// URI → its row in [`EQUIVALENT`], built once. Every string compared by fixed / pattern /
+/// discriminator values goes through [`same_system`], so a lookup must not scan the table.
+fn index() -> &'static HashMap<&'static str, usize> {
+    static INDEX: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
+    INDEX.get_or_init(|| EQUIVALENT.iter().enumerate().flat_map(|(i, r)| r.iter().map(move |u| (*u, i))).collect())
+}
+
 /// The row holding `uri`, if any.
 fn row(uri: &str) -> Option<&'static [&'static str]> {
-    EQUIVALENT.iter().copied().find(|r| r.contains(&uri))
+    // Codes, display texts and most values are short: no table URI is.
+    if uri.len() < SHORTEST {
+        return None;
+    }
+    index().get(uri).and_then(|&i| EQUIVALENT.get(i)).copied()
 }
+
+/// The length of the shortest URI of the table (`urn:oid:1.2.392.200119.4.504`).
+const SHORTEST: usize = 28;
 
 /// Whether two system URIs name the same system (equal, or in one row of the table).
 pub(crate) fn same_system(a: &str, b: &str) -> bool {
-    a == b || row(a).is_some_and(|r| r.contains(&b))
+    if a == b {
+        return true;
+    }
+    if a.len() < SHORTEST || b.len() < SHORTEST {
+        return false;
+    }
+    let idx = index();
+    matches!((idx.get(a), idx.get(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// The other URIs naming the same system as `uri` (empty when it has none).
@@ -90,6 +116,10 @@ mod tests {
         assert!(same_system("x", "x"));
         assert_eq!(equivalents("urn:oid:1.2.392.100495.20.3.61").count(), 1);
         assert_eq!(equivalents("http://example.org").count(), 0);
+        assert!(same_system("http://medis.or.jp/CodeSystem/master-JLAC10-17digits", "urn:oid:1.2.392.200119.4.504"));
+        assert!(!same_system("01910", "01920"));
+        // The length cut-off is the shortest URI of the table.
+        assert_eq!(EQUIVALENT.iter().flat_map(|r| r.iter()).map(|u| u.len()).min(), Some(SHORTEST));
         // No URI is in two rows.
         for r in EQUIVALENT {
             for u in *r {

@@ -488,3 +488,76 @@ fn clins_bundle_entries_match_a_slice() {
         show(&errors(&issues))
     );
 }
+
+/// RFC 4122 reads UUID hex digits case-insensitively: an uppercase `urn:uuid:` fullUrl is valid,
+/// and two fullUrls that differ only in case are the same UUID.
+#[test]
+fn full_urls_are_case_insensitive_uuids() {
+    let mut b = clins_lab_bundle();
+    b["entry"][1]["fullUrl"] = json!("urn:uuid:481835EF-0891-45DE-A006-087954AB6B7C");
+    no_errors(&b);
+    b["entry"][1]["fullUrl"] = json!(PATIENT_URL.to_uppercase().replace("URN:UUID:", "urn:uuid:"));
+    assert_rule(&Validator::new().validate(&b), "EHR-VAL-021", "clins-fullUrl-unique", "Bundle.entry[1].fullUrl");
+}
+
+/// JP Core 1.1.2 names JLAC10 by its OID (JP_Observation_LabResult fixes it): the lab rule reads
+/// it as the `master-JLAC10-17digits` URL.
+#[test]
+fn lab_standard_code_by_legacy_oid() {
+    let mut b = clins_lab_bundle();
+    b["entry"][1]["resource"]["code"]["coding"][1] = json!({"system": "urn:oid:1.2.392.200119.4.504",
+        "code": "3A015000001827101", "display": "ALB"});
+    let issues = Validator::new().validate(&b);
+    assert!(issues.iter().all(|i| i.ehr_code != "EHR-VAL-025"), "{}", show(&errors(&issues)));
+    b["entry"][1]["resource"]["code"]["coding"][1]["system"] = json!("urn:oid:1.2.392.200119.4.505");
+    assert_rule(
+        &Validator::new().validate(&b),
+        "EHR-VAL-025",
+        "clins-lab-standardCode",
+        "Bundle.entry[1].resource.code.coding",
+    );
+}
+
+/// Hand rules run only for the profile that asks for them, on the resource type it constrains:
+/// a Bundle without a JP-CLINS profile may use absolute or repeated-form fullUrls and no
+/// identifier; a hand-only profile named on another type is EHR-VAL-012 and nothing else.
+#[test]
+fn hand_rules_only_where_their_profile_applies() {
+    let mut b = clins_lab_bundle();
+    b.as_object_mut().unwrap().remove("meta");
+    b.as_object_mut().unwrap().remove("identifier");
+    b["entry"][0]["fullUrl"] = json!("https://ehr.example.jp/fhir/Patient/p1");
+    b["entry"][1]["fullUrl"] = json!("https://ehr.example.jp/fhir/Observation/o1");
+    b["entry"][1]["resource"]["subject"] = json!({"reference": "Patient/p1"});
+    b["entry"][1]["resource"]["extension"][0]["valueIdentifier"]["value"] = json!("1311234567");
+    b["entry"][1]["resource"]["code"]["text"] = json!("ｱﾙﾌﾞﾐﾝ");
+    let issues = Validator::new().validate(&b);
+    let hand: Vec<&Issue> = issues.iter().filter(|i| ("EHR-VAL-020".."EHR-VAL-038").contains(&i.ehr_code)).collect();
+    assert!(hand.is_empty(), "{}", show(&hand));
+    let mut p = load("jp-clins", "Patient-Example-JP-Patient-standard.json");
+    p["meta"]["profile"] = json!([CHECKUP_BUNDLE]);
+    let issues = Validator::new().validate(&p);
+    let errs = errors(&issues);
+    assert_eq!(errs.len(), 1, "{}", show(&errs));
+    assert_eq!(
+        (errs[0].ehr_code, errs[0].expression.as_slice()),
+        ("EHR-VAL-012", &["Patient.meta.profile[0]".to_string()][..])
+    );
+}
+
+/// A large submission: every entry declares its profile, so entry slicing spends no conformance
+/// run (the budget is not what admits them), and `bdl-7` / fullUrl uniqueness hold.
+#[test]
+fn large_clins_bundle() {
+    let mut b = clins_lab_bundle();
+    let obs = b["entry"][1].clone();
+    let entries = b["entry"].as_array_mut().unwrap();
+    for i in 0..300 {
+        let mut e = obs.clone();
+        e["fullUrl"] = json!(format!("urn:uuid:481835ef-0891-45de-a006-{i:012x}"));
+        entries.push(e);
+    }
+    no_errors(&b);
+    b["entry"][300]["fullUrl"] = b["entry"][7]["fullUrl"].clone();
+    assert_rule(&Validator::new().validate(&b), "EHR-VAL-021", "clins-fullUrl-unique", "Bundle.entry[300].fullUrl");
+}
