@@ -48,6 +48,13 @@ impl Scratch {
         Ok(Self { config, dir, postgres })
     }
 
+    /// The URL of the PostgreSQL database created for the benchmark (none on SQLite).
+    pub fn postgres_database_url(&self) -> Option<String> {
+        let (admin, name) = self.postgres.as_ref()?;
+        let (base, _) = admin.rsplit_once('/')?;
+        Some(format!("{base}/{name}"))
+    }
+
     /// Removes the directory and drops the database (best effort). Call after the application
     /// stopped: PostgreSQL refuses to drop a database in use (`WITH (FORCE)` ends the rest).
     pub async fn remove(self) {

@@ -161,8 +161,21 @@ impl ClinsAdapter {
         let interval = Duration::from_millis(self.settings.poll_interval_ms.max(10));
         vec![tokio::spawn(async move {
             loop {
-                if let Err(e) = me.send_due().await {
-                    tracing::warn!(code = ehr_core::Classify::code(&e), "clins sender pass failed");
+                // A pass sends a few submissions per tenant (fairness); while passes find work,
+                // the next one starts at once — a backlog drains at the service's pace, not at
+                // one batch per poll interval.
+                let busy = match me.send_due().await {
+                    Ok(attempted) => attempted > 0,
+                    Err(e) => {
+                        tracing::warn!(code = ehr_core::Classify::code(&e), "clins sender pass failed");
+                        false
+                    }
+                };
+                if busy {
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    continue;
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
