@@ -50,12 +50,14 @@ pub enum ValidationError {
     BadParameter { name: &'static str, reason: &'static str },
     #[error("the resource id differs from the id in the request path")]
     IdMismatch,
+    #[error("the validation was interrupted")]
+    Interrupted,
 }
 
 impl Classify for ValidationError {
     fn issue_type(&self) -> IssueType {
         match self {
-            Self::Terminology(_) => IssueType::Exception,
+            Self::Terminology(_) | Self::Interrupted => IssueType::Exception,
             Self::NotAResource => IssueType::Structure,
             Self::WrongType { .. } | Self::BadParameter { .. } | Self::IdMismatch => IssueType::Invalid,
             Self::UnknownType(_) => IssueType::NotFound,
@@ -70,6 +72,7 @@ impl Classify for ValidationError {
             Self::UnknownType(_) => "EHR-VLD-004",
             Self::BadParameter { .. } => "EHR-VLD-005",
             Self::IdMismatch => "EHR-VLD-006",
+            Self::Interrupted => "EHR-VLD-007",
         }
     }
 }
