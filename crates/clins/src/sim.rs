@@ -153,9 +153,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Simulator {
     /// A simulator with no listener (for [`Simulator::process`] in unit tests).
     pub fn new(password: Option<&str>, file_root: Option<PathBuf>) -> Result<Self, String> {
-        let terminology =
-            ehr_terminology::Terminology::builtin().map_err(|_| "the terminology could not be loaded".to_owned())?;
-        let validator = FullValidator::new(Arc::new(ehr_fhir::validate::Validator::new()), terminology);
+        let validator = FullValidator::builtin().map_err(|_| "the terminology could not be loaded".to_owned())?;
         let password = password.map(Password::new).transpose().map_err(|e| e.to_string())?;
         Ok(Self {
             inner: Arc::new(Inner {

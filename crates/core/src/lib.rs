@@ -8,7 +8,7 @@ mod ids;
 mod outcome;
 mod tenant;
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, SystemClock, retry_due};
 pub use ids::{IdError, ResourceId, ResourceType, TenantId};
 pub use outcome::{Classify, Issue, IssueType, Severity, operation_outcome};
 pub use tenant::{Principal, TenantContext};

@@ -25,15 +25,23 @@ pub struct Caller {
 impl Caller {
     /// Fails with 403 unless the token's scopes allow `interaction` on `resource_type`.
     pub fn require(&self, resource_type: &str, interaction: Interaction) -> Result<(), Problem> {
-        if self.scopes.allows(resource_type, interaction) {
-            Ok(())
-        } else {
-            Err(AuthError::InsufficientScope {
-                interaction: interaction.name(),
-                resource_type: resource_type.to_owned(),
-            }
+        check(self.scopes.allows(resource_type, interaction), resource_type, interaction)
+    }
+
+    /// Fails with 403 unless a scope naming `pseudo_type` itself allows `interaction`: the pseudo
+    /// types of the services' own APIs (`Connection`, `LabMessage`, `NationalSubmission`,
+    /// `EPrescription`) are never reached by a wildcard.
+    pub fn require_explicitly(&self, pseudo_type: &str, interaction: Interaction) -> Result<(), Problem> {
+        check(self.scopes.allows_explicitly(pseudo_type, interaction), pseudo_type, interaction)
+    }
+}
+
+fn check(allowed: bool, resource_type: &str, interaction: Interaction) -> Result<(), Problem> {
+    if allowed {
+        Ok(())
+    } else {
+        Err(AuthError::InsufficientScope { interaction: interaction.name(), resource_type: resource_type.to_owned() }
             .into())
-        }
     }
 }
 

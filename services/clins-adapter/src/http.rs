@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ehr_auth::{AuthError, Interaction};
+use ehr_auth::Interaction;
 use ehr_http::{AuthState, Caller, Problem, method_not_allowed};
 use ehr_store::{Submission, SubmissionFilter};
 use serde_json::{Value, json};
@@ -55,15 +55,6 @@ pub fn router(state: ClinsState) -> Router {
         .route("/clins/retrieve", post(retrieve).fallback(method_not_allowed))
         .route("/clins/connections", get(connections).fallback(method_not_allowed))
         .with_state(state)
-}
-
-fn require(caller: &Caller, interaction: Interaction) -> Result<(), Problem> {
-    if caller.scopes.allows_explicitly(PSEUDO_TYPE, interaction) {
-        Ok(())
-    } else {
-        Err(AuthError::InsufficientScope { interaction: interaction.name(), resource_type: PSEUDO_TYPE.to_owned() }
-            .into())
-    }
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ClinsAdapterError> {
@@ -132,7 +123,7 @@ async fn preview(
     caller: Caller,
     b: Result<Json<SubmitBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    require(&caller, Interaction::Read)?;
+    caller.require_explicitly(PSEUDO_TYPE, Interaction::Read)?;
     let b = body(b)?;
     let patient = named_patient(&b.patient);
     let result = st.adapter.build(&caller.ctx, &b, None).await.map(|built| {
@@ -149,7 +140,7 @@ async fn submit(
     caller: Caller,
     b: Result<Json<SubmitBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    require(&caller, Interaction::Create)?;
+    caller.require_explicitly(PSEUDO_TYPE, Interaction::Create)?;
     let b = body(b)?;
     let patient = named_patient(&b.patient);
     let result = st
@@ -165,7 +156,7 @@ async fn list(
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
-    require(&caller, Interaction::Search)?;
+    caller.require_explicitly(PSEUDO_TYPE, Interaction::Search)?;
     let patient = q.get("patient").map(|p| if p.starts_with("Patient/") { p.clone() } else { format!("Patient/{p}") });
     let filter = SubmissionFilter {
         kind: q.get("kind").map(String::as_str),
@@ -189,13 +180,13 @@ async fn list(
 }
 
 async fn one(State(st): State<ClinsState>, caller: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
-    require(&caller, Interaction::Read)?;
+    caller.require_explicitly(PSEUDO_TYPE, Interaction::Read)?;
     let s = st.adapter.submission(&caller.ctx, &id).await?;
     Ok(audited(Json(submission_json(&s, true)).into_response(), s.patient.as_deref()))
 }
 
 async fn cancel(State(st): State<ClinsState>, caller: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
-    require(&caller, Interaction::Update)?;
+    caller.require_explicitly(PSEUDO_TYPE, Interaction::Update)?;
     let before = st.adapter.submission(&caller.ctx, &id).await?;
     let result = st.adapter.cancel(&caller.ctx, &id).await.map(|s| {
         let status = if s.state == "withdrawn" { StatusCode::OK } else { StatusCode::ACCEPTED };
@@ -210,7 +201,7 @@ async fn change(
     Path(id): Path<String>,
     b: Result<Json<SubmitBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    require(&caller, Interaction::Update)?;
+    caller.require_explicitly(PSEUDO_TYPE, Interaction::Update)?;
     let b = body(b)?;
     let before = st.adapter.submission(&caller.ctx, &id).await?;
     let result = st
@@ -226,7 +217,7 @@ async fn retrieve(
     caller: Caller,
     b: Result<Json<RetrieveBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    require(&caller, Interaction::Read)?;
+    caller.require_explicitly(PSEUDO_TYPE, Interaction::Read)?;
     let b = body(b)?;
     let answer = st.adapter.retrieve(&caller.ctx, &b).await?;
     let patient = format!("Patient/{}", b.patient.trim_start_matches("Patient/"));
@@ -236,9 +227,7 @@ async fn retrieve(
 /// `GET /clins/connections` (scope `Connection` r, like the lab interface's): this tenant's
 /// connection to the service, for the inventory of external connections (`/admin/connections`).
 async fn connections(State(st): State<ClinsState>, caller: Caller) -> Result<Response, Problem> {
-    if !caller.scopes.allows_explicitly("Connection", Interaction::Read) {
-        return Err(AuthError::InsufficientScope { interaction: "read", resource_type: "Connection".into() }.into());
-    }
+    caller.require_explicitly("Connection", Interaction::Read)?;
     let settings = &st.adapter.settings;
     let (protocol, address) = match settings.transport.as_str() {
         "web-api" => ("CLINS Web API (JSON over HTTP)", json!(settings.url)),

@@ -112,7 +112,6 @@ pub struct ClinsAdapter {
 
 struct Inner {
     transport: Option<Arc<dyn Transport>>,
-    terminology: ehr_terminology::Terminology,
     wake: Notify,
 }
 
@@ -124,22 +123,16 @@ impl ClinsAdapter {
         settings: ClinsSettings,
     ) -> Result<Self, ClinsAdapterError> {
         let transport = transport_of(&settings)?;
-        let terminology = ehr_terminology::Terminology::builtin()
-            .map_err(|_| ClinsAdapterError::Settings("the built-in terminology could not be loaded".into()))?;
         if settings.max_attempts < 1 {
             return Err(ClinsAdapterError::Settings("max_attempts must be at least 1".into()));
         }
-        Ok(Self {
-            store,
-            clock,
-            validator,
-            settings,
-            inner: Arc::new(Inner { transport, terminology, wake: Notify::new() }),
-        })
+        Ok(Self { store, clock, validator, settings, inner: Arc::new(Inner { transport, wake: Notify::new() }) })
     }
 
+    /// The masters the validator checks against (the built-in subset or the loaded official
+    /// files): the builder codes lab results with the same ones.
     pub(crate) fn terminology(&self) -> &ehr_terminology::Terminology {
-        &self.inner.terminology
+        self.validator.terminology()
     }
 
     pub(crate) fn transport(&self) -> Option<&Arc<dyn Transport>> {

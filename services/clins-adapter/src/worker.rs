@@ -86,12 +86,8 @@ impl ClinsAdapter {
             if attempt >= self.settings.max_attempts {
                 ("failed", None, Some(why))
             } else {
-                let backoff = self
-                    .settings
-                    .retry_base_ms
-                    .saturating_mul(1u64 << (attempt - 1).clamp(0, 20) as u32)
-                    .min(self.settings.retry_max_ms);
-                ("queued", Some(now.saturating_add(i64::try_from(backoff).unwrap_or(i64::MAX / 2))), Some(why))
+                let due = ehr_core::retry_due(now, attempt, self.settings.retry_base_ms, self.settings.retry_max_ms);
+                ("queued", Some(due), Some(why))
             }
         };
         let mut result: Value = s.result.clone();

@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ehr_auth::{AuthError, Interaction};
+use ehr_auth::Interaction;
 use ehr_http::{AuthState, Caller, Problem, method_not_allowed};
 use ehr_store::Submission;
 use serde_json::{Value, json};
@@ -76,14 +76,6 @@ impl ClassifyText for serde_json::Error {
     }
 }
 
-fn require(caller: &Caller, interaction: Interaction) -> Result<(), Problem> {
-    if caller.scopes.allows_explicitly(PSEUDO, interaction) {
-        Ok(())
-    } else {
-        Err(AuthError::InsufficientScope { interaction: interaction.name(), resource_type: PSEUDO.to_owned() }.into())
-    }
-}
-
 /// A prescription as the API shows it.
 fn view(s: &Submission) -> Value {
     let r = &s.result;
@@ -120,7 +112,7 @@ async fn create(
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
     // The scope first: the body is not even parsed for a caller who may not create.
-    require(&caller, Interaction::Create)?;
+    caller.require_explicitly(PSEUDO, Interaction::Create)?;
     let json_body = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -139,7 +131,7 @@ async fn list(
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
-    require(&caller, Interaction::Search)?;
+    caller.require_explicitly(PSEUDO, Interaction::Search)?;
     let patient = q.get("patient").map(|p| if p.starts_with("Patient/") { p.clone() } else { format!("Patient/{p}") });
     let list = st.adapter.list(&caller.ctx, patient.as_deref()).await?;
     let refs: Vec<&Submission> = list.iter().collect();
@@ -151,7 +143,7 @@ async fn read(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    require(&caller, Interaction::Read)?;
+    caller.require_explicitly(PSEUDO, Interaction::Read)?;
     let s = st.adapter.get(&caller.ctx, &id).await?;
     Ok(respond(StatusCode::OK, view(&s), &[&s]))
 }
@@ -161,7 +153,7 @@ async fn check(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    require(&caller, Interaction::Update)?;
+    caller.require_explicitly(PSEUDO, Interaction::Update)?;
     let s = st.adapter.check(&caller.ctx, &id).await?;
     Ok(respond(StatusCode::OK, view(&s), &[&s]))
 }
@@ -179,7 +171,7 @@ async fn register(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    require(&caller, Interaction::Update)?;
+    caller.require_explicitly(PSEUDO, Interaction::Update)?;
     let b: RegisterBody = if body.is_empty() {
         RegisterBody::default()
     } else {
@@ -195,7 +187,7 @@ async fn cancel(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    require(&caller, Interaction::Update)?;
+    caller.require_explicitly(PSEUDO, Interaction::Update)?;
     let s = st.adapter.cancel(&caller.ctx, &id).await?;
     Ok(respond(StatusCode::OK, view(&s), &[&s]))
 }
@@ -207,7 +199,7 @@ async fn dispensing(
 ) -> Result<Response, Problem> {
     // Filing dispensings is the pharmacist's duty (access matrix): reading the prescription and
     // creating MedicationDispense, not changing the prescription.
-    require(&caller, Interaction::Read)?;
+    caller.require_explicitly(PSEUDO, Interaction::Read)?;
     caller.require("MedicationDispense", Interaction::Create)?;
     let (s, created) = st.adapter.fetch_dispensing(&caller.ctx, &id).await?;
     let mut body = view(&s);
@@ -220,7 +212,7 @@ async fn document(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    require(&caller, Interaction::Read)?;
+    caller.require_explicitly(PSEUDO, Interaction::Read)?;
     let s = st.adapter.get(&caller.ctx, &id).await?;
     let mut resp = respond(StatusCode::OK, s.result["document"].clone(), &[&s]);
     resp.headers_mut()
@@ -233,7 +225,7 @@ async fn csv(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    require(&caller, Interaction::Read)?;
+    caller.require_explicitly(PSEUDO, Interaction::Read)?;
     let s = st.adapter.get(&caller.ctx, &id).await?;
     let text = s.result["csv"].as_str().unwrap_or("").to_owned();
     let mut resp =
@@ -250,9 +242,7 @@ async fn csv(
 /// tenant's connection to the service, for the inventory of external connections
 /// (`/admin/connections`).
 async fn connections(State(st): State<EPrescriptionState>, caller: Caller) -> Result<Response, Problem> {
-    if !caller.scopes.allows_explicitly("Connection", Interaction::Read) {
-        return Err(AuthError::InsufficientScope { interaction: "read", resource_type: "Connection".into() }.into());
-    }
+    caller.require_explicitly("Connection", Interaction::Read)?;
     let url = st.adapter.settings.url.clone();
     let tx = st.adapter.store.read(&caller.ctx).await.map_err(EPrescriptionAdapterError::from)?;
     let (last, error) = tx.national_activity("eprescription").await.map_err(EPrescriptionAdapterError::from)?;

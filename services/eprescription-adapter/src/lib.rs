@@ -265,10 +265,8 @@ impl EPrescriptionAdapter {
                 if attempts >= self.settings.max_attempts {
                     ("failed", None, Some(format!("{why}; attempts used up")), None)
                 } else {
-                    let shift = (attempts - 1).clamp(0, 20) as u32;
-                    let delay =
-                        self.settings.retry_base_ms.saturating_mul(1u64 << shift).min(self.settings.retry_max_ms);
-                    let due = now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+                    let due =
+                        ehr_core::retry_due(now, attempts, self.settings.retry_base_ms, self.settings.retry_max_ms);
                     result["dueAt"] = json!(due);
                     ("queued", Some(due), Some(why), None)
                 }

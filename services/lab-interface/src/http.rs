@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ehr_auth::{AuthError, Interaction};
+use ehr_auth::Interaction;
 use ehr_http::{AuthState, Caller, Problem, method_not_allowed};
 use ehr_store::{Hl7Message, LabEndpoint, MessageFilter, StoreError};
 use serde::{Deserialize, Serialize};
@@ -52,15 +52,6 @@ pub fn router(state: LabState) -> Router {
         .route("/lab/dead-letters", get(dead_letters).fallback(method_not_allowed))
         .route("/admin/connections", get(connections).fallback(method_not_allowed))
         .with_state(state)
-}
-
-fn require(caller: &Caller, pseudo_type: &str, interaction: Interaction) -> Result<(), Problem> {
-    if caller.scopes.allows_explicitly(pseudo_type, interaction) {
-        Ok(())
-    } else {
-        Err(AuthError::InsufficientScope { interaction: interaction.name(), resource_type: pseudo_type.to_owned() }
-            .into())
-    }
 }
 
 /// An endpoint as the API shows and takes it.
@@ -175,13 +166,13 @@ fn body_json(
 }
 
 async fn list_endpoints(State(st): State<LabState>, caller: Caller) -> Result<Response, Problem> {
-    require(&caller, "Connection", Interaction::Search)?;
+    caller.require_explicitly("Connection", Interaction::Search)?;
     let list = st.lab.endpoints_of(caller.ctx.tenant()).await?;
     Ok(Json(json!({"endpoints": list.iter().map(endpoint_json).collect::<Vec<_>>()})).into_response())
 }
 
 async fn get_endpoint(State(st): State<LabState>, caller: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
-    require(&caller, "Connection", Interaction::Read)?;
+    caller.require_explicitly("Connection", Interaction::Read)?;
     let sys = st.lab.store().system_read().await.map_err(LabError::from)?;
     let e = sys.lab_endpoint(caller.ctx.tenant(), &id).await.map_err(LabError::from)?;
     sys.commit().await.map_err(LabError::from)?;
@@ -194,7 +185,7 @@ async fn create_endpoint(
     caller: Caller,
     body: Result<Json<EndpointBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Problem> {
-    require(&caller, "Connection", Interaction::Create)?;
+    caller.require_explicitly("Connection", Interaction::Create)?;
     let b = body_json(body)?;
     check_body(&b, st.lab.settings())?;
     let now = st.lab.clock().now().timestamp_millis();
@@ -238,7 +229,7 @@ async fn update_endpoint(
     Path(id): Path<String>,
     body: Result<Json<EndpointBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Problem> {
-    require(&caller, "Connection", Interaction::Update)?;
+    caller.require_explicitly("Connection", Interaction::Update)?;
     let b = body_json(body)?;
     check_body(&b, st.lab.settings())?;
     let sys = st.lab.store().system_write().await.map_err(LabError::from)?;
@@ -310,7 +301,7 @@ async fn list_messages(
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
-    require(&caller, "LabMessage", Interaction::Search)?;
+    caller.require_explicitly("LabMessage", Interaction::Search)?;
     let limit = q.get("_count").and_then(|c| c.parse().ok()).unwrap_or(100);
     let filter = MessageFilter {
         direction: q.get("direction").map(String::as_str),
@@ -326,7 +317,7 @@ async fn list_messages(
 }
 
 async fn dead_letters(State(st): State<LabState>, caller: Caller) -> Result<Response, Problem> {
-    require(&caller, "LabMessage", Interaction::Search)?;
+    caller.require_explicitly("LabMessage", Interaction::Search)?;
     let tx = st.lab.store().read(&caller.ctx).await.map_err(LabError::from)?;
     let mut list = Vec::new();
     for status in ["dead", "rejected"] {
@@ -339,7 +330,7 @@ async fn dead_letters(State(st): State<LabState>, caller: Caller) -> Result<Resp
 }
 
 async fn get_message(State(st): State<LabState>, caller: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
-    require(&caller, "LabMessage", Interaction::Read)?;
+    caller.require_explicitly("LabMessage", Interaction::Read)?;
     let tx = st.lab.store().read(&caller.ctx).await.map_err(LabError::from)?;
     let m = tx.hl7_message(&id).await.map_err(LabError::from)?.ok_or(LabError::MessageNotFound)?;
     // The message text is patient data: the gateway audits the read under the order's patient.
@@ -356,7 +347,7 @@ async fn get_message(State(st): State<LabState>, caller: Caller, Path(id): Path<
 }
 
 async fn replay(State(st): State<LabState>, caller: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
-    require(&caller, "LabMessage", Interaction::Update)?;
+    caller.require_explicitly("LabMessage", Interaction::Update)?;
     let m = st.lab.replay(&caller.ctx, &id).await?;
     tracing::info!(control_id = %m.control_id, "lab message replayed");
     Ok(Json(message_json(&m, false)).into_response())
@@ -387,7 +378,7 @@ async fn fhir_results(
 /// listener, with their last activity — the MHLW security checklist asks hospitals to know all
 /// of their external connections.
 async fn connections(State(st): State<LabState>, caller: Caller) -> Result<Response, Problem> {
-    require(&caller, "Connection", Interaction::Read)?;
+    caller.require_explicitly("Connection", Interaction::Read)?;
     let endpoints = st.lab.endpoints_of(caller.ctx.tenant()).await?;
     let mut list = Vec::new();
     for e in &endpoints {

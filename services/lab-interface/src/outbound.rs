@@ -282,9 +282,12 @@ impl LabInterface {
             }
             Delivery::Failed { reason } => {
                 let s = self.settings();
-                let backoff =
-                    s.retry_base_ms.saturating_mul(1u64 << (attempt - 1).clamp(0, 20) as u32).min(s.retry_max_ms);
-                ("pending", Some(now + backoff as i64), Some(reason.clone()), None)
+                (
+                    "pending",
+                    Some(ehr_core::retry_due(now, attempt, s.retry_base_ms, s.retry_max_ms)),
+                    Some(reason.clone()),
+                    None,
+                )
             }
         };
         let tx = self.store().write(ctx).await?;
