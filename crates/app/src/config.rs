@@ -88,6 +88,23 @@ pub struct Config {
     /// The e-prescription service: endpoint, signer, retries.
     pub eprescription: ehr_eprescription_adapter::EPrescriptionSettings,
     pub log: LogConfig,
+    /// Traces (OTLP) and metrics (`/metrics`).
+    pub telemetry: ehr_telemetry::TelemetrySettings,
+    /// Graceful stop on SIGTERM.
+    pub shutdown: ShutdownConfig,
+}
+
+/// What `serve` does on SIGTERM/SIGINT: report not ready at once, keep serving for `drain_secs`
+/// (long enough for load balancers — a Kubernetes Service, the gateway's upstream health checks —
+/// to stop sending new requests), then stop accepting, finish the requests in flight, stop the
+/// workers (the relay publishes what the outbox holds), flush the audit queue and the traces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Seconds between SIGTERM and closing the listener, serving while `/readyz` answers 503.
+    pub drain_secs: u64,
+    /// Seconds the workers get to stop after the last request.
+    pub workers_timeout_secs: u64,
 }
 
 /// Database settings.
@@ -153,6 +170,8 @@ impl Default for Config {
             clins: ehr_clins_adapter::ClinsSettings::default(),
             eprescription: ehr_eprescription_adapter::EPrescriptionSettings::default(),
             log: LogConfig { format: "text".into(), level: "info".into() },
+            telemetry: ehr_telemetry::TelemetrySettings::default(),
+            shutdown: ShutdownConfig { drain_secs: 0, workers_timeout_secs: 15 },
         }
     }
 }

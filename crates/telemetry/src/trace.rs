@@ -1,0 +1,1 @@
+//! Tracing: the process's subscriber (logs + OpenTelemetry), W3C trace context in and out.
