@@ -12,6 +12,7 @@ mod auth;
 mod bulk;
 mod bundle;
 mod clins;
+mod cluster;
 mod concurrency;
 mod crud;
 mod eprescription;

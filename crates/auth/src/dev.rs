@@ -14,7 +14,7 @@ pub const DEV_ISSUER: &str = "urn:ehr:dev-issuer";
 pub const DEV_KEY_ID: &str = "ehr-dev-2026";
 
 const DEV_SIGNING_KEY_PEM: &str = include_str!("dev-signing-key.pem");
-// The public half, as JWK coordinates (derived from the PEM with openssl; see docs/operations.md).
+// The public half, as JWK coordinates (derived from the PEM with openssl; see docs/operations/README.md).
 const DEV_X: &str = "ycdL0g_M7O1VEJ3AG1xO6qAvIQBrT6D1aM1tCryMGYA";
 const DEV_Y: &str = "cZgcQZ2SHjrZyZwtP74mCk2utFsZ2lyYKQYA2r9_DEc";
 
