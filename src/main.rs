@@ -13,8 +13,13 @@
 //! ehr sim clins [--listen ADDR] [--file-root DIR --password-file F]
 //! ehr sim eprescription [--listen ADDR] [--trust-cert PEM]… [--issue-signer DIR]
 //! ehr migrate [--target …]
+//! ehr backup keygen [--out FILE]
+//! ehr backup create --tenant T --out FILE [--key-file F]   (or EHR_BACKUP_PASSPHRASE)
+//! ehr backup verify FILE [--key-file F] [--tenant T] [--sha256 HEX]
+//! ehr restore FILE [--tenant T] [--key-file F]
 //! ```
 
+mod backup;
 mod handover;
 mod login;
 mod validate;
@@ -225,6 +230,14 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl_secs: i64,
     },
+    /// Per-tenant offline backups: encrypted, checksummed archives (docs/operations/backup.md).
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
+    },
+    /// Restore a tenant from an archive of `ehr backup create` into a database where it has no
+    /// data: the whole archive is verified first, then written in one transaction.
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(Subcommand)]
@@ -268,7 +281,18 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
-    init_tracing(&config);
+    // Logs for every command; traces (OTLP) only for `serve`, named after its target.
+    let traces = match &cli.command {
+        Command::Serve { target, .. } => {
+            let service = format!("ehr-{}", Target::parse(target).map_or(target.as_str(), |t| t.name()));
+            ehr_telemetry::trace::init(&config.log.format, &config.log.level, &config.telemetry, &service)
+        }
+        _ => ehr_telemetry::trace::init_logs(&config.log.format, &config.log.level),
+    };
+    let traces = match traces {
+        Ok(guard) => guard,
+        Err(e) => return fail(&e.to_string()),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
@@ -328,8 +352,12 @@ fn main() -> ExitCode {
             Command::DevToken { tenant, scope, subject, ttl_secs } => {
                 dev_token(&config, &tenant, &scope, &subject, ttl_secs)
             }
+            Command::Backup { command } => backup::run(&mut config, command).await,
+            Command::Restore(args) => backup::restore(&mut config, args).await,
         }
     });
+    // After `serve` stopped its workers: the last spans (the shutdown's too) leave now.
+    traces.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => fail(&msg),
@@ -508,33 +536,33 @@ async fn audit_verify(config: &Config, tenant: Option<&str>) -> Result<(), Strin
     Ok(())
 }
 
-fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if config.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn serve(config: Config, target: Target) -> Result<(), String> {
     tracing::info!(config = %config.redacted(), ?target, "starting");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut app = ehr_app::build(&config, target, clock).await.map_err(|e| e.to_string())?;
     let router = std::mem::replace(&mut app.router, axum::Router::new());
+    if let Some(listen) = &config.telemetry.metrics_listen {
+        // A listener of its own: only the monitoring system is to reach it.
+        let bound = ehr_app::serve_metrics(&app, listen).await.map_err(|e| e.to_string())?;
+        tracing::info!(addr = %bound, "metrics at /metrics");
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(addr = %config.listen, backend = app.store.backend_name(), "listening; FHIR at /fhir");
     let served = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown({
+            let draining = app.draining.clone();
+            shutdown_signal(move || draining.start(), std::time::Duration::from_secs(config.shutdown.drain_secs))
+        })
         .await
         .map_err(|e| format!("server error: {e}"));
-    // Drained: stop the workers (the relay publishes what is in the outbox, the lab sender and
-    // the consumers finish the item in hand), then write the queued audit events.
-    app.stop_workers(std::time::Duration::from_secs(15)).await;
+    tracing::info!("shutting down: requests in flight finished; stopping the background workers");
+    // Drained: stop the workers (the consumers, the lab sender and the listener finish the item
+    // in hand; the relay, last, publishes what is in the outbox), then write the queued audit
+    // events.
+    app.stop_workers(std::time::Duration::from_secs(config.shutdown.workers_timeout_secs)).await;
+    tracing::info!("shutting down: background workers stopped");
     if let Some(gateway) = &app.gateway {
         // Bounded: with the database gone, the writer retries forever and shutdown must end.
         match tokio::time::timeout(std::time::Duration::from_secs(30), gateway.audit.flush()).await {
@@ -547,21 +575,81 @@ async fn serve(config: Config, target: Target) -> Result<(), String> {
     served
 }
 
-/// Resolves on SIGINT or SIGTERM; axum then stops accepting and drains in-flight requests.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            s.recv().await;
+/// Resolves when the listener is to close; axum then stops accepting and finishes the requests
+/// in flight. At the first SIGTERM or SIGINT, `draining()` makes `/readyz` answer 503 and the
+/// process keeps serving for `drain`, so that load balancers (a Kubernetes Service, the gateway's
+/// upstream health checks) stop sending before the listener closes; a second signal cuts the
+/// drain short.
+async fn shutdown_signal(draining: impl FnOnce(), drain: std::time::Duration) {
+    let mut signals = StopSignals::new();
+    let first = signals.next().await;
+    draining();
+    if drain.is_zero() {
+        tracing::info!(signal = first, "shutting down: /readyz answers 503 (draining)");
+    } else {
+        tracing::info!(
+            signal = first,
+            drain_secs = drain.as_secs(),
+            "shutting down: /readyz answers 503 (draining), still serving"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(drain) => {}
+            second = signals.next() => tracing::warn!(signal = second, "second signal: drain cut short"),
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { () = ctrl_c => {}, () = term => {} }
-    tracing::info!("shutting down: draining in-flight requests");
+    }
+    tracing::info!("shutting down: listener closed, finishing the requests in flight");
+}
+
+/// SIGTERM and SIGINT, listened to once for the whole stop (so a second signal is not missed
+/// between two waits).
+struct StopSignals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, signal = name, "cannot listen for the signal; it stops the process at once");
+                    None
+                }
+            };
+            Self { term: listen(SignalKind::terminate(), "SIGTERM"), int: listen(SignalKind::interrupt(), "SIGINT") }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next stop signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(self.term.as_mut()) => "SIGTERM",
+                () = recv(self.int.as_mut()) => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
 }
 
 fn dev_token(config: &Config, tenant: &str, scope: &str, subject: &str, ttl_secs: i64) -> Result<(), String> {

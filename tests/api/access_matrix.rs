@@ -228,6 +228,7 @@ async fn lab_fixtures(app: &TestApp, tenant: &str) -> (String, String) {
         reply: None,
         created_at: app.now(),
         updated_at: app.now(),
+        trace: None,
     };
     let ctx = ehr_core::TenantContext::new(tenant, "test");
     let tx = app.gateway.store.write(&ctx).await.unwrap();

@@ -120,7 +120,7 @@ async fn the_gateway_routes_to_a_patient_record_service_in_another_process_over_
     gw.gateway.redis_url =
         Some(std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()).into());
     gw.gateway.redis_prefix = format!("ehr-ms-{}", uuid_like());
-    gw.gateway.upstreams.insert("patient-record".into(), pr_url.clone());
+    gw.gateway.upstreams.insert("patient-record".into(), pr_url.parse().unwrap());
     let gateway = ehr_app::build(&gw, Target::Gateway, clock.clone()).await.unwrap();
     let gw_handle = gateway.gateway.clone().unwrap();
     serve(gw_listener, gateway.router);

@@ -276,11 +276,13 @@ impl Config {
 }
 
 /// Variables read by CLI commands, not configuration (`EHR_ADMIN_PASSWORD` of
-/// `ehr admin create-tenant`, `EHR_PASSWORD` of `ehr login`, `EHR_TOKEN` of `ehr connections`).
+/// `ehr admin create-tenant`, `EHR_PASSWORD` of `ehr login`, `EHR_TOKEN` of `ehr connections`,
+/// `EHR_BACKUP_PASSPHRASE` of `ehr backup` and `ehr restore`).
 fn is_cli_input(key: &str) -> bool {
     key.eq_ignore_ascii_case("admin_password")
         || key.eq_ignore_ascii_case("password")
         || key.eq_ignore_ascii_case("token")
+        || key.eq_ignore_ascii_case("backup_passphrase")
 }
 
 /// Kubernetes injects "service link" variables for every Service (`EHR_PORT`,
@@ -335,6 +337,35 @@ mod tests {
             for secret in ["pw-7f3a", "pw-9c1d", "a2V5LTRlNjI="] {
                 assert!(!logged.contains(secret), "{secret} in {logged}");
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn upstreams_take_one_url_an_array_or_a_comma_separated_string() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "gateway.toml",
+                "[gateway.upstreams]\npatient-record = \"http://pr:8080\"\norders = [\"http://o1:8080\", \"http://o2:8080/\"]\n",
+            )?;
+            let c = Config::load(Some(Path::new("gateway.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.gateway.upstreams["patient-record"].as_slice(), ["http://pr:8080"]);
+            assert_eq!(c.gateway.upstreams["orders"].as_slice(), ["http://o1:8080", "http://o2:8080"]);
+            assert_eq!(c.gateway.upstream_check_ms, 1000);
+
+            // From the environment: the comma-separated string (or an inline array).
+            jail.set_env(
+                "EHR_GATEWAY__UPSTREAMS",
+                r#"{orders="http://o1:8080,http://o2:8080",lab-interface=["http://l1:8080","http://l2:8080"]}"#,
+            );
+            jail.set_env("EHR_GATEWAY__UPSTREAM_CHECK_MS", "250");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.gateway.upstreams["orders"].as_slice(), ["http://o1:8080", "http://o2:8080"]);
+            assert_eq!(c.gateway.upstreams["lab-interface"].as_slice(), ["http://l1:8080", "http://l2:8080"]);
+            assert_eq!(c.gateway.upstream_check_ms, 250);
+
+            jail.set_env("EHR_GATEWAY__UPSTREAMS", r#"{orders="orders:8080"}"#);
+            assert!(Config::load(None).is_err(), "a base URL without a scheme must be refused");
             Ok(())
         });
     }

@@ -4,8 +4,10 @@
 //! exactly what runs.
 
 pub mod config;
+mod metrics;
 
 pub use config::{Config, ConfigError, Target};
+pub use metrics::{metrics_router, serve_metrics};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
@@ -15,7 +17,7 @@ use ehr_core::{Classify, Clock, IssueType};
 use ehr_events::{Bus, BusConfig, CancellationToken, LocalBus, RedisBus, Relay, RelayConfig, spawn_consumer};
 use ehr_fhir::validate::Validator;
 use ehr_gateway::{AuditSink, Gateway, Inner as GatewayInner, KeyRing, Upstream, Upstreams};
-use ehr_http::{AuthState, Readiness, fallback, health_router};
+use ehr_http::{AuthState, Draining, Readiness, fallback, health_router};
 use ehr_kv::{MemoryState, RedisState, SecurityState};
 use ehr_lab_interface::{LabInterface, LabSettings};
 use ehr_rest::{BaseUrl, FhirService, RestState};
@@ -52,6 +54,8 @@ pub enum AppError {
     Events(#[from] ehr_events::EventsError),
     #[error("cannot listen for lab results (MLLP) on {0}: {1}")]
     LabListener(String, std::io::Error),
+    #[error("cannot listen for metrics on {0}: {1}")]
+    MetricsListener(String, std::io::Error),
     #[error("clins-adapter: {0}")]
     Clins(#[from] ehr_clins_adapter::ClinsAdapterError),
     #[error("eprescription-adapter: {0}")]
@@ -81,15 +85,34 @@ pub struct App {
     /// drains the outbox for a bounded time).
     pub shutdown: CancellationToken,
     pub workers: Vec<JoinHandle<()>>,
+    /// Set when the process starts to stop: `/readyz` answers 503 `draining` while requests are
+    /// still served.
+    pub draining: Draining,
+    /// Cancelled first by [`App::stop_workers`]: every worker but the relay (a child of
+    /// `shutdown`).
+    workers_shutdown: CancellationToken,
+    /// The outbox relay, stopped last.
+    relay: Option<JoinHandle<()>>,
+    /// The target's metrics, served by [`serve_metrics`] on a listener of its own.
+    pub metrics: ehr_telemetry::metrics::Metrics,
 }
 
 impl App {
-    /// Stops the background workers and waits for them, at most `timeout`.
+    /// Stops the background workers and waits for them, at most `timeout` in all: first every
+    /// worker but the relay (each finishes the item in hand — the MLLP listener may still commit
+    /// a result and its events), then the relay, which publishes what the outbox holds.
     pub async fn stop_workers(&mut self, timeout: std::time::Duration) {
-        self.shutdown.cancel();
-        let all = futures_join(std::mem::take(&mut self.workers));
-        if tokio::time::timeout(timeout, all).await.is_err() {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.workers_shutdown.cancel();
+        let workers = futures_join(std::mem::take(&mut self.workers));
+        if tokio::time::timeout_at(deadline, workers).await.is_err() {
             tracing::warn!("background workers did not stop in time");
+        }
+        self.shutdown.cancel();
+        if let Some(relay) = self.relay.take()
+            && tokio::time::timeout_at(deadline, relay).await.is_err()
+        {
+            tracing::warn!("the outbox relay did not stop in time; unpublished events stay for the next start");
         }
     }
 }
@@ -133,8 +156,12 @@ struct Background {
     bus: Arc<dyn Bus>,
     consumers_per_group: usize,
     relay: Arc<tokio::sync::Notify>,
+    /// Stops every worker but the relay (a child of `relay_shutdown`).
     shutdown: CancellationToken,
     workers: Vec<JoinHandle<()>>,
+    /// Stops the relay, and with it every worker.
+    relay_shutdown: CancellationToken,
+    relay_task: JoinHandle<()>,
 }
 
 impl Background {
@@ -154,15 +181,14 @@ impl Background {
             }
             None => Arc::new(LocalBus::new(store.clone(), clock.clone(), BusConfig::default())?),
         };
-        let shutdown = CancellationToken::new();
+        let relay_shutdown = CancellationToken::new();
+        let shutdown = relay_shutdown.child_token();
         let relay = Relay::new(RelayConfig::default());
         let notifier = relay.notifier();
-        let workers = vec![
-            relay.spawn(store.clone(), bus.clone(), clock.clone(), shutdown.clone()),
-            spawn_purge(store.clone(), clock.clone(), shutdown.clone()),
-        ];
+        let relay_task = relay.spawn(store.clone(), bus.clone(), clock.clone(), relay_shutdown.clone());
+        let workers = vec![spawn_purge(store.clone(), clock.clone(), shutdown.clone())];
         let consumers_per_group = if store.backend_name() == "sqlite" { 1 } else { CONSUMERS_PER_GROUP };
-        Ok(Self { bus, consumers_per_group, relay: notifier, shutdown, workers })
+        Ok(Self { bus, consumers_per_group, relay: notifier, shutdown, workers, relay_shutdown, relay_task })
     }
 
     fn consume(
@@ -419,22 +445,33 @@ fn all_types() -> Vec<&'static str> {
     types
 }
 
-/// The layers every target shares: body limit, request ids, tracing by matched route.
-fn common_layers(router: Router, config: &Config, readiness: Vec<Readiness>) -> Router {
+/// The layers every target shares: body limit, request ids, tracing by matched route, request
+/// metrics by matched route as `service`.
+fn common_layers(
+    router: Router,
+    config: &Config,
+    readiness: Vec<Readiness>,
+    draining: &Draining,
+    metrics: &ehr_telemetry::metrics::Metrics,
+    service: &'static str,
+) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     router
-        .merge(health_router(readiness))
+        .merge(health_router(readiness, draining.clone()))
         .fallback(fallback)
+        .layer(ehr_telemetry::metrics::layer(metrics, service))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(
             // Spans name the matched route, never the URI: query strings carry PHI (names,
-            // birth dates, identifiers).
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
-                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-                tracing::info_span!("request", method = %req.method(), route, request_id = id, tenant = tracing::field::Empty)
-            })
-            .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO)),
+            // birth dates, identifiers). Their parent is the request's `traceparent` (the
+            // gateway's span, for a service).
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
+                    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    ehr_telemetry::trace::request_span(req.method(), route, id, req.headers())
+                })
+                .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
@@ -530,6 +567,7 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         ))
         .into());
     }
+    let draining = Draining::default();
     if matches!(
         target,
         Target::PatientRecord
@@ -542,6 +580,7 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         // Keys first: a configuration the verifier refuses should not touch the database.
         let verifier = verifier(config, None).await?;
         let store = store(config, target).await?;
+        let metrics = metrics::for_target(target, &store, &clock);
         let auth = AuthState { verifier, clock: clock.clone() };
         let validator = Arc::new(Validator::new());
         let terminology = Terminology::builtin()?;
@@ -591,14 +630,28 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
                 (ehr_lab_interface::http::router(state), Some(lab), bound)
             }
         };
-        let router = common_layers(router, config, vec![db_ready(&store)]);
-        return Ok(App { router, store, gateway: None, lab, lab_listener, shutdown: bg.shutdown, workers: bg.workers });
+        let router =
+            common_layers(router, config, vec![db_ready(&store)], &draining, &metrics, metrics::service_label(target));
+        return Ok(App {
+            router,
+            store,
+            gateway: None,
+            lab,
+            lab_listener,
+            shutdown: bg.relay_shutdown,
+            workers: bg.workers,
+            draining,
+            workers_shutdown: bg.shutdown,
+            relay: Some(bg.relay_task),
+            metrics,
+        });
     }
     // The gateway (alone, or with every service in-process).
     config.validate()?;
 
     let kv = security_state(config, target).await?;
     let store = store(config, target).await?;
+    let metrics = metrics::for_target(target, &store, &clock);
     let now = clock.now().timestamp();
     let settings = config.gateway.clone();
     let sealer = sealer(config, target)?;
@@ -649,20 +702,26 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
             lab: lab_interface.clone(),
             auth: auth.clone(),
             listener: bound.map(|a| a.to_string()),
-        });
+        })
+        // Each router the gateway calls in-process counts its requests by its own routes.
+        .layer(ehr_telemetry::metrics::layer(&metrics, metrics::LAB_INTERFACE));
         lab = Some(lab_interface);
         lab_listener = bound;
         let types = all_types();
-        let export = data_export_router(config, &store, auth.clone(), validator.clone(), types.clone(), &mut bg);
+        let export = data_export_router(config, &store, auth.clone(), validator.clone(), types.clone(), &mut bg)
+            .layer(ehr_telemetry::metrics::layer(&metrics, metrics::DATA_EXPORT));
         let full = FullValidator::new(validator.clone(), terminology.clone());
-        let clins = clins_router(config, &store, auth.clone(), full.clone(), &mut bg)?;
-        let eprescription = eprescription_router(config, &store, auth.clone(), full, &mut bg)?;
+        let clins = clins_router(config, &store, auth.clone(), full.clone(), &mut bg)?
+            .layer(ehr_telemetry::metrics::layer(&metrics, metrics::CLINS_ADAPTER));
+        let eprescription = eprescription_router(config, &store, auth.clone(), full, &mut bg)?
+            .layer(ehr_telemetry::metrics::layer(&metrics, metrics::EPRESCRIPTION_ADAPTER));
         background = Some(bg);
         // Called in-process, a request reaches this router without the gateway's layers (the
         // extensions are not carried over): the body limit is set again here, or axum's 2 MiB
         // default would apply. `$import` sets its own (export.max_import_bytes).
         let fhir = Upstream::Local(
             fhir_router(config, store.clone(), auth, validator, types.clone(), &terminology)
+                .layer(ehr_telemetry::metrics::layer(&metrics, metrics::FHIR_ENGINE))
                 .merge(export)
                 .layer(DefaultBodyLimit::max(config.max_body_bytes)),
         );
@@ -678,9 +737,11 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
             )
             .operations(fhir, config.export.max_import_bytes)
     } else {
+        let upstream_check = std::time::Duration::from_millis(config.gateway.upstream_check_ms.max(50));
         let remote = |name: &str| -> Result<Option<Upstream>, AppError> {
             match config.gateway.upstreams.get(name) {
-                Some(base) => Ok(Some(Upstream::Remote { base: base.clone(), client: reqwest_client()? })),
+                // One instance or several; each is health-checked (`ehr_gateway::upstream`).
+                Some(urls) => Ok(Some(Upstream::remote(name, urls, reqwest_client()?, upstream_check))),
                 None => Ok(None),
             }
         };
@@ -723,12 +784,34 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
     });
     gateway.spawn_maintenance();
     let router = ehr_gateway::router(gateway.clone(), upstreams, config.max_body_bytes);
-    let router = common_layers(router, config, vec![db_ready(&store), kv_ready(&kv)]);
-    let (shutdown, workers) = match background {
-        Some(bg) => (bg.shutdown, bg.workers),
-        None => (CancellationToken::new(), Vec::new()),
+    let router = common_layers(
+        router,
+        config,
+        vec![db_ready(&store), kv_ready(&kv)],
+        &draining,
+        &metrics,
+        metrics::service_label(target),
+    );
+    let (shutdown, workers_shutdown, workers, relay) = match background {
+        Some(bg) => (bg.relay_shutdown, bg.shutdown, bg.workers, Some(bg.relay_task)),
+        None => {
+            let shutdown = CancellationToken::new();
+            (shutdown.clone(), shutdown, Vec::new(), None)
+        }
     };
-    Ok(App { router, store, gateway: Some(gateway), lab, lab_listener, shutdown, workers })
+    Ok(App {
+        router,
+        store,
+        gateway: Some(gateway),
+        lab,
+        lab_listener,
+        shutdown,
+        workers,
+        draining,
+        workers_shutdown,
+        relay,
+        metrics,
+    })
 }
 
 /// The client of the gateway's calls to the services: bounded waits, so that a hung service

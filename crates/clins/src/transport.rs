@@ -87,7 +87,10 @@ impl WebApi {
 #[async_trait::async_trait]
 impl Transport for WebApi {
     async fn send(&self, request: &Request) -> Result<Response, TransportError> {
-        let mut resp = self.client.post(&self.url).json(request).send().await.map_err(|e| {
+        // The trace context of the request or worker sending it (ids only).
+        let mut headers = reqwest::header::HeaderMap::new();
+        ehr_telemetry::trace::inject(&mut headers);
+        let mut resp = self.client.post(&self.url).headers(headers).json(request).send().await.map_err(|e| {
             if e.is_connect() {
                 // No connection: the request did not leave.
                 TransportError::retry("the national service is unreachable", false)

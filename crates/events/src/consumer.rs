@@ -101,7 +101,7 @@ pub fn spawn_consumer(
                             if shutdown.is_cancelled() {
                                 break;
                             }
-                            runner.process(sub.as_mut(), &delivery).await;
+                            runner.process(sub.as_mut(), &delivery).instrument(consume_span(group, &delivery)).await;
                         }
                     }
                     Err(e) => {
@@ -118,6 +118,26 @@ pub fn spawn_consumer(
         }
         .instrument(span),
     )
+}
+
+/// The span of one delivery's handling (ids only: the payload is PHI), parented by the
+/// `traceparent` the event carries: the handler's work and what it emits or queues (an OML^O33)
+/// join the trace of the request that caused the event. In the logs it stays inside the
+/// consumer's span; in traces that one is not exported (`ehr_telemetry::trace`), so an event
+/// without a trace starts one of its own.
+fn consume_span(group: &str, delivery: &Delivery) -> tracing::Span {
+    let event = &delivery.event;
+    let span = tracing::info_span!(
+        "event.consume",
+        otel.kind = "consumer",
+        group,
+        event.id = %event.id,
+        event.topic = %event.topic,
+        tenant = event.tenant.as_str(),
+        deliveries = delivery.deliveries,
+    );
+    ehr_telemetry::trace::set_parent(&span, event.trace.as_deref());
+    span
 }
 
 fn next_backoff(current: Duration) -> Duration {
@@ -161,6 +181,11 @@ impl Runner {
         match self.apply(event).await {
             Ok(outcome) => {
                 let duplicate = matches!(outcome, Outcome::Duplicate);
+                ehr_telemetry::metrics::event_consumed(
+                    self.group,
+                    &event.topic,
+                    ehr_telemetry::metrics::EventOutcome::handled(duplicate),
+                );
                 tracing::debug!(event.id = %event.id, event.topic = %event.topic, duplicate, "event handled");
                 // A failed ack only means a redelivery, which the receipt turns into a skip.
                 if let Err(e) = sub.ack(delivery).await {
@@ -169,6 +194,11 @@ impl Runner {
             }
             Err(e) => {
                 let permanent = e.is_permanent();
+                ehr_telemetry::metrics::event_consumed(
+                    self.group,
+                    &event.topic,
+                    ehr_telemetry::metrics::EventOutcome::Failed,
+                );
                 tracing::warn!(
                     event.id = %event.id,
                     event.topic = %event.topic,

@@ -98,13 +98,27 @@ impl Relay {
     }
 }
 
-/// Relays until the outbox is empty, the bus fails, or the drain time is up.
+/// How often a draining relay looks again while another replica holds the relay lock.
+const DRAIN_RECHECK: Duration = Duration::from_millis(50);
+
+/// Relays until every event committed before the drain began is published — by this relay, or
+/// by another replica holding the relay lock — the bus fails, or the drain time is up.
+///
+/// An empty claim alone does not say the outbox is empty: on PostgreSQL it is also what a relay
+/// gets while another replica holds the lock. When replicas stop together, the one holding the
+/// lock may have read the outbox before this process's last events committed and then end, so
+/// the drain waits until no event older than its start is pending.
 async fn drain(store: &Store, bus: &dyn Bus, clock: &dyn Clock, config: &RelayConfig) {
+    let started = clock.now().timestamp_millis();
     let relay_all = async {
         let mut total = 0;
         loop {
             match relay_once(store, bus, clock, config.batch).await? {
-                0 => return Ok::<usize, EventsError>(total),
+                0 => match store.outbox_pending(1).await?.first() {
+                    Some(oldest) if oldest.created_at <= started => tokio::time::sleep(DRAIN_RECHECK).await,
+                    // Empty, or only events written since (another replica's to publish).
+                    _ => return Ok::<usize, EventsError>(total),
+                },
                 n => total += n,
             }
         }
@@ -133,10 +147,35 @@ pub async fn relay_once(store: &Store, bus: &dyn Bus, clock: &dyn Clock, limit: 
             Err(_) => tracing::error!(event.id = %row.id, seq = row.seq, "undecodable outbox event skipped"),
         }
     }
-    bus.publish(&events).await?;
+    // One span per event, a child of the span that emitted it: the hop from the outbox to the
+    // bus in the trace of the request (or message) that caused it.
+    let spans: Vec<tracing::Span> = events.iter().map(publish_span).collect();
+    let published = bus.publish(&events).await;
+    for span in spans {
+        if published.is_err() {
+            span.record("otel.status_code", "error");
+        }
+    }
+    published?;
     let count = rows.len();
     let (first, last) = (rows[0].seq, rows[count - 1].seq);
     batch.mark_published(clock.now()).await?;
     tracing::debug!(count, first_seq = first, last_seq = last, "events relayed");
     Ok(count)
+}
+
+/// The span of one event's hand-over to the bus (ids only: the payload is PHI), parented by the
+/// `traceparent` the emitter stored with it.
+fn publish_span(event: &Event) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "event.publish",
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        event.id = %event.id,
+        event.topic = %event.topic,
+        tenant = event.tenant.as_str(),
+    );
+    ehr_telemetry::trace::set_parent(&span, event.trace.as_deref());
+    span
 }

@@ -9,4 +9,4 @@ mod health;
 pub use auth::{AuthState, Caller};
 pub use body::{FHIR_JSON, FhirBody, FhirPath, JSON_PATCH, fhir_json_response};
 pub use error::{HttpError, Problem, fallback, method_not_allowed};
-pub use health::{Readiness, health_router};
+pub use health::{Draining, Readiness, health_router};

@@ -21,7 +21,7 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 /// The hash before the first link of every chain.
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Rows read per statement while verifying: memory stays bounded whatever the chain length.
 /// Tiny under test, so that the short chains of the tests cross page boundaries.
@@ -64,7 +64,7 @@ impl AuditVerification {
 }
 
 /// The hash of link `seq`, given the hash of the link before it.
-fn link_hash(prev: &str, seq: i64, resource_id: &str, content: &str) -> String {
+pub(crate) fn link_hash(prev: &str, seq: i64, resource_id: &str, content: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(prev.as_bytes());
     hasher.update(b"\n");

@@ -74,6 +74,9 @@ pub struct Hl7Message {
     pub reply: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// W3C `traceparent` of the span that queued or received the message (m0007): the sender's
+    /// span continues the order's trace.
+    pub trace: Option<String>,
 }
 
 /// Filters of the message-log listing.
@@ -90,7 +93,7 @@ const ENDPOINT_COLUMNS: &str = "id, tenant_id, name, lab_facility, lab_applicati
      transport, address, charset, organization, is_default, max_attempts, allowed_peers, active, created_at, \
      updated_at, last_outbound_at, last_inbound_at, last_error";
 const MESSAGE_COLUMNS: &str = "id, endpoint_id, direction, message_type, control_id, status, attempts, \
-     next_attempt_at, last_error, subject, payload, reply, created_at, updated_at";
+     next_attempt_at, last_error, subject, payload, reply, created_at, updated_at, trace";
 
 fn flag(row: &QueryResult, column: &str) -> Result<bool, StoreError> {
     Ok(row.try_get::<i32>("", column)? != 0)
@@ -143,6 +146,7 @@ fn row_to_message(row: &QueryResult) -> Result<Hl7Message, StoreError> {
         reply: row.try_get("", "reply")?,
         created_at: row.try_get("", "created_at")?,
         updated_at: row.try_get("", "updated_at")?,
+        trace: row.try_get("", "trace")?,
     })
 }
 
@@ -289,6 +293,19 @@ fn endpoint_values(e: &LabEndpoint) -> Vec<Value> {
 }
 
 impl Tx {
+    /// The endpoints of this transaction's tenant, by name — read in this transaction, so that a
+    /// consumer holding it needs no second connection (several consumers each waiting for a
+    /// second connection of a small pool would block one another).
+    pub async fn lab_endpoints(&self) -> Result<Vec<LabEndpoint>, StoreError> {
+        let rows = self
+            .query(
+                &format!("SELECT {ENDPOINT_COLUMNS} FROM lab_endpoints WHERE tenant_id = $1 ORDER BY name, id"),
+                vec![self.tenant.as_str().into()],
+            )
+            .await?;
+        rows.iter().map(row_to_endpoint).collect()
+    }
+
     /// Appends a message to the tenant's log. A message with the same endpoint, direction and
     /// control id (MSH-10) is not stored again: `false` (a lab resending a result it got no ACK
     /// for is the normal case).
@@ -297,7 +314,7 @@ impl Tx {
             .exec(
                 &format!(
                     "INSERT INTO hl7_messages (tenant_id, {MESSAGE_COLUMNS}) VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING"
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT DO NOTHING"
                 ),
                 vec![
                     self.tenant.as_str().into(),
@@ -315,6 +332,7 @@ impl Tx {
                     m.reply.clone().into(),
                     m.created_at.into(),
                     m.updated_at.into(),
+                    m.trace.clone().into(),
                 ],
             )
             .await?;
@@ -561,3 +579,7 @@ CREATE INDEX hl7_messages_subject ON hl7_messages (tenant_id, subject);
 CREATE UNIQUE INDEX hl7_messages_one_order ON hl7_messages (tenant_id, subject)
     WHERE direction = 'out' AND message_type = 'OML^O33'
 "#;
+
+/// m0007: the trace context of each message (a W3C `traceparent`, at most 55 characters; ids
+/// only, no PHI).
+pub(crate) const HL7_TRACE_SCHEMA: &str = "ALTER TABLE hl7_messages ADD COLUMN trace TEXT";

@@ -14,6 +14,7 @@
 //! consumers deduplicate with receipts ([`Tx::record_receipt`]).
 
 mod audit;
+pub mod backup;
 mod error;
 mod export;
 mod identity;
@@ -23,6 +24,7 @@ mod national;
 mod outbox;
 mod repo;
 mod sql;
+mod stats;
 
 pub use audit::{AuditProblem, AuditVerification};
 pub use error::StoreError;
@@ -33,6 +35,7 @@ pub use migration::{APP_ROLE, Migrator, RELAY_ROLE};
 pub use national::{Submission, SubmissionFilter};
 pub use outbox::{DeadLetter, EventId, NewEvent, OutboxBatch, OutboxEvent, is_valid_topic};
 pub use repo::{HistoryScope, SearchPage, Store, StoreConfig, Stored, Tx};
+pub use stats::{Hl7QueueDepth, PoolStats};
 
 #[cfg(test)]
 mod tests;

@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0004Lab),
             Box::new(M0005Export),
             Box::new(M0006National),
+            Box::new(M0007Hl7Trace),
         ]
     }
 }
@@ -536,6 +537,25 @@ impl MigrationTrait for M0006National {
                 db.execute_unprepared(&app_grant(table)).await?;
             }
         }
+        Ok(())
+    }
+}
+
+/// m0007: the W3C trace context of each HL7 v2 message (`hl7_messages.trace`, see `lab.rs`), so
+/// that sending an order continues the trace of the request that placed it.
+struct M0007Hl7Trace;
+
+impl MigrationName for M0007Hl7Trace {
+    fn name(&self) -> &str {
+        "m0007_hl7_trace"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0007Hl7Trace {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // A new nullable column: the table's row-level security and grants cover it as they are.
+        manager.get_connection().execute_unprepared(crate::lab::HL7_TRACE_SCHEMA).await?;
         Ok(())
     }
 }

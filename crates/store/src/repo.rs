@@ -9,8 +9,8 @@ use ehr_fhir::search::{
     IncludeSpec, IndexEntry, IndexValue, ParamKind, SearchQuery, TotalMode, extract, format_instant,
 };
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, QueryResult,
-    Statement, TransactionTrait, Value,
+    AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    IsolationLevel, QueryResult, Statement, TransactionTrait, Value,
 };
 use sea_orm_migration::MigratorTrait;
 use serde_json::{Value as Json, json};
@@ -232,13 +232,38 @@ impl Store {
         self.open(conn, tenant).await
     }
 
+    /// The connection pools, writer and reader (the same pool twice on PostgreSQL): for
+    /// `Store::pool_stats` (stats.rs).
+    pub(crate) fn connections(&self) -> (&DatabaseConnection, &DatabaseConnection) {
+        (&self.inner.writer, &self.inner.reader)
+    }
+
     /// The database backend.
     pub(crate) fn backend(&self) -> DbBackend {
         self.inner.backend
     }
 
+    /// A read-only unit of work confined to `tenant` whose statements all read one snapshot
+    /// (backups): REPEATABLE READ on PostgreSQL; on SQLite (WAL) a deferred transaction already
+    /// keeps the snapshot of its first read until it ends.
+    pub(crate) async fn begin_snapshot(&self, tenant: &str) -> Result<Tx, StoreError> {
+        let conn = &self.inner.reader;
+        let txn = if self.inner.backend == DbBackend::Postgres {
+            // SET TRANSACTION must precede every query, so it comes before the settings below.
+            conn.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await?
+        } else {
+            conn.begin().await?
+        };
+        let txn = self.confine(txn, tenant).await?;
+        Ok(Tx { txn, backend: self.inner.backend, tenant: tenant.to_owned() })
+    }
+
     async fn open(&self, conn: &DatabaseConnection, tenant: &str) -> Result<DatabaseTransaction, StoreError> {
         let txn = conn.begin().await?;
+        self.confine(txn, tenant).await
+    }
+
+    async fn confine(&self, txn: DatabaseTransaction, tenant: &str) -> Result<DatabaseTransaction, StoreError> {
         if self.inner.backend == DbBackend::Postgres {
             // Transaction-local settings: they end with the transaction, so a pooled connection
             // never carries one tenant's setting into another tenant's request.
@@ -551,7 +576,11 @@ impl Tx {
     }
 
     /// Writes index rows of (resource id, entry), a multi-row INSERT per kind and chunk.
-    async fn write_index_rows(&self, resource_type: &str, rows: &[(&str, &IndexEntry)]) -> Result<(), StoreError> {
+    pub(crate) async fn write_index_rows(
+        &self,
+        resource_type: &str,
+        rows: &[(&str, &IndexEntry)],
+    ) -> Result<(), StoreError> {
         let combine_statements = self.backend == DbBackend::Postgres;
         let mut batch = IndexBatch::new(&self.tenant, resource_type);
         for kind in ALL_KINDS {

@@ -53,6 +53,9 @@ pub struct TestApp {
     pub lab_mllp: Option<std::net::SocketAddr>,
     /// The lab interface (to run a sender pass without waiting for its poll).
     pub lab: Option<ehr_lab_interface::LabInterface>,
+    /// `http://127.0.0.1:PORT` of the app's own metrics listener (`GET /metrics`), as
+    /// `telemetry.metrics_listen` serves it.
+    pub metrics_address: String,
     /// Stops the background workers when the test ends.
     _workers: WorkerGuard,
     token: String,
@@ -154,6 +157,7 @@ impl TestApp {
         let lab_mllp = app.lab_listener;
         let lab = app.lab.clone();
         let workers = WorkerGuard(app.shutdown.clone());
+        let metrics_address = format!("http://{}", ehr_app::serve_metrics(&app, "127.0.0.1:0").await.expect("metrics"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = format!("http://{}", listener.local_addr().expect("addr"));
         let router = app.router;
@@ -176,6 +180,7 @@ impl TestApp {
             gateway,
             lab_mllp,
             lab,
+            metrics_address,
             _workers: workers,
             token: String::new(),
             signer,
@@ -184,6 +189,12 @@ impl TestApp {
         };
         me.token = me.token_for(&tenant, ALL_SCOPES);
         me
+    }
+
+    /// Stops the background workers (relay, consumers, senders) as a shutdown would: events
+    /// written afterwards stay in the outbox.
+    pub fn stop_workers(&self) {
+        self._workers.0.cancel();
     }
 
     /// A development token for any tenant and scopes, valid for an hour.

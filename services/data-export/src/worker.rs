@@ -1040,6 +1040,7 @@ impl<'a> Run<'a> {
             let n = page.len() as u64;
             self.cp.after = Some(last);
             self.cp.written += n;
+            ehr_telemetry::metrics::export_resources_written(n);
             self.cp.unit_done += n;
             self.cp.open = match set.as_mut() {
                 Some(open) => Some(self.writer.sync(open).await?),
@@ -1078,6 +1079,7 @@ impl<'a> Run<'a> {
                 let written = self.patient_bundle(&patient.id, types).await?;
                 self.cp.after = Some(patient.id.clone());
                 self.cp.written += written;
+                ehr_telemetry::metrics::export_resources_written(written);
                 self.cp.unit_done += 1;
                 if self.shutdown.is_cancelled() {
                     return Ok(Step::Shutdown);

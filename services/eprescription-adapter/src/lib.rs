@@ -308,9 +308,13 @@ impl EPrescriptionAdapter {
             .as_deref()
             .ok_or(Unanswered { why: "the service is not configured".into(), may_have_arrived: false })?;
         let url = format!("{}/eps/{message_type}", base.trim_end_matches('/'));
+        // The trace context of the request or worker sending it (ids only).
+        let mut headers = reqwest::header::HeaderMap::new();
+        ehr_telemetry::trace::inject(&mut headers);
         let resp = self
             .client
             .post(url)
+            .headers(headers)
             .header("content-type", "application/xml; charset=utf-8")
             .timeout(Duration::from_millis(timeout_ms.max(1)))
             .body(body.to_owned())

@@ -21,6 +21,7 @@ mod pages;
 pub mod proxy;
 pub mod seal;
 mod settings;
+pub mod upstream;
 
 pub use audit::AuditSink;
 pub use error::{GatewayError, OAuthFailure};
@@ -28,7 +29,7 @@ pub use http::router;
 pub use keys::KeyRing;
 pub use proxy::{Upstream, Upstreams};
 pub use seal::Sealer;
-pub use settings::{GatewaySettings, MAX_ACCESS_TOKEN_SECS, RateLimitSettings};
+pub use settings::{BaseUrls, GatewaySettings, MAX_ACCESS_TOKEN_SECS, RateLimitSettings};
 
 use ehr_auth::Verifier;
 use ehr_core::{Clock, TenantId};

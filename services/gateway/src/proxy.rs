@@ -11,6 +11,8 @@ use crate::Gateway;
 use crate::audit::{Access, Actor, SecurityKind, classify, rest_event, security_event};
 use crate::error::GatewayError;
 use crate::http::{GwState, client_address};
+use crate::settings::BaseUrls;
+use crate::upstream::RemoteService;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -21,6 +23,8 @@ use ehr_core::TenantId;
 use ehr_kv::{Admission, Admitted, Limit};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 use tower::ServiceExt;
 
 /// The internal header in which a service lists the patients (`Patient/1,Patient/2`) whose data
@@ -36,8 +40,19 @@ const MAX_PATIENT_EVENTS: usize = 50;
 pub enum Upstream {
     /// Called in-process (target `all`): the service's router, mounted at `/fhir`.
     Local(Router),
-    /// Called over HTTP (microservices mode): the service's base URL, without `/fhir`.
-    Remote { base: String, client: reqwest::Client },
+    /// Called over HTTP (microservices mode): the service's instances (base URLs without
+    /// `/fhir`), with their health and failover (`upstream.rs`).
+    Remote(Arc<RemoteService>),
+}
+
+impl Upstream {
+    /// A service called over HTTP at `urls` (one instance or several), each instance's
+    /// `/readyz` checked every `check_every`.
+    pub fn remote(service: &str, urls: &BaseUrls, client: reqwest::Client, check_every: Duration) -> Self {
+        let remote = RemoteService::new(service, urls, client);
+        remote.spawn_health_checks(check_every);
+        Self::Remote(remote)
+    }
 }
 
 /// Which service serves which resource type (and which one the non-FHIR service APIs).
@@ -315,12 +330,12 @@ async fn augment_capabilities(
     Response::from_parts(parts, Body::from(cs.to_string()))
 }
 
-/// A W3C `traceparent` for a request that came without one, so the services' logs of one
-/// request correlate (OpenTelemetry replaces this with real spans, issue #7).
-fn new_traceparent() -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{id}-{span}-01")
+/// Hands the gateway's request span to the service as the parent of its own: `traceparent` is
+/// set to the current span's context (a client's `traceparent` is replaced — it is the parent
+/// of the gateway's span already). Without an exporter there is no context and the headers go
+/// as they came.
+fn propagate_trace(headers: &mut HeaderMap) {
+    ehr_telemetry::trace::inject(headers);
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded.
@@ -353,20 +368,16 @@ async fn call(upstream: Upstream, parts: Parts, body: axum::body::Bytes) -> Resu
             let req = Request::from_parts(parts, Body::from(body));
             Ok(router.oneshot(req).await.into_response())
         }
-        Upstream::Remote { base, client } => {
+        Upstream::Remote(remote) => {
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let url = format!("{}{path}", base.trim_end_matches('/'));
-            let mut req = client.request(parts.method.clone(), url).body(body);
+            let mut headers = HeaderMap::with_capacity(parts.headers.len());
             for (name, value) in &parts.headers {
                 if !is_hop_by_hop(name.as_str()) {
-                    req = req.header(name, value);
+                    headers.append(name, value.clone());
                 }
             }
-            let resp = req.send().await.map_err(|e| {
-                // Without the URL: its query string carries patient data.
-                tracing::warn!(error = %e.without_url(), "upstream request failed");
-                GatewayError::Upstream
-            })?;
+            // The body is in memory: a request failing over to another instance sends it again.
+            let resp = remote.send(&parts.method, path, &headers, body).await?;
             let mut out = Response::builder().status(resp.status().as_u16());
             for (name, value) in resp.headers() {
                 if !is_hop_by_hop(name.as_str()) {
@@ -445,11 +456,7 @@ pub async fn forward(State(st): State<GwState>, req: Request) -> Response {
             return GatewayError::TooLarge.into_response();
         }
     };
-    if !parts.headers.contains_key("traceparent")
-        && let Ok(v) = HeaderValue::from_str(&new_traceparent())
-    {
-        parts.headers.insert("traceparent", v);
-    }
+    propagate_trace(&mut parts.headers);
     let first = segments.first().copied().filter(|s| !s.starts_with('_') && *s != "metadata");
     let upstream = match operation {
         Some((upstream, _)) => upstream,
@@ -664,11 +671,7 @@ pub async fn forward_service(State(st): State<GwState>, req: Request) -> Respons
         Ok(b) => b,
         Err(_) => return GatewayError::TooLarge.into_response(),
     };
-    if !parts.headers.contains_key("traceparent")
-        && let Ok(v) = HeaderValue::from_str(&new_traceparent())
-    {
-        parts.headers.insert("traceparent", v);
-    }
+    propagate_trace(&mut parts.headers);
     let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let path = parts.uri.path().to_owned();
     let action = service_action(&parts.method, &prefix, &path);

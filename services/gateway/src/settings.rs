@@ -51,9 +51,90 @@ pub struct GatewaySettings {
     pub secret_key_file: Option<PathBuf>,
     /// Prefix of every Redis key (several deployments may share one Redis).
     pub redis_prefix: String,
-    /// Base URLs of the services in microservices mode (`patient-record = "http://patient-record:8080"`).
+    /// Base URLs of the services in microservices mode (`patient-record = "http://patient-record:8080"`):
+    /// one per service, or several instances of it (a TOML array, or one string with commas).
     /// In target `all` the services are called in-process and this is ignored.
-    pub upstreams: BTreeMap<String, String>,
+    pub upstreams: BTreeMap<String, BaseUrls>,
+    /// Milliseconds between two health checks (`GET <base>/readyz`) of each instance of a
+    /// service listed in `upstreams`.
+    pub upstream_check_ms: u64,
+}
+
+/// The base URLs of a service's instances (`http://orders-1:8080`, without `/fhir`): one or
+/// more, each `http` or `https`, stored without a trailing `/`.
+///
+/// Configured as one URL, a TOML array of URLs, or one string of URLs separated by commas (the
+/// form an environment variable gives).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrls(Vec<String>);
+
+impl BaseUrls {
+    /// The URLs, in configured order.
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    fn push_list(&mut self, text: &str) -> Result<(), String> {
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let url = reqwest::Url::parse(part).map_err(|e| format!("`{part}` is not a URL: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(format!("`{part}` is not an http(s) URL with a host"));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(format!("`{part}`: a base URL has no query or fragment"));
+            }
+            self.0.push(part.trim_end_matches('/').to_owned());
+        }
+        Ok(())
+    }
+
+    fn checked(self) -> Result<Self, String> {
+        if self.0.is_empty() { Err("no base URL given".to_owned()) } else { Ok(self) }
+    }
+}
+
+impl std::str::FromStr for BaseUrls {
+    type Err = String;
+
+    /// One URL, or several separated by commas.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut urls = Self(Vec::new());
+        urls.push_list(text)?;
+        urls.checked()
+    }
+}
+
+impl Serialize for BaseUrls {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for BaseUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = BaseUrls;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a base URL, a list of them, or a comma-separated string of them")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<BaseUrls, E> {
+                text.parse().map_err(E::custom)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<BaseUrls, A::Error> {
+                use serde::de::Error;
+                let mut urls = BaseUrls(Vec::new());
+                while let Some(text) = seq.next_element::<String>()? {
+                    urls.push_list(&text).map_err(A::Error::custom)?;
+                }
+                urls.checked().map_err(A::Error::custom)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Token-bucket rate limits (requests per second and burst), per user and per tenant.
@@ -103,6 +184,7 @@ impl Default for GatewaySettings {
             secret_key_file: None,
             redis_prefix: "ehr".into(),
             upstreams: BTreeMap::new(),
+            upstream_check_ms: 1000,
         }
     }
 }
@@ -117,5 +199,54 @@ impl GatewaySettings {
     /// The access-token lifetime actually used.
     pub fn access_secs(&self) -> i64 {
         self.access_token_secs.clamp(60, MAX_ACCESS_TOKEN_SECS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(value: serde_json::Value) -> Result<Vec<String>, String> {
+        serde_json::from_value::<BaseUrls>(value).map(|u| u.as_slice().to_vec()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn upstreams_are_one_url_a_list_or_a_comma_separated_string() {
+        let one = parse(serde_json::json!("http://orders:8080")).unwrap();
+        assert_eq!(one, ["http://orders:8080"]);
+        let commas = parse(serde_json::json!(" http://orders-1:8080/ ,http://orders-2:8080,")).unwrap();
+        assert_eq!(commas, ["http://orders-1:8080", "http://orders-2:8080"]);
+        let list = parse(serde_json::json!(["http://orders-1:8080", "https://orders-2.example.jp/"])).unwrap();
+        assert_eq!(list, ["http://orders-1:8080", "https://orders-2.example.jp"]);
+        // What the configuration log shows: the list.
+        let urls: BaseUrls = "http://a:1,http://b:2".parse().unwrap();
+        assert_eq!(serde_json::to_value(&urls).unwrap(), serde_json::json!(["http://a:1", "http://b:2"]));
+
+        // A whole `[gateway]` table with both forms.
+        let settings: GatewaySettings = serde_json::from_value(serde_json::json!({
+            "upstreams": {"patient-record": "http://pr:8080", "orders": ["http://o1:8080", "http://o2:8080"]},
+            "upstream_check_ms": 250,
+        }))
+        .unwrap();
+        assert_eq!(settings.upstreams["patient-record"].as_slice(), ["http://pr:8080"]);
+        assert_eq!(settings.upstreams["orders"].as_slice().len(), 2);
+        assert_eq!(settings.upstream_check_ms, 250);
+        assert_eq!(GatewaySettings::default().upstream_check_ms, 1000);
+    }
+
+    #[test]
+    fn a_bad_upstream_is_refused_at_start_up() {
+        for bad in [
+            serde_json::json!(""),
+            serde_json::json!(" , "),
+            serde_json::json!([]),
+            serde_json::json!("orders:8080"),
+            serde_json::json!("ftp://orders"),
+            serde_json::json!("http://orders:8080?x=1"),
+            serde_json::json!(["http://ok:8080", "not a url"]),
+            serde_json::json!(8080),
+        ] {
+            assert!(parse(bad.clone()).is_err(), "{bad} accepted");
+        }
     }
 }

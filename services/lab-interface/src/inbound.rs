@@ -16,6 +16,7 @@ use ehr_hl7v2::{
 };
 use ehr_store::{Hl7Message, LabEndpoint, NewEvent, Tx};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 /// Topic of results received from a lab, one event per order.
 pub const LAB_RESULT_RECEIVED: &str = "lab.result.received";
@@ -69,8 +70,31 @@ impl LabInterface {
     }
 
     /// Checks and stores one inbound message (an MLLP frame, or a batch file of `endpoint`) and
-    /// builds its ACK, in the message's own character set.
+    /// builds its ACK, in the message's own character set — in a `hl7.receive` span (ids only:
+    /// the message is PHI) whose context the stored rows and `lab.result.received` events
+    /// carry, linked to the trace of the order the results answer.
     async fn answer(&self, frame: &[u8], endpoint: Option<&LabEndpoint>, peer: Option<std::net::IpAddr>) -> Vec<u8> {
+        let span = tracing::info_span!(
+            parent: None,
+            "hl7.receive",
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            lab.transport = if endpoint.is_some() { "file" } else { "mllp" },
+            lab.endpoint = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+            hl7.message_type = tracing::field::Empty,
+            hl7.control_id = tracing::field::Empty,
+            hl7.ack = tracing::field::Empty,
+        );
+        self.answer_in_span(frame, endpoint, peer).instrument(span).await
+    }
+
+    async fn answer_in_span(
+        &self,
+        frame: &[u8],
+        endpoint: Option<&LabEndpoint>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Vec<u8> {
         let now = self.clock().now();
         let Ok(ts) = crate::outbound::hl7_now(now) else { return Vec::new() };
         let text = match charset::decode(frame) {
@@ -85,6 +109,11 @@ impl LabInterface {
             Ok(()) => (AckCode::Accept, Vec::new()),
             Err(r) => (r.code, vec![r.error]),
         };
+        let span = tracing::Span::current();
+        span.record("hl7.ack", code.as_str());
+        if code != AckCode::Accept {
+            span.record("otel.status_code", "error");
+        }
         let Ok(control_id) = crate::outbound::new_control_id() else { return Vec::new() };
         let mut ack = AckBuilder::new(&message, code);
         for e in errors {
@@ -168,11 +197,16 @@ impl LabInterface {
                 "no active lab endpoint for this sending facility (MSH-4) and receiving facility (MSH-6)",
             ));
         }
+        let span = tracing::Span::current();
+        span.record("lab.endpoint", endpoint.id.as_str());
+        span.record("tenant", endpoint.tenant.as_str());
+        span.record("hl7.message_type", kind.as_str());
         let results = parse_lab_results(message).map_err(|e| Refusal {
             code: AckCode::Error,
             error: e.to_ack_error(),
             why: e.to_string(),
         })?;
+        span.record("hl7.control_id", results.control_id.as_str());
         let ctx = TenantContext::new(endpoint.tenant.clone(), "lab-interface:inbound");
         let outcome = async {
             let tx = self.store().write(&ctx).await.map_err(LabError::from)?;
@@ -262,6 +296,8 @@ impl LabInterface {
             // …and only the lab the order went to reports on it.
             let subject = format!("ServiceRequest/{sr_id}");
             let sent = self.order_message(tx, &subject).await.map_err(Refused::Internal)?;
+            // The results answer that order: a link to the trace that placed it.
+            ehr_telemetry::trace::add_link(&tracing::Span::current(), sent.as_ref().and_then(|m| m.trace.as_deref()));
             if !sent.is_some_and(|m| was_sent_to(&m, &endpoint.id)) {
                 return Err(content(
                     ErrorCode::UnknownKeyIdentifier,
@@ -356,7 +392,7 @@ impl LabInterface {
                     "report": report,
                     "observations": observations,
                 }),
-                trace: None,
+                trace: ehr_telemetry::trace::current_traceparent(),
             });
         }
         let row = Hl7Message {
@@ -374,6 +410,7 @@ impl LabInterface {
             reply: None,
             created_at: now.timestamp_millis(),
             updated_at: now.timestamp_millis(),
+            trace: ehr_telemetry::trace::current_traceparent(),
         };
         if !tx.insert_hl7_message(&row).await.map_err(LabError::from)? {
             // A concurrent delivery of the same message got there first.
@@ -454,6 +491,7 @@ impl LabInterface {
                 .filter(|sr| !matches!(sr["status"].as_str(), Some("revoked" | "entered-in-error")))
                 .ok_or_else(|| LabError::UnknownOrder(sr_ref.to_owned()))?;
             let sent = self.order_message(&tx, sr_ref).await?;
+            ehr_telemetry::trace::add_link(&tracing::Span::current(), sent.as_ref().and_then(|m| m.trace.as_deref()));
             if !sent.is_some_and(|m| was_sent_to(&m, &endpoint.id)) {
                 return Err(LabError::UnknownOrder(format!("{sr_ref} was not sent to this laboratory")));
             }
@@ -494,7 +532,7 @@ impl LabInterface {
                 key: sr_ref.to_owned(),
                 payload: json!({"endpoint": endpoint.id, "controlId": control_id, "serviceRequest": sr_ref,
                                 "final": final_, "report": report, "observations": observations}),
-                trace: None,
+                trace: ehr_telemetry::trace::current_traceparent(),
             });
         }
         let row = Hl7Message {
@@ -512,6 +550,7 @@ impl LabInterface {
             reply: None,
             created_at: now.timestamp_millis(),
             updated_at: now.timestamp_millis(),
+            trace: ehr_telemetry::trace::current_traceparent(),
         };
         if !tx.insert_hl7_message(&row).await? {
             return Ok(0);

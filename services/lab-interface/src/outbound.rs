@@ -10,6 +10,7 @@ use ehr_events::{Event, Handler, HandlerError};
 use ehr_hl7v2::jahis::MessageHeader;
 use ehr_hl7v2::{ControlId, Timestamp, build_oml_o33};
 use ehr_store::{Hl7Message, LabEndpoint, MessageFilter, StoreError, Tx};
+use tracing::Instrument;
 
 /// A pending outbound message for `endpoint_id` about `subject`, due now, with a fresh MSH-10.
 fn new_message(endpoint_id: &str, message_type: &str, subject: &str, now_ms: i64) -> Result<Hl7Message, LabError> {
@@ -28,11 +29,33 @@ fn new_message(endpoint_id: &str, message_type: &str, subject: &str, now_ms: i64
         reply: None,
         created_at: now_ms,
         updated_at: now_ms,
+        // The span queuing it (the consumer's, for an order): the sender's span is its child.
+        trace: ehr_telemetry::trace::current_traceparent(),
     })
 }
 
 /// Messages claimed per lab and pass.
 const CLAIM_BATCH: u64 = 5;
+
+/// The span of one delivery attempt, a child of the span that queued the message (the order
+/// event's consumer): ids only — the message text is PHI.
+fn send_span(endpoint: &LabEndpoint, message: &Hl7Message) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "hl7.send",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        hl7.control_id = %message.control_id,
+        hl7.message_type = %message.message_type,
+        hl7.status = tracing::field::Empty,
+        lab.endpoint = %endpoint.id,
+        lab.transport = %endpoint.transport,
+        tenant = endpoint.tenant.as_str(),
+        attempt = message.attempts + 1,
+    );
+    ehr_telemetry::trace::set_parent(&span, message.trace.as_deref());
+    span
+}
 
 /// The consumer group of the lab interface on the order topics.
 pub const GROUP: &str = "lab-interface";
@@ -118,7 +141,7 @@ impl LabInterface {
             if !lab_may_have_it || current.endpoint_id.is_empty() {
                 return Ok(());
             }
-            let endpoints = self.endpoints_of(&event.tenant).await?;
+            let endpoints = tx.lab_endpoints().await?;
             let endpoint = endpoints.iter().find(|e| e.id == current.endpoint_id).ok_or(LabError::NoEndpoint)?;
             return self.queue_cancel_of(tx, endpoint, &current).await;
         }
@@ -134,7 +157,7 @@ impl LabInterface {
         if !still_placed {
             return Ok(());
         }
-        let endpoints = self.endpoints_of(&event.tenant).await?;
+        let endpoints = tx.lab_endpoints().await?;
         let performer = event.payload["serviceRequest"]["performer"]
             .as_array()
             .and_then(|p| p.iter().find_map(|r| r["reference"].as_str()));
@@ -255,8 +278,13 @@ impl LabInterface {
         };
         let attempted = claimed.len();
         for message in claimed {
-            let delivery = self.transport(endpoint).deliver(endpoint, &message).await;
-            self.record_delivery(&ctx, endpoint, &message, lease, delivery).await?;
+            let span = send_span(endpoint, &message);
+            async {
+                let delivery = self.transport(endpoint).deliver(endpoint, &message).await;
+                self.record_delivery(&ctx, endpoint, &message, lease, delivery).await
+            }
+            .instrument(span)
+            .await?;
         }
         Ok(attempted)
     }
@@ -290,6 +318,11 @@ impl LabInterface {
                 )
             }
         };
+        let span = tracing::Span::current();
+        span.record("hl7.status", status);
+        if status != "acked" {
+            span.record("otel.status_code", "error");
+        }
         let tx = self.store().write(ctx).await?;
         if !tx.record_hl7_attempt(&message.id, claimed_until, status, next, error.as_deref(), reply, now).await? {
             // The order was cancelled while its message was on the wire: if the lab took it,

@@ -125,8 +125,12 @@ impl OrderRules {
         let key = format!("ServiceRequest/{}", change.id);
         if topic == ORDER_CANCELLED {
             // The lab interface cancels the message it sent, as it was sent.
-            let event =
-                NewEvent { topic: topic.to_owned(), key, payload: json!({ "serviceRequest": next }), trace: None };
+            let event = NewEvent {
+                topic: topic.to_owned(),
+                key,
+                payload: json!({ "serviceRequest": next }),
+                trace: ehr_telemetry::trace::current_traceparent(),
+            };
             tx.emit(&event, self.clock.now()).await?;
             return Ok(());
         }
@@ -146,7 +150,9 @@ impl OrderRules {
             }
         }
         let payload = json!({ "serviceRequest": next, "patient": patient, "specimens": specimens });
-        let event = NewEvent { topic: topic.to_owned(), key, payload, trace: None };
+        // The request's span: the lab interface's handling and its OML^O33 join its trace.
+        let event =
+            NewEvent { topic: topic.to_owned(), key, payload, trace: ehr_telemetry::trace::current_traceparent() };
         tx.emit(&event, self.clock.now()).await?;
         Ok(())
     }

@@ -4,6 +4,9 @@
 //! These tests need PostgreSQL and Redis; `.ci/run` runs them only in its PostgreSQL run
 //! (like `postgres::`), where they fail — never skip — when either is missing.
 
+mod scale_out;
+mod traces;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -238,7 +241,7 @@ pub async fn login(gateway_url: &str, client_id: &str, username: &str, scope: &s
             .unwrap();
     assert_eq!(step["next"], "enrol", "first login enrols TOTP: {step}");
     let secret = ehr_auth::TotpSecret::from_base32(step["secret"].as_str().unwrap()).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = ehr_core::Clock::now(&ehr_core::SystemClock).timestamp();
     let done: serde_json::Value =
         form("/auth/mfa", vec![("login", step["login"].as_str().unwrap().to_owned()), ("code", secret.code_at(now))])
             .await

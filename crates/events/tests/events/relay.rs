@@ -172,3 +172,30 @@ async fn concurrent_relays_on_postgres_publish_each_event_once_in_order() {
     db.finish().await;
     redis.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_relay_waits_for_the_replica_holding_the_lock_to_publish_what_was_there() {
+    let Some(redis) = TestRedis::start(fast()).await else { return };
+    let Some(db) = TestStore::postgres().await else {
+        redis.cleanup().await;
+        return;
+    };
+    let ids = db.emit("a", "order.placed", &["ServiceRequest/1", "ServiceRequest/2"]).await;
+    // Another replica holds the relay lock (and has read one event) when this one stops: an
+    // empty claim must not pass for an empty outbox.
+    let held = db.store.outbox_claim(1).await.unwrap();
+    assert_eq!(held.events().len(), 1);
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    let bus: Arc<dyn Bus> = Arc::new(redis.bus.clone());
+    let task = Relay::new(RelayConfig::default()).spawn(db.store.clone(), bus, clock(), shutdown);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!task.is_finished(), "the drain ended while events older than it were pending");
+    // The other replica goes away without publishing (its transaction rolls back).
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+    assert_eq!(stream_ids(&redis, "order.placed").await, strings(&ids));
+    assert_eq!(db.store.outbox_lag().await.unwrap(), (0, None));
+    db.finish().await;
+    redis.cleanup().await;
+}

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod audit;
+mod backup;
 mod export;
 mod identity;
 mod national;
