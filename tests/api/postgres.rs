@@ -97,3 +97,43 @@ async fn the_single_statement_read_sets_the_tenant_before_reading() {
     assert!(row.try_get_by_index::<bool>(0).unwrap());
     assert!(row.try_get_by_index::<bool>(1).unwrap());
 }
+
+/// The database connection is encrypted when the URL asks for it (`sslmode=require`, as managed
+/// PostgreSQL services demand): the store runs over TLS (rustls). Where the server has TLS off,
+/// such a URL is refused at connect rather than silently sent in clear.
+#[tokio::test]
+async fn the_store_connects_over_tls_when_the_url_requires_it() {
+    assert_eq!(ehr_testkit::backend(), "postgres", "this module runs with TEST_BACKEND=postgres");
+    let url = ehr_testkit::fresh_postgres().await;
+    let plain = Database::connect(url.as_str()).await.unwrap();
+    let server_ssl: String = plain
+        .query_one_raw(Statement::from_string(plain.get_database_backend(), "SHOW ssl"))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap();
+    let tls_url = format!("{url}?sslmode=require");
+    let mut config = ehr_store::StoreConfig::new(tls_url.clone());
+    config.max_connections = 2;
+    let connected = ehr_store::Store::connect(&config).await;
+    if server_ssl == "on" {
+        let store = connected.expect("the store connects with sslmode=require");
+        store.migrate().await.unwrap();
+        store.ping().await.unwrap();
+        let tls = Database::connect(tls_url.as_str()).await.unwrap();
+        let row = tls
+            .query_one_raw(Statement::from_string(
+                tls.get_database_backend(),
+                "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let (ssl, version): (bool, String) = (row.try_get_by_index(0).unwrap(), row.try_get_by_index(1).unwrap());
+        assert!(ssl, "the connection is encrypted");
+        assert!(version == "TLSv1.2" || version == "TLSv1.3", "{version}");
+    } else {
+        assert!(connected.is_err(), "sslmode=require against a server without TLS must fail");
+    }
+}

@@ -178,13 +178,9 @@ fn traces_endpoint(settings: &TelemetrySettings) -> Result<Option<String>, Telem
     let uri: axum::http::Uri =
         endpoint.parse().map_err(|_| TelemetryError::Setup(format!("OTLP endpoint {endpoint}: not a URL")))?;
     match uri.scheme_str() {
-        Some("http") if uri.host().is_some() => Ok(Some(endpoint)),
-        // This build has no TLS client: a collector agent next to the process (a sidecar, a
-        // DaemonSet) takes plain OTLP/HTTP and forwards it over TLS.
-        Some("https") => Err(TelemetryError::Setup(format!(
-            "OTLP endpoint {endpoint}: https is not supported; send to a collector agent over http (port 4318)"
-        ))),
-        _ => Err(TelemetryError::Setup(format!("OTLP endpoint {endpoint}: expected http://host:port"))),
+        // https: TLS 1.2+ with the WebPKI roots (rustls).
+        Some("http" | "https") if uri.host().is_some() => Ok(Some(endpoint)),
+        _ => Err(TelemetryError::Setup(format!("OTLP endpoint {endpoint}: expected http(s)://host:port"))),
     }
 }
 

@@ -563,9 +563,8 @@ class RefusedValues(unittest.TestCase):
         self.assertRefused("gatewaySecretKey.value", "--set", "gatewaySecretKey.value=short")
         self.assertRefused("config: Additional property lgo", "--set", "config.lgo.level=debug")
         self.assertRefused("image.pullPolicy", "--set", "image.pullPolicy=Sometimes")
-        # The binary has no TLS client: URLs that demand TLS could never connect.
-        self.assertRefused("redis.url", "--set", "redis.url=rediss://10.0.0.6:6379")
-        self.assertRefused("database.clinical.url", "--set", "database.clinical.url=postgres://u:p@10.0.0.5/ehr?sslmode=require")
+        self.assertRefused("redis.url", "--set", "redis.url=http://10.0.0.6:6379")
+        self.assertRefused("database.clinical.url", "--set", "database.clinical.url=mysql://u:p@10.0.0.5/ehr")
 
     def test_checks_of_the_templates(self):
         self.assertRefused(

@@ -128,13 +128,13 @@ fn links_name_a_related_trace() {
 }
 
 #[test]
-fn endpoints_resolve_to_v1_traces_over_http_only() {
+fn endpoints_resolve_to_v1_traces_over_http_or_https() {
     let with = |e: &str| TelemetrySettings { otlp_endpoint: Some(e.into()), ..TelemetrySettings::default() };
     assert_eq!(
         traces_endpoint(&with("http://collector:4318/")).unwrap().as_deref(),
         Some("http://collector:4318/v1/traces")
     );
-    assert!(traces_endpoint(&with("https://collector:4318")).is_err());
+    assert_eq!(traces_endpoint(&with("https://collector:4318")).unwrap().as_deref(), Some("https://collector:4318/v1/traces"));
     assert!(traces_endpoint(&with("collector:4318")).is_err());
     assert_eq!(service_name(&TelemetrySettings::default(), "ehr-orders"), "ehr-orders");
     let named = TelemetrySettings { service_name: Some("orders-a".into()), ..TelemetrySettings::default() };
