@@ -5,7 +5,7 @@
 
 use clap::{Args, Subcommand};
 use ehr_app::Config;
-use ehr_backup::{BackupKey, Checked, KdfCosts, Secret};
+use ehr_backup::{BackupKey, Checked, Database, KdfCosts, Secret, Zeroizing};
 use ehr_core::{Clock, SystemClock, TenantId};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,8 @@ pub enum BackupCommand {
         out: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
+        #[command(flatten)]
+        database: DatabaseArg,
         /// Write the archive even when the tenant's audit chain does not verify (recorded as it is).
         #[arg(long)]
         allow_broken_audit: bool,
@@ -64,6 +66,30 @@ pub struct KeyArgs {
     key_file: Option<PathBuf>,
 }
 
+#[derive(Args)]
+pub struct DatabaseArg {
+    /// Which database of the deployment `database.url` names: `all` (target all: one database
+    /// for every service), or in microservices mode `gateway` (identity, OAuth clients, audit
+    /// chain) or `clinical` (resources, history, lab endpoints) — two archives per tenant there.
+    /// Required when `database.url` is set; without it, `all` (the SQLite file of target all).
+    #[arg(long, value_name = "all|gateway|clinical")]
+    database: Option<String>,
+}
+
+impl DatabaseArg {
+    fn resolve(&self, config: &Config) -> Result<Database, String> {
+        match &self.database {
+            Some(d) => Database::parse(d).ok_or_else(|| format!("--database: `{d}` is not all, gateway or clinical")),
+            None if config.database.url.is_some() || config.database.url_file.is_some() => Err(
+                "give --database all|gateway|clinical: which database `database.url` names (in microservices mode a \
+                 tenant is in two, the gateway's and the clinical one, each backed up and restored on its own)"
+                    .into(),
+            ),
+            None => Ok(Database::All),
+        }
+    }
+}
+
 /// `ehr restore`.
 #[derive(Args)]
 pub struct RestoreArgs {
@@ -72,8 +98,14 @@ pub struct RestoreArgs {
     /// Refuse an archive of another tenant.
     #[arg(long)]
     tenant: Option<String>,
+    /// The SHA-256 recorded off-line when the archive was written (`ehr backup create` printed
+    /// it): compared with the file before anything else.
+    #[arg(long)]
+    sha256: Option<String>,
     #[command(flatten)]
     key: KeyArgs,
+    #[command(flatten)]
+    database: DatabaseArg,
     /// Restore an archive whose audit chain does not verify, as it is.
     #[arg(long)]
     allow_broken_audit: bool,
@@ -83,11 +115,16 @@ pub struct RestoreArgs {
 
 /// The key of `--key-file`, or the passphrase of EHR_BACKUP_PASSPHRASE, or none.
 fn secret(args: &KeyArgs) -> Result<Option<Secret>, String> {
-    let passphrase = std::env::var(PASSPHRASE_VAR).ok().map(|p| p.trim_end_matches(['\r', '\n']).to_owned());
+    let passphrase = std::env::var(PASSPHRASE_VAR).ok().map(|p| {
+        let raw = Zeroizing::new(p);
+        Zeroizing::new(raw.trim_end_matches(['\r', '\n']).to_owned())
+    });
     match (&args.key_file, passphrase) {
         (Some(_), Some(_)) => Err(format!("give either --key-file or {PASSPHRASE_VAR}, not both")),
         (Some(path), None) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("--key-file {}: {e}", path.display()))?;
+            let text = Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|e| format!("--key-file {}: {e}", path.display()))?,
+            );
             warn_if_readable_by_others(path);
             let key = BackupKey::from_base64(&text).map_err(|e| format!("--key-file {}: {e}", path.display()))?;
             Ok(Some(Secret::Key(key)))
@@ -105,11 +142,22 @@ fn required(args: &KeyArgs) -> Result<Secret, String> {
 
 #[cfg(unix)]
 fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    if meta.permissions().mode() & 0o077 != 0 {
         eprintln!("warning: the key file {} is readable by others than its owner (chmod 600 it)", path.display());
+    }
+    // Our effective uid is the owner of /proc/self (Linux); elsewhere the check is skipped.
+    if let Ok(me) = std::fs::metadata("/proc/self")
+        && meta.uid() != me.uid()
+    {
+        eprintln!(
+            "warning: the key file {} belongs to uid {}, not to the user running ehr (uid {}): whoever owns it \
+             can change its permissions",
+            path.display(),
+            meta.uid(),
+            me.uid()
+        );
     }
 }
 
@@ -124,11 +172,12 @@ fn parse_tenant(t: &str) -> Result<TenantId, String> {
 pub async fn run(config: &mut Config, command: BackupCommand) -> Result<(), String> {
     match command {
         BackupCommand::Keygen { out } => keygen(out.as_deref()),
-        BackupCommand::Create { tenant, out, key, allow_broken_audit, data_dir } => {
+        BackupCommand::Create { tenant, out, key, database, allow_broken_audit, data_dir } => {
             if let Some(d) = data_dir {
                 config.data_dir = d;
             }
-            create(config, &parse_tenant(&tenant)?, &out, &key, allow_broken_audit).await
+            let database = database.resolve(config)?;
+            create(config, &parse_tenant(&tenant)?, &out, &key, database, allow_broken_audit).await
         }
         BackupCommand::Verify { file, key, tenant, sha256 } => {
             verify(&file, &key, tenant.as_deref(), sha256.as_deref())
@@ -140,7 +189,7 @@ fn keygen(out: Option<&Path>) -> Result<(), String> {
     let key = BackupKey::generate();
     match out {
         Some(path) => {
-            super::write_owner_only(path, &format!("{}\n", key.to_base64()))?;
+            super::write_owner_only(path, &Zeroizing::new(format!("{}\n", key.to_base64().as_str())))?;
             eprintln!(
                 "wrote the archive key {} (key id {}); keep it apart from the archives",
                 path.display(),
@@ -148,7 +197,7 @@ fn keygen(out: Option<&Path>) -> Result<(), String> {
             );
         }
         None => {
-            println!("{}", key.to_base64());
+            println!("{}", key.to_base64().as_str());
             eprintln!("key id {}; keep the key apart from the archives", key.id());
         }
     }
@@ -160,6 +209,7 @@ async fn create(
     tenant: &TenantId,
     out: &Path,
     key: &KeyArgs,
+    database: Database,
     allow_broken_audit: bool,
 ) -> Result<(), String> {
     let secret = required(key)?;
@@ -173,9 +223,11 @@ async fn create(
         now: SystemClock.now(),
         allow_broken_audit,
         kdf_costs: KdfCosts::default(),
+        database,
     };
-    // Written beside the target and renamed when complete: an interrupted backup never leaves
-    // a file under the archive's name.
+    // Written beside the target and linked to its name when complete: an interrupted backup
+    // never leaves a file under the archive's name, and the link (unlike a rename) fails when
+    // that name exists, so nothing is overwritten even if it appeared meanwhile.
     let partial = out.with_file_name(format!(
         "{}.partial",
         out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
@@ -184,20 +236,20 @@ async fn create(
     let result = ehr_backup::create(&store, std::io::BufWriter::new(file), &options).await;
     let finished = result.map_err(|e| e.to_string()).and_then(|(created, w)| {
         let file = w.into_inner().map_err(|e| e.to_string())?;
-        file.sync_all().map_err(|e| e.to_string())?;
-        std::fs::rename(&partial, out).map_err(|e| format!("{}: {e}", out.display()))?;
+        file.sync_all().map_err(|e| format!("{}: {e}", partial.display()))?;
+        drop(file);
+        std::fs::hard_link(&partial, out).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!("{} exists; an archive is never overwritten", out.display()),
+            _ => format!("{}: {e}", out.display()),
+        })?;
         Ok(created)
     });
-    let created = match finished {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e);
-        }
-    };
+    let _ = std::fs::remove_file(&partial);
+    let created = finished?;
+    sync_dir(out).map_err(|e| format!("{}: syncing its directory: {e}", out.display()))?;
     let h = &created.header;
     println!("backup of tenant {} written to {}", h.tenant, out.display());
-    println!("  {}", counts(&h.counts));
+    println!("  read from the {} database ({}): {}", h.database.name(), h.source_backend, counts(&h.counts));
     println!("  {}", audit_line(&created.audit, h.audit.seq));
     println!(
         "  {} bytes in {} chunks, AES-256-GCM, key id {}{}",
@@ -207,7 +259,27 @@ async fn create(
         if h.kdf.is_some() { " (passphrase, argon2id)" } else { "" }
     );
     println!("sha256: {}", created.written.sha256);
+    let _ = std::io::stdout().flush();
+    for w in &created.warnings {
+        eprintln!("WARNING: {w}");
+    }
     eprintln!("record this checksum apart from the archive; `ehr backup verify FILE --sha256 …` compares it");
+    Ok(())
+}
+
+/// Makes the directory entries of `path`'s directory durable (the new link, the removed
+/// partial file).
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
     Ok(())
 }
 
@@ -229,6 +301,10 @@ fn counts(c: &ehr_store::backup::BackupCounts) -> String {
          {} history versions, {} audit events",
         c.tenant, c.clients, c.lab_endpoints, c.users, c.recovery_codes, c.resources, c.history, c.audit_links
     )
+}
+
+fn database_line(h: &ehr_backup::Header) -> String {
+    format!("the {} database's sections (schema level {})", h.database.name(), h.schema)
 }
 
 fn audit_line(audit: &ehr_store::AuditVerification, head: i64) -> String {
@@ -258,6 +334,7 @@ fn verify(file: &Path, key: &KeyArgs, tenant: Option<&str>, sha256: Option<&str>
         h.key_id,
         if h.kdf.is_some() { " (passphrase)" } else { "" }
     );
+    println!("  holds {}", database_line(h));
     println!("  structure and checksum: ok ({} bytes, {} chunks)", s.bytes, s.chunks);
     if sha256.is_some() {
         println!("  matches the recorded SHA-256");
@@ -284,15 +361,29 @@ pub async fn restore(config: &mut Config, args: RestoreArgs) -> Result<(), Strin
         config.data_dir = d;
     }
     let expect_tenant = args.tenant.as_deref().map(parse_tenant).transpose()?;
+    let database = args.database.resolve(config)?;
     let secret = required(&args.key)?;
-    let store = super::gateway_store(config).await?;
-    let options = ehr_backup::RestoreOptions { secret, expect_tenant, allow_broken_audit: args.allow_broken_audit };
+    let options = ehr_backup::RestoreOptions {
+        secret,
+        expect_tenant,
+        expect_sha256: args.sha256.clone(),
+        database,
+        allow_broken_audit: args.allow_broken_audit,
+        now: SystemClock.now(),
+    };
     let file = &args.file;
-    let restored = ehr_backup::restore(&store, file, &options).await.map_err(|e| format!("{}: {e}", file.display()))?;
+    // The whole archive is verified before the database is connected (and migrated) or its
+    // directory created.
+    let prepared = ehr_backup::prepare_restore(file, &options).map_err(|e| format!("{}: {e}", file.display()))?;
+    let store = super::gateway_store(config).await?;
+    let restored = ehr_backup::restore(&store, &prepared).await.map_err(|e| format!("{}: {e}", file.display()))?;
     let c = &restored.checked;
     println!("restored tenant {} from {} into the {} database", c.header.tenant, file.display(), store.backend_name());
-    println!("  {}", counts(&c.counts));
+    println!("  {}: {}", database_line(&c.header), counts(&c.counts));
     println!("  {} (verified again in the database)", audit_line(&restored.audit_after, c.header.audit.seq));
+    if args.sha256.is_some() {
+        println!("  matches the recorded SHA-256");
+    }
     println!("sha256: {}", c.sha256);
     let _ = std::io::stdout().flush();
     eprintln!(

@@ -14,9 +14,11 @@
 //! ehr sim eprescription [--listen ADDR] [--trust-cert PEM]… [--issue-signer DIR]
 //! ehr migrate [--target …]
 //! ehr backup keygen [--out FILE]
-//! ehr backup create --tenant T --out FILE [--key-file F]   (or EHR_BACKUP_PASSPHRASE)
+//! ehr backup create --tenant T --out FILE [--database all|gateway|clinical] [--key-file F]  (or EHR_BACKUP_PASSPHRASE)
 //! ehr backup verify FILE [--key-file F] [--tenant T] [--sha256 HEX]
-//! ehr restore FILE [--tenant T] [--key-file F]
+//! ehr restore FILE [--database all|gateway|clinical] [--sha256 HEX] [--tenant T] [--key-file F]
+//! ehr openapi [--out DIR | --check DIR]   (the OpenAPI documents of openapi/README.md)
+//! ehr conformance --base-url URL --client C [--user U | --token-env VAR] [--auditor U] [--second-client C --second-user U] [--junit FILE]   (EHR_PASSWORD, EHR_TOTP_SECRET, …)
 //! ```
 
 mod backup;
@@ -219,6 +221,9 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Run the black-box conformance kit against a server (tests/conformance/README.md):
+    /// passwords, TOTP secrets and tokens from the environment; exit 1 when a check fails.
+    Conformance(ehr_conformance::Args),
     /// Print a bearer token signed with the development key (refused when it is disabled).
     DevToken {
         #[arg(long)]
@@ -238,6 +243,16 @@ enum Command {
     /// Restore a tenant from an archive of `ehr backup create` into a database where it has no
     /// data: the whole archive is verified first, then written in one transaction.
     Restore(backup::RestoreArgs),
+    /// Write the OpenAPI documents of every service (openapi/README.md), or with `--check`
+    /// compare a directory with them and exit 1 when it differs (the CI drift check).
+    Openapi {
+        /// Where to write the documents.
+        #[arg(long, default_value = "openapi")]
+        out: PathBuf,
+        /// Compare this directory with the generated documents instead of writing.
+        #[arg(long, conflicts_with = "out")]
+        check: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -276,6 +291,15 @@ fn main() -> ExitCode {
     // Validation reads files only: no configuration, database or runtime.
     if let Command::Validate { profile, masters, json, files } = &cli.command {
         return validate::run(files, profile.as_deref(), masters.as_deref(), *json);
+    }
+    // The OpenAPI documents come from the code alone: no configuration either.
+    if let Command::Openapi { out, check } = &cli.command {
+        return openapi(out, check.as_deref());
+    }
+    // The conformance kit speaks HTTP to some server: none of our configuration, whose loader
+    // would refuse the kit's `EHR_*` secrets (EHR_TOTP_SECRET, EHR_AUDITOR_PASSWORD, …).
+    if let Command::Conformance(args) = &cli.command {
+        return conformance(args);
     }
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -344,11 +368,12 @@ fn main() -> ExitCode {
                 handover::export(args).await
             }
             Command::Import { url, atomic, paths } => handover::import(&url, &paths, atomic).await,
-            Command::Validate { .. } => Ok(()),
+            Command::Validate { .. } | Command::Openapi { .. } => Ok(()),
             Command::Sim { service, listen, file_root, password_file, trust_cert, issue_signer } => {
                 let options = SimArgs { listen, file_root, password_file, trust_cert, issue_signer };
                 sim(&service, options).await
             }
+            Command::Conformance(_) => Ok(()),
             Command::DevToken { tenant, scope, subject, ttl_secs } => {
                 dev_token(&config, &tenant, &scope, &subject, ttl_secs)
             }
@@ -358,6 +383,10 @@ fn main() -> ExitCode {
     });
     // After `serve` stopped its workers: the last spans (the shutdown's too) leave now.
     traces.shutdown();
+    if let Some(&code) = FORCED_EXIT.get() {
+        // A second stop signal: the runtime is not waited for (a task still busy stays so).
+        std::process::exit(i32::from(code));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => fail(&msg),
@@ -458,6 +487,18 @@ async fn sim(service: &str, args: SimArgs) -> Result<(), String> {
     }
 }
 
+/// `ehr conformance`: the kit on a runtime of its own; exit 1 when a check failed.
+fn conformance(args: &ehr_conformance::Args) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(ehr_conformance::main(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => fail(&msg),
+    }
+}
+
 fn fail(msg: &str) -> ExitCode {
     eprintln!("ehr: error: {msg}");
     ExitCode::FAILURE
@@ -550,39 +591,150 @@ async fn serve(config: Config, target: Target) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(addr = %config.listen, backend = app.store.backend_name(), "listening; FHIR at /fhir");
+    // Every stop signal of the whole stop, in order: the first starts the graceful stop, a second
+    // one (at any step) cuts it short.
+    let signals = {
+        let (seen, signals) = tokio::sync::watch::channel(Vec::<&'static str>::new());
+        let mut stop = StopSignals::new();
+        tokio::spawn(async move {
+            loop {
+                let name = stop.next().await;
+                seen.send_modify(|seen| seen.push(name));
+            }
+        });
+        signals
+    };
+    let (closed, listener_closed) = tokio::sync::oneshot::channel::<()>();
     let served = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown({
             let draining = app.draining.clone();
-            shutdown_signal(move || draining.start(), std::time::Duration::from_secs(config.shutdown.drain_secs))
-        })
-        .await
-        .map_err(|e| format!("server error: {e}"));
-    tracing::info!("shutting down: requests in flight finished; stopping the background workers");
+            let drain = std::time::Duration::from_secs(config.shutdown.drain_secs);
+            let signals = signals.clone();
+            async move {
+                shutdown_signal(move || draining.start(), drain, signals).await;
+                let _ = closed.send(());
+            }
+        });
+    let mut signals = signals;
+    let requests_timeout = config.shutdown.requests_timeout_secs;
+    // The requests in flight get `requests_timeout` after the listener closed (0: no limit).
+    let requests_cut_off = async {
+        match listener_closed.await {
+            Ok(()) if requests_timeout > 0 => {
+                tokio::time::sleep(std::time::Duration::from_secs(requests_timeout)).await
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    let served = tokio::select! {
+        served = std::future::IntoFuture::into_future(served) => {
+            let served = served.map_err(|e| format!("server error: {e}"));
+            tracing::info!("shutting down: requests in flight finished; stopping the background workers");
+            served
+        }
+        () = requests_cut_off => {
+            tracing::error!(
+                requests_timeout_secs = requests_timeout,
+                "shutting down: requests in flight not finished in time, no longer waited for; stopping the background workers"
+            );
+            Ok(())
+        }
+        signal = nth_signal(&mut signals, 2) => return forced_stop(&app, signal, &mut signals).await,
+    };
     // Drained: stop the workers (the consumers, the lab sender and the listener finish the item
     // in hand; the relay, last, publishes what is in the outbox), then write the queued audit
     // events.
-    app.stop_workers(std::time::Duration::from_secs(config.shutdown.workers_timeout_secs)).await;
+    let second = tokio::select! {
+        () = app.stop_workers(std::time::Duration::from_secs(config.shutdown.workers_timeout_secs)) => None,
+        signal = nth_signal(&mut signals, 2) => Some(signal),
+    };
+    if let Some(signal) = second {
+        return forced_stop(&app, signal, &mut signals).await;
+    }
     tracing::info!("shutting down: background workers stopped");
     if let Some(gateway) = &app.gateway {
         // Bounded: with the database gone, the writer retries forever and shutdown must end.
-        match tokio::time::timeout(std::time::Duration::from_secs(30), gateway.audit.flush()).await {
-            Ok(()) => tracing::info!("audit trail flushed"),
-            Err(_) => {
-                tracing::error!("audit trail not flushed within 30 s (database unreachable?): queued events are lost")
+        tokio::select! {
+            flushed = tokio::time::timeout(std::time::Duration::from_secs(30), gateway.audit.flush()) => match flushed {
+                Ok(()) => tracing::info!("audit trail flushed"),
+                Err(_) => {
+                    tracing::error!("audit trail not flushed within 30 s (database unreachable?): queued events are lost")
+                }
+            },
+            signal = nth_signal(&mut signals, 2) => {
+                tracing::error!(signal, "second signal: audit trail not flushed; queued events are lost");
+                let _ = FORCED_EXIT.set(exit_code_of(signal));
             }
         }
     }
     served
 }
 
+/// Set by `serve` when a second stop signal cut the stop short: the exit code, 128 + the
+/// signal's number as a shell reports it (SIGINT 130, SIGTERM 143). `main` exits with it after
+/// flushing the traces.
+static FORCED_EXIT: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+
+/// Longest wait for the queued audit events after a second stop signal.
+const FORCED_AUDIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The exit code after a second `signal`.
+fn exit_code_of(signal: &str) -> u8 {
+    if signal == "SIGINT" { 130 } else { 143 }
+}
+
+/// The `n`-th stop signal's name (1 is the first); never resolves before.
+async fn nth_signal(signals: &mut tokio::sync::watch::Receiver<Vec<&'static str>>, n: usize) -> &'static str {
+    let name = signals.wait_for(|seen| seen.len() >= n).await.ok().map(|seen| seen[n - 1]);
+    match name {
+        Some(name) => name,
+        None => std::future::pending().await,
+    }
+}
+
+/// The stop after a second signal: the requests in flight are not waited for (their connections
+/// close when the process exits), nor are the background workers (what they had not finished is
+/// done again by another instance or after the next start, as after a crash); the queued audit
+/// events get at most [`FORCED_AUDIT_FLUSH`] (a third signal ends that wait too), then `main`
+/// flushes the traces and exits 130 (SIGINT) or 143 (SIGTERM).
+async fn forced_stop(
+    app: &ehr_app::App,
+    signal: &'static str,
+    signals: &mut tokio::sync::watch::Receiver<Vec<&'static str>>,
+) -> Result<(), String> {
+    tracing::warn!(
+        signal,
+        "second signal: stopping at once (requests in flight and background workers are not waited for)"
+    );
+    let _ = FORCED_EXIT.set(exit_code_of(signal));
+    if let Some(gateway) = &app.gateway {
+        tokio::select! {
+            flushed = tokio::time::timeout(FORCED_AUDIT_FLUSH, gateway.audit.flush()) => match flushed {
+                Ok(()) => tracing::info!("audit trail flushed"),
+                Err(_) => tracing::error!(
+                    timeout_secs = FORCED_AUDIT_FLUSH.as_secs(),
+                    "audit trail not flushed in time after the second signal: queued events are lost"
+                ),
+            },
+            third = nth_signal(signals, 3) => {
+                tracing::error!(signal = third, "third signal: audit trail not flushed; queued events are lost")
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Resolves when the listener is to close; axum then stops accepting and finishes the requests
-/// in flight. At the first SIGTERM or SIGINT, `draining()` makes `/readyz` answer 503 and the
-/// process keeps serving for `drain`, so that load balancers (a Kubernetes Service, the gateway's
-/// upstream health checks) stop sending before the listener closes; a second signal cuts the
-/// drain short.
-async fn shutdown_signal(draining: impl FnOnce(), drain: std::time::Duration) {
-    let mut signals = StopSignals::new();
-    let first = signals.next().await;
+/// in flight. At the first SIGTERM or SIGINT (counted in `signals` by `serve`), `draining()`
+/// makes `/readyz` answer 503 and the process keeps serving for `drain`, so that load balancers
+/// (a Kubernetes Service, the gateway's upstream health checks) stop sending before the listener
+/// closes. A second signal is `serve`'s: it stops at once, whatever the step.
+async fn shutdown_signal(
+    draining: impl FnOnce(),
+    drain: std::time::Duration,
+    mut signals: tokio::sync::watch::Receiver<Vec<&'static str>>,
+) {
+    let first = nth_signal(&mut signals, 1).await;
     draining();
     if drain.is_zero() {
         tracing::info!(signal = first, "shutting down: /readyz answers 503 (draining)");
@@ -592,10 +744,7 @@ async fn shutdown_signal(draining: impl FnOnce(), drain: std::time::Duration) {
             drain_secs = drain.as_secs(),
             "shutting down: /readyz answers 503 (draining), still serving"
         );
-        tokio::select! {
-            () = tokio::time::sleep(drain) => {}
-            second = signals.next() => tracing::warn!(signal = second, "second signal: drain cut short"),
-        }
+        tokio::time::sleep(drain).await;
     }
     tracing::info!("shutting down: listener closed, finishing the requests in flight");
 }
@@ -760,4 +909,29 @@ async fn lab_sim(
     };
     println!("lab simulator: orders on {}, results to {}", config.listen, config.results_to.as_deref().unwrap_or("-"));
     ehr_lab_sim::run(config).await.map_err(|e| e.to_string())
+}
+
+/// `ehr openapi`: writes the documents to `out`, or checks `check` against them.
+fn openapi(out: &std::path::Path, check: Option<&std::path::Path>) -> ExitCode {
+    if let Some(dir) = check {
+        let problems = ehr_app::openapi::check(dir);
+        if problems.is_empty() {
+            println!("{}: the OpenAPI documents match the code", dir.display());
+            return ExitCode::SUCCESS;
+        }
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!("the committed OpenAPI documents differ from the code: run `ehr openapi --out {}`", dir.display());
+        return ExitCode::FAILURE;
+    }
+    match ehr_app::openapi::write(out) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", out.join(f).display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("cannot write the OpenAPI documents to {}: {e}", out.display())),
+    }
 }

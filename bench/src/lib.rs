@@ -1,7 +1,13 @@
 //! What the benchmark binaries share: a configuration for the real application on a throw-away
-//! SQLite file or PostgreSQL database, rate limits out of the way, and its removal afterwards.
+//! SQLite file or PostgreSQL database, rate limits out of the way, and its removal afterwards;
+//! the synthetic HL7 result messages and the process's peak memory.
 
 use ehr_app::Config;
+use ehr_hl7v2::jahis::MessageHeader;
+use ehr_hl7v2::{
+    Charset, CodedElement, Coding, ControlId, Observation, OrderResults, Patient, PersonName, Sex, Specimen, Timestamp,
+    build_oul_r22,
+};
 use sea_orm::{ConnectionTrait, Database};
 use std::path::PathBuf;
 
@@ -65,4 +71,86 @@ impl Scratch {
             let _ = conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
         }
     }
+}
+
+/// Peak resident set size of this process in KiB (`VmHWM`), since the last [`reset_peak`].
+pub fn peak_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Resets the peak resident set size to the current one (Linux: `5` to clear_refs).
+pub fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The tests of the synthetic result messages: (JLAC10 code, name, unit).
+const TESTS: &[(&str, &str, &str)] = &[
+    ("3B035000002327201", "AST", "U/L"),
+    ("3B045000002327201", "ALT", "U/L"),
+    ("3B090000002327101", "γ-GT", "U/L"),
+    ("3C015000002327101", "クレアチニン", "mg/dL"),
+    ("3C020000002327101", "尿酸", "mg/dL"),
+    ("3C025000002327101", "尿素窒素", "mg/dL"),
+    ("3F050000002327101", "総コレステロール", "mg/dL"),
+    ("3F015000002327101", "中性脂肪", "mg/dL"),
+    ("3D046000001906202", "HbA1c", "%"),
+    ("3J010000002327101", "総ビリルビン", "mg/dL"),
+];
+
+/// A JAHIS OUL^R22 result message for order `placer` of patient `patient_id` with `n` numeric
+/// results and control id `control`.
+pub fn results_message(placer: &str, patient_id: &str, n: usize, control: &str) -> Result<String, String> {
+    let patient = Patient {
+        id: patient_id.to_owned(),
+        kanji_name: Some(PersonName::new("山田", "花子")),
+        kana_name: Some(PersonName::new("ヤマダ", "ハナコ")),
+        birth_date: Timestamp::new("19700102").ok(),
+        sex: Some(Sex::Female),
+        ..Patient::default()
+    };
+    let observations = (0..n)
+        .map(|i| {
+            let (code, name, unit) = TESTS[i % TESTS.len()];
+            Observation {
+                set_id: (i + 1).to_string(),
+                value_type: "NM".into(),
+                code: CodedElement {
+                    primary: Coding::new(code, name, "JC10"),
+                    alternate: Some(Coding::new(format!("L{i:04}"), name, "99LAB")),
+                },
+                sub_id: if i >= TESTS.len() { (i / TESTS.len()).to_string() } else { String::new() },
+                values: vec![format!("{}.{}", 20 + i, i % 10)],
+                units: Some(Coding::new(unit, unit, "99LAB")),
+                reference_range: Some("10-40".into()),
+                abnormal_flags: Vec::new(),
+                status: "F".into(),
+                observed_at: Timestamp::new("20261125110000").ok(),
+                notes: Vec::new(),
+            }
+        })
+        .collect();
+    let order = OrderResults {
+        placer_order_number: placer.to_owned(),
+        filler_order_number: format!("F{control}"),
+        service: CodedElement { primary: Coding::new("3B035000002327201", "AST", "JC10"), alternate: None },
+        specimen: Some(Specimen {
+            id: None,
+            kind: Coding::new("023", "血清", "JC10"),
+            collected_at: Timestamp::new("20261125091000").ok(),
+        }),
+        observations,
+        ..OrderResults::default()
+    };
+    let header = MessageHeader::new(
+        ("LABSYS", "LABCO"),
+        ("HIS", "HOSP"),
+        ControlId::new(control).map_err(|e| e.to_string())?,
+        Timestamp::new("20261125120000").map_err(|e| e.to_string())?,
+        Charset::Iso2022Jp,
+    );
+    build_oul_r22(&patient, &[order], &header).map_err(|e| e.to_string())
 }

@@ -21,6 +21,11 @@
 //! The load generator and the server run in the same process on the same tokio runtime, so they
 //! share the machine's cores. Any non-2xx answer or transport error is counted and makes the run
 //! exit with status 1. See `docs/performance.md`.
+//!
+//! `ehr-bench suite [--backend …] [--quick] [--out FILE]` runs the standard workloads of issue 8
+//! instead (create, read, search, transaction, export, HL7 ingest, login+MFA) beside the bare
+//! stack's limits, with the load loops, percentiles and synthetic data of this file
+//! (`suite.rs`).
 
 use clap::{Parser, ValueEnum};
 use ehr_app::{Config, Target};
@@ -99,7 +104,14 @@ struct Args {
     seed: u64,
 }
 
+mod suite;
+
 fn main() -> ExitCode {
+    // `ehr-bench suite …`: the standard workloads and the bare-stack baselines (bench/src/suite.rs).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("suite") {
+        return suite::main(argv.into_iter().skip(1).collect());
+    }
     let mut args = Args::parse();
     args.concurrency.retain(|c| *c > 0);
     args.concurrency.sort_unstable();

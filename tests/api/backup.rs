@@ -88,6 +88,19 @@ async fn rows_of(database_url: &str, tenant: &str) -> i64 {
     total
 }
 
+/// The stored AuditEvents of `tenant` whose JSON contains `needle`.
+async fn audit_events_like(database_url: &str, tenant: &str, needle: &str) -> Vec<String> {
+    let db = Database::connect(database_url).await.unwrap();
+    let sql = format!(
+        "SELECT content FROM resources WHERE tenant_id = '{tenant}' AND resource_type = 'AuditEvent' \
+         AND content LIKE '%{needle}%'"
+    );
+    let rows = db.query_all_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap();
+    let out = rows.iter().map(|r| r.try_get::<String>("", "content").unwrap()).collect();
+    let _ = db.close().await;
+    out
+}
+
 /// A system-level `$export` of `tenant` as NDJSON: each type's files, concatenated as served.
 async fn export(app: &TestApp, tenant: &str) -> BTreeMap<String, String> {
     let token = app.token_for(tenant, "system/*.read");
@@ -200,7 +213,7 @@ async fn a_tenant_restored_into_an_empty_database_exports_byte_for_byte_as_befor
     let key = keygen(&dir, "backup.key", &a.database_url).await;
     let archive = dir.join("h.ehrbak").display().to_string();
     let (ok, stdout, stderr) = ehr(
-        args(&["backup", "create", "--tenant", &tenant, "--out", &archive, "--key-file", &key]),
+        args(&["backup", "create", "--database", "all", "--tenant", &tenant, "--out", &archive, "--key-file", &key]),
         &a.database_url,
         vec![],
     )
@@ -225,7 +238,7 @@ async fn a_tenant_restored_into_an_empty_database_exports_byte_for_byte_as_befor
     }
     // An archive is never overwritten.
     let (ok, _, stderr) = ehr(
-        args(&["backup", "create", "--tenant", &tenant, "--out", &archive, "--key-file", &key]),
+        args(&["backup", "create", "--database", "all", "--tenant", &tenant, "--out", &archive, "--key-file", &key]),
         &a.database_url,
         vec![],
     )
@@ -249,28 +262,47 @@ async fn a_tenant_restored_into_an_empty_database_exports_byte_for_byte_as_befor
 
     // The source itself holds the tenant: refused, nothing changed.
     let before = rows_of(&a.database_url, &tenant).await;
-    let (ok, _, stderr) = ehr(args(&["restore", &archive, "--key-file", &key]), &a.database_url, vec![]).await;
+    let (ok, _, stderr) =
+        ehr(args(&["restore", "--database", "all", &archive, "--key-file", &key]), &a.database_url, vec![]).await;
     assert!(!ok && stderr.contains("already has data"), "{stderr}");
     assert_eq!(rows_of(&a.database_url, &tenant).await, before);
 
     // An empty database with the same secret key.
     let b = TestApp::spawn_with(move |c| c.gateway.secret_key = Some(secret_key.into())).await;
     assert_eq!(rows_of(&b.database_url, &tenant).await, 0);
-    let (ok, stdout, stderr) =
-        ehr(args(&["restore", &archive, "--tenant", &tenant, "--key-file", &key]), &b.database_url, vec![]).await;
+    let (ok, stdout, stderr) = ehr(
+        args(&["restore", "--database", "all", &archive, "--tenant", &tenant, "--key-file", &key]),
+        &b.database_url,
+        vec![],
+    )
+    .await;
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains(&format!("restored tenant {tenant}")), "{stdout}");
     assert!(stdout.contains(&format!("audit chain: ok ({events} events")), "{stdout}");
     let restored_rows = rows_of(&b.database_url, &tenant).await;
     assert!(restored_rows > 50, "{restored_rows}");
 
-    // The chain verifies where it now lives, as long as it was.
+    // The chain verifies where it now lives, as long as it was plus the restore's own event;
+    // the source's chain holds the export's.
     let (ok, stdout, stderr) = ehr(args(&["audit", "verify", "--tenant", &tenant]), &b.database_url, vec![]).await;
     assert!(ok, "{stdout}{stderr}");
-    assert!(stdout.contains(&format!("{tenant}: ok ({events} events)")), "{stdout}");
+    assert!(stdout.contains(&format!("{tenant}: ok ({} events)", events + 1)), "{stdout}");
+    let restore_events = audit_events_like(&b.database_url, &tenant, "backup-restore").await;
+    assert_eq!(restore_events.len(), 1, "{restore_events:?}");
+    let event: Value = serde_json::from_str(&restore_events[0]).unwrap();
+    assert_eq!((event["action"].as_str(), event["type"]["code"].as_str()), (Some("C"), Some("110107")));
+    assert_eq!(event["agent"][0]["who"]["display"], "ehr-backup");
+    assert_eq!(event["entity"][0]["what"]["identifier"]["value"], checksum.as_str());
+    assert!(!restore_events[0].contains("B-1") && !restore_events[0].contains("山田"), "no patient data");
+    let exports = audit_events_like(&a.database_url, &tenant, "backup-create").await;
+    assert_eq!(exports.len(), 1, "one export recorded (the refused second create is not)");
+    assert!(exports[0].contains("\"action\":\"E\"") && exports[0].contains(&checksum), "{}", exports[0]);
+    let (ok, stdout, stderr) = ehr(args(&["audit", "verify", "--tenant", &tenant]), &a.database_url, vec![]).await;
+    assert!(ok && stdout.contains(&format!("{tenant}: ok ({} events)", events + 1)), "{stdout}{stderr}");
 
     // A second restore finds the tenant there: refused, nothing changed.
-    let (ok, _, stderr) = ehr(args(&["restore", &archive, "--key-file", &key]), &b.database_url, vec![]).await;
+    let (ok, _, stderr) =
+        ehr(args(&["restore", "--database", "all", &archive, "--key-file", &key]), &b.database_url, vec![]).await;
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("already has data") && stderr.contains("nothing was restored"), "{stderr}");
     assert_eq!(rows_of(&b.database_url, &tenant).await, restored_rows);
@@ -331,7 +363,7 @@ async fn damaged_truncated_or_wrongly_keyed_archives_are_refused_and_nothing_is_
     let archive = dir.join("good.ehrbak");
     let good = archive.display().to_string();
     let (ok, stdout, stderr) = ehr(
-        args(&["backup", "create", "--tenant", &tenant, "--out", &good, "--key-file", &key]),
+        args(&["backup", "create", "--database", "all", "--tenant", &tenant, "--out", &good, "--key-file", &key]),
         &a.database_url,
         vec![],
     )
@@ -343,7 +375,7 @@ async fn damaged_truncated_or_wrongly_keyed_archives_are_refused_and_nothing_is_
     let with_passphrase = dir.join("pass.ehrbak").display().to_string();
     let passphrase = vec![("EHR_BACKUP_PASSPHRASE", "a long passphrase for the night shift".to_owned())];
     let (ok, stdout, stderr) = ehr(
-        args(&["backup", "create", "--tenant", &tenant, "--out", &with_passphrase]),
+        args(&["backup", "create", "--database", "all", "--tenant", &tenant, "--out", &with_passphrase]),
         &a.database_url,
         passphrase.clone(),
     )
@@ -391,7 +423,7 @@ async fn damaged_truncated_or_wrongly_keyed_archives_are_refused_and_nothing_is_
         case("a key file for a passphrase archive", with_passphrase.clone(), &key, vec![], "EHR_BACKUP_PASSPHRASE"),
     ];
     for Refusal { what, file, key_file, env, message } in cases {
-        let mut list = vec!["restore".to_owned(), file.clone()];
+        let mut list = vec!["restore".to_owned(), "--database".to_owned(), "all".to_owned(), file.clone()];
         if !key_file.is_empty() {
             list.extend(["--key-file".to_owned(), key_file.clone()]);
         }
@@ -408,11 +440,15 @@ async fn damaged_truncated_or_wrongly_keyed_archives_are_refused_and_nothing_is_
         assert!(!ok && stderr.contains(message), "{what}: {stderr}");
     }
     // Another tenant's archive, when the operator names the tenant.
-    let (ok, _, stderr) =
-        ehr(args(&["restore", &good, "--tenant", "another", "--key-file", &key]), &b.database_url, vec![]).await;
+    let (ok, _, stderr) = ehr(
+        args(&["restore", "--database", "all", &good, "--tenant", "another", "--key-file", &key]),
+        &b.database_url,
+        vec![],
+    )
+    .await;
     assert!(!ok && stderr.contains(&format!("holds tenant `{tenant}`, not `another`")), "{stderr}");
     // No key at all.
-    let (ok, _, stderr) = ehr(args(&["restore", &good]), &b.database_url, vec![]).await;
+    let (ok, _, stderr) = ehr(args(&["restore", "--database", "all", &good]), &b.database_url, vec![]).await;
     assert!(!ok && stderr.contains("--key-file"), "{stderr}");
     assert_eq!(rows_of(&b.database_url, &tenant).await, 0);
 
@@ -420,10 +456,180 @@ async fn damaged_truncated_or_wrongly_keyed_archives_are_refused_and_nothing_is_
     // verifies, the key-file one restores.
     let (ok, stdout, stderr) = ehr(args(&["backup", "verify", &with_passphrase]), &b.database_url, passphrase).await;
     assert!(ok && stdout.contains("every chunk authenticated"), "{stdout}{stderr}");
-    let (ok, stdout, stderr) = ehr(args(&["restore", &good, "--key-file", &key]), &b.database_url, vec![]).await;
+    let (ok, stdout, stderr) =
+        ehr(args(&["restore", "--database", "all", &good, "--key-file", &key]), &b.database_url, vec![]).await;
     assert!(ok, "{stdout}{stderr}");
     let token = b.token_for(&tenant, ALL_SCOPES);
     let patients = json(b.as_user(Method::GET, "/Patient?_summary=count", &token).send().await.unwrap(), 200).await;
     assert_eq!(patients["total"], 60);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Runs the built `ehr` without a database URL (SQLite under `--data-dir`) → (success, stderr).
+async fn ehr_without_database_url(args: Vec<String>) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ehr"))
+            .args(&args)
+            .env_remove("EHR_DATABASE__URL")
+            .env_remove("EHR_DATABASE__URL_FILE")
+            .env_remove("EHR_GATEWAY__REDIS_URL")
+            .env_remove("EHR_BACKUP_PASSPHRASE")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_restore_checks_the_recorded_checksum_and_the_database_kind_before_touching_the_target() {
+    let a = TestApp::spawn().await;
+    let tenant = a.tenant.clone();
+    a.bootstrap().await;
+    let p = a.create(&patient("照合", "太郎", "1990-01-01", "S-1")).await;
+    a.create(&observation(&id_of(&p), "3D010000001926101", 99.0, "2026-01-01")).await;
+    a.gateway.audit.flush().await;
+    let dir = scratch();
+    let key = keygen(&dir, "backup.key", &a.database_url).await;
+    let archive = dir.join("all.ehrbak").display().to_string();
+
+    // With database.url set, which database it is must be said.
+    let (ok, _, stderr) = ehr(
+        args(&["backup", "create", "--tenant", &tenant, "--out", &archive, "--key-file", &key]),
+        &a.database_url,
+        vec![],
+    )
+    .await;
+    assert!(!ok && stderr.contains("give --database all|gateway|clinical"), "{stderr}");
+    assert!(!Path::new(&archive).exists());
+    let (ok, stdout, stderr) = ehr(
+        args(&["backup", "create", "--database", "all", "--tenant", &tenant, "--out", &archive, "--key-file", &key]),
+        &a.database_url,
+        vec![],
+    )
+    .await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("read from the all database"), "{stdout}");
+    assert!(!stderr.contains("WARNING"), "a whole tenant in one database: {stderr}");
+    let checksum = sha256_of(&stdout);
+    // Read as the gateway's database of a microservices deployment, the same database holds
+    // the clinical sections too: written, with a warning naming them.
+    let gateway = dir.join("gateway.ehrbak").display().to_string();
+    let (ok, stdout, stderr) = ehr(
+        args(&[
+            "backup",
+            "create",
+            "--database",
+            "gateway",
+            "--tenant",
+            &tenant,
+            "--out",
+            &gateway,
+            "--key-file",
+            &key,
+        ]),
+        &a.database_url,
+        vec![],
+    )
+    .await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("read from the gateway database"), "{stdout}");
+    assert!(stderr.contains("WARNING: this database holds resources, history or lab endpoints"), "{stderr}");
+
+    // A target directory that does not exist is not created for an archive that does not
+    // verify: the archive is checked before the database is opened.
+    let bytes = std::fs::read(&archive).unwrap();
+    let damaged = dir.join("damaged.ehrbak");
+    std::fs::write(&damaged, flipped(&bytes, bytes.len() / 2, false)).unwrap();
+    let data_dir = dir.join("not-yet");
+    let (ok, stderr) = ehr_without_database_url(args(&[
+        "restore",
+        &damaged.display().to_string(),
+        "--key-file",
+        &key,
+        "--data-dir",
+        &data_dir.display().to_string(),
+    ]))
+    .await;
+    assert!(!ok && stderr.contains("checksum mismatch"), "{stderr}");
+    assert!(!data_dir.exists(), "nothing created for a damaged archive");
+
+    let b = TestApp::spawn().await;
+    // The recorded checksum is compared first: another one is refused, nothing written.
+    let (ok, _, stderr) = ehr(
+        args(&["restore", "--database", "all", &archive, "--key-file", &key, "--sha256", &"0".repeat(64)]),
+        &b.database_url,
+        vec![],
+    )
+    .await;
+    assert!(!ok && stderr.contains("not the 0000"), "{stderr}");
+    // A gateway archive is not restored as the clinical database, nor as a whole tenant.
+    for target in ["clinical", "all"] {
+        let (ok, _, stderr) =
+            ehr(args(&["restore", "--database", target, &gateway, "--key-file", &key]), &b.database_url, vec![]).await;
+        assert!(!ok && stderr.contains("restore it into the matching database"), "{target}: {stderr}");
+    }
+    assert_eq!(rows_of(&b.database_url, &tenant).await, 0);
+    let (ok, stdout, stderr) = ehr(
+        args(&["restore", "--database", "all", &archive, "--key-file", &key, "--sha256", &checksum.to_uppercase()]),
+        &b.database_url,
+        vec![],
+    )
+    .await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("matches the recorded SHA-256") && stdout.contains("the all database's sections"),
+        "{stdout}"
+    );
+    assert!(rows_of(&b.database_url, &tenant).await > 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn an_archive_replaced_between_verification_and_writing_is_refused_and_nothing_is_written() {
+    let a = TestApp::spawn().await;
+    let tenant = a.tenant.clone();
+    a.bootstrap().await;
+    a.create(&patient("差替", "一郎", "1980-01-01", "R-1")).await;
+    a.gateway.audit.flush().await;
+    let dir = scratch();
+    let key = keygen(&dir, "backup.key", &a.database_url).await;
+    // Two valid archives of the tenant under the same key.
+    let mut archives = Vec::new();
+    for name in ["first.ehrbak", "second.ehrbak"] {
+        let path = dir.join(name).display().to_string();
+        let (ok, stdout, stderr) = ehr(
+            args(&["backup", "create", "--database", "all", "--tenant", &tenant, "--out", &path, "--key-file", &key]),
+            &a.database_url,
+            vec![],
+        )
+        .await;
+        assert!(ok, "{stdout}{stderr}");
+        archives.push(PathBuf::from(path));
+        a.create(&patient("差替", "二郎", "1981-01-01", "R-2")).await;
+        a.gateway.audit.flush().await;
+    }
+    let text = std::fs::read_to_string(&key).unwrap();
+    let options = ehr_backup::RestoreOptions {
+        secret: ehr_backup::Secret::Key(ehr_backup::BackupKey::from_base64(&text).unwrap()),
+        expect_tenant: None,
+        expect_sha256: None,
+        database: ehr_backup::Database::All,
+        allow_broken_audit: false,
+        now: ehr_core::Clock::now(&ehr_core::SystemClock),
+    };
+    let b = TestApp::spawn().await;
+    // Verified whole, then the file is replaced by the other archive before the write pass.
+    let prepared = ehr_backup::prepare_restore(&archives[0], &options).unwrap();
+    std::fs::rename(&archives[1], &archives[0]).unwrap();
+    let err = ehr_backup::restore(&b.gateway.store, &prepared).await.expect_err("a replaced file");
+    assert!(err.to_string().contains("the file changed while it was being read"), "{err}");
+    assert_eq!(rows_of(&b.database_url, &tenant).await, 0, "nothing is written");
+    // The replacing archive, verified itself, restores.
+    let prepared = ehr_backup::prepare_restore(&archives[0], &options).unwrap();
+    let restored = ehr_backup::restore(&b.gateway.store, &prepared).await.unwrap();
+    assert!(restored.audit_after.is_ok());
+    assert!(rows_of(&b.database_url, &tenant).await > 0);
     let _ = std::fs::remove_dir_all(dir);
 }

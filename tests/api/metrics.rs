@@ -21,6 +21,12 @@ struct Sample {
     value: f64,
 }
 
+/// Every scrape reads the gauges (by default a reading is reused for 10 s, and these tests
+/// watch them change).
+fn fresh_readings(config: &mut ehr_app::Config) {
+    config.telemetry.metrics_cache_ms = 0;
+}
+
 /// A scrape, parsed.
 struct Scrape {
     text: String,
@@ -126,7 +132,7 @@ fn assert_no_data(s: &Scrape, secrets: &[&str]) {
 
 #[tokio::test]
 async fn requests_are_counted_and_timed_by_route_template_without_patient_data() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(fresh_readings).await;
     let before = scrape(&app).await;
 
     let created = app.create(&patient("Metricsfamily", "花子", "1970-01-02", "P-METRICS-77")).await;
@@ -196,7 +202,7 @@ async fn requests_are_counted_and_timed_by_route_template_without_patient_data()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_show_the_lab_backlog_the_consumers_and_the_unpublished_outbox() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(fresh_readings).await;
     // A lab nobody answers for: the order stays in the outbound queue, retried.
     let lab = json!({"name": "検査センター", "labFacility": "LABM", "labApplication": "LABSYS", "ourFacility": "HOSPM",
                      "ourApplication": "HIS", "address": "127.0.0.1:1", "isDefault": true, "maxAttempts": 50});
@@ -233,7 +239,7 @@ async fn queues_show_the_lab_backlog_the_consumers_and_the_unpublished_outbox() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_shows_as_a_completed_job_and_resources_written() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(fresh_readings).await;
     let mut ids = Vec::new();
     for (family, identifier) in [("Exportone", "P-EXP-1"), ("Exporttwo", "P-EXP-2")] {
         ids.push(id_of(&app.create(&patient(family, "花子", "1970-01-02", identifier)).await));

@@ -65,20 +65,6 @@ fn token(signer: &DevSigner, tenant: &str) -> Result<String, String> {
     signer.sign(&claims).map_err(|e| e.to_string())
 }
 
-/// Peak resident set size of this process in KiB, since the last reset.
-fn peak_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Resets the peak resident set size (Linux: `5` to clear_refs).
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 fn patient_bundle(p: usize, per_patient: usize) -> Value {
     let pid = format!("bench-p{p:06}");
     let mut entries = vec![json!({
@@ -297,13 +283,13 @@ async fn run(args: &Args) -> Result<(), String> {
             "csv" => "text/csv",
             other => return Err(format!("--formats: unknown {other}")),
         };
-        reset_peak();
+        ehr_bench::reset_peak();
         let (count, secs, files) = bench.export(output_format).await?;
-        let export_peak = peak_kib().unwrap_or(0);
+        let export_peak = ehr_bench::peak_kib().unwrap_or(0);
         let target = token(&signer, &format!("bench-dst{n}"))?;
-        reset_peak();
+        ehr_bench::reset_peak();
         let import_secs = bench.import(&target, &files).await?;
-        let import_peak = peak_kib().unwrap_or(0);
+        let import_peak = ehr_bench::peak_kib().unwrap_or(0);
         println!(
             "{:<8} {:>10} {:>12.0} {:>11} MiB {:>12.0} {:>11} MiB",
             format.trim(),

@@ -14,13 +14,10 @@
 use clap::{Parser, ValueEnum};
 use ehr_app::Target;
 use ehr_auth::{Claims, DevSigner};
+use ehr_bench::results_message;
 use ehr_core::{Clock, SystemClock};
-use ehr_hl7v2::jahis::MessageHeader;
 use ehr_hl7v2::net::{MllpConnection, MllpTimeouts};
-use ehr_hl7v2::{
-    Charset, CodedElement, Coding, ControlId, Message, Observation, OrderResults, Patient, PersonName, Sex, Specimen,
-    Timestamp, build_oul_r22, charset, parse_lab_results,
-};
+use ehr_hl7v2::{Charset, Message, charset, parse_lab_results};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -54,71 +51,6 @@ struct Args {
     /// Redis for the event bus and the gateway (required with PostgreSQL).
     #[arg(long)]
     redis_url: Option<String>,
-}
-
-const TESTS: &[(&str, &str, &str)] = &[
-    ("3B035000002327201", "AST", "U/L"),
-    ("3B045000002327201", "ALT", "U/L"),
-    ("3B090000002327101", "γ-GT", "U/L"),
-    ("3C015000002327101", "クレアチニン", "mg/dL"),
-    ("3C020000002327101", "尿酸", "mg/dL"),
-    ("3C025000002327101", "尿素窒素", "mg/dL"),
-    ("3F050000002327101", "総コレステロール", "mg/dL"),
-    ("3F015000002327101", "中性脂肪", "mg/dL"),
-    ("3D046000001906202", "HbA1c", "%"),
-    ("3J010000002327101", "総ビリルビン", "mg/dL"),
-];
-
-fn results_message(placer: &str, patient_id: &str, n: usize, control: &str) -> Result<String, String> {
-    let patient = Patient {
-        id: patient_id.to_owned(),
-        kanji_name: Some(PersonName::new("山田", "花子")),
-        kana_name: Some(PersonName::new("ヤマダ", "ハナコ")),
-        birth_date: Timestamp::new("19700102").ok(),
-        sex: Some(Sex::Female),
-        ..Patient::default()
-    };
-    let observations = (0..n)
-        .map(|i| {
-            let (code, name, unit) = TESTS[i % TESTS.len()];
-            Observation {
-                set_id: (i + 1).to_string(),
-                value_type: "NM".into(),
-                code: CodedElement {
-                    primary: Coding::new(code, name, "JC10"),
-                    alternate: Some(Coding::new(format!("L{i:04}"), name, "99LAB")),
-                },
-                sub_id: if i >= TESTS.len() { (i / TESTS.len()).to_string() } else { String::new() },
-                values: vec![format!("{}.{}", 20 + i, i % 10)],
-                units: Some(Coding::new(unit, unit, "99LAB")),
-                reference_range: Some("10-40".into()),
-                abnormal_flags: Vec::new(),
-                status: "F".into(),
-                observed_at: Timestamp::new("20261125110000").ok(),
-                notes: Vec::new(),
-            }
-        })
-        .collect();
-    let order = OrderResults {
-        placer_order_number: placer.to_owned(),
-        filler_order_number: format!("F{control}"),
-        service: CodedElement { primary: Coding::new("3B035000002327201", "AST", "JC10"), alternate: None },
-        specimen: Some(Specimen {
-            id: None,
-            kind: Coding::new("023", "血清", "JC10"),
-            collected_at: Timestamp::new("20261125091000").ok(),
-        }),
-        observations,
-        ..OrderResults::default()
-    };
-    let header = MessageHeader::new(
-        ("LABSYS", "LABCO"),
-        ("HIS", "HOSP"),
-        ControlId::new(control).map_err(|e| e.to_string())?,
-        Timestamp::new("20261125120000").map_err(|e| e.to_string())?,
-        Charset::Iso2022Jp,
-    );
-    build_oul_r22(&patient, &[order], &header).map_err(|e| e.to_string())
 }
 
 fn parse_bench(iterations: usize, results: usize) -> Result<(), String> {

@@ -105,6 +105,9 @@ pub struct ShutdownConfig {
     pub drain_secs: u64,
     /// Seconds the workers get to stop after the last request.
     pub workers_timeout_secs: u64,
+    /// Seconds the requests in flight get to finish after the listener closed; those still
+    /// running then are cut off (their clients see the connection close) and the stop goes on.
+    pub requests_timeout_secs: u64,
 }
 
 /// Database settings.
@@ -171,7 +174,7 @@ impl Default for Config {
             eprescription: ehr_eprescription_adapter::EPrescriptionSettings::default(),
             log: LogConfig { format: "text".into(), level: "info".into() },
             telemetry: ehr_telemetry::TelemetrySettings::default(),
-            shutdown: ShutdownConfig { drain_secs: 0, workers_timeout_secs: 15 },
+            shutdown: ShutdownConfig { drain_secs: 0, workers_timeout_secs: 15, requests_timeout_secs: 30 },
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod config;
 mod metrics;
+pub mod openapi;
 
 pub use config::{Config, ConfigError, Target};
 pub use metrics::{metrics_router, serve_metrics};
@@ -456,6 +457,15 @@ fn common_layers(
     service: &'static str,
 ) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
+    // The public edge (targets `gateway` and `all`, whose service label is `gateway`) starts
+    // traces of its own and only links a client's `traceparent`, unless configured to trust
+    // it; the services behind the gateway continue the gateway's trace.
+    let incoming = if service == metrics::service_label(Target::Gateway) && !config.telemetry.trust_incoming_traceparent
+    {
+        ehr_telemetry::trace::Incoming::Link
+    } else {
+        ehr_telemetry::trace::Incoming::Parent
+    };
     router
         .merge(health_router(readiness, draining.clone()))
         .fallback(fallback)
@@ -464,14 +474,23 @@ fn common_layers(
         .layer(
             // Spans name the matched route, never the URI: query strings carry PHI (names,
             // birth dates, identifiers). Their parent is the request's `traceparent` (the
-            // gateway's span, for a service).
+            // gateway's span, for a service); at the edge, a link (see `incoming`). A 5xx
+            // answer marks the span's status as an error (without a description).
             TraceLayer::new_for_http()
-                .make_span_with(|req: &Request<_>| {
+                .make_span_with(move |req: &Request<_>| {
                     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
                     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    ehr_telemetry::trace::request_span(req.method(), route, id, req.headers())
+                    ehr_telemetry::trace::request_span(req.method(), route, id, req.headers(), incoming)
                 })
-                .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO)),
+                .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO))
+                .on_failure(
+                    |class: tower_http::classify::ServerErrorsFailureClass,
+                     latency: std::time::Duration,
+                     span: &tracing::Span| {
+                        tracing::error!(classification = %class, ?latency, "response failed");
+                        ehr_telemetry::trace::mark_error(span);
+                    },
+                ),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
@@ -580,7 +599,7 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
         // Keys first: a configuration the verifier refuses should not touch the database.
         let verifier = verifier(config, None).await?;
         let store = store(config, target).await?;
-        let metrics = metrics::for_target(target, &store, &clock);
+        let metrics = metrics::for_target(target, &store, &clock, &config.telemetry);
         let auth = AuthState { verifier, clock: clock.clone() };
         let validator = Arc::new(Validator::new());
         let terminology = Terminology::builtin()?;
@@ -651,7 +670,7 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
 
     let kv = security_state(config, target).await?;
     let store = store(config, target).await?;
-    let metrics = metrics::for_target(target, &store, &clock);
+    let metrics = metrics::for_target(target, &store, &clock, &config.telemetry);
     let now = clock.now().timestamp();
     let settings = config.gateway.clone();
     let sealer = sealer(config, target)?;
@@ -723,17 +742,23 @@ pub async fn build(config: &Config, target: Target, clock: Arc<dyn Clock>) -> Re
             fhir_router(config, store.clone(), auth, validator, types.clone(), &terminology)
                 .layer(ehr_telemetry::metrics::layer(&metrics, metrics::FHIR_ENGINE))
                 .merge(export)
+                // A path no route of the engine takes answers an OperationOutcome (as in the
+                // services' own targets, `common_layers`), not axum's empty 404.
+                .fallback(fallback)
                 .layer(DefaultBodyLimit::max(config.max_body_bytes)),
         );
         Upstreams::new(fhir.clone(), audit_router)
             .route(&types, fhir.clone())
             .route(&["CodeSystem", "ValueSet"], fhir.clone())
             // The services' own APIs get the same limit as in their own targets (common_layers).
-            .lab(Upstream::Local(lab_router.layer(DefaultBodyLimit::max(config.max_body_bytes))))
-            .service("clins", Upstream::Local(clins.layer(DefaultBodyLimit::max(config.max_body_bytes))))
+            .lab(Upstream::Local(lab_router.fallback(fallback).layer(DefaultBodyLimit::max(config.max_body_bytes))))
+            .service(
+                "clins",
+                Upstream::Local(clins.fallback(fallback).layer(DefaultBodyLimit::max(config.max_body_bytes))),
+            )
             .service(
                 "eprescription",
-                Upstream::Local(eprescription.layer(DefaultBodyLimit::max(config.max_body_bytes))),
+                Upstream::Local(eprescription.fallback(fallback).layer(DefaultBodyLimit::max(config.max_body_bytes))),
             )
             .operations(fhir, config.export.max_import_bytes)
     } else {

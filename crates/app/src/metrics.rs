@@ -32,8 +32,14 @@ pub(crate) fn service_label(target: Target) -> &'static str {
 }
 
 /// The metrics of `target`, with the probes of the gauges that make sense for it.
-pub(crate) fn for_target(target: Target, store: &Store, clock: &Arc<dyn Clock>) -> Metrics {
-    let metrics = Metrics::new();
+/// Their readings are reused for `telemetry.metrics_cache_ms`.
+pub(crate) fn for_target(
+    target: Target,
+    store: &Store,
+    clock: &Arc<dyn Clock>,
+    settings: &ehr_telemetry::TelemetrySettings,
+) -> Metrics {
+    let metrics = Metrics::with_probe_cache(std::time::Duration::from_millis(settings.metrics_cache_ms));
     let s = store.clone();
     metrics.add_probe("db_pool", move || pool(&s));
     if target != Target::Gateway {

@@ -50,8 +50,106 @@ const MAX_HEADER_LEN: u32 = 1024 * 1024;
 const MIN_CHUNK_SIZE: u32 = 16;
 const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 
+/// Which database of a deployment an archive was read from, and so which sections it holds:
+/// target `all` keeps a tenant in one database; in microservices mode the gateway's holds
+/// identity, OAuth clients and the audit chain, the clinical one resources, history and lab
+/// endpoints — two archives per tenant, each restored into the matching database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Database {
+    /// One database for every service (target `all`): every section.
+    #[default]
+    All,
+    /// The gateway's database in microservices mode: registry row, clients, users, recovery
+    /// codes, the audit chain.
+    Gateway,
+    /// The clinical database in microservices mode: resources, history, lab endpoints.
+    Clinical,
+}
+
+impl Database {
+    /// Parses `all`, `gateway` or `clinical`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "all" => Some(Self::All),
+            "gateway" => Some(Self::Gateway),
+            "clinical" => Some(Self::Clinical),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Gateway => "gateway",
+            Self::Clinical => "clinical",
+        }
+    }
+
+    /// What looks wrong in the counts of a tenant read from this database: a section that
+    /// should be there is empty, or one that belongs to the other database is not. Warnings
+    /// only — a new tenant may have no resources yet — for the operator to judge.
+    pub fn warnings(self, c: &BackupCounts) -> Vec<String> {
+        let mut out = Vec::new();
+        let identity = c.users > 0 || c.clients > 0 || c.tenant > 0;
+        let audit = c.audit_links > 0;
+        let clinical = c.resources > 0 || c.history > 0 || c.lab_endpoints > 0;
+        match self {
+            Self::All => {
+                if identity && !clinical {
+                    out.push(
+                        "the tenant has users but no resources here: in microservices mode this is the gateway's \
+                         database; back it up with --database gateway and the clinical database with \
+                         --database clinical"
+                            .to_owned(),
+                    );
+                }
+                if clinical && !identity && !audit {
+                    out.push(
+                        "the tenant has resources but no users, clients or audit chain here: in microservices mode \
+                         this is the clinical database; back it up with --database clinical and the gateway's \
+                         database with --database gateway"
+                            .to_owned(),
+                    );
+                }
+            }
+            Self::Gateway => {
+                for (n, what) in [(c.tenant, "registry row"), (c.users, "users"), (c.audit_links, "audit chain")] {
+                    if n == 0 {
+                        out.push(format!("the tenant has no {what} in this database, which should be the gateway's"));
+                    }
+                }
+                if clinical {
+                    out.push(
+                        "this database holds resources, history or lab endpoints of the tenant: if it serves every \
+                         service (target all), back it up with --database all"
+                            .to_owned(),
+                    );
+                }
+            }
+            Self::Clinical => {
+                if c.resources == 0 && c.history == 0 {
+                    out.push(
+                        "the tenant has no resources in this database, which should be the clinical one".to_owned(),
+                    );
+                }
+                if identity || audit {
+                    out.push(
+                        "this database holds users, clients or the audit chain of the tenant: if it serves every \
+                         service (target all), back it up with --database all; if it is the gateway's, with \
+                         --database gateway"
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
 /// What the audit chain looked like when the archive was written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditSummary {
     /// The head's sequence number (0: no event yet).
     pub seq: i64,
@@ -65,10 +163,18 @@ pub struct AuditSummary {
 
 /// The archive header: plaintext, bound to every chunk as associated data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Header {
     /// Always `ehr-backup`.
     pub format: String,
+    /// The schema level of the `ehr` that wrote it ([`ehr_store::backup::schema_level`]): an
+    /// archive of a higher level than the reader's is refused (its rows may not fit).
+    #[serde(default)]
+    pub schema: u32,
     pub tenant: String,
+    /// The database it was read from (absent: `all`).
+    #[serde(default)]
+    pub database: Database,
     /// RFC 3339, UTC.
     pub created_at: String,
     /// The version of `ehr` that wrote the archive.
@@ -92,7 +198,8 @@ pub struct Header {
 }
 
 impl Header {
-    /// A header for a new archive of `tenant`, with a fresh nonce prefix.
+    /// A header for a new archive of `tenant` (of database `all`: set [`Header::database`]
+    /// for another), with a fresh nonce prefix.
     pub fn new(
         tenant: &str,
         created_at: DateTime<Utc>,
@@ -106,7 +213,9 @@ impl Header {
         OsRng.fill_bytes(&mut prefix);
         Self {
             format: "ehr-backup".into(),
+            schema: ehr_store::backup::schema_level(),
             tenant: tenant.to_owned(),
+            database: Database::All,
             created_at: created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
             app_version: env!("CARGO_PKG_VERSION").into(),
             source_backend: source_backend.to_owned(),
@@ -334,8 +443,17 @@ fn read_preamble<R: Read>(r: &mut Hashing<R>) -> Result<(Header, [u8; 32]), Back
     }
     let mut json = vec![0_u8; len as usize];
     r.take(&mut json, "the header is cut off")?;
-    let header: Header =
-        serde_json::from_slice(&json).map_err(|_| BackupError::BadHeader("not a JSON header of this format".into()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&json).map_err(|_| BackupError::BadHeader("not a JSON header".into()))?;
+    // A newer archive is told apart from a malformed one before its fields are checked.
+    let schema = value.get("schema").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let ours = ehr_store::backup::schema_level();
+    if schema > u64::from(ours) {
+        let app_version = value.get("app_version").and_then(serde_json::Value::as_str).unwrap_or("?");
+        return Err(BackupError::NewerArchive { schema, ours, app_version: app_version.chars().take(40).collect() });
+    }
+    let header: Header = serde_json::from_value(value)
+        .map_err(|_| BackupError::BadHeader("not a header of this format (unknown or missing fields)".into()))?;
     header.check()?;
     let ad: [u8; 32] = r.hasher.clone().finalize().into();
     Ok((header, ad))

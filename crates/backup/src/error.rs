@@ -48,6 +48,16 @@ pub enum BackupError {
     NoSuchTenant(String),
     #[error("the restored tenant does not verify in the database ({0}); nothing was restored")]
     RestoreCheck(String),
+    #[error(
+        "the archive was written by ehr {app_version} at schema level {schema}; this ehr knows schema level \
+         {ours}: restore or verify it with that version of ehr or a newer one"
+    )]
+    NewerArchive { schema: u64, ours: u32, app_version: String },
+    #[error(
+        "the archive holds the {archive} database's sections of its tenant, but the target is given as the \
+         {target} database (--database); restore it into the matching database"
+    )]
+    WrongDatabase { archive: &'static str, target: &'static str },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -99,6 +109,8 @@ impl Classify for BackupError {
             Self::TenantExists { .. } => "EHR-BAK-017",
             Self::NoSuchTenant(_) => "EHR-BAK-018",
             Self::RestoreCheck(_) => "EHR-BAK-019",
+            Self::NewerArchive { .. } => "EHR-BAK-020",
+            Self::WrongDatabase { .. } => "EHR-BAK-021",
             Self::Store(e) => e.code(),
         }
     }

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
+use zeroize::{Zeroize, Zeroizing};
 
 /// The length of an archive key (AES-256).
 pub const KEY_LEN: usize = 32;
@@ -16,10 +17,16 @@ pub const KEY_LEN: usize = 32;
 /// A passphrase shorter than this is refused for new archives.
 pub const MIN_PASSPHRASE_CHARS: usize = 12;
 
-/// An AES-256 key for archives.
+/// An AES-256 key for archives; its bytes are zeroed when it is dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BackupKey {
     bytes: [u8; KEY_LEN],
+}
+
+impl Drop for BackupKey {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
 }
 
 impl fmt::Debug for BackupKey {
@@ -31,24 +38,28 @@ impl fmt::Debug for BackupKey {
 impl BackupKey {
     /// A new random key (`ehr backup keygen`).
     pub fn generate() -> Self {
-        let mut bytes = [0_u8; KEY_LEN];
-        OsRng.fill_bytes(&mut bytes);
-        Self { bytes }
+        let mut key = Self { bytes: [0_u8; KEY_LEN] };
+        OsRng.fill_bytes(&mut key.bytes);
+        key
     }
 
-    /// The key as base64: the content of a key file.
-    pub fn to_base64(&self) -> String {
-        STANDARD.encode(self.bytes)
+    /// The key as base64: the content of a key file (zeroed when dropped).
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(STANDARD.encode(self.bytes))
     }
 
     /// A key from the content of a key file: the base64 text of 32 bytes (surrounding
     /// whitespace ignored).
     pub fn from_base64(text: &str) -> Result<Self, BackupError> {
-        let raw = STANDARD.decode(text.trim()).map_err(|_| BackupError::InvalidKey("a key file holds base64 text"))?;
-        let bytes: [u8; KEY_LEN] = raw
-            .try_into()
-            .map_err(|_| BackupError::InvalidKey("a key file holds 32 bytes (`ehr backup keygen` writes one)"))?;
-        Ok(Self { bytes })
+        let raw = Zeroizing::new(
+            STANDARD.decode(text.trim()).map_err(|_| BackupError::InvalidKey("a key file holds base64 text"))?,
+        );
+        if raw.len() != KEY_LEN {
+            return Err(BackupError::InvalidKey("a key file holds 32 bytes (`ehr backup keygen` writes one)"));
+        }
+        let mut key = Self { bytes: [0_u8; KEY_LEN] };
+        key.bytes.copy_from_slice(&raw);
+        Ok(key)
     }
 
     /// The key's id: the first 16 hex digits of a domain-separated SHA-256 of the key. It tells
@@ -94,11 +105,12 @@ impl Default for KdfCosts {
     }
 }
 
-/// Limits on the costs a header may ask for: an archive cannot make the reader allocate or
-/// compute without bound before anything is authenticated.
-const MAX_M_COST_KIB: u32 = 4 * 1024 * 1024;
-const MAX_T_COST: u32 = 64;
-const MAX_P_COST: u32 = 64;
+/// Limits on the costs a header may ask for: the header is read before anything is
+/// authenticated, so an altered archive must not make the reader allocate or compute without
+/// bound. 1 GiB, 10 passes, 8 lanes: 16 times the memory and 3 times the passes of the default.
+pub const MAX_M_COST_KIB: u32 = 1024 * 1024;
+pub const MAX_T_COST: u32 = 10;
+pub const MAX_P_COST: u32 = 8;
 
 impl KdfParams {
     fn derive(&self, passphrase: &str) -> Result<BackupKey, BackupError> {
@@ -106,26 +118,31 @@ impl KdfParams {
             return Err(BackupError::BadHeader("unknown key derivation (expected argon2id version 19)".into()));
         }
         if self.m_cost_kib > MAX_M_COST_KIB || self.t_cost > MAX_T_COST || self.p_cost > MAX_P_COST {
-            return Err(BackupError::BadHeader("key-derivation costs beyond the accepted limits".into()));
+            return Err(BackupError::BadHeader(format!(
+                "key-derivation costs beyond the accepted limits (memory {} KiB, {} passes, {} lanes; at most \
+                 {MAX_M_COST_KIB} KiB, {MAX_T_COST} passes, {MAX_P_COST} lanes): refused before deriving",
+                self.m_cost_kib, self.t_cost, self.p_cost
+            )));
         }
         let salt =
             STANDARD.decode(&self.salt).map_err(|_| BackupError::BadHeader("the KDF salt is not base64".into()))?;
         let params = argon2::Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(KEY_LEN))
             .map_err(|_| BackupError::BadHeader("invalid key-derivation costs".into()))?;
         let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        let mut bytes = [0_u8; KEY_LEN];
+        let mut key = BackupKey { bytes: [0_u8; KEY_LEN] };
         argon
-            .hash_password_into(passphrase.as_bytes(), &salt, &mut bytes)
+            .hash_password_into(passphrase.as_bytes(), &salt, &mut key.bytes)
             .map_err(|_| BackupError::BadHeader("invalid key-derivation input".into()))?;
-        Ok(BackupKey { bytes })
+        Ok(key)
     }
 }
 
-/// What the operator holds to write or open archives: a key file or a passphrase.
+/// What the operator holds to write or open archives: a key file or a passphrase (both zeroed
+/// when dropped).
 #[derive(Clone)]
 pub enum Secret {
     Key(BackupKey),
-    Passphrase(String),
+    Passphrase(Zeroizing<String>),
 }
 
 impl fmt::Debug for Secret {

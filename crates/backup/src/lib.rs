@@ -14,11 +14,14 @@ mod key;
 pub mod ops;
 pub mod record;
 
-pub use archive::{Header, Scanned, Written};
+pub use archive::{Database, Header, Scanned, Written};
 pub use error::BackupError;
-pub use key::{BackupKey, KdfCosts, KdfParams, MIN_PASSPHRASE_CHARS, Secret};
-pub use ops::{CreateOptions, Created, RestoreOptions, Restored, Verified, create, restore, verify};
+pub use key::{BackupKey, KdfCosts, KdfParams, MAX_M_COST_KIB, MAX_P_COST, MAX_T_COST, MIN_PASSPHRASE_CHARS, Secret};
+pub use ops::{
+    CreateOptions, Created, Prepared, RestoreOptions, Restored, Verified, create, prepare_restore, restore, verify,
+};
 pub use record::{Checked, Record};
+pub use zeroize::Zeroizing;
 
 /// Lower-case hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -1,7 +1,7 @@
 //! The three operations: write a tenant's archive from the database, verify an archive, and
 //! restore one into a database where the tenant has no data.
 
-use crate::archive::{ArchiveWriter, AuditSummary, Decryptor, Header, Lines, Scanned, Written, scan};
+use crate::archive::{ArchiveWriter, AuditSummary, Database, Decryptor, Header, Lines, Scanned, Written, scan};
 use crate::error::BackupError;
 use crate::key::{BackupKey, KdfCosts, Secret};
 use crate::record::{Checked, ContentCheck, Record};
@@ -13,7 +13,7 @@ use ehr_store::backup::{
 use ehr_store::{AuditVerification, Store};
 use std::fs::File;
 use std::io::{BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Rows read per statement while dumping.
 const PAGE: u64 = 500;
@@ -36,6 +36,9 @@ pub struct CreateOptions {
     /// recorded as it is, and a restore needs the same permission).
     pub allow_broken_audit: bool,
     pub kdf_costs: KdfCosts,
+    /// Which database of the deployment the store is (recorded in the header; decides the
+    /// warnings).
+    pub database: Database,
 }
 
 /// What [`create`] wrote.
@@ -45,6 +48,8 @@ pub struct Created {
     pub written: Written,
     /// The audit chain at the backup's instant.
     pub audit: AuditVerification,
+    /// Sections that look missing or misplaced for the database ([`Database::warnings`]).
+    pub warnings: Vec<String>,
 }
 
 /// Writes the archive of one tenant to `out`: everything read in one snapshot, page by page,
@@ -68,7 +73,8 @@ pub async fn create<W: Write>(store: &Store, out: W, opts: &CreateOptions) -> Re
         verified: audit.is_ok(),
         problems: audit.problems.len() as u64,
     };
-    let header = Header::new(opts.tenant.as_str(), opts.now, snap.backend_name(), counts, summary, &key, kdf);
+    let mut header = Header::new(opts.tenant.as_str(), opts.now, snap.backend_name(), counts, summary, &key, kdf);
+    header.database = opts.database;
     let mut sink = Sink { writer: ArchiveWriter::new(out, &header, &key)?, check: ContentCheck::new(&header), line: 0 };
     dump(&snap, &mut sink).await?;
     if let Some(h) = head {
@@ -82,7 +88,15 @@ pub async fn create<W: Write>(store: &Store, out: W, opts: &CreateOptions) -> Re
         return Err(BackupError::Corrupt("the audit chain read for the archive differs from its verification".into()));
     }
     let (written, out) = writer.finish()?;
-    Ok((Created { header, written, audit }, out))
+    // The export goes into the tenant's audit trail, in a short transaction of its own (the
+    // snapshot is read-only); the clinical database of microservices mode holds no chain.
+    if opts.database != Database::Clinical {
+        let tx = store.write(&ctx).await?;
+        tx.append_audit(vec![audit_event(&header, &written.sha256, Event::Backup, opts.now)], opts.now).await?;
+        tx.commit().await?;
+    }
+    let warnings = opts.database.warnings(&header.counts);
+    Ok((Created { header, written, audit, warnings }, out))
 }
 
 /// The archive being written, and the check of what goes in.
@@ -265,8 +279,34 @@ pub struct RestoreOptions {
     pub secret: Secret,
     /// Refuse an archive of another tenant.
     pub expect_tenant: Option<TenantId>,
+    /// The SHA-256 recorded off-line when the archive was written: compared with the file's
+    /// before the key is derived.
+    pub expect_sha256: Option<String>,
+    /// Which database of the deployment the target is: the archive must have been read from
+    /// the same kind.
+    pub database: Database,
     /// Restore an archive whose audit chain does not verify (as it is).
     pub allow_broken_audit: bool,
+    /// When the restore's AuditEvent is recorded.
+    pub now: DateTime<Utc>,
+}
+
+/// An archive verified whole by [`prepare_restore`], ready for [`restore`]: nothing of the
+/// database has been touched yet.
+#[derive(Debug)]
+pub struct Prepared {
+    path: PathBuf,
+    key: BackupKey,
+    scanned: Scanned,
+    tenant: TenantId,
+    now: DateTime<Utc>,
+    pub checked: Checked,
+}
+
+impl Prepared {
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
 }
 
 /// What [`restore`] did.
@@ -277,18 +317,28 @@ pub struct Restored {
     pub audit_after: AuditVerification,
 }
 
-/// Restores an archive: first verifies all of it ([`verify`]'s checks), then checks that the
-/// tenant has no data in the target database and that its client ids and lab routes are free,
-/// then writes every record in one transaction (reading the file a third time, every chunk
-/// authenticated again), verifies the audit chain in that transaction, and commits. Any
-/// failure leaves the database as it was.
-pub async fn restore(store: &Store, path: &Path, opts: &RestoreOptions) -> Result<Restored, BackupError> {
+/// The first half of a restore, without a database: structure and checksum (and the recorded
+/// checksum), tenant, database kind, then the key, every chunk, every record, the counts and
+/// the audit chain — [`verify`]'s checks. A caller connects to (and so migrates) the target
+/// only once this succeeded.
+pub fn prepare_restore(path: &Path, opts: &RestoreOptions) -> Result<Prepared, BackupError> {
     let expect = opts.expect_tenant.as_ref().map(TenantId::as_str);
     let scanned = scan(BufReader::new(File::open(path)?))?;
+    if let Some(expected) = &opts.expect_sha256
+        && !expected.trim().eq_ignore_ascii_case(&scanned.sha256)
+    {
+        return Err(BackupError::UnexpectedChecksum { expected: expected.trim().to_owned(), actual: scanned.sha256 });
+    }
     if let Some(expected) = expect
         && expected != scanned.header.tenant
     {
         return Err(BackupError::WrongTenant { expected: expected.to_owned(), found: scanned.header.tenant });
+    }
+    if scanned.header.database != opts.database {
+        return Err(BackupError::WrongDatabase {
+            archive: scanned.header.database.name(),
+            target: opts.database.name(),
+        });
     }
     let key = opts.secret.for_reading(scanned.header.kdf.as_ref(), &scanned.header.key_id)?;
     let checked = check_file(path, &key, expect, &scanned)?;
@@ -297,15 +347,27 @@ pub async fn restore(store: &Store, path: &Path, opts: &RestoreOptions) -> Resul
     }
     let tenant = TenantId::parse(&checked.header.tenant)
         .map_err(|_| BackupError::BadHeader("the tenant id is not valid".into()))?;
+    Ok(Prepared { path: path.to_owned(), key, scanned, tenant, now: opts.now, checked })
+}
 
+/// Restores an archive [`prepare_restore`] verified: checks that the tenant has no data in the
+/// target database and that its client ids and lab routes are free, then writes every record
+/// in one transaction (reading the file again, every chunk authenticated again, the file's
+/// checksum compared with the verified one), verifies the audit chain in that transaction, and
+/// commits. Any failure leaves the database as it was.
+pub async fn restore(store: &Store, prepared: &Prepared) -> Result<Restored, BackupError> {
+    let Prepared { path, key, scanned, tenant, now, checked } = prepared;
     let tx = store.begin_restore(&TenantContext::new(tenant.clone(), ACTOR)).await?;
     let occupancy = tx.occupancy(&checked.clients, &checked.lab_endpoints).await?;
     if !occupancy.is_free() {
         return Err(BackupError::TenantExists { tenant: tenant.as_str().to_owned(), what: describe(&occupancy) });
     }
 
-    let mut lines = open(path, &key, Some(tenant.as_str()))?;
+    let mut lines = open(path, key, Some(tenant.as_str()))?;
     let header = lines.header().clone();
+    if header != checked.header {
+        return Err(BackupError::Corrupt("the file changed while it was being read".into()));
+    }
     let mut check = ContentCheck::new(&header);
     let mut batch = Batch::default();
     while let Some(bytes) = lines.next_line()? {
@@ -315,7 +377,9 @@ pub async fn restore(store: &Store, path: &Path, opts: &RestoreOptions) -> Resul
         batch.add(&tx, record).await?;
     }
     batch.flush(&tx).await?;
-    let sha256 = same_file(lines.sha256(), &scanned)?;
+    // A file replaced since the verification (even by another valid archive of the tenant,
+    // under the same key) differs in its checksum: the transaction is dropped, nothing stays.
+    let sha256 = same_file(lines.sha256(), scanned)?;
     let again = check.finish(&header, sha256)?;
     if again.audit != checked.audit {
         return Err(BackupError::Corrupt("the file changed while it was being read".into()));
@@ -328,8 +392,65 @@ pub async fn restore(store: &Store, path: &Path, opts: &RestoreOptions) -> Resul
             checked.audit.problems.len()
         )));
     }
+    // The restore's own record chains on from the restored head, in the same transaction.
+    if checked.header.database != Database::Clinical {
+        tx.append_audit(vec![audit_event(&checked.header, &checked.sha256, Event::Restore, *now)], *now).await?;
+    }
     tx.commit().await?;
-    Ok(Restored { checked, audit_after })
+    Ok(Restored { checked: checked.clone(), audit_after })
+}
+
+/// What an archive's AuditEvent records.
+#[derive(Clone, Copy)]
+enum Event {
+    Backup,
+    Restore,
+}
+
+const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+
+fn coding(system: &str, code: &str, display: &str) -> serde_json::Value {
+    serde_json::json!({"system": system, "code": code, "display": display})
+}
+
+/// The AuditEvent of a backup (DICOM Export, action E) or a restore (DICOM Import, action C),
+/// in the gateway's BALP style: the actor is `ehr-backup`, the entity the archive (by its
+/// SHA-256, the value of the off-line register), the description its tenant, database kind and
+/// counts. No patient data.
+fn audit_event(header: &Header, sha256: &str, event: Event, now: DateTime<Utc>) -> serde_json::Value {
+    let (ty, subtype, action, what) = match event {
+        Event::Backup => (coding(DCM, "110106", "Export"), "backup-create", "E", "written"),
+        Event::Restore => (coding(DCM, "110107", "Import"), "backup-restore", "C", "restored"),
+    };
+    let c = &header.counts;
+    serde_json::json!({
+        "resourceType": "AuditEvent",
+        "type": ty,
+        "subtype": [coding("urn:ehr:audit-event-subtype", subtype, subtype)],
+        "action": action,
+        "recorded": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "outcome": "0",
+        "outcomeDesc": format!(
+            "backup archive of tenant {} ({} database, created {}) {what}: {} users, {} resources, {} history \
+             versions, {} audit events",
+            header.tenant, header.database.name(), header.created_at, c.users, c.resources, c.history, c.audit_links
+        ),
+        "agent": [{
+            "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
+            "who": {"display": ACTOR},
+            "requestor": true,
+        }],
+        "source": {
+            "site": header.tenant,
+            "observer": {"display": ACTOR},
+            "type": [coding("http://terminology.hl7.org/CodeSystem/security-source-type", "4", "Application Server")],
+        },
+        "entity": [{
+            "what": {"identifier": {"system": "urn:ehr:backup-archive-sha256", "value": sha256}},
+            "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object"),
+            "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "17", "Data Repository"),
+        }],
+    })
 }
 
 /// Whether two checks of a chain found the same: unchained events are listed in the id order

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::archive::{AuditSummary, Decryptor, Header, Lines, scan};
+use crate::archive::{AuditSummary, Database, Decryptor, Header, Lines, scan};
 use crate::key::{BackupKey, KdfCosts, Secret};
 use crate::record::{ContentCheck, Record};
 use crate::{BackupError, verify};
@@ -14,6 +14,7 @@ use ehr_store::backup::{
     ResourceRow, TenantRow, UserRow,
 };
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 fn summary() -> AuditSummary {
     AuditSummary { seq: 0, hash: "0".repeat(64), verified: true, problems: 0 }
@@ -242,22 +243,23 @@ fn an_archive_of_another_tenant_is_refused() {
 #[test]
 fn keys_come_from_key_files_or_passphrases() {
     let key = BackupKey::generate();
-    assert_eq!(BackupKey::from_base64(&format!("  {}\n", key.to_base64())).unwrap(), key);
+    assert_eq!(BackupKey::from_base64(&format!("  {}\n", key.to_base64().as_str())).unwrap(), key);
     assert!(matches!(BackupKey::from_base64("not base64!"), Err(BackupError::InvalidKey(_))));
     assert!(matches!(BackupKey::from_base64("c2hvcnQ="), Err(BackupError::InvalidKey(_))));
-    assert!(!format!("{key:?}").contains(&key.to_base64()));
+    assert!(!format!("{key:?}").contains(key.to_base64().as_str()));
 
     let costs = KdfCosts { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
-    let secret = Secret::Passphrase("correct horse battery staple".into());
+    let secret = Secret::Passphrase(Zeroizing::new("correct horse battery staple".to_owned()));
     assert!(!format!("{secret:?}").contains("horse"));
-    assert!(Secret::Passphrase("too short".into()).for_writing(costs).is_err());
+    assert!(Secret::Passphrase(Zeroizing::new("too short".to_owned())).for_writing(costs).is_err());
     let (derived, kdf) = secret.for_writing(costs).unwrap();
     let kdf = kdf.unwrap();
     assert_eq!((kdf.algorithm.as_str(), kdf.m_cost_kib), ("argon2id", 64));
     // The same passphrase and header give the same key; another passphrase does not.
     assert_eq!(secret.for_reading(Some(&kdf), &derived.id()).unwrap(), derived);
     assert!(matches!(
-        Secret::Passphrase("correct horse battery stapler".into()).for_reading(Some(&kdf), &derived.id()),
+        Secret::Passphrase(Zeroizing::new("correct horse battery stapler".to_owned()))
+            .for_reading(Some(&kdf), &derived.id()),
         Err(BackupError::WrongKey { .. })
     ));
     // A key file for a passphrase archive, and the reverse, are told apart.
@@ -270,6 +272,146 @@ fn keys_come_from_key_files_or_passphrases() {
     let mut greedy = kdf.clone();
     greedy.m_cost_kib = u32::MAX;
     assert!(matches!(secret.for_reading(Some(&greedy), &derived.id()), Err(BackupError::BadHeader(_))));
+    // Nor beyond 1 GiB, 10 passes, 8 lanes: refused before Argon2 runs (these would take long).
+    for (m, t, p) in [(crate::MAX_M_COST_KIB + 1, 1, 1), (64, crate::MAX_T_COST + 1, 1), (64, 1, crate::MAX_P_COST + 1)]
+    {
+        let costly = crate::KdfParams { m_cost_kib: m, t_cost: t, p_cost: p, ..kdf.clone() };
+        let started = std::time::Instant::now();
+        let err = secret.for_reading(Some(&costly), &derived.id()).expect_err("over the limits");
+        assert!(matches!(&err, BackupError::BadHeader(m) if m.contains("limits")), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+    }
+}
+
+/// The archive `parts` with its header JSON changed by `edit`, under a recomputed checksum.
+fn with_header(parts: &Parts, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut json: serde_json::Value = serde_json::from_slice(&parts.header_json).unwrap();
+    edit(&mut json);
+    let edited = Parts { header_json: serde_json::to_vec(&json).unwrap(), frames: parts.frames.clone() };
+    join(&edited)
+}
+
+#[test]
+fn archives_of_a_newer_schema_or_with_unknown_fields_are_refused() {
+    let key = BackupKey::generate();
+    let h = header(&key, 32);
+    assert_eq!(h.schema, ehr_store::backup::schema_level());
+    assert!(h.schema >= 7);
+    let parts = split(&archive(&key, &h, &LINES));
+    // A newer ehr's archive: refused by its schema level, whatever else its header holds.
+    let newer = with_header(&parts, |j| {
+        j["schema"] = (h.schema + 1).into();
+        j["app_version"] = "99.0.0".into();
+        j["a_field_of_the_future"] = true.into();
+    });
+    let err = scan(&newer[..]).expect_err("newer");
+    assert!(matches!(err, BackupError::NewerArchive { .. }), "{err}");
+    assert!(err.to_string().contains("ehr 99.0.0") && err.to_string().contains("newer one"), "{err}");
+    // The same level with a field this ehr does not know: not a header of this format.
+    let unknown = with_header(&parts, |j| j["a_field_of_the_future"] = true.into());
+    assert!(matches!(scan(&unknown[..]), Err(BackupError::BadHeader(_))));
+    // An archive of before the schema level was recorded reads as level 0, database `all`.
+    let old = with_header(&parts, |j| {
+        let o = j.as_object_mut().unwrap();
+        o.remove("schema");
+        o.remove("database");
+    });
+    let scanned = scan(&old[..]).unwrap();
+    assert_eq!((scanned.header.schema, scanned.header.database), (0, Database::All));
+    // Records with a field this ehr does not know are refused, by number.
+    let user = Record::User(UserRow {
+        id: "u1".into(),
+        username: "doctor".into(),
+        display_name: "医師".into(),
+        password_hash: "$argon2id$…".into(),
+        roles: "[\"physician\"]".into(),
+        active: true,
+        created_at: 1,
+        updated_at: 1,
+        last_login_at: None,
+        mfa_secret: None,
+        mfa_confirmed: false,
+        mfa_last_step: None,
+        fhir_user: None,
+    });
+    let line = user.to_line().unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(Record::parse(&serde_json::to_vec(&json).unwrap(), 1).unwrap(), user);
+    json["department"] = "内科".into();
+    let err = Record::parse(&serde_json::to_vec(&json).unwrap(), 4).expect_err("unknown field");
+    assert!(matches!(err, BackupError::Record { line: 4, .. }), "{err}");
+    let link = "{\"record\":\"audit_link\",\"seq\":1,\"resource_id\":\"e1\",\"hash\":\"h\",\
+                \"event\":{\"version\":1,\"last_updated\":1,\"deleted\":false,\"content\":\"\",\"extra\":1}}";
+    assert!(matches!(Record::parse(link.as_bytes(), 5), Err(BackupError::Record { line: 5, .. })));
+}
+
+#[test]
+fn warnings_name_sections_missing_or_misplaced_for_the_database() {
+    let identity = BackupCounts {
+        tenant: 1,
+        clients: 1,
+        users: 2,
+        audit_links: 5,
+        audit_events: 5,
+        audit_head: 1,
+        ..Default::default()
+    };
+    let clinical = BackupCounts { resources: 10, history: 14, lab_endpoints: 1, ..Default::default() };
+    let both = BackupCounts { resources: 10, history: 14, ..identity };
+    assert!(Database::All.warnings(&both).is_empty());
+    assert!(Database::All.warnings(&identity)[0].contains("users but no resources"));
+    assert!(Database::All.warnings(&clinical)[0].contains("resources but no users"));
+    assert!(Database::Gateway.warnings(&identity).is_empty());
+    let w = Database::Gateway.warnings(&clinical);
+    assert!(w.iter().any(|w| w.contains("no users")) && w.iter().any(|w| w.contains("no audit chain")), "{w:?}");
+    assert!(Database::Gateway.warnings(&both).iter().any(|w| w.contains("--database all")));
+    assert!(Database::Clinical.warnings(&clinical).is_empty());
+    assert!(Database::Clinical.warnings(&identity).iter().any(|w| w.contains("no resources")));
+    assert_eq!(Database::parse("clinical"), Some(Database::Clinical));
+    assert_eq!(Database::parse("patient-record"), None);
+}
+
+#[test]
+fn a_restore_checks_the_recorded_checksum_and_the_database_before_the_key() {
+    let passphrase = |p: &str| Secret::Passphrase(Zeroizing::new(p.to_owned()));
+    let costs = KdfCosts { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
+    let secret = passphrase("correct horse battery staple");
+    let (key, kdf) = secret.for_writing(costs).unwrap();
+    let good = records();
+    let mut h = header(&key, 64);
+    h.kdf = kdf;
+    h.counts = counts_of(&good);
+    h.audit = head_summary(&good);
+    let mut w = crate::archive::ArchiveWriter::new(Vec::new(), &h, &key).unwrap();
+    for r in &good {
+        w.write_all(&r.to_line().unwrap()).unwrap();
+    }
+    let (written, bytes) = w.finish().unwrap();
+    let path = std::env::temp_dir().join(format!("ehr-backup-prepare-{}.ehrbak", key.id()));
+    std::fs::write(&path, bytes).unwrap();
+    let opts = |secret: Secret, sha256: Option<String>, database| crate::RestoreOptions {
+        secret,
+        expect_tenant: None,
+        expect_sha256: sha256,
+        database,
+        allow_broken_audit: false,
+        now: DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
+    };
+    // A wrong recorded checksum is reported as such even with a wrong passphrase: it is compared
+    // before the key is derived.
+    let wrong = passphrase("not the passphrase at all");
+    let err = crate::prepare_restore(&path, &opts(wrong.clone(), Some("ab".repeat(32)), Database::All)).unwrap_err();
+    assert!(matches!(err, BackupError::UnexpectedChecksum { .. }), "{err}");
+    let err = crate::prepare_restore(&path, &opts(wrong, Some(written.sha256.clone()), Database::All)).unwrap_err();
+    assert!(matches!(err, BackupError::WrongKey { .. }), "{err}");
+    // An archive of one database is not restored as another's.
+    let err = crate::prepare_restore(&path, &opts(secret.clone(), None, Database::Gateway)).unwrap_err();
+    assert!(matches!(err, BackupError::WrongDatabase { archive: "all", target: "gateway" }), "{err}");
+    let prepared =
+        crate::prepare_restore(&path, &opts(secret, Some(written.sha256.to_uppercase()), Database::All)).unwrap();
+    assert_eq!(prepared.tenant().as_str(), "h1");
+    assert_eq!(prepared.checked.counts, counts_of(&good));
+    std::fs::remove_file(&path).unwrap();
 }
 
 // ── Content ────────────────────────────────────────────────────────────────────────────────

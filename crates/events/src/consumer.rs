@@ -130,6 +130,7 @@ fn consume_span(group: &str, delivery: &Delivery) -> tracing::Span {
     let span = tracing::info_span!(
         "event.consume",
         otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
         group,
         event.id = %event.id,
         event.topic = %event.topic,
@@ -194,6 +195,8 @@ impl Runner {
             }
             Err(e) => {
                 let permanent = e.is_permanent();
+                // The span's status says it failed; the error text stays in the log line.
+                ehr_telemetry::trace::mark_error(&tracing::Span::current());
                 ehr_telemetry::metrics::event_consumed(
                     self.group,
                     &event.topic,

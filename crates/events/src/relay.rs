@@ -148,8 +148,15 @@ pub async fn relay_once(store: &Store, bus: &dyn Bus, clock: &dyn Clock, limit: 
         }
     }
     // One span per event, a child of the span that emitted it: the hop from the outbox to the
-    // bus in the trace of the request (or message) that caused it.
+    // bus in the trace of the request (or message) that caused it. The event goes on the bus
+    // with the publish span's context, so that the consumers' spans are its children (the
+    // in-process bus reads the outbox row instead: there they are the emitter's children).
     let spans: Vec<tracing::Span> = events.iter().map(publish_span).collect();
+    for (event, span) in events.iter_mut().zip(&spans) {
+        if let Some(traceparent) = ehr_telemetry::trace::traceparent_of(span) {
+            event.trace = Some(traceparent);
+        }
+    }
     let published = bus.publish(&events).await;
     for span in spans {
         if published.is_err() {

@@ -68,12 +68,18 @@ pub fn router(state: RestState) -> Router {
 
 /// The read and search routes only — for records no client may write and that have one version,
 /// such as the gateway's AuditEvents, which only the audit writer appends (without history rows).
+/// The history paths answer 405, as the interactions the type does not support (not a read of
+/// the id `_history`); anything else is an OperationOutcome 404.
 pub fn read_only_router(state: RestState) -> Router {
     use handlers as h;
     Router::new()
         .route("/{ty}", get(h::search_get).fallback(method_not_allowed))
         .route("/{ty}/_search", post(h::search_post).fallback(method_not_allowed))
+        .route("/{ty}/_history", axum::routing::any(method_not_allowed))
         .route("/{ty}/{id}", get(h::read).fallback(method_not_allowed))
+        .route("/{ty}/{id}/_history", axum::routing::any(method_not_allowed))
+        .route("/{ty}/{id}/_history/{vid}", axum::routing::any(method_not_allowed))
+        .fallback(ehr_http::fallback)
         .layer(axum::middleware::from_fn(negotiate))
         .with_state(state)
 }

@@ -28,6 +28,7 @@ use std::fmt;
 
 /// The tenant's registry row (`tenants`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TenantRow {
     pub id: String,
     pub name: String,
@@ -37,6 +38,7 @@ pub struct TenantRow {
 
 /// An OAuth client of the tenant (`oauth_clients`); JSON columns as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClientRow {
     pub client_id: String,
     pub name: String,
@@ -50,6 +52,7 @@ pub struct ClientRow {
 
 /// A lab endpoint of the tenant (`lab_endpoints`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LabEndpointRow {
     pub id: String,
     pub name: String,
@@ -75,6 +78,7 @@ pub struct LabEndpointRow {
 /// A user of the tenant (`users`): the password as its argon2 hash, the TOTP secret sealed as
 /// stored (it opens only under the same `gateway.secret_key`).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UserRow {
     pub id: String,
     pub username: String,
@@ -104,6 +108,7 @@ impl fmt::Debug for UserRow {
 
 /// A recovery code of a user (`recovery_codes`), hashed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RecoveryCodeRow {
     pub user_id: String,
     pub code_hash: String,
@@ -118,6 +123,7 @@ impl fmt::Debug for RecoveryCodeRow {
 
 /// The current version of a resource (`resources`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResourceRow {
     #[serde(rename = "type")]
     pub resource_type: String,
@@ -131,6 +137,7 @@ pub struct ResourceRow {
 
 /// One version of a resource (`resource_history`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HistoryRow {
     #[serde(rename = "type")]
     pub resource_type: String,
@@ -145,6 +152,7 @@ pub struct HistoryRow {
 
 /// The AuditEvent a link of the chain names, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditEventRow {
     pub version: i64,
     pub last_updated: i64,
@@ -154,6 +162,7 @@ pub struct AuditEventRow {
 
 /// One link of the audit chain (`audit_chain`) with its AuditEvent, `None` when that is missing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditLinkRow {
     pub seq: i64,
     pub resource_id: String,
@@ -163,6 +172,7 @@ pub struct AuditLinkRow {
 
 /// The head of the audit chain (`audit_head`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditHeadRow {
     pub seq: i64,
     pub hash: String,
@@ -170,6 +180,7 @@ pub struct AuditHeadRow {
 
 /// The number of rows of each section of a dump, read in the dump's snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BackupCounts {
     /// 1 when the tenant is registered, else 0.
     pub tenant: u64,
@@ -242,17 +253,39 @@ pub struct Restore {
     tx: Tx,
 }
 
+/// The schema level of this build: the number of migrations it knows. An archive records the
+/// level it was written at; one of a higher level (a newer `ehr`, rows this one does not know)
+/// is refused.
+pub fn schema_level() -> u32 {
+    u32::try_from(<crate::migration::Migrator as sea_orm_migration::MigratorTrait>::migrations().len())
+        .unwrap_or(u32::MAX)
+}
+
+/// Lifts the statement timeout (`database.statement_timeout_ms`, meant for requests) for the
+/// rest of a backup's or restore's transaction: one page of a large tenant, or the chain
+/// verification, may take longer, and the operator runs them on purpose.
+async fn no_statement_timeout(tx: &Tx) -> Result<(), StoreError> {
+    if tx.backend == DbBackend::Postgres {
+        tx.query("SELECT set_config('statement_timeout', '0', true)", vec![]).await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens a snapshot of the context's tenant for a dump.
     pub async fn snapshot(&self, ctx: &TenantContext) -> Result<Snapshot, StoreError> {
-        Ok(Snapshot { tx: self.begin_snapshot(ctx.tenant().as_str()).await? })
+        let tx = self.begin_snapshot(ctx.tenant().as_str()).await?;
+        no_statement_timeout(&tx).await?;
+        Ok(Snapshot { tx })
     }
 
     /// Starts the transaction of a restore into the context's tenant. On PostgreSQL it runs
     /// under row-level security with the tenant set, like every write; the tenant's registry
     /// row, clients and lab endpoints (system tables) are written in the same transaction.
     pub async fn begin_restore(&self, ctx: &TenantContext) -> Result<Restore, StoreError> {
-        Ok(Restore { tx: self.write(ctx).await? })
+        let tx = self.write(ctx).await?;
+        no_statement_timeout(&tx).await?;
+        Ok(Restore { tx })
     }
 }
 
@@ -952,6 +985,13 @@ impl Restore {
     /// (the same check as `ehr audit verify`).
     pub async fn verify_audit_chain(&self) -> Result<AuditVerification, StoreError> {
         self.tx.verify_audit_chain().await
+    }
+
+    /// Appends AuditEvents to the tenant's chain in the restore's transaction (the restore's own
+    /// record, after the restored chain was verified).
+    pub async fn append_audit(&self, events: Vec<Json>, now: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+        self.tx.append_audit(events, now).await?;
+        Ok(())
     }
 
     /// Commits the restore.

@@ -31,7 +31,7 @@ pub use error::StoreError;
 pub use export::{ExportEnd, ExportJob, ExportKind, ExportState, NewExportJob};
 pub use identity::{ClientRecord, KeyRecord, NewUser, SysTx, TenantRecord, UserRecord};
 pub use lab::{Hl7Message, LabEndpoint, MessageFilter};
-pub use migration::{APP_ROLE, Migrator, RELAY_ROLE};
+pub use migration::{APP_ROLE, METRICS_ROLE, Migrator, RELAY_ROLE};
 pub use national::{Submission, SubmissionFilter};
 pub use outbox::{DeadLetter, EventId, NewEvent, OutboxBatch, OutboxEvent, is_valid_topic};
 pub use repo::{HistoryScope, SearchPage, Store, StoreConfig, Stored, Tx};

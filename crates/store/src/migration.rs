@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0005Export),
             Box::new(M0006National),
             Box::new(M0007Hl7Trace),
+            Box::new(M0008Metrics),
         ]
     }
 }
@@ -556,6 +557,67 @@ impl MigrationTrait for M0007Hl7Trace {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         // A new nullable column: the table's row-level security and grants cover it as they are.
         manager.get_connection().execute_unprepared(crate::lab::HL7_TRACE_SCHEMA).await?;
+        Ok(())
+    }
+}
+
+/// The role a metrics transaction switches to on PostgreSQL (see m0008 and `crate::stats`): it
+/// reads, across tenants, the columns the queue gauges count by — and nothing else.
+pub const METRICS_ROLE: &str = "ehr_metrics";
+
+/// m0008: the metrics role ([`METRICS_ROLE`]), so that the gauges of the HL7 v2 queue and the
+/// export jobs are one statement across tenants instead of a transaction per tenant. Like the
+/// relay's role (m0003; a `SECURITY DEFINER` function would not do: forced row-level security
+/// confines the table owner too), but narrower: a permissive policy for reading only, and a
+/// column grant of the status and time columns — no ids, subjects, payloads or errors.
+struct M0008Metrics;
+
+impl MigrationName for M0008Metrics {
+    fn name(&self) -> &str {
+        "m0008_metrics"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0008Metrics {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        if db.get_database_backend() != DbBackend::Postgres {
+            // SQLite has no row-level security: the store reads across tenants as it is.
+            return Ok(());
+        }
+        db.execute_unprepared(&format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{METRICS_ROLE}') THEN
+                 CREATE ROLE {METRICS_ROLE} NOLOGIN NOBYPASSRLS;
+               END IF;
+             EXCEPTION
+               WHEN insufficient_privilege THEN
+                 RAISE NOTICE 'cannot create role {METRICS_ROLE}; the queue gauges will be absent';
+               WHEN duplicate_object OR unique_violation THEN NULL;
+             END $$"
+        ))
+        .await?;
+        db.execute_unprepared(&format!(
+            "DO $$ BEGIN
+               EXECUTE format('GRANT {METRICS_ROLE} TO %I', current_user);
+             EXCEPTION WHEN insufficient_privilege OR undefined_object THEN
+               RAISE NOTICE 'cannot grant role {METRICS_ROLE}; the queue gauges will be absent';
+             END $$"
+        ))
+        .await?;
+        // Permissive read policies for that role only (OR-ed with `tenant_isolation`), and
+        // SELECT on the counted columns only: no INSERT, UPDATE or DELETE, no other column.
+        db.execute_unprepared(&format!(
+            "DO $$ BEGIN
+               CREATE POLICY metrics_read ON hl7_messages FOR SELECT TO {METRICS_ROLE} USING (true);
+               GRANT SELECT (direction, status, created_at) ON hl7_messages TO {METRICS_ROLE};
+               CREATE POLICY metrics_read ON export_jobs FOR SELECT TO {METRICS_ROLE} USING (true);
+               GRANT SELECT (state) ON export_jobs TO {METRICS_ROLE};
+             EXCEPTION WHEN undefined_object THEN NULL;
+             END $$"
+        ))
+        .await?;
         Ok(())
     }
 }

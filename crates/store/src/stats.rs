@@ -1,18 +1,17 @@
 //! Figures for the metrics (`ehr-telemetry`): the connection pools, the depth of the HL7 v2
 //! outbound queue and the export jobs by state. (The outbox lag is `Store::outbox_lag`.)
 //!
-//! The queue and the jobs are tenant tables under row-level security. Their figures are
-//! gathered the way the workers find their work across tenants: a system table names the
-//! tenants (`lab_endpoints` for the lab sender, `export_queue` for the export workers), then one
-//! read transaction per tenant counts that tenant's rows. Only counts and times leave here —
-//! no ids, subjects or payloads.
-
+//! The queue and the jobs are tenant tables under row-level security. Their figures are one
+//! aggregate statement across tenants (a scrape must not cost a transaction per tenant): on
+//! PostgreSQL in a transaction switched to the role [`METRICS_ROLE`], which m0008 lets read —
+//! across tenants — only the columns counted by (`hl7_messages`: direction, status, creation
+//! time; `export_jobs`: state); on SQLite, which has no row-level security, as it is. Only
+//! counts and times leave here — no ids, subjects or payloads.
 use crate::error::StoreError;
 use crate::export::ExportState;
-use crate::identity::parse_tenant;
+use crate::migration::METRICS_ROLE;
 use crate::repo::Store;
-use ehr_core::{TenantContext, TenantId};
-use sea_orm::{DatabaseConnection, DbBackend};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement};
 
 /// The connections of one pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,9 +45,6 @@ const QUEUE_STATES: [&str; 3] = ["pending", "dead", "rejected"];
 const EXPORT_STATES: [ExportState; 5] =
     [ExportState::Queued, ExportState::Running, ExportState::Completed, ExportState::Failed, ExportState::Cancelled];
 
-/// The actor of the transactions that gather figures.
-const ACTOR: &str = "metrics";
-
 impl Store {
     /// The connection pools' sizes, read from the pools without a query.
     pub fn pool_stats(&self) -> Vec<PoolStats> {
@@ -59,32 +55,21 @@ impl Store {
         }
     }
 
-    /// The outbound HL7 v2 queue of every tenant with a lab endpoint, by state (each state
-    /// listed, 0 when empty).
+    /// The outbound HL7 v2 queue of every tenant, by state (each state listed, 0 when empty).
     pub async fn hl7_queue_depth(&self) -> Result<Vec<Hl7QueueDepth>, StoreError> {
         let mut depth: Vec<Hl7QueueDepth> =
             QUEUE_STATES.iter().map(|s| Hl7QueueDepth { state: s, messages: 0, oldest_created_at: None }).collect();
-        for tenant in self.tenants_of("SELECT DISTINCT tenant_id FROM lab_endpoints").await? {
-            let tx = self.read(&TenantContext::new(tenant, ACTOR)).await?;
-            let rows = tx
-                .query(
-                    "SELECT status, COUNT(*) AS n, MIN(created_at) AS oldest FROM hl7_messages \
-                     WHERE tenant_id = $1 AND direction = 'out' AND status IN ('pending', 'dead', 'rejected') \
-                     GROUP BY status",
-                    vec![tx.tenant.as_str().into()],
-                )
-                .await?;
-            tx.commit().await?;
-            for row in rows {
-                let status: String = row.try_get("", "status")?;
-                let Some(d) = depth.iter_mut().find(|d| d.state == status) else { continue };
-                d.messages += count(row.try_get("", "n")?);
-                let oldest: Option<i64> = row.try_get("", "oldest")?;
-                d.oldest_created_at = match (d.oldest_created_at, oldest) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-            }
+        let rows = self
+            .metrics_query(
+                "SELECT status, COUNT(*) AS n, MIN(created_at) AS oldest FROM hl7_messages \
+                 WHERE direction = 'out' AND status IN ('pending', 'dead', 'rejected') GROUP BY status",
+            )
+            .await?;
+        for row in rows {
+            let status: String = row.try_get("", "status")?;
+            let Some(d) = depth.iter_mut().find(|d| d.state == status) else { continue };
+            d.messages = count(row.try_get("", "n")?);
+            d.oldest_created_at = row.try_get("", "oldest")?;
         }
         Ok(depth)
     }
@@ -93,31 +78,27 @@ impl Store {
     /// jobs count until the retention sweep deletes them.
     pub async fn export_job_counts(&self) -> Result<Vec<(ExportState, u64)>, StoreError> {
         let mut counts: Vec<(ExportState, u64)> = EXPORT_STATES.iter().map(|s| (*s, 0)).collect();
-        for tenant in self.tenants_of("SELECT DISTINCT tenant_id FROM export_queue").await? {
-            let tx = self.read(&TenantContext::new(tenant, ACTOR)).await?;
-            let rows = tx
-                .query(
-                    "SELECT state, COUNT(*) AS n FROM export_jobs WHERE tenant_id = $1 GROUP BY state",
-                    vec![tx.tenant.as_str().into()],
-                )
-                .await?;
-            tx.commit().await?;
-            for row in rows {
-                let state: String = row.try_get("", "state")?;
-                if let Some(c) = counts.iter_mut().find(|(s, _)| s.as_str() == state) {
-                    c.1 += count(row.try_get("", "n")?);
-                }
+        let rows = self.metrics_query("SELECT state, COUNT(*) AS n FROM export_jobs GROUP BY state").await?;
+        for row in rows {
+            let state: String = row.try_get("", "state")?;
+            if let Some(c) = counts.iter_mut().find(|(s, _)| s.as_str() == state) {
+                c.1 = count(row.try_get("", "n")?);
             }
         }
         Ok(counts)
     }
 
-    /// The tenants a system-table query (`SELECT DISTINCT tenant_id …`) names.
-    async fn tenants_of(&self, sql: &str) -> Result<Vec<TenantId>, StoreError> {
-        let sys = self.system_read().await?;
-        let rows = sys.query(sql, Vec::new()).await?;
-        sys.commit().await?;
-        rows.iter().map(|r| parse_tenant(&r.try_get::<String>("", "tenant_id")?)).collect()
+    /// One aggregate statement across tenants: a read transaction without a tenant, on
+    /// PostgreSQL as [`METRICS_ROLE`] (module docs). A login role that is not a member fails
+    /// loudly rather than counting nothing.
+    async fn metrics_query(&self, sql: &str) -> Result<Vec<QueryResult>, StoreError> {
+        let txn = self.begin_raw(false, "").await?;
+        if self.backend() == DbBackend::Postgres {
+            txn.execute_unprepared(&format!("SELECT set_config('role', '{METRICS_ROLE}', true)")).await?;
+        }
+        let rows = txn.query_all_raw(Statement::from_string(self.backend(), sql)).await?;
+        txn.commit().await?;
+        Ok(rows)
     }
 }
 

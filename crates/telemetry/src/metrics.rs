@@ -3,12 +3,15 @@
 //!
 //! - [`Metrics`] is the registry of one process (cheap to clone). Counters and histograms are
 //!   updated as things happen; the gauges of the stores come from *probes*
-//!   ([`Metrics::add_probe`]), async functions run at every scrape with a timeout
-//!   ([`PROBE_TIMEOUT`]) so that a slow database delays a scrape, never hangs it.
+//!   ([`Metrics::add_probe`]), async functions run at scrape time with a timeout
+//!   ([`PROBE_TIMEOUT`]) so that a slow database delays a scrape, never hangs it; their
+//!   readings are reused for [`PROBE_CACHE`], and concurrent scrapes share one run.
 //! - [`layer`] counts and times every request of a router by its **matched route template**
 //!   (`/fhir/{ty}/{id}`), never by its URI: paths carry ids and query strings carry names,
 //!   birth dates and identifiers. A request no route matched is `route="unmatched"`; a method
-//!   outside the standard ones is `method="other"`, so a client cannot mint label values.
+//!   outside the standard ones is `method="other"`, so a client cannot mint label values. A
+//!   request that ends without a response (the client went away, a panic) is
+//!   `status="cancelled"`.
 //! - [`router`] serves `GET /metrics` in the Prometheus text format (0.0.4), or OpenMetrics
 //!   when the scraper asks for it (`Accept: application/openmetrics-text`); it is meant for a
 //!   listener of its own (`telemetry.metrics_listen`), which only the monitoring system reaches.
@@ -48,6 +51,11 @@ pub const DURATION_BUCKETS: [f64; 14] =
 /// (`ehr_metrics_probe_success{probe} 0`) and its gauges are left out of that scrape.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the probes' readings are reused by default: scrapes within that time (several
+/// Prometheus replicas, a dashboard refreshing) share one reading instead of each querying the
+/// database (`telemetry.metrics_cache_ms`).
+pub const PROBE_CACHE: Duration = Duration::from_secs(10);
+
 /// The `route` of a request no route matched.
 pub const UNMATCHED: &str = "unmatched";
 
@@ -62,7 +70,26 @@ struct RequestLabels {
     service: &'static str,
     method: &'static str,
     route: String,
-    status: u16,
+    status: StatusLabel,
+}
+
+/// The `status` label: the response's status code, or `cancelled` for a request that ended
+/// without one (the client went away and the response future was dropped, or the handler
+/// panicked).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum StatusLabel {
+    Code(u16),
+    Cancelled,
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for StatusLabel {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), fmt::Error> {
+        use std::fmt::Write;
+        match self {
+            Self::Code(code) => write!(encoder, "{code}"),
+            Self::Cancelled => encoder.write_str("cancelled"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -152,6 +179,9 @@ pub type ProbeFuture = Pin<Box<dyn Future<Output = Option<Vec<Reading>>> + Send>
 
 type Probe = Arc<dyn Fn() -> ProbeFuture + Send + Sync>;
 
+/// What one run of the probes read.
+type Probed = Vec<(&'static str, Option<Vec<Reading>>)>;
+
 /// The metrics of one process. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub struct Metrics {
@@ -164,6 +194,11 @@ struct Inner {
     requests: Family<RequestLabels, Counter>,
     durations: DurationFamily,
     probes: RwLock<Vec<(&'static str, Probe)>>,
+    /// How long a reading is reused ([`PROBE_CACHE`] by default).
+    cache_for: Duration,
+    /// The last reading and when it was taken. Held across a run of the probes: concurrent
+    /// scrapes wait for the one running and share its reading (single flight).
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, Probed)>>,
 }
 
 impl fmt::Debug for Metrics {
@@ -180,8 +215,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A registry with the request metrics, the build info and the process-wide counters.
+    /// A registry with the request metrics, the build info and the process-wide counters; the
+    /// probes' readings are reused for [`PROBE_CACHE`].
     pub fn new() -> Self {
+        Self::with_probe_cache(PROBE_CACHE)
+    }
+
+    /// [`Metrics::new`], reusing the probes' readings for `cache_for` (zero: every scrape runs
+    /// the probes, concurrent scrapes one after the other).
+    pub fn with_probe_cache(cache_for: Duration) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -209,12 +251,26 @@ impl Metrics {
             "Resources the Bulk Data export workers of this process wrote into export files (a page rewritten after a resume counts again)",
             EXPORT_RESOURCES_WRITTEN.clone(),
         );
-        Self { inner: Arc::new(Inner { registry, requests, durations, probes: RwLock::new(Vec::new()) }) }
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                durations,
+                probes: RwLock::new(Vec::new()),
+                cache_for,
+                last: tokio::sync::Mutex::new(None),
+            }),
+        }
     }
 
     /// Adds a probe run at every scrape; `name` is its `probe` label.
     pub fn add_probe(&self, name: &'static str, probe: impl Fn() -> ProbeFuture + Send + Sync + 'static) {
         self.inner.probes.write().unwrap_or_else(PoisonError::into_inner).push((name, Arc::new(probe)));
+        // A reading taken without this probe is stale (probes are added at start-up, before
+        // any scrape: the lock is free).
+        if let Ok(mut last) = self.inner.last.try_lock() {
+            *last = None;
+        }
     }
 
     /// The names of the probes, in the order they were added.
@@ -223,7 +279,19 @@ impl Metrics {
     }
 
     /// Records one answered request.
+    #[cfg(test)]
     fn record(&self, service: &'static str, method: &'static str, route: &str, status: u16, elapsed: Duration) {
+        self.record_as(service, method, route, StatusLabel::Code(status), elapsed);
+    }
+
+    fn record_as(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        route: &str,
+        status: StatusLabel,
+        elapsed: Duration,
+    ) {
         let route = route.to_owned();
         self.inner
             .durations
@@ -232,10 +300,24 @@ impl Metrics {
         self.inner.requests.get_or_create(&RequestLabels { service, method, route, status }).inc();
     }
 
+    /// What every probe read, in the order the probes were added; `None` for a probe that
+    /// failed or timed out. A reading younger than the cache time is reused; otherwise the
+    /// probes run (see [`Metrics::probe_now`]) — once for all the scrapes asking meanwhile.
+    pub async fn probe(&self) -> Probed {
+        let mut last = self.inner.last.lock().await;
+        if let Some((at, probed)) = last.as_ref()
+            && at.elapsed() < self.inner.cache_for
+        {
+            return probed.clone();
+        }
+        let probed = self.probe_now().await;
+        *last = Some((tokio::time::Instant::now(), probed.clone()));
+        probed
+    }
+
     /// Runs every probe (concurrently, each for at most [`PROBE_TIMEOUT`]) and returns what
-    /// each read, in the order the probes were added; `None` for a probe that failed or timed
-    /// out. No lock is held while the probes run.
-    pub async fn probe(&self) -> Vec<(&'static str, Option<Vec<Reading>>)> {
+    /// each read. The probes' lock is not held while they run.
+    async fn probe_now(&self) -> Probed {
         let probes: Vec<(&'static str, Probe)> =
             self.inner.probes.read().unwrap_or_else(PoisonError::into_inner).clone();
         // Tasks of their own: a scrape the client abandons aborts them (the set is dropped).
@@ -367,7 +449,7 @@ fn gauge_registry(probed: &[(&'static str, Option<Vec<Reading>>)]) -> Registry {
     if has_mllp {
         registry.register(
             "ehr_mllp_queue_messages",
-            "Outbound HL7 v2 messages (every tenant with a lab endpoint) waiting to be delivered (pending) or given up on (dead, rejected)",
+            "Outbound HL7 v2 messages (every tenant) waiting to be delivered (pending) or given up on (dead, rejected)",
             mllp,
         );
         registry.register_with_unit(
@@ -401,12 +483,21 @@ pub enum Format {
 }
 
 impl Format {
-    /// OpenMetrics when the `Accept` header names it, else the Prometheus text format.
+    /// OpenMetrics when the `Accept` header names it with a non-zero quality (`q=0` means
+    /// "not acceptable"), else the Prometheus text format.
     pub fn negotiate(accept: Option<&str>) -> Self {
-        match accept {
-            Some(a) if a.to_ascii_lowercase().contains("application/openmetrics-text") => Self::OpenMetrics,
-            _ => Self::Prometheus,
-        }
+        let Some(accept) = accept else { return Self::Prometheus };
+        let wanted = accept.split(',').any(|range| {
+            let mut params = range.split(';').map(str::trim);
+            let media = params.next().unwrap_or("");
+            media.eq_ignore_ascii_case("application/openmetrics-text")
+                && !params.any(|p| {
+                    p.split_once('=').is_some_and(|(k, v)| {
+                        k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+                    })
+                })
+        });
+        if wanted { Self::OpenMetrics } else { Self::Prometheus }
     }
 
     /// The response's `Content-Type`.
@@ -494,15 +585,52 @@ where
         let method = method_label(req.method());
         // The template, not the path: `/fhir/{ty}/{id}`, never `/fhir/Patient/123`.
         let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-        let (metrics, service) = (self.metrics.clone(), self.service);
-        let started = Instant::now();
+        let mut pending = Pending {
+            metrics: self.metrics.clone(),
+            service: self.service,
+            method,
+            route,
+            started: Instant::now(),
+            done: false,
+        };
         let response = self.inner.call(req);
         Box::pin(async move {
-            let response = response.await?;
-            let route = route.as_deref().unwrap_or(UNMATCHED);
-            metrics.record(service, method, route, response.status().as_u16(), started.elapsed());
-            Ok(response)
+            // Dropped before the response (a client gone, a panic): `pending` records the
+            // request as `cancelled`.
+            let response = response.await;
+            if let Ok(response) = &response {
+                pending.finish(StatusLabel::Code(response.status().as_u16()));
+            } else {
+                pending.finish(StatusLabel::Cancelled);
+            }
+            response
         })
+    }
+}
+
+/// A request on its way: recorded once, with its status when it is answered, else as
+/// `cancelled` when dropped.
+struct Pending {
+    metrics: Metrics,
+    service: &'static str,
+    method: &'static str,
+    route: Option<String>,
+    started: Instant,
+    done: bool,
+}
+
+impl Pending {
+    fn finish(&mut self, status: StatusLabel) {
+        if !std::mem::replace(&mut self.done, true) {
+            let route = self.route.as_deref().unwrap_or(UNMATCHED);
+            self.metrics.record_as(self.service, self.method, route, status, self.started.elapsed());
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.finish(StatusLabel::Cancelled);
     }
 }
 
@@ -589,6 +717,10 @@ mod tests {
         assert_eq!(Format::negotiate(Some("text/plain;version=0.0.4;q=0.3,*/*;q=0.2")), Format::Prometheus);
         let accept = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3";
         assert_eq!(Format::negotiate(Some(accept)), Format::OpenMetrics);
+        for refused in ["application/openmetrics-text;q=0,text/plain", "Application/OpenMetrics-Text; q=0.0"] {
+            assert_eq!(Format::negotiate(Some(refused)), Format::Prometheus, "{refused}");
+        }
+        assert_eq!(Format::negotiate(Some("text/plain;x=application/openmetrics-text")), Format::Prometheus);
         let m = Metrics::new();
         m.record("data-export", "GET", "/fhir/$export", 202, Duration::from_millis(5));
         let text =
@@ -642,9 +774,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_slow_probe_times_out_without_holding_up_the_others() {
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let m = Metrics::new();
         m.add_probe("fast", || Box::pin(async { Some(vec![Reading::ExportJobs { state: "queued", jobs: 2 }]) }));
         m.add_probe("stuck", || {
@@ -663,6 +795,61 @@ mod tests {
         assert!(text.contains("ehr_export_jobs{state=\"queued\"} 2\n"), "{text}");
         assert!(text.contains("ehr_metrics_probe_success{probe=\"stuck\"} 0\n"), "{text}");
         assert!(started.elapsed() < PROBE_TIMEOUT + Duration::from_secs(1), "the scrape waited for the stuck probe");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_scrapes_share_one_reading_which_is_reused_for_a_while() {
+        let runs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let m = Metrics::with_probe_cache(Duration::from_secs(10));
+        let counted = runs.clone();
+        m.add_probe("db", move || {
+            let counted = counted.clone();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                Some(vec![Reading::ExportJobs { state: "queued", jobs: n }])
+            })
+        });
+        let (a, b, c) = tokio::join!(m.probe(), m.probe(), m.probe());
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1, "one run for concurrent scrapes");
+        assert!(a == b && b == c);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        m.probe().await;
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1, "reused within the cache time");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let fresh = m.probe().await;
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(fresh[0].1, Some(vec![Reading::ExportJobs { state: "queued", jobs: 2 }]));
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_before_its_response_counts_as_cancelled() {
+        let m = Metrics::new();
+        let app = Router::new()
+            .route(
+                "/slow/{id}",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    "late"
+                }),
+            )
+            .layer(layer(&m, "svc"));
+        let req = Request::get("/slow/p-1").body(Body::empty()).unwrap();
+        let abandoned = tokio::time::timeout(Duration::from_millis(50), app.oneshot(req)).await;
+        assert!(abandoned.is_err());
+        let text = m.encode(&[], Format::Prometheus).unwrap();
+        assert!(
+            text.contains(
+                "ehr_http_requests_total{service=\"svc\",method=\"GET\",route=\"/slow/{id}\",status=\"cancelled\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ehr_http_request_duration_seconds_count{service=\"svc\",method=\"GET\",route=\"/slow/{id}\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -13,7 +13,8 @@
 //!
 //! No PHI in spans: their fields are ids (request, tenant, resource, event, message control
 //! id), routes, topics and groups — never names, birth dates, identifiers, query strings or
-//! payloads. Log events inside a span travel with it as span events, under the same rule.
+//! payloads. Log events are not exported (they may hold error texts of the database driver
+//! or Redis, or formatted data): they stay in the log lines.
 
 use crate::{TelemetryError, TelemetrySettings};
 use axum::http::{HeaderMap, HeaderValue};
@@ -94,7 +95,7 @@ impl Drop for TraceGuard {
 /// `log_level` as an `EnvFilter` directive, `info` if it does not parse) and, when
 /// `settings.otlp_endpoint` (else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, else
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`) is set, the OpenTelemetry layer exporting
-/// spans (and the log events inside them) at INFO and above, whatever `log_level` says, with
+/// spans (never log events, see `exported`) at INFO and above, whatever `log_level` says, with
 /// `service.name` = `settings.service_name`, else `OTEL_SERVICE_NAME`, else
 /// `default_service_name`. Also makes W3C TraceContext the global propagator.
 pub fn init(
@@ -141,22 +142,37 @@ fn install(
         .map_err(|e| TelemetryError::Setup(format!("cannot install the tracing subscriber: {e}")))?;
     Ok(TraceGuard {
         provider: exporting.map(|(provider, endpoint, service, ratio)| {
+            let endpoint = redacted(&endpoint);
             tracing::info!(%endpoint, %service, ratio, "exporting traces (OTLP/HTTP)");
             provider
         }),
     })
 }
 
-/// Whether the OpenTelemetry layer takes a span or event (see [`LOG_ONLY_SPANS`]).
+/// Whether the OpenTelemetry layer takes a span or event: spans, except [`LOG_ONLY_SPANS`];
+/// never a log event. Log lines carry what their call sites put there — a database driver's or
+/// Redis's error text (`error = %e`), a formatted message — which must not leave the cluster
+/// with the traces: they stay in the logs, and spans carry only the fields their call sites
+/// declare (ids, routes, topics, statuses).
 fn exported(meta: &tracing::Metadata<'_>) -> bool {
-    !(meta.is_span() && LOG_ONLY_SPANS.contains(&meta.name()))
+    meta.is_span() && !LOG_ONLY_SPANS.contains(&meta.name())
 }
 
 /// The OpenTelemetry layer over `provider`'s tracer.
 fn otel_layer(provider: &SdkTracerProvider) -> impl Layer<Registry> + Send + Sync + use<> {
     // Thread ids and names say nothing to whoever reads a trace of a request, and source
-    // locations (of every log line too) would be most of what is sent: the span names are few.
-    tracing_opentelemetry::layer().with_tracer(provider.tracer("ehr")).with_threads(false).with_location(false)
+    // locations would be most of what is sent: the span names are few. No error text becomes
+    // an exception event or a status description (events are not exported at all, see
+    // `exported`, and a span field holding an error is not copied either): a failed span says
+    // so by `otel.status_code = "error"` alone ([`mark_error`]).
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("ehr"))
+        .with_threads(false)
+        .with_location(false)
+        .with_error_fields_to_exceptions(false)
+        .with_error_events_to_status(false)
+        .with_error_events_to_exceptions(false)
+        .with_error_records_to_exceptions(false)
 }
 
 /// Where spans go (`…/v1/traces`), if anywhere.
@@ -181,6 +197,21 @@ fn traces_endpoint(settings: &TelemetrySettings) -> Result<Option<String>, Telem
         // https: TLS 1.2+ with the WebPKI roots (rustls).
         Some("http" | "https") if uri.host().is_some() => Ok(Some(endpoint)),
         _ => Err(TelemetryError::Setup(format!("OTLP endpoint {endpoint}: expected http(s)://host:port"))),
+    }
+}
+
+/// `endpoint` as it may be logged: scheme, host, port and path — no user info or query string,
+/// where credentials may be.
+fn redacted(endpoint: &str) -> String {
+    match endpoint.parse::<axum::http::Uri>() {
+        Ok(uri) => format!(
+            "{}://{}{}{}",
+            uri.scheme_str().unwrap_or("?"),
+            uri.host().unwrap_or("?"),
+            uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default(),
+            uri.path()
+        ),
+        Err(_) => "(invalid)".to_owned(),
     }
 }
 
@@ -255,12 +286,42 @@ impl opentelemetry_http::HttpClient for BlockingHttp {
     }
 }
 
+/// Whose `traceparent` a request span continues (see [`request_span`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    /// A service behind the gateway: the request's `traceparent` (the gateway's span) is the
+    /// parent.
+    Parent,
+    /// The public edge: a new root span (sampled at the configured ratio), with the client's
+    /// `traceparent`, when valid, as a link only — a client decides neither sampling nor the
+    /// trace id.
+    Link,
+}
+
+/// Longest request id put into a span (`x-request-id` comes from the client).
+const MAX_REQUEST_ID: usize = 64;
+
+/// The request id as a span may hold it: up to [`MAX_REQUEST_ID`] characters of
+/// `[A-Za-z0-9._:-]` (a UUID, or what a proxy in front set); anything else is replaced by
+/// `invalid`, so a client cannot put text of its choice into the traces.
+pub fn span_request_id(id: &str) -> &str {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+    if id.len() <= MAX_REQUEST_ID && id.chars().all(ok) { id } else { "invalid" }
+}
+
 /// The span of one HTTP request: method, **matched route** (never the URI: query strings carry
-/// names, birth dates and identifiers), request id, and the tenant once the token names it
-/// (`ehr_http::Caller` records it). Its parent is the request's `traceparent`, when valid: the
-/// gateway's span for a service, the client's for the gateway (a sampled flag is honoured by
-/// the parent-based sampler; an unsampled one is too).
-pub fn request_span(method: &axum::http::Method, route: &str, request_id: &str, headers: &HeaderMap) -> tracing::Span {
+/// names, birth dates and identifiers), request id (see [`span_request_id`]), and the tenant
+/// once the token names it (`ehr_http::Caller` records it). With [`Incoming::Parent`] its
+/// parent is the request's `traceparent`, when valid (the gateway's span, for a service); with
+/// [`Incoming::Link`] it is a root span linked to the client's `traceparent`.
+pub fn request_span(
+    method: &axum::http::Method,
+    route: &str,
+    request_id: &str,
+    headers: &HeaderMap,
+    incoming: Incoming,
+) -> tracing::Span {
+    let request_id = span_request_id(request_id);
     if PROBE_ROUTES.contains(&route) {
         return tracing::info_span!("probe", method = %method, route, request_id);
     }
@@ -268,13 +329,23 @@ pub fn request_span(method: &axum::http::Method, route: &str, request_id: &str, 
         "request",
         otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
         method = %method,
         route,
         request_id,
         tenant = tracing::field::Empty,
     );
-    set_parent(&span, extract(headers));
+    match incoming {
+        Incoming::Parent => set_parent(&span, extract(headers)),
+        Incoming::Link => add_link(&span, extract(headers)),
+    }
     span
+}
+
+/// Marks the OpenTelemetry status of `span` as an error (a 5xx answer, a failed handler). No
+/// description: error texts stay in the logs.
+pub fn mark_error(span: &tracing::Span) {
+    span.record("otel.status_code", "error");
 }
 
 /// The W3C `traceparent` of the current span, when it has a valid OpenTelemetry context (an

@@ -194,9 +194,11 @@ gateway.secret_key_file: gatewaySecretKey
 gateway.upstreams: "targets.<name>.enabled"
 telemetry.otlp_endpoint: telemetry.otlpEndpoint
 telemetry.sample_ratio: telemetry.sampleRatio
+telemetry.trust_incoming_traceparent: telemetry.trustIncomingTraceparent
 telemetry.metrics_listen: metrics
 shutdown.drain_secs: shutdown.drainSecs
 shutdown.workers_timeout_secs: shutdown.workersTimeoutSecs
+shutdown.requests_timeout_secs: shutdown.requestsTimeoutSecs
 lab.listen: targets.lab-interface.mllp
 lab.file_root: targets.lab-interface.fileRoot
 export.root: targets.data-export.persistence
@@ -267,6 +269,7 @@ gateway:
 {{- end }}
 telemetry:
   sample_ratio: {{ $v.telemetry.sampleRatio }}
+  trust_incoming_traceparent: {{ $v.telemetry.trustIncomingTraceparent | default false }}
 {{- with $v.telemetry.otlpEndpoint }}
   otlp_endpoint: {{ . | toJson }}
 {{- end }}
@@ -276,6 +279,7 @@ telemetry:
 shutdown:
   drain_secs: {{ int $v.shutdown.drainSecs }}
   workers_timeout_secs: {{ int $v.shutdown.workersTimeoutSecs }}
+  requests_timeout_secs: {{ int $v.shutdown.requestsTimeoutSecs }}
 {{- if eq .target "lab-interface" }}
 lab:
   file_root: "/var/lib/ehr/lab-files"
@@ -348,17 +352,17 @@ chart writes. Argument: dict root, target. */}}
 {{ include "ehr.toml" (dict "table" $cfg "path" "") }}
 {{ end -}}
 
-{{/* terminationGracePeriodSeconds of a target: set, or drain + workers (+ the gateway's 30 s
-audit flush) + margin. Argument: dict root, target. */}}
+{{/* terminationGracePeriodSeconds of a target: set, or drain + requests in flight + workers (+ the
+gateway's 30 s audit flush) + margin. Argument: dict root, target. */}}
 {{- define "ehr.gracePeriod" -}}
 {{- $v := .root.Values -}}
 {{- $t := index $v.targets .target -}}
-{{- $floor := add (int $v.shutdown.drainSecs) (int $v.shutdown.workersTimeoutSecs) -}}
+{{- $floor := add (int $v.shutdown.drainSecs) (int $v.shutdown.requestsTimeoutSecs) (int $v.shutdown.workersTimeoutSecs) -}}
 {{- if eq .target "gateway" -}}{{- $floor = add $floor 30 -}}{{- end -}}
 {{- if kindIs "invalid" $t.terminationGracePeriodSeconds -}}
 {{- add $floor (int $v.shutdown.graceMarginSecs) -}}
 {{- else if le (int $t.terminationGracePeriodSeconds) $floor -}}
-{{- fail (printf "targets.%s.terminationGracePeriodSeconds (%d) must exceed %d s: shutdown.drainSecs + shutdown.workersTimeoutSecs%s" .target (int $t.terminationGracePeriodSeconds) $floor (ternary " + the audit flush (30 s)" "" (eq .target "gateway"))) -}}
+{{- fail (printf "targets.%s.terminationGracePeriodSeconds (%d) must exceed %d s: shutdown.drainSecs + shutdown.requestsTimeoutSecs + shutdown.workersTimeoutSecs%s" .target (int $t.terminationGracePeriodSeconds) $floor (ternary " + the audit flush (30 s)" "" (eq .target "gateway"))) -}}
 {{- else -}}
 {{- int $t.terminationGracePeriodSeconds -}}
 {{- end -}}

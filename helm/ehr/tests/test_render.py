@@ -271,7 +271,7 @@ class NonDefaultValues(unittest.TestCase):
             self.assertEqual(cfg["gateway"]["redis_prefix"], "hospital-a", t)
             self.assertEqual(cfg["telemetry"]["otlp_endpoint"], "http://otel-collector.monitoring:4318")
             self.assertEqual(cfg["telemetry"]["sample_ratio"], 0.25)
-            self.assertEqual(cfg["shutdown"], {"drain_secs": 20, "workers_timeout_secs": 20})
+            self.assertEqual(cfg["shutdown"], {"drain_secs": 20, "requests_timeout_secs": 10, "workers_timeout_secs": 20})
             self.assertEqual(cfg["log"], {"format": "json", "level": "info,tower_http=warn"})
             # Whole numbers must stay integers: the server's integer keys refuse 24.0.
             self.assertIs(type(cfg["database"]["max_connections"]), int)
@@ -317,13 +317,13 @@ class NonDefaultValues(unittest.TestCase):
         self.assertEqual(pvc["storageClassName"], "efs")
         self.assertEqual(pvc["resources"]["requests"]["storage"], "50Gi")
 
-    def test_grace_period_covers_drain_and_workers(self):
+    def test_grace_period_covers_drain_requests_and_workers(self):
         self.assertEqual(self.r.pod("gateway")["spec"]["terminationGracePeriodSeconds"], 120)
         for t in SERVICES:
             if t in self.enabled:
                 grace = self.r.pod(t)["spec"]["terminationGracePeriodSeconds"]
-                self.assertGreater(grace, 20 + 20, t)
-                self.assertEqual(grace, 20 + 20 + 15, t)
+                self.assertGreater(grace, 20 + 10 + 20, t)
+                self.assertEqual(grace, 20 + 10 + 20 + 15, t)
 
     def test_network_policies(self):
         gw = self.r.netpol("gateway")
@@ -501,9 +501,9 @@ class DefaultValues(unittest.TestCase):
             cfg = self.r.toml(t)
             self.assertNotIn("otlp_endpoint", cfg["telemetry"], t)
             self.assertEqual(cfg["gateway"]["redis_prefix"], "ehr")
-            self.assertEqual(cfg["shutdown"], {"drain_secs": 10, "workers_timeout_secs": 15})
-        self.assertEqual(self.r.pod("gateway")["spec"]["terminationGracePeriodSeconds"], 10 + 15 + 30 + 15)
-        self.assertEqual(self.r.pod("orders")["spec"]["terminationGracePeriodSeconds"], 10 + 15 + 15)
+            self.assertEqual(cfg["shutdown"], {"drain_secs": 10, "requests_timeout_secs": 30, "workers_timeout_secs": 15})
+        self.assertEqual(self.r.pod("gateway")["spec"]["terminationGracePeriodSeconds"], 10 + 30 + 15 + 30 + 15)
+        self.assertEqual(self.r.pod("orders")["spec"]["terminationGracePeriodSeconds"], 10 + 30 + 15 + 15)
         self.assertEqual(self.r.toml("lab-interface")["lab"]["listen"], "0.0.0.0:2575")
 
     def test_default_network_policies(self):
@@ -577,8 +577,8 @@ class RefusedValues(unittest.TestCase):
             "--set", "targets.data-export.replicas=2",
             "--set", "targets.data-export.persistence.enabled=false",
         )
-        self.assertRefused("must exceed 55 s", "--set", "targets.gateway.terminationGracePeriodSeconds=55")
-        self.assertRefused("must exceed 25 s", "--set", "targets.orders.terminationGracePeriodSeconds=20")
+        self.assertRefused("must exceed 85 s", "--set", "targets.gateway.terminationGracePeriodSeconds=55")
+        self.assertRefused("must exceed 55 s", "--set", "targets.orders.terminationGracePeriodSeconds=20")
         self.assertRefused("set shutdown.drainSecs instead", "--set", "config.shutdown.drain_secs=3")
         self.assertRefused("set redis.prefix instead", "--set", "targets.orders.config.gateway.redis_prefix=x")
         self.assertRefused("the gateway requires the patient-record service", "--set", "targets.patient-record.enabled=false")

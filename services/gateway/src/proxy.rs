@@ -310,12 +310,15 @@ async fn augment_capabilities(
                     "conditionalRead",
                     "versioning",
                     "readHistory",
-                    // The audit trail is served read-only by the gateway itself: no `$validate`.
+                    // The audit trail is served read-only by the gateway itself: no `$validate`,
+                    // and no profile is checked on what only the audit writer appends.
                     "operation",
+                    "supportedProfile",
+                    // Served types of the FHIR engine cannot `_revinclude` the gateway's records.
+                    "searchRevInclude",
                 ] {
                     obj.remove(key);
                 }
-                obj.insert("searchRevInclude".into(), serde_json::json!([]));
             }
             list.push(entry);
         }
@@ -330,11 +333,16 @@ async fn augment_capabilities(
     Response::from_parts(parts, Body::from(cs.to_string()))
 }
 
-/// Hands the gateway's request span to the service as the parent of its own: `traceparent` is
-/// set to the current span's context (a client's `traceparent` is replaced — it is the parent
-/// of the gateway's span already). Without an exporter there is no context and the headers go
-/// as they came.
+/// Hands the gateway's request span to the service as the parent of its own: the client's
+/// trace headers are dropped — `traceparent` (at most a link of the gateway's span, or its
+/// parent when `telemetry.trust_incoming_traceparent` is set), `tracestate` and `baggage`
+/// (vendor data and key-value pairs a client chose, which the services must not trust nor
+/// carry on) — and `traceparent` is set to the current span's context. Without an exporter
+/// there is no context: the service starts a trace of its own.
 fn propagate_trace(headers: &mut HeaderMap) {
+    for name in [ehr_telemetry::trace::TRACEPARENT, "tracestate", "baggage"] {
+        headers.remove(name);
+    }
     ehr_telemetry::trace::inject(headers);
 }
 

@@ -61,7 +61,9 @@ pub struct GatewaySettings {
 }
 
 /// The base URLs of a service's instances (`http://orders-1:8080`, without `/fhir`): one or
-/// more, each `http` or `https`, stored without a trailing `/`.
+/// more, each `http` or `https`, stored without a trailing `/`; none twice, and none with
+/// credentials (`http://user:pass@…`: the URLs are logged, and the services authenticate the
+/// caller's bearer token, not the gateway).
 ///
 /// Configured as one URL, a TOML array of URLs, or one string of URLs separated by commas (the
 /// form an environment variable gives).
@@ -76,14 +78,30 @@ impl BaseUrls {
 
     fn push_list(&mut self, text: &str) -> Result<(), String> {
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let url = reqwest::Url::parse(part).map_err(|e| format!("`{part}` is not a URL: {e}"))?;
+            // A text with `@` may hold credentials: not echoed (the message is logged).
+            let shown = if part.contains('@') { "a base URL with `@`" } else { part };
+            let url = reqwest::Url::parse(part).map_err(|e| format!("`{shown}` is not a URL: {e}"))?;
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return Err(format!("`{part}` is not an http(s) URL with a host"));
+                return Err(format!("`{shown}` is not an http(s) URL with a host"));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                // Not echoed: the message is logged.
+                return Err(format!(
+                    "a base URL of host `{}` carries credentials before `@`: not allowed",
+                    url.host_str().unwrap_or_default()
+                ));
             }
             if url.query().is_some() || url.fragment().is_some() {
                 return Err(format!("`{part}`: a base URL has no query or fragment"));
             }
-            self.0.push(part.trim_end_matches('/').to_owned());
+            let base = part.trim_end_matches('/').to_owned();
+            // The same instance twice (`http://Orders:80` is `http://orders`) would get twice the
+            // share of the requests and be tried twice.
+            let same = |other: &String| reqwest::Url::parse(other).ok() == reqwest::Url::parse(&base).ok();
+            if self.0.iter().any(same) {
+                return Err(format!("`{part}` is listed twice"));
+            }
+            self.0.push(base);
         }
         Ok(())
     }
@@ -245,8 +263,20 @@ mod tests {
             serde_json::json!("http://orders:8080?x=1"),
             serde_json::json!(["http://ok:8080", "not a url"]),
             serde_json::json!(8080),
+            serde_json::json!("http://user:secret@orders:8080"),
+            serde_json::json!("http://user@orders:8080"),
+            serde_json::json!("http://o1:8080,http://o1:8080/"),
+            serde_json::json!(["http://o1:8080", "http://O1:8080"]),
+            serde_json::json!(["http://o1:80", "http://o1"]),
         ] {
             assert!(parse(bad.clone()).is_err(), "{bad} accepted");
         }
+        // The credentials are not repeated in the message (it is logged).
+        let refused = parse(serde_json::json!("http://user:secret@orders:8080")).unwrap_err();
+        assert!(refused.contains("orders") && !refused.contains("secret") && !refused.contains("user"), "{refused}");
+        let refused = parse(serde_json::json!("user:secret@orders:8080")).unwrap_err();
+        assert!(!refused.contains("secret"), "{refused}");
+        // Two instances on one host are two instances.
+        assert_eq!(parse(serde_json::json!("http://o:8080,http://o:8081")).unwrap().len(), 2);
     }
 }

@@ -12,6 +12,12 @@
 //!   next instance whatever its method. Any other failure before a response (reset, closed
 //!   connection) may come after the service received it: only idempotent methods (GET, HEAD,
 //!   PUT, DELETE, OPTIONS; RFC 9110 §9.2.2) are sent again; a POST or PATCH is not, it is a 502.
+//!   Nor is a GET with a side effect ([`has_side_effect`]): the bulk-data kick-off
+//!   `GET …/$export` starts a job, and a second attempt could start a second one.
+//!   A replayed `PUT` is idempotent only in its final state: without `If-Match`, a replayed
+//!   update whose first attempt committed makes one more (identical) version, and a replayed
+//!   conditional create (`PUT ?identifier=…`) may find the resource the first attempt created
+//!   and update it; with `If-Match`, the replay answers 412 although the update was made.
 //!   A timeout is never retried (the service is slow, not gone: another attempt would double
 //!   the wait). A response, whatever its status, is the answer.
 //!
@@ -44,9 +50,24 @@ struct Instance {
     healthy: AtomicBool,
 }
 
-/// Whether a request that failed with `e` before any response may be sent to another instance.
-fn may_retry(method: &Method, e: &reqwest::Error) -> bool {
+/// Whether a request to `path` that failed with `e` before any response may be sent to another
+/// instance.
+fn may_retry(method: &Method, path: &str, e: &reqwest::Error) -> bool {
     retry_rule(method, e.is_connect(), e.is_timeout(), e.is_builder())
+        && (e.is_connect() || !has_side_effect(method, path))
+}
+
+/// Whether a request whose method is idempotent by RFC 9110 has a side effect all the same: a
+/// `GET` whose path (before the query) has a `$export` segment — the bulk-data kick-off at the
+/// system level, `Patient/` or `Group/{id}/`, which starts an export job. `$export-status` and
+/// `$export-file` (reading a job's status, downloading a file) are other segments and do not
+/// count; a percent-encoded `%24export` does.
+fn has_side_effect(method: &Method, path: &str) -> bool {
+    if *method != Method::GET {
+        return false;
+    }
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    path.split('/').any(|segment| segment == "$export" || segment.eq_ignore_ascii_case("%24export"))
 }
 
 /// [`may_retry`] on the classification of the failure: not connected (nothing was sent), timed
@@ -108,8 +129,14 @@ impl RemoteService {
         let url = format!("{}/readyz", instance.base);
         match self.client.get(url).timeout(CHECK_TIMEOUT).send().await {
             Ok(resp) if resp.status() == StatusCode::OK => self.mark(index, true, "ready"),
-            // `draining`, `not ready: database unreachable`: the status is enough for the log.
-            Ok(resp) => self.mark(index, false, resp.status().as_str()),
+            // `503 draining`, `503 not ready: database unreachable`: the status and the start of
+            // the service's own reason (no patient data: the text of `ehr_http::health_router`).
+            Ok(resp) => {
+                let status = resp.status();
+                let reason = resp.text().await.unwrap_or_default();
+                let reason: String = reason.chars().take(80).filter(|c| !c.is_control()).collect();
+                self.mark(index, false, format!("{} {}", status.as_str(), reason.trim()).trim());
+            }
             Err(e) if e.is_timeout() => self.mark(index, false, "no answer in time"),
             Err(_) => self.mark(index, false, "unreachable"),
         }
@@ -172,7 +199,7 @@ impl RemoteService {
             if e.is_connect() {
                 self.mark(index, false, "connection failed");
             }
-            let allowed = may_retry(method, &e);
+            let allowed = may_retry(method, path, &e);
             let retry = allowed && attempt + 1 < attempts;
             // Without the URL: its query string carries patient data.
             tracing::warn!(
@@ -304,6 +331,57 @@ mod tests {
             // Timed out after sending, or a request that cannot be built: never.
             assert!(!retry_rule(&method, false, true, false), "{method}");
             assert!(!retry_rule(&method, false, false, true), "{method}");
+        }
+    }
+
+    #[test]
+    fn an_export_kick_off_is_not_sent_again() {
+        for kick_off in [
+            "/fhir/$export",
+            "/fhir/$export?_type=Patient",
+            "/fhir/Patient/$export",
+            "/fhir/Patient/$export?_since=2024-01-01T00:00:00Z&_type=Observation",
+            "/fhir/Group/g1/$export",
+            "/fhir/Group/g1/%24export",
+            "/fhir/Group/g1/%24EXPORT?_outputFormat=application/fhir%2Bndjson",
+        ] {
+            assert!(has_side_effect(&Method::GET, kick_off), "{kick_off}");
+        }
+        for read in [
+            "/fhir/$export-status/job1",
+            "/fhir/$export-file/job1/Patient-1.ndjson",
+            "/fhir/Patient/p1",
+            "/fhir/Patient?identifier=$export",
+            "/fhir/Patient/p1/$everything",
+            "/fhir/Patient/$exports",
+        ] {
+            assert!(!has_side_effect(&Method::GET, read), "{read}");
+        }
+        // The kick-off by POST is not idempotent anyway; a DELETE of a job is a cancel.
+        assert!(!has_side_effect(&Method::DELETE, "/fhir/$export-status/job1"));
+    }
+
+    #[tokio::test]
+    async fn an_export_kick_off_lost_after_sending_is_not_repeated() {
+        let (swallow, seen) = swallowing().await;
+        let up = instance("b", ok()).await;
+        let service = RemoteService::new("data-export", &urls(&[swallow, up]), client());
+        let mut answers = Vec::new();
+        for path in ["/fhir/Patient/$export", "/fhir/Patient/$export"] {
+            let resp = service.send(&Method::GET, path, &HeaderMap::new(), Bytes::new()).await;
+            answers.push(resp.map(|r| r.status().as_u16()).ok());
+        }
+        answers.sort();
+        // The swallowing instance's attempt is a 502, not a second kick-off at the other one
+        // (which answers 404 here: it has no such route).
+        assert_eq!(answers, [None, Some(404)], "a kick-off the service may have received is not repeated");
+        assert_eq!(seen.load(Ordering::Relaxed), 1);
+        // A refused connection still moves it on: nothing was sent.
+        let up = instance("c", ok()).await;
+        let service = RemoteService::new("data-export", &urls(&[closed(), up]), client());
+        for _ in 0..2 {
+            let resp = service.send(&Method::GET, "/fhir/$export", &HeaderMap::new(), Bytes::new()).await.unwrap();
+            assert_eq!(resp.status(), 404);
         }
     }
 

@@ -5,6 +5,7 @@
 //! (like `postgres::`), where they fail — never skip — when either is missing.
 
 mod scale_out;
+mod stop;
 mod traces;
 
 use std::path::PathBuf;
@@ -115,12 +116,25 @@ impl Cluster {
 
     /// Starts `ehr serve --target <target>` with `config`; waits until `/readyz` answers 200.
     pub async fn start(&self, name: &str, target: &str, port: u16, config: &str) -> Node {
+        self.start_with_env(name, target, port, config, &[]).await
+    }
+
+    /// [`Cluster::start`] with environment variables `env` set for the process.
+    pub async fn start_with_env(
+        &self,
+        name: &str,
+        target: &str,
+        port: u16,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Node {
         let path = self.dir.join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
         let log = self.dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ehr"))
             .args(["--config", &path.display().to_string(), "serve", "--target", target])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -179,8 +193,27 @@ impl Node {
 
     /// Sends SIGTERM (a graceful stop, as Kubernetes does).
     pub fn terminate(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success(), "kill -TERM {}", self.name);
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`TERM`, `INT`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -{name} {}", self.name);
+    }
+
+    /// Waits until the process's output contains `text`; panics after `within`.
+    pub async fn wait_log(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no `{text}` within {within:?}; log:\n{}",
+                self.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits for the process to exit; panics after `within`.

@@ -25,8 +25,9 @@ use tokio::sync::Mutex;
 const SCOPE: &str = "user/*.cruds user/Connection.crus user/LabMessage.crus";
 /// Concurrent clients of the load and of the conflicting updates.
 const CLIENTS: usize = 8;
-/// Seconds a stopping process keeps serving while `/readyz` answers 503.
-const DRAIN_SECS: u64 = 2;
+/// Seconds a stopping process keeps serving while `/readyz` answers 503: many times the
+/// gateway's 200-ms health checks (and their 1-s timeout), on a loaded machine.
+const DRAIN_SECS: u64 = 4;
 /// Seconds its workers get after the last request.
 const WORKERS_TIMEOUT_SECS: u64 = 10;
 /// Requests before the stop, and after the stopped processes exited.
@@ -40,10 +41,21 @@ struct Tally {
     requests: AtomicUsize,
     failures: Mutex<Vec<String>>,
     orders: Mutex<Vec<String>>,
-    /// Conflicting updates: 200s (with the version each made) and 412s.
-    updated: Mutex<Vec<i64>>,
+    /// Conflicting updates: every PUT answered 200 or 412, by the phone number it wrote.
+    puts: Mutex<Vec<Put>>,
     conflicts: AtomicUsize,
     stop: AtomicBool,
+}
+
+/// One conditional update of the shared Patient.
+#[derive(Clone, Debug)]
+struct Put {
+    /// The phone number it wrote, unique to it: which version of the history it made, if any.
+    phone: String,
+    /// The version its `If-Match` named.
+    base: i64,
+    /// The version a 200 reported; `None` for a 412.
+    made: Option<i64>,
 }
 
 impl Tally {
@@ -138,7 +150,9 @@ async fn conflict(client: usize, gateway: String, token: String, patient_id: Str
         let read = call(&http, &token, reqwest::Method::GET, url.clone(), &[], None).await;
         let Some(mut current) = expect(&tally, "read shared Patient", read, &[200]).await else { continue };
         let version = current["meta"]["versionId"].as_str().unwrap_or_default().to_owned();
-        current["telecom"] = json!([{"system": "phone", "value": format!("090-0000-{client}{round:03}")}]);
+        let phone = format!("090-{client}-{round}");
+        current["telecom"] = json!([{"system": "phone", "value": phone}]);
+        let base: i64 = version.parse().unwrap_or(-1);
         let put = call(
             &http,
             &token,
@@ -152,10 +166,11 @@ async fn conflict(client: usize, gateway: String, token: String, patient_id: Str
         match put {
             Ok((200, _, body)) => {
                 let made: i64 = body["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()).unwrap_or(-1);
-                tally.updated.lock().await.push(made);
+                tally.puts.lock().await.push(Put { phone, base, made: Some(made) });
             }
             Ok((412, _, _)) => {
                 tally.conflicts.fetch_add(1, Ordering::Relaxed);
+                tally.puts.lock().await.push(Put { phone, base, made: None });
             }
             Ok((status, _, body)) => {
                 let text = body.to_string();
@@ -185,6 +200,65 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("timed out after {within:?} waiting for {what}");
+}
+
+/// `text` without the terminal colours of the text log format.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // `ESC [ … m`
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The timestamp opening a log line (RFC 3339, UTC, always microseconds: ordered as text).
+fn stamp(line: &str) -> &str {
+    line.split_whitespace().next().unwrap_or_default()
+}
+
+/// The first line of `log` containing `needle`.
+fn line_with<'a>(log: &'a str, needle: &str) -> Option<&'a str> {
+    log.lines().find(|l| l.contains(needle))
+}
+
+/// Asserts that `node` served FHIR requests before it was told to stop.
+fn assert_served_before_stop(node: &Node) {
+    let log = plain(&node.log());
+    let stop = log.find("shutting down:").unwrap_or(log.len());
+    let served = log[..stop]
+        .lines()
+        .filter(|l| l.contains("finished processing request") && l.contains("route=\"/fhir/"))
+        .count();
+    assert!(served > 0, "{} served no FHIR request before the stop; log:\n{}", node.name, node.log_tail());
+}
+
+/// Asserts that the gateway, in `since_stop` (its log from the SIGTERM on), took `node` (at
+/// `url`) out because its `/readyz` answered 503 `draining`, before `node` closed its listener.
+fn assert_taken_out_while_draining(since_stop: &str, node: &Node, url: &str) {
+    let instance = format!("instance={url} ");
+    let taken_out = since_stop
+        .lines()
+        .find(|l| l.contains("upstream instance taken out") && l.contains(&instance))
+        .unwrap_or_else(|| panic!("the gateway did not take {} ({url}) out after the stop:\n{since_stop}", node.name));
+    assert!(taken_out.contains("why=\"503 draining\""), "{} taken out for another reason: {taken_out}", node.name);
+    let log = plain(&node.log());
+    let closed = line_with(&log, "shutting down: listener closed")
+        .unwrap_or_else(|| panic!("{}: no `listener closed`; log:\n{}", node.name, node.log_tail()));
+    assert!(
+        stamp(taken_out) < stamp(closed),
+        "the gateway took {} out only after its listener closed:\n{taken_out}\n{closed}",
+        node.name
+    );
 }
 
 /// Asserts the stop sequence in a stopped process's log, in order.
@@ -244,9 +318,11 @@ async fn two_instances_per_service_lose_no_request_no_update_and_no_event() {
             // Each of its 4 consumers holds a transaction and opens a second one (the tenant's
             // lab endpoints): with the 4 connections of `Cluster::config` they starve each other
             // until the pool's 30-s timeout.
-            "lab-interface" => cluster
-                .config(targets[i], ports[i], &gw_url, &lab_extra)
-                .replace("max_connections = 4\n", "max_connections = 10\n"),
+            "lab-interface" => {
+                let config = cluster.config(targets[i], ports[i], &gw_url, &lab_extra);
+                assert!(config.contains("\nmax_connections = 4\n"), "the pool size to raise is not in:\n{config}");
+                config.replace("\nmax_connections = 4\n", "\nmax_connections = 10\n")
+            }
             target => cluster.config(target, ports[i], &gw_url, &shutdown),
         })
         .collect();
@@ -306,6 +382,9 @@ async fn two_instances_per_service_lose_no_request_no_update_and_no_event() {
     })
     .await;
     let at_stop = tally.requests.load(Ordering::Relaxed);
+    // The gateway's log from here on: its take-outs at start-up (every instance was down while
+    // starting) are before.
+    let gateway_log_at_stop = gateway.log().len();
     pr1.terminate();
     or1.terminate();
     let stop_within = Duration::from_secs(DRAIN_SECS + WORKERS_TIMEOUT_SECS + 30);
@@ -317,6 +396,13 @@ async fn two_instances_per_service_lose_no_request_no_update_and_no_event() {
     assert!(or1_exit.success(), "orders-1 exited with {or1_exit}; log:\n{}", or1.log_tail());
     assert_stopped_in_order(&pr1);
     assert_stopped_in_order(&or1);
+    // Both served requests before the stop, and the gateway took each out while it drained —
+    // by its health check (`/readyz` 503 `draining`), before the listener closed.
+    assert_served_before_stop(&pr1);
+    assert_served_before_stop(&or1);
+    let since_stop = plain(&gateway.log()[gateway_log_at_stop..]);
+    assert_taken_out_while_draining(&since_stop, &pr1, &url(0));
+    assert_taken_out_while_draining(&since_stop, &or1, &url(2));
 
     // More load on the survivors, then the clients stop.
     wait_until("load after the stop", Duration::from_secs(120), || async {
@@ -331,18 +417,19 @@ async fn two_instances_per_service_lose_no_request_no_update_and_no_event() {
     let failures = tally.failures.lock().await.clone();
     assert!(failures.is_empty(), "{} of {requests} requests failed:\n{}", failures.len(), failures.join("\n"));
 
-    // (b) No lost update: the versions the 200s made are exactly 2..=n+1, the Patient is at n+1
-    // and its history holds exactly those versions.
-    let mut made = tally.updated.lock().await.clone();
-    made.sort_unstable();
-    let successes = made.len() as i64;
+    // (b) No lost update: the history is versions 1..=n with n the current version, every version
+    // after the first written by one PUT whose `If-Match` named the version just before it;
+    // every 200 made the version it reported. A 412 may have made a version too: a PUT the
+    // gateway sent again after the connection broke, whose first attempt had committed (the
+    // second then no longer matches) — never one with a stale `If-Match`.
+    let puts = tally.puts.lock().await.clone();
+    let successes = puts.iter().filter(|p| p.made.is_some()).count() as i64;
     let conflicts = tally.conflicts.load(Ordering::Relaxed);
     assert!(successes > 0);
-    assert_eq!(made, (2..=successes + 1).collect::<Vec<i64>>(), "every 200 made its own next version");
     let current = call(&http, &token, reqwest::Method::GET, format!("{gw_url}/fhir/Patient/{shared_id}"), &[], None)
         .await
         .unwrap();
-    assert_eq!(current.2["meta"]["versionId"], (successes + 1).to_string());
+    let latest: i64 = current.2["meta"]["versionId"].as_str().unwrap().parse().unwrap();
     let history = call(
         &http,
         &token,
@@ -354,14 +441,39 @@ async fn two_instances_per_service_lose_no_request_no_update_and_no_event() {
     .await
     .unwrap();
     assert_eq!(history.0, 200);
-    let mut versions: Vec<i64> = history.2["entry"]
+    let mut versions: Vec<(i64, String)> = history.2["entry"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["resource"]["meta"]["versionId"].as_str().unwrap().parse().unwrap())
+        .map(|e| {
+            let version = e["resource"]["meta"]["versionId"].as_str().unwrap().parse().unwrap();
+            (version, e["resource"]["telecom"][0]["value"].as_str().unwrap_or_default().to_owned())
+        })
         .collect();
     versions.sort_unstable();
-    assert_eq!(versions, (1..=successes + 1).collect::<Vec<i64>>());
+    let numbers: Vec<i64> = versions.iter().map(|(v, _)| *v).collect();
+    assert_eq!(numbers, (1..=latest).collect::<Vec<i64>>(), "the history is every version up to the current one");
+    let by_phone: std::collections::HashMap<&str, &Put> = puts.iter().map(|p| (p.phone.as_str(), p)).collect();
+    let mut committed_412 = 0;
+    for (version, phone) in &versions[1..] {
+        let put = by_phone
+            .get(phone.as_str())
+            .unwrap_or_else(|| panic!("version {version} ({phone}) was made by no PUT that was answered"));
+        assert_eq!(put.base, version - 1, "version {version} was written over version {}: a lost update", put.base);
+        match put.made {
+            Some(made) => assert_eq!(made, *version, "the 200 of {phone} reported version {made}"),
+            None => committed_412 += 1,
+        }
+    }
+    for put in puts.iter().filter(|p| p.made.is_some()) {
+        assert!(
+            versions.iter().any(|(v, phone)| *phone == put.phone && Some(*v) == put.made),
+            "the 200 of {} (version {:?}) is not in the history: a lost update",
+            put.phone,
+            put.made
+        );
+    }
+    assert_eq!(latest, 1 + successes + committed_412);
 
     // (c) Every order placed produced exactly one OML^O33, queued for the registered lab; the
     // outbox holds nothing unpublished.
@@ -416,20 +528,13 @@ async fn two_instances_per_service_lose_no_request_no_update_and_no_event() {
     assert!(status.success(), "gateway exited with {status}; log:\n{}", gateway.log_tail());
     let gateway_log = gateway.log();
     assert!(gateway_log.contains("audit trail flushed"), "{}", gateway.log_tail());
-    // The gateway saw both stopped instances go (draining, then gone) by its health checks.
     let lines = |needle: &str| gateway_log.lines().filter(|l| l.contains(needle)).count();
-    for stopped in [url(0), url(2)] {
-        assert!(
-            gateway_log.lines().any(|l| l.contains("upstream instance taken out") && l.contains(&stopped)),
-            "the gateway never took {stopped} out:\n{}",
-            gateway.log_tail()
-        );
-    }
     let (taken_out, failed_over) = (lines("upstream instance taken out"), lines("upstream request failed"));
 
     eprintln!(
         "scale-out: {requests} requests by {} clients ({at_stop} before the stop, {} during it, {} after), \
-         0 failed; {successes} conditional updates succeeded and {conflicts} were refused with 412; \
+         0 failed; {successes} conditional updates succeeded and {conflicts} were refused with 412 \
+         ({committed_412} of them after their first attempt had committed); \
          {placed} orders placed, {messages} OML^O33 queued, 0 unpublished events; \
          stop of 2 instances took {:.1} s (drain {DRAIN_SECS} s); gateway: {taken_out} take-outs logged (start-up, the stop, the final stop), \
          {failed_over} upstream attempts failed (retried or not); setup {:.1} s, total {:.1} s",

@@ -1,13 +1,14 @@
 //! One trace across processes: a lab order sent through the gateway with a client's
-//! `traceparent` is followed from the gateway's span to the orders service's, over the event bus
+//! `traceparent` (which the gateway records as a link of a trace of its own, not as its
+//! parent) is followed from the gateway's span to the orders service's, over the event bus
 //! (Redis Streams) to the lab interface's consumer and its HL7 sender, all in one trace; the
 //! lab's results start a trace of their own, linked to it. No span holds patient data, and a
 //! process stopped with SIGTERM sends its last spans before it exits.
 
 use super::{Cluster, free_port, login};
 use crate::traces::{
-    PHI, ReceivedSpan, Receiver, assert_no_phi, assert_order_chain, client_traceparent, jp_patient, lab_endpoint,
-    lab_simulator, one, outline,
+    PHI, ReceivedSpan, Receiver, assert_no_phi, assert_order_chain, client_traceparent, filed_under, jp_patient,
+    lab_endpoint, lab_simulator, one, outline,
 };
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -49,7 +50,7 @@ async fn one_trace_follows_a_lab_order_from_the_gateway_over_the_bus_to_the_hl7_
         cluster.config("orders", ord, &gw_url, &telemetry),
         cluster.config("lab-interface", lab, &gw_url, &lab_extra),
     ];
-    let (_patient_record, mut orders, _lab_interface) = tokio::join!(
+    let (_patient_record, _orders, _lab_interface) = tokio::join!(
         cluster.start("patient-record", "patient-record", pr, &configs[0]),
         cluster.start("orders", "orders", ord, &configs[1]),
         cluster.start("lab-interface", "lab-interface", lab, &configs[2]),
@@ -71,30 +72,46 @@ async fn one_trace_follows_a_lab_order_from_the_gateway_over_the_bus_to_the_hl7_
     let (status, patient) = through_gateway(fhir("/Patient").body(jp_patient().to_string())).await;
     assert_eq!(status, 201, "{patient}");
 
-    // The order, under the client's trace.
-    let (traceparent, trace, client_span) = client_traceparent();
+    // The order, with a client's trace context: the gateway (the public edge) starts a trace
+    // of its own and records the client's context as a link, not as its parent.
+    let (traceparent, client_trace, client_span) = client_traceparent();
     let order = crate::orders::lab_order(patient["id"].as_str().unwrap());
-    let (status, order) =
-        through_gateway(fhir("/ServiceRequest").header("traceparent", &traceparent).body(order.to_string())).await;
+    let (status, order) = through_gateway(
+        fhir("/ServiceRequest")
+            .header("traceparent", &traceparent)
+            .header("tracestate", "vendor=secret")
+            .header("baggage", "patient=P-12345")
+            .body(order.to_string()),
+    )
+    .await;
     assert_eq!(status, 201, "{order}");
     let order_id = order["id"].as_str().unwrap().to_owned();
 
     // Spans leave in batches every few seconds.
+    let client = (client_trace.clone(), client_span.clone());
+    let gateway_span = |spans: &[ReceivedSpan]| {
+        spans
+            .iter()
+            .find(|s| s.service == "ehr-gateway" && s.name.starts_with("POST /fhir") && s.links.contains(&client))
+            .cloned()
+    };
+    collector.wait_until(Duration::from_secs(60), "the gateway's span", |spans| gateway_span(spans).is_some()).await;
+    let gateway = gateway_span(&collector.spans()).unwrap();
+    assert_eq!(gateway.parent_span_id, "", "the gateway's span is a root, linked to the client's: {gateway:?}");
+    assert_ne!(gateway.trace_id, client_trace, "the client chose the trace id");
+    assert_eq!(gateway.kind, 2);
+    let trace = gateway.trace_id.clone();
     collector
         .wait_until(Duration::from_secs(60), "order trace through every process", |spans| {
-            has(spans, &trace, "ehr-gateway", "POST /fhir")
-                && has(spans, &trace, "ehr-orders", "POST /fhir")
+            has(spans, &trace, "ehr-orders", "POST /fhir")
                 && has(spans, &trace, "ehr-lab-interface", "event.consume")
                 && has(spans, &trace, "ehr-lab-interface", "hl7.send")
                 && spans.iter().any(|s| s.trace_id == trace && s.name == "event.publish")
         })
         .await;
     let spans = collector.trace(&trace);
-    let gateway =
-        one(&spans, "gateway request span", |s| s.service == "ehr-gateway" && s.name.starts_with("POST /fhir"));
-    assert_eq!(gateway.parent_span_id, client_span, "the gateway's span is the client's child");
-    assert_eq!(gateway.kind, 2);
-    let consume = assert_order_chain(&spans, &client_span, Some(gateway), "ehr-orders");
+    assert!(collector.trace(&client_trace).is_empty(), "a span in the client's trace:\n{}", outline(&spans));
+    let consume = assert_order_chain(&spans, &client_span, Some(&gateway), "ehr-orders");
     assert_eq!(consume.service, "ehr-lab-interface");
     assert!(
         spans.iter().filter(|s| s.name == "hl7.send").all(|s| s.service == "ehr-lab-interface"),
@@ -110,11 +127,8 @@ async fn one_trace_follows_a_lab_order_from_the_gateway_over_the_bus_to_the_hl7_
             let Some(receive) = spans.iter().find(|s| s.name == "hl7.receive" && s.links.contains(&link)) else {
                 return false;
             };
-            ["ehr-patient-record", "ehr-orders"].iter().all(|service| {
-                spans
-                    .iter()
-                    .any(|s| s.service == *service && s.name == "event.consume" && s.parent_span_id == receive.span_id)
-            })
+            let filed = filed_under(spans, receive);
+            ["ehr-patient-record", "ehr-orders"].iter().all(|service| filed.iter().any(|s| s.service == *service))
         })
         .await;
     let all = collector.spans();
@@ -125,8 +139,13 @@ async fn one_trace_follows_a_lab_order_from_the_gateway_over_the_bus_to_the_hl7_
     );
     assert_no_phi(&all, PHI);
 
-    // SIGTERM: the spans of the last request leave before the process exits (the batch delay
-    // has not passed yet: only the flush at shutdown sends them).
+    // SIGTERM: the spans of the last request leave before the process exits. A second orders
+    // process whose batch delay is ten minutes: only the flush at shutdown can send them. (A
+    // service behind the gateway continues the caller's trace.)
+    let port = free_port();
+    let config = cluster.config("orders", port, &gw_url, &telemetry);
+    let mut orders =
+        cluster.start_with_env("orders-2", "orders", port, &config, &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]).await;
     let (traceparent, last_trace, _) = client_traceparent();
     let resp = http
         .get(format!("{}/fhir/ServiceRequest/{order_id}", orders.url))
@@ -136,6 +155,8 @@ async fn one_trace_follows_a_lab_order_from_the_gateway_over_the_bus_to_the_hl7_
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(collector.trace(&last_trace).is_empty(), "exported before the shutdown: the batch delay was not honoured");
     orders.terminate();
     let status = orders.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "orders exited with {status}:\n{}", orders.log_tail());

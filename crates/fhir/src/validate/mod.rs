@@ -146,6 +146,23 @@ impl Validator {
         let bare = url.split('|').next().unwrap_or(url);
         self.defs.profiles.contains_key(bare) || rules::is_hand_only(bare)
     }
+
+    /// The canonical URLs (sorted) of the profiles on `resource_type` this validator enforces
+    /// when a resource declares them: embedded StructureDefinitions and hand-only profiles (the
+    /// CapabilityStatement's `supportedProfile`).
+    pub fn profiles_for(&self, resource_type: &str) -> Vec<&str> {
+        let mut urls: Vec<&str> = self
+            .defs
+            .profiles
+            .values()
+            .filter(|p| p.type_name == resource_type)
+            .map(|p| p.url.as_str())
+            .chain(rules::HAND_ONLY.iter().copied().filter(|u| rules::hand_only_type(u) == Some(resource_type)))
+            .collect();
+        urls.sort_unstable();
+        urls.dedup();
+        urls
+    }
 }
 
 impl Default for Validator {

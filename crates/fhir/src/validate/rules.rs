@@ -110,6 +110,9 @@ pub fn rule_number(rule: &str) -> Option<&'static str> {
 }
 
 /// Profiles that exist only as hand rules (no StructureDefinition is embedded).
+pub(crate) const HAND_ONLY: &[&str] = &[CHECKUP_BUNDLE, CHECKUP_COMPOSITION];
+
+/// Whether `url` is one of [`HAND_ONLY`].
 pub(crate) fn is_hand_only(url: &str) -> bool {
     hand_only_type(url).is_some()
 }

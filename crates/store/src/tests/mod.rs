@@ -19,6 +19,7 @@ mod export;
 mod identity;
 mod national;
 mod outbox;
+mod stats;
 
 /// One database with the migrated store on it.
 pub(crate) struct TestDb {

@@ -62,12 +62,12 @@ fn headers_carry_the_context_out_and_in() {
     let spans = traced(|| {
         let mut incoming = HeaderMap::new();
         incoming.insert(TRACEPARENT, HeaderValue::from_static(PARENT));
-        let span = request_span(&axum::http::Method::POST, "/fhir/{*path}", "r-1", &incoming);
+        let span = request_span(&axum::http::Method::POST, "/fhir/{*path}", "r-1", &incoming, Incoming::Parent);
         // A client's traceparent is replaced by ours, not passed through.
         out.insert(TRACEPARENT, HeaderValue::from_static(PARENT));
         span.in_scope(|| inject(&mut out));
         // Probes are logged, not traced.
-        request_span(&axum::http::Method::GET, "/readyz", "r-2", &incoming).in_scope(|| {});
+        request_span(&axum::http::Method::GET, "/readyz", "r-2", &incoming, Incoming::Parent).in_scope(|| {});
     });
     assert_eq!(spans.0.lock().unwrap().len(), 1, "the probe is not exported");
     let request = spans.named("POST /fhir/{*path}");
@@ -78,6 +78,66 @@ fn headers_carry_the_context_out_and_in() {
     assert_eq!(attribute("request_id").as_deref(), Some("r-1"));
     let sent = out.get(TRACEPARENT).unwrap().to_str().unwrap();
     assert_eq!(sent, format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", request.span_context.span_id()));
+}
+
+#[test]
+fn at_the_edge_a_client_context_is_a_link_of_a_new_root() {
+    let mut out = HeaderMap::new();
+    let spans = traced(|| {
+        let mut incoming = HeaderMap::new();
+        // Unsampled: the client asks for the request to be hidden; it is not.
+        incoming
+            .insert(TRACEPARENT, HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
+        let long = "x".repeat(65);
+        for id in ["<script>", "a b", long.as_str()] {
+            request_span(&axum::http::Method::GET, "/fhir/{*path}", id, &incoming, Incoming::Link).in_scope(|| {});
+        }
+        let span = request_span(&axum::http::Method::POST, "/fhir/{*path}", "r-1", &incoming, Incoming::Link);
+        span.in_scope(|| inject(&mut out));
+    });
+    let request = spans.named("POST /fhir/{*path}");
+    assert_eq!(request.parent_span_id, SpanId::INVALID, "a root span");
+    assert_ne!(request.span_context.trace_id(), TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap());
+    assert!(request.span_context.is_sampled());
+    let linked: Vec<_> = request.links.iter().map(|l| (l.span_context.trace_id(), l.span_context.span_id())).collect();
+    assert_eq!(
+        linked,
+        [(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap()
+        )]
+    );
+    // The service behind the edge continues our trace, not the client's.
+    let sent = out.get(TRACEPARENT).unwrap().to_str().unwrap();
+    assert_eq!(sent, format!("00-{}-{}-01", request.span_context.trace_id(), request.span_context.span_id()));
+    // Request ids a client chose are put into spans only when short and plain.
+    let all = spans.0.lock().unwrap().clone();
+    let ids: Vec<String> = all
+        .iter()
+        .filter(|s| s.name == "GET /fhir/{*path}")
+        .filter_map(|s| s.attributes.iter().find(|a| a.key.as_str() == "request_id").map(|a| a.value.to_string()))
+        .collect();
+    assert_eq!(ids, ["invalid", "invalid", "invalid"]);
+    assert_eq!(span_request_id("0b9c6a7e-1f2d-4c3b-9a8e-7d6c5b4a3f21"), "0b9c6a7e-1f2d-4c3b-9a8e-7d6c5b4a3f21");
+}
+
+#[test]
+fn log_events_and_error_texts_do_not_leave_with_the_spans() {
+    let spans = traced(|| {
+        let span = tracing::info_span!("request", otel.status_code = tracing::field::Empty, tenant = "t1");
+        span.in_scope(|| {
+            let err = std::io::Error::other("relation \"patients\" violates ... 山田");
+            tracing::error!(error = %err, "query failed for 山田");
+            tracing::warn!(error = &err as &(dyn std::error::Error + 'static), "again");
+            tracing::info!(patient = "山田", "plain");
+        });
+        mark_error(&span);
+    });
+    let request = spans.named("request");
+    assert!(request.events.is_empty(), "{:?}", request.events);
+    assert_eq!(request.status, opentelemetry::trace::Status::error(""));
+    let text = format!("{request:?}");
+    assert!(!text.contains("山田") && !text.contains("patients"), "{text}");
 }
 
 #[test]
@@ -134,7 +194,10 @@ fn endpoints_resolve_to_v1_traces_over_http_or_https() {
         traces_endpoint(&with("http://collector:4318/")).unwrap().as_deref(),
         Some("http://collector:4318/v1/traces")
     );
-    assert_eq!(traces_endpoint(&with("https://collector:4318")).unwrap().as_deref(), Some("https://collector:4318/v1/traces"));
+    assert_eq!(
+        traces_endpoint(&with("https://collector:4318")).unwrap().as_deref(),
+        Some("https://collector:4318/v1/traces")
+    );
     assert!(traces_endpoint(&with("collector:4318")).is_err());
     assert_eq!(service_name(&TelemetrySettings::default(), "ehr-orders"), "ehr-orders");
     let named = TelemetrySettings { service_name: Some("orders-a".into()), ..TelemetrySettings::default() };
